@@ -1,0 +1,429 @@
+"""``labelloop import``: CSV, TSV, JSONL and Parquet, streamed through DuckDB's readers.
+
+Validation is all-or-nothing by default: every problem is collected with its
+file, row and column, and nothing is written unless the file is clean. The
+whole import is one transaction, so a crash or ``kill -9`` part-way leaves the
+store exactly as it was. With ``skip_invalid`` the valid rows are imported and
+the rejected ones written, with their reasons, beside the input file.
+
+Rows are numbered from 1, header excluded (CSV/TSV: records; JSONL: non-empty
+lines; Parquet: rows in file order).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from core.errors import InputFileError, RowProblem, ValidationError
+from core.faults import fault_point
+from core.project import Project
+from core.store import utcnow
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+           ".parquet": "parquet", ".pq": "parquet"}
+SPLIT_VALUES = {"pool": "pool", "train": "pool", "unlabelled": "pool", "unlabeled": "pool", "": "pool",
+                "test": "test", "gold": "gold"}
+ROW_COL = "__labelloop_row"
+MAX_REPORTED = 1000  # problems kept per check; counts are exact
+
+
+@dataclass
+class ImportReport:
+    source: str
+    format: str
+    rows_read: int
+    rows_imported: int
+    rows_rejected: int
+    labelled: int
+    splits: dict[str, int] = field(default_factory=dict)
+    rejects_file: str | None = None
+    seconds: float = 0.0
+
+
+def detect_format(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    for s in reversed(suffixes):
+        if s in FORMATS:
+            return FORMATS[s]
+    raise InputFileError(f"{path}: unknown file type; use .csv, .tsv, .jsonl or .parquet (optionally .gz for text files).")
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _Importer:
+    def __init__(self, project: Project, path: Path, *, text_col: str, id_col: str | None, label_col: str | None,
+                 split_col: str | None, meta_cols: list[str] | None, skip_invalid: bool, fmt: str | None,
+                 actor: str | None, label_sep: str):
+        self.project = project
+        self.cfg = project.config
+        self.con = project.store.con
+        self.path = path
+        self.fmt = fmt or detect_format(path)
+        self.text_col, self.id_col, self.label_col, self.split_col = text_col, id_col, label_col, split_col
+        self.meta_cols = meta_cols
+        self.skip_invalid = skip_invalid
+        self.actor = actor or f"import:{path.name}"
+        self.label_sep = label_sep
+        self.problems: list[RowProblem] = []
+        self.problem_total = 0
+        self._raw_rejects: list[str] = []
+        self.structural_rejects: list[tuple[int, str | None, str, str]] = []  # row, column, reason, raw
+        self._tmpfiles: list[str] = []
+
+    # -- reading -----------------------------------------------------------
+    def _reader_sql(self, path: str) -> str:
+        p = "'" + path.replace("'", "''") + "'"
+        if self.fmt in ("csv", "tsv"):
+            delim = "," if self.fmt == "csv" else "\\t"
+            return (f"read_csv({p}, header=true, delim=E'{delim}', quote='\"', escape='\"', all_varchar=true, "
+                    f"strict_mode=true, null_padding=false)")
+        if self.fmt == "jsonl":
+            return f"read_ndjson_objects({p})"
+        return f"read_parquet({p})"
+
+    def _columns(self, source_sql: str) -> list[str]:
+        if self.fmt == "jsonl":
+            return []  # JSONL fields are checked per row
+        return [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {source_sql}").fetchall()]
+
+    def _header_columns(self) -> list[str]:
+        """CSV/TSV header read by Python (DuckDB's DESCRIBE needs auto-detection we turned off)."""
+        delim = "," if self.fmt == "csv" else "\t"
+        opener = _open_text(self.path)
+        with opener as f:
+            reader = csv.reader(f, delimiter=delim, quotechar='"', doublequote=True, strict=False)
+            try:
+                header = next(reader)
+            except StopIteration:
+                raise InputFileError(f"{self.path}: the file is empty (no header row).") from None
+        bad = [h for h in header if "\udcff" in h or any(0xDC80 <= ord(c) <= 0xDCFF for c in h)]
+        if bad:
+            raise InputFileError(f"{self.path}: the header row is not valid UTF-8.")
+        return header
+
+    def _stage(self) -> None:
+        src = str(self.path)
+        if self.fmt in ("csv", "tsv"):
+            header = self._header_columns()
+            self._check_columns(header)
+            cols = header
+        elif self.fmt == "parquet":
+            try:
+                cols = self._columns(self._reader_sql(src))
+            except duckdb.Error as exc:
+                raise InputFileError(f"{self.path}: not a readable Parquet file ({_first_line(exc)}).") from None
+            self._check_columns(cols)
+        else:
+            cols = None
+        self.all_columns = cols
+        try:
+            self._create_stage(src, row_from_file=False)
+        except duckdb.Error as exc:
+            if self.fmt == "parquet":
+                raise InputFileError(f"{self.path}: cannot read Parquet ({_first_line(exc)}).") from None
+            # Find the offending row and column ourselves: DuckDB's line numbers count physical lines.
+            problems, clean = self._diagnose_text_file()
+            if not problems:
+                raise InputFileError(f"{self.path}: cannot be read ({_first_line(exc)}).") from None
+            # Go on with the rows that can be read, so the report lists every problem at once.
+            self.structural_rejects = [(p.row, p.column, p.reason, raw) for p, raw in zip(problems, self._raw_rejects)]
+            self._create_stage(clean, row_from_file=True)
+
+    def _check_columns(self, cols: list[str]) -> None:
+        wanted = [("--text-col", self.text_col), ("--id-col", self.id_col), ("--label-col", self.label_col),
+                  ("--split-col", self.split_col), *(("--meta-cols", m) for m in (self.meta_cols or []))]
+        missing = [(flag, c) for flag, c in wanted if c is not None and c not in cols]
+        if missing:
+            flag, col = missing[0]
+            raise ValidationError(str(self.path), [RowProblem(None, col, f"column is missing (asked for by {flag}; the file has: {', '.join(cols)})")])
+
+    def _field_sql(self, name: str | None) -> str:
+        if name is None:
+            return "NULL::VARCHAR"
+        if self.fmt == "jsonl":
+            return f"(j ->> '{name.replace(chr(39), chr(39) * 2)}')"
+        return f"CAST({_q(name)} AS VARCHAR)"
+
+    def _label_sql(self) -> str:
+        if self.label_col is None:
+            return "NULL::VARCHAR[]"
+        if self.fmt == "jsonl":
+            key = self.label_col.replace("'", "''")
+            raw = f"(j -> '{key}')"
+            return (f"CASE WHEN json_type({raw}) = 'ARRAY' THEN from_json({raw}, '[\"VARCHAR\"]') "
+                    f"WHEN {raw} IS NULL OR json_type({raw}) = 'NULL' OR trim(j ->> '{key}') = '' THEN NULL "
+                    f"ELSE string_split(j ->> '{key}', '{self._sep_sql()}') END")
+        v = self._field_sql(self.label_col)
+        if self.cfg.multi_label:
+            return f"CASE WHEN {v} IS NULL OR trim({v}) = '' THEN NULL ELSE string_split({v}, '{self._sep_sql()}') END"
+        return f"CASE WHEN {v} IS NULL OR trim({v}) = '' THEN NULL ELSE [{v}] END"
+
+    def _sep_sql(self) -> str:
+        return self.label_sep.replace("'", "''")
+
+    def _meta_sql(self) -> str:
+        if self.fmt == "jsonl":
+            used = {c for c in (self.text_col, self.id_col, self.label_col, self.split_col) if c}
+            if self.meta_cols is not None:
+                if not self.meta_cols:
+                    return "NULL::VARCHAR"
+                parts = ", ".join(f"{_q(m)} := (j -> '{m.replace(chr(39), chr(39) * 2)}')" for m in self.meta_cols)
+                return f"to_json(struct_pack({parts}))::VARCHAR"
+            # every field that is not id/text/label/split
+            keys = "[" + ", ".join("'" + u.replace("'", "''") + "'" for u in sorted(used | {ROW_COL})) + "]"
+            return self._jsonl_meta_all(keys)
+        cols = self.meta_cols
+        if cols is None:
+            used = {self.text_col, self.id_col, self.label_col, self.split_col, ROW_COL}
+            cols = [c for c in (self.all_columns or []) if c not in used]
+        if not cols:
+            return "NULL::VARCHAR"
+        parts = ", ".join(f"{_q(c)} := CAST({_q(c)} AS VARCHAR)" for c in cols)
+        return f"to_json(struct_pack({parts}))::VARCHAR"
+
+    def _jsonl_meta_all(self, keys_sql: str) -> str:
+        # json_keys lists the object's keys; keep the ones that are not id/text/label/split.
+        return (f"CASE WHEN len(list_filter(json_keys(j), lambda k: NOT list_contains({keys_sql}, k))) = 0 THEN NULL "
+                f"ELSE to_json(map_from_entries(list_transform(list_filter(json_keys(j), lambda k: NOT list_contains({keys_sql}, k)), "
+                f"lambda k: {{'k': k, 'v': j -> ('$.\"' || k || '\"')}})))::VARCHAR END")
+
+    def _create_stage(self, src: str, *, row_from_file: bool) -> None:
+        self.con.execute("DROP TABLE IF EXISTS ll_stage")
+        reader = self._reader_sql(src)
+        if self.fmt == "jsonl":
+            reader = f"{reader} AS t(j)"
+        row_sql = f"CAST({_q(ROW_COL)} AS BIGINT)" if row_from_file and self.fmt != "jsonl" else \
+            ("CAST(j ->> '" + ROW_COL + "' AS BIGINT)" if row_from_file else "row_number() OVER ()")
+        if self.id_col:
+            id_sql = self._field_sql(self.id_col)
+        else:
+            # Without an id column the id is the file name and row: importing the same file twice is caught.
+            id_sql = "'" + self.path.name.replace("'", "''") + ":' || (" + row_sql + ")::VARCHAR"
+        self.con.execute(f"""
+            CREATE TEMP TABLE ll_stage AS
+            SELECT {row_sql} AS _row,
+                   {id_sql} AS id,
+                   {self._field_sql(self.text_col)} AS text,
+                   {self._label_sql()} AS labels,
+                   {self._field_sql(self.split_col)} AS split_raw,
+                   {self._meta_sql()} AS metadata
+            FROM {reader}""")
+
+    # -- diagnosing unreadable text files ------------------------------------
+    def _diagnose_text_file(self) -> tuple[list[RowProblem], str]:
+        """Python pass over a CSV/TSV/JSONL file that DuckDB refused: find every bad row and
+        write the good ones (with their row numbers) to a clean temporary file."""
+        problems: list[RowProblem] = []
+        self._raw_rejects: list[str] = []
+        fd, clean = tempfile.mkstemp(suffix=".jsonl" if self.fmt == "jsonl" else ".csv", prefix="labelloop-clean-")
+        os.close(fd)
+        self._tmpfiles.append(clean)
+        with _open_text(self.path) as f, open(clean, "w", encoding="utf-8", newline="") as out:
+            if self.fmt == "jsonl":
+                row = 0
+                for line in f:
+                    if not line.strip():
+                        continue
+                    row += 1
+                    bad_utf8 = _has_surrogates(line)
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        problems.append(RowProblem(row, None, f"not valid JSON ({exc.msg} at character {exc.pos + 1})"))
+                        self._raw_rejects.append(_printable(line))
+                        continue
+                    if not isinstance(obj, dict):
+                        problems.append(RowProblem(row, None, "a JSON line must be an object"))
+                        self._raw_rejects.append(_printable(line))
+                        continue
+                    if bad_utf8:
+                        col = next((k for k, v in obj.items() if isinstance(v, str) and _has_surrogates(v)), None)
+                        problems.append(RowProblem(row, col, "invalid UTF-8 bytes"))
+                        self._raw_rejects.append(_printable(line))
+                        continue
+                    obj[ROW_COL] = row
+                    out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            else:
+                delim = "," if self.fmt == "csv" else "\t"
+                reader = csv.reader(f, delimiter=delim, quotechar='"', doublequote=True, strict=True)
+                writer = csv.writer(out, delimiter=delim, quotechar='"', doublequote=True, lineterminator="\n")
+                header = next(reader)
+                writer.writerow([ROW_COL, *header])
+                row = 0
+                while True:
+                    try:
+                        rec = next(reader)
+                    except StopIteration:
+                        break
+                    except csv.Error as exc:
+                        row += 1
+                        problems.append(RowProblem(row, None, f"malformed {self.fmt.upper()} ({exc})"))
+                        self._raw_rejects.append("")
+                        continue
+                    row += 1
+                    if len(rec) != len(header):
+                        problems.append(RowProblem(row, None, f"has {len(rec)} fields, the header has {len(header)}"))
+                        self._raw_rejects.append(_printable(delim.join(rec)))
+                        continue
+                    bad = [h for h, v in zip(header, rec) if _has_surrogates(v)]
+                    if bad:
+                        problems.append(RowProblem(row, bad[0], "invalid UTF-8 bytes"))
+                        self._raw_rejects.append(_printable(delim.join(rec)))
+                        continue
+                    writer.writerow([row, *rec])
+        return problems, clean
+
+    # -- validation ----------------------------------------------------------
+    def _check(self, sql: str, column: str | None, reason_sql: str) -> None:
+        """Record every row that ``sql`` returns (it selects ``_row`` and what ``reason_sql`` uses)."""
+        col = "NULL" if column is None else "'" + column.replace("'", "''") + "'"
+        self.con.execute(f"INSERT INTO ll_rejected SELECT _row, {col}, {reason_sql} FROM ({sql})")
+
+    def _validate(self) -> None:
+        t, i, lab, sp = self.text_col, self.id_col or "(row id)", self.label_col, self.split_col
+        max_chars = self.cfg.max_text_chars
+        self.con.execute("CREATE OR REPLACE TEMP TABLE ll_rejected (_row BIGINT, col VARCHAR, reason VARCHAR)")
+        self._check("SELECT _row FROM ll_stage WHERE text IS NULL", t, "'text is missing'")
+        self._check(r"SELECT _row FROM ll_stage WHERE text IS NOT NULL AND NOT regexp_matches(text, '[^\s\p{Z}]')",
+                    t, "'text is empty or only whitespace'")
+        self._check(f"SELECT _row, length(text) AS n FROM ll_stage WHERE length(text) > {max_chars}", t,
+                    f"'text has ' || n::VARCHAR || ' characters, over the project limit of {max_chars} ([project] max_text_chars)'")
+        self._check("SELECT _row FROM ll_stage WHERE id IS NULL OR trim(id) = ''", i, "'id is empty'")
+        self._check("""SELECT _row, id, first_row FROM (
+                SELECT _row, id, min(_row) OVER (PARTITION BY id) AS first_row FROM ll_stage WHERE id IS NOT NULL)
+            WHERE _row <> first_row""", i, "'id ''' || id || ''' repeats row ' || first_row::VARCHAR")
+        self._check("SELECT s._row, s.id FROM ll_stage s JOIN items it ON it.id = s.id", i,
+                    "'id ''' || id || ''' is already in the project'")
+        if lab:
+            allowed = "[" + ", ".join("'" + x.replace("'", "''") + "'" for x in self.cfg.labels) + "]"
+            names = ", ".join(self.cfg.labels).replace("'", "''")
+            sep = self._sep_sql()
+            self._check(f"""SELECT _row, labels FROM ll_stage WHERE labels IS NOT NULL
+                AND len(list_filter(labels, lambda x: NOT list_contains({allowed}, trim(x)))) > 0""", lab,
+                        f"'label ''' || array_to_string(labels, '{sep}') || ''' is not one of the project''s labels ({names})'")
+            if not self.cfg.multi_label:
+                self._check("SELECT _row FROM ll_stage WHERE len(labels) > 1", lab,
+                            "'has more than one label in a single-label project'")
+        if sp:
+            known = "[" + ", ".join(f"'{k}'" for k in SPLIT_VALUES) + "]"
+            self._check(f"SELECT _row, split_raw FROM ll_stage WHERE split_raw IS NOT NULL AND NOT list_contains({known}, lower(trim(split_raw)))",
+                        sp, "'split ''' || split_raw || ''' is not one of pool, train, test, gold'")
+        for row, col, reason, _raw in self.structural_rejects:
+            self.con.execute("INSERT INTO ll_rejected VALUES (?, ?, ?)", [row, col, reason])
+        self.problem_total = self.con.execute("SELECT count(*) FROM ll_rejected").fetchone()[0]
+        self.problems = [RowProblem(r, c, reason) for r, c, reason in self.con.execute(
+            f"SELECT _row, col, reason FROM ll_rejected ORDER BY _row, col LIMIT {MAX_REPORTED}").fetchall()]
+
+    # -- writing -------------------------------------------------------------
+    def run(self) -> ImportReport:
+        started = time.perf_counter()
+        if not self.path.exists():
+            raise InputFileError(f"{self.path} does not exist.")
+        if not self.path.is_file():
+            raise InputFileError(f"{self.path} is not a file.")
+        store = self.project.store
+        try:
+            # Reading happens before the transaction: a reader error must not abort it.
+            self._stage()
+            with store.transaction() as con:
+                self._validate()
+                rows_read = con.execute("SELECT count(*) FROM ll_stage").fetchone()[0] + len(self.structural_rejects)
+                if self.problem_total and not self.skip_invalid:
+                    raise ValidationError(str(self.path), self.problems, self.problem_total)
+                import_id = con.execute("SELECT coalesce(max(import_id), 0) + 1 FROM imports").fetchone()[0]
+                base_ord = con.execute("SELECT coalesce(max(ord), 0) FROM items").fetchone()[0]
+                now = utcnow()
+                src_name = str(self.path.resolve())
+                split_case = ("CASE lower(trim(coalesce(split_raw, ''))) " +
+                              " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in SPLIT_VALUES.items()) + " END")
+                where = "WHERE NOT EXISTS (SELECT 1 FROM ll_rejected r WHERE r._row = s._row)" if self.problem_total else ""
+                con.execute(f"""
+                    CREATE OR REPLACE TEMP TABLE ll_valid AS
+                    SELECT s.*, {split_case} AS split,
+                           list_transform(labels, lambda x: trim(x)) AS clean_labels
+                    FROM ll_stage s {where}""")
+                con.execute("""
+                    INSERT INTO items (id, ord, text, metadata, split, gold_label, source_file, source_row, import_id, imported_at)
+                    SELECT id, ? + row_number() OVER (ORDER BY _row), text, metadata, split,
+                           CASE WHEN split <> 'pool' THEN clean_labels END, ?, _row, ?, ?
+                    FROM ll_valid""", [base_ord, src_name, import_id, now])
+                first_event = con.execute("SELECT coalesce(max(event_id), 0) FROM events").fetchone()[0]
+                con.execute("""
+                    INSERT INTO events (event_id, item_id, kind, via, actor, ts, labels)
+                    SELECT ? + row_number() OVER (ORDER BY _row), id, 'label', 'import', ?, ?, clean_labels
+                    FROM ll_valid WHERE split = 'pool' AND clean_labels IS NOT NULL""", [first_event, self.actor, now])
+                imported, labelled = con.execute("SELECT count(*), count(clean_labels) FROM ll_valid").fetchone()
+                splits = dict(con.execute("SELECT split, count(*) FROM ll_valid GROUP BY split ORDER BY split").fetchall())
+                rejected = rows_read - imported
+                con.execute("INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [import_id, src_name, self.fmt, rows_read, imported, rejected, labelled, now, self.actor])
+                rejects_file = self._write_rejects() if rejected else None
+                fault_point("import-before-commit")
+        finally:
+            for name in ("ll_stage", "ll_rejected", "ll_valid"):
+                try:
+                    store.con.execute(f"DROP TABLE IF EXISTS {name}")
+                except duckdb.Error:
+                    pass
+            for tmp in self._tmpfiles:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+        store.invalidate_caches()
+        return ImportReport(str(self.path), self.fmt, rows_read, imported, rejected, labelled, splits,
+                            rejects_file, time.perf_counter() - started)
+
+    def _write_rejects(self) -> str:
+        out = self.path.with_name(self.path.name + ".rejected.csv")
+        tmp = out.with_name(out.name + ".tmp")
+        rows = self.con.execute("""
+            SELECT r._row, r.col, r.reason, s.id, s.text FROM ll_rejected r LEFT JOIN ll_stage s USING (_row)
+            ORDER BY r._row, r.col""").fetchall()
+        raw = {row: text for row, _c, _r, text in self.structural_rejects}
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["row", "column", "reason", "id", "text"])
+            for row, col, reason, id_, text in rows:
+                w.writerow([row, col or "", reason, id_ or "", text if text is not None else raw.get(row, "")])
+        os.replace(tmp, out)
+        return str(out)
+
+
+def _open_text(path: Path):
+    if path.suffix.lower() == ".gz":
+        import gzip
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape", newline="")
+    return open(path, "r", encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def _has_surrogates(s: str) -> bool:
+    return any(0xDC80 <= ord(c) <= 0xDCFF for c in s)
+
+
+def _printable(s: str) -> str:
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0]
+
+
+def import_file(project: Project, path: Path | str, *, text_col: str = "text", id_col: str | None = None,
+                label_col: str | None = None, split_col: str | None = None, meta_cols: list[str] | None = None,
+                skip_invalid: bool = False, fmt: str | None = None, actor: str | None = None,
+                label_sep: str = "|") -> ImportReport:
+    """Import one file into the project. Raises ValidationError (nothing imported) on bad rows."""
+    return _Importer(project, Path(path), text_col=text_col, id_col=id_col, label_col=label_col,
+                     split_col=split_col, meta_cols=meta_cols, skip_invalid=skip_invalid, fmt=fmt,
+                     actor=actor, label_sep=label_sep).run()

@@ -1,0 +1,102 @@
+"""``labelloop status``: what is in the project, as a dict (for --json) and as text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from core.project import Project
+
+
+def project_status(project: Project) -> dict[str, Any]:
+    s = project.store
+    splits = dict(s.rows("SELECT split, count(*) FROM items GROUP BY split ORDER BY split"))
+    final = s.rows("""
+        SELECT coalesce(array_to_string(labels, '|'), '(unresolved)'), count(*)
+        FROM final_labels GROUP BY 1 ORDER BY 1""")
+    gold = s.rows("""
+        SELECT split, array_to_string(gold_label, '|'), count(*) FROM items
+        WHERE gold_label IS NOT NULL GROUP BY ALL ORDER BY ALL""")
+    decided_by = dict(s.rows("SELECT decided_by, count(*) FROM final_labels GROUP BY 1 ORDER BY 1"))
+    annotators = s.dicts("""
+        SELECT actor,
+               count(*) FILTER (WHERE kind = 'label') AS labels,
+               count(*) FILTER (WHERE kind = 'skip') AS skips,
+               count(*) FILTER (WHERE kind = 'flag') AS flags,
+               (SELECT count(*) FROM events u WHERE u.kind = 'undo' AND u.actor = e.actor) AS undone,
+               median(duration_ms) FILTER (WHERE kind = 'label') AS median_ms,
+               max(ts) AS last_at
+        FROM effective_events e WHERE coalesce(via, '') <> 'import'
+        GROUP BY actor ORDER BY actor""")
+    for a in annotators:
+        a["last_at"] = a["last_at"].isoformat() if a["last_at"] else None
+    pool_unlabelled = s.scalar("""
+        SELECT count(*) FROM items i WHERE split = 'pool'
+          AND NOT EXISTS (SELECT 1 FROM final_labels f WHERE f.item_id = i.id)""")
+    queue = s.scalar("""
+        SELECT count(*) FROM queue q
+        WHERE q.batch_id = (SELECT max(batch_id) FROM batches)
+          AND NOT EXISTS (SELECT 1 FROM effective_events e WHERE e.item_id = q.item_id AND e.kind IN ('label', 'skip'))""")
+    model = s.dicts("""SELECT version, created_at, n_train, calibration, temperature, metrics, origin
+                       FROM models ORDER BY version DESC LIMIT 1""")
+    latest = None
+    if model:
+        m = model[0]
+        latest = {"version": m["version"], "created_at": m["created_at"].isoformat(), "n_train": m["n_train"],
+                  "calibration": m["calibration"], "temperature": m["temperature"], "origin": m["origin"],
+                  "test_metrics": json.loads(m["metrics"]) if m["metrics"] else None}
+    return {
+        "project": project.config.name,
+        "labels": project.config.labels,
+        "items": {"total": sum(splits.values()), **{k: splits.get(k, 0) for k in ("pool", "test", "gold")}},
+        "pool_unlabelled": pool_unlabelled,
+        "final_labels": {k: v for k, v in final},
+        "decided_by": decided_by,
+        "gold_labels": [{"split": sp, "label": lab, "count": n} for sp, lab, n in gold],
+        "annotators": annotators,
+        "queue": queue,
+        "events": s.scalar("SELECT count(*) FROM events"),
+        "latest_model": latest,
+    }
+
+
+def format_status(st: dict[str, Any]) -> str:
+    lines = [f"Project {st['project']}  (labels: {', '.join(st['labels'])})", ""]
+    it = st["items"]
+    lines.append(f"Items        {it['total']:>10,}   pool {it['pool']:,}  test {it['test']:,}  gold {it['gold']:,}")
+    lines.append(f"Unlabelled   {st['pool_unlabelled']:>10,}   (pool items with no final label)")
+    lines.append(f"Queue        {st['queue']:>10,}   items waiting in the current batch")
+    lines.append(f"Events       {st['events']:>10,}")
+    lines.append("")
+    lines.append("Final labels")
+    if st["final_labels"]:
+        width = max(len(k) for k in st["final_labels"])
+        for k, v in st["final_labels"].items():
+            lines.append(f"  {k:<{width}}  {v:>10,}")
+        lines.append("  decided by: " + ", ".join(f"{k} {v:,}" for k, v in st["decided_by"].items()))
+    else:
+        lines.append("  (none yet)")
+    if st["gold_labels"]:
+        lines.append("Reference labels (test/gold)")
+        for g in st["gold_labels"]:
+            lines.append(f"  {g['split']:<5} {g['label']:<20} {g['count']:>8,}")
+    lines.append("")
+    lines.append("Annotators")
+    if st["annotators"]:
+        lines.append(f"  {'who':<16} {'labels':>7} {'skips':>6} {'flags':>6} {'undone':>7} {'median s':>9}  last")
+        for a in st["annotators"]:
+            med = f"{a['median_ms'] / 1000:.1f}" if a["median_ms"] is not None else "-"
+            lines.append(f"  {a['actor']:<16} {a['labels']:>7,} {a['skips']:>6,} {a['flags']:>6,} {a['undone']:>7,} {med:>9}  {a['last_at'] or '-'}")
+    else:
+        lines.append("  (no human decisions yet)")
+    lines.append("")
+    m = st["latest_model"]
+    if m:
+        lines.append(f"Model v{m['version']}  trained on {m['n_train']:,} labels, {m['calibration']} calibration, {m['created_at']}")
+        tm = m["test_metrics"] or {}
+        if tm:
+            parts = [f"{k} {tm[k]:.3f}" for k in ("accuracy", "macro_f1", "ece", "brier", "nll") if isinstance(tm.get(k), (int, float))]
+            lines.append("  test: " + ", ".join(parts) + (f" (n={tm['n_test']:,})" if tm.get("n_test") else ""))
+    else:
+        lines.append("Model        none trained yet (labelloop train DIR)")
+    return "\n".join(lines)

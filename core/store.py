@@ -1,0 +1,287 @@
+"""The project store: one DuckDB file with versioned migrations and an
+append-only event log.
+
+History is never UPDATEd or DELETEd: a label, an undo, a skip, a flag and an
+adjudication are all rows of ``events``; current labels are views over it.
+One process owns the file (DuckDB allows one read-write process); threads in
+that process use ``Store.cursor()``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+
+from core.errors import ProjectError
+
+DB_NAME = "project.duckdb"
+
+EVENT_KINDS = ("label", "skip", "flag", "undo", "adjudicate")
+SPLITS = ("pool", "test", "gold")
+
+# Each migration is applied once, in order, inside one transaction with its version row.
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "initial schema", [
+        """CREATE TABLE items (
+            id VARCHAR NOT NULL,
+            ord BIGINT NOT NULL,              -- dense row index, used by the feature matrix
+            text VARCHAR NOT NULL,
+            metadata VARCHAR,                 -- JSON object of the imported metadata columns
+            split VARCHAR NOT NULL,           -- pool | test | gold
+            gold_label VARCHAR[],             -- for test/gold items: the reference label(s)
+            source_file VARCHAR NOT NULL,
+            source_row BIGINT NOT NULL,       -- 1-based data row in the source file
+            import_id INTEGER NOT NULL,
+            imported_at TIMESTAMPTZ NOT NULL
+        )""",
+        """CREATE TABLE imports (
+            import_id INTEGER NOT NULL,
+            source_file VARCHAR NOT NULL,
+            format VARCHAR NOT NULL,
+            rows_read BIGINT NOT NULL,
+            rows_imported BIGINT NOT NULL,
+            rows_rejected BIGINT NOT NULL,
+            labelled BIGINT NOT NULL,
+            imported_at TIMESTAMPTZ NOT NULL,
+            actor VARCHAR NOT NULL
+        )""",
+        """CREATE TABLE events (
+            event_id BIGINT NOT NULL,
+            item_id VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,            -- label | skip | flag | undo | adjudicate
+            via VARCHAR,                      -- key | accept | correction | import | review
+            actor VARCHAR NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            duration_ms DOUBLE,
+            labels VARCHAR[],
+            error_category VARCHAR,
+            note VARCHAR,
+            model_version INTEGER,
+            shown_probs VARCHAR,              -- JSON {label: calibrated probability} as shown
+            suggestion VARCHAR,
+            suggestion_hidden BOOLEAN,
+            batch_id INTEGER,
+            strategy VARCHAR,
+            score DOUBLE,
+            rank INTEGER,
+            percentile DOUBLE,
+            audit BOOLEAN,
+            target_event BIGINT,              -- the event an undo takes back
+            session_id VARCHAR
+        )""",
+        """CREATE TABLE models (
+            version INTEGER NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            n_train INTEGER NOT NULL,
+            classes VARCHAR[] NOT NULL,
+            calibration VARCHAR NOT NULL,
+            temperature DOUBLE,
+            train_seconds DOUBLE,
+            score_seconds DOUBLE,
+            metrics VARCHAR,                  -- JSON: accuracy, macro_f1, ece, ... on the test split
+            artifact VARCHAR,                 -- file in the project's models/ folder
+            origin VARCHAR                    -- trained | imported
+        )""",
+        """CREATE TABLE batches (
+            batch_id INTEGER NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            model_version INTEGER,
+            strategy VARCHAR NOT NULL,
+            size INTEGER NOT NULL,
+            n_audit INTEGER NOT NULL,
+            pool_size BIGINT,
+            signals VARCHAR                   -- JSON: batch convergence and stopping signals
+        )""",
+        """CREATE TABLE queue (
+            batch_id INTEGER NOT NULL,
+            position INTEGER NOT NULL,
+            item_id VARCHAR NOT NULL,
+            strategy VARCHAR NOT NULL,
+            score DOUBLE,
+            rank INTEGER,
+            percentile DOUBLE,
+            audit BOOLEAN NOT NULL,
+            model_version INTEGER,
+            probs VARCHAR                     -- JSON {label: p} at selection time
+        )""",
+        # Events that an undo has not taken back.
+        """CREATE VIEW effective_events AS
+            SELECT e.* FROM events e
+            WHERE e.kind <> 'undo'
+              AND NOT EXISTS (SELECT 1 FROM events u WHERE u.kind = 'undo' AND u.target_event = e.event_id)""",
+        # Each actor's current label for each item.
+        """CREATE VIEW annotations AS
+            SELECT * EXCLUDE (rn) FROM (
+                SELECT *, row_number() OVER (PARTITION BY item_id, actor ORDER BY event_id DESC) AS rn
+                FROM effective_events WHERE kind = 'label'
+            ) WHERE rn = 1""",
+        # One row per item that has a current label; final_labels is NULL while annotators disagree.
+        """CREATE VIEW final_labels AS
+            WITH agg AS (
+                SELECT item_id,
+                       count(*) AS n_annotations,
+                       count(DISTINCT array_to_string(list_sort(labels), '|')) AS n_distinct,
+                       bool_and(via = 'import') AS all_import,
+                       arg_max(labels, event_id) AS last_labels,
+                       arg_max(event_id, event_id) AS last_event
+                FROM annotations GROUP BY item_id
+            ),
+            adj AS (
+                SELECT item_id, arg_max(labels, event_id) AS labels, max(event_id) AS event_id
+                FROM effective_events WHERE kind = 'adjudicate' GROUP BY item_id
+            )
+            SELECT agg.item_id,
+                   CASE WHEN adj.item_id IS NOT NULL THEN adj.labels
+                        WHEN agg.n_distinct = 1 THEN agg.last_labels END AS labels,
+                   CASE WHEN adj.item_id IS NOT NULL THEN 'adjudication'
+                        WHEN agg.n_distinct > 1 THEN 'unresolved'
+                        WHEN agg.all_import THEN 'import'
+                        WHEN agg.n_annotations > 1 THEN 'agreement'
+                        ELSE 'single annotator' END AS decided_by,
+                   agg.n_annotations,
+                   coalesce(adj.event_id, agg.last_event) AS deciding_event
+            FROM agg LEFT JOIN adj USING (item_id)""",
+        "CREATE TABLE schema_meta (key VARCHAR NOT NULL, value VARCHAR NOT NULL)",
+    ]),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Store:
+    """Owns the DuckDB connection of one project. Use ``Store.open(dir)``."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path | None):
+        self.con = con
+        self.path = path
+        self._lock = threading.RLock()
+
+    # -- opening -----------------------------------------------------------
+    @classmethod
+    def open(cls, project_dir: Path | str, *, create: bool = False, read_only: bool = False) -> "Store":
+        project_dir = Path(project_dir)
+        db = project_dir / DB_NAME
+        if not create and not db.exists():
+            raise ProjectError(f"{db} does not exist; is {project_dir} a labelloop project? (create one with: labelloop init {project_dir} --labels a,b)")
+        try:
+            con = duckdb.connect(str(db), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise ProjectError(
+                    f"{db} is open in another labelloop process (DuckDB allows one writer per file); "
+                    "close it, or use team mode (labelloop serve) for several users.") from None
+            raise ProjectError(f"cannot open {db}: {exc}") from None
+        store = cls(con, db)
+        if not read_only:
+            store.migrate()
+        return store
+
+    @classmethod
+    def memory(cls) -> "Store":
+        store = cls(duckdb.connect(":memory:"), None)
+        store.migrate()
+        return store
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for another thread (DuckDB connections are not thread-safe)."""
+        return self.con.cursor()
+
+    # -- migrations --------------------------------------------------------
+    def schema_version(self) -> int:
+        exists = self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'").fetchone()[0]
+        if not exists:
+            return 0
+        return self.con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+
+    def migrate(self) -> None:
+        with self._lock:
+            self.con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, name VARCHAR, applied_at TIMESTAMPTZ)")
+            current = self.schema_version()
+            if current > SCHEMA_VERSION:
+                raise ProjectError(f"{self.path} was written by a newer labelloop (schema {current} > {SCHEMA_VERSION}); upgrade labelloop.")
+            for version, name, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                with self.transaction():
+                    for sql in statements:
+                        self.con.execute(sql)
+                    self.con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, utcnow()])
+
+    # -- transactions ------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                yield self.con
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            else:
+                self.con.execute("COMMIT")
+
+    def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        with self._lock:
+            row = self.con.execute(sql, params or []).fetchone()
+        return row[0] if row else None
+
+    def rows(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+        with self._lock:
+            return self.con.execute(sql, params or []).fetchall()
+
+    def dicts(self, sql: str, params: Sequence[Any] | None = None) -> list[dict]:
+        with self._lock:
+            cur = self.con.execute(sql, params or [])
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    # -- events ------------------------------------------------------------
+    def next_event_id(self) -> int:
+        return self.scalar("SELECT coalesce(max(event_id), 0) + 1 FROM events")
+
+    def append_event(self, item_id: str, kind: str, actor: str, **fields: Any) -> int:
+        """Append one event and commit it at once (a decision is saved when it is made)."""
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind {kind!r}")
+        allowed = {"via", "duration_ms", "labels", "error_category", "note", "model_version", "shown_probs",
+                   "suggestion", "suggestion_hidden", "batch_id", "strategy", "score", "rank", "percentile",
+                   "audit", "target_event", "session_id", "ts"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown event fields {sorted(unknown)}")
+        if isinstance(fields.get("shown_probs"), dict):
+            fields["shown_probs"] = json.dumps(fields["shown_probs"])
+        ts = fields.pop("ts", None) or utcnow()
+        cols = ["event_id", "item_id", "kind", "actor", "ts", *fields.keys()]
+        with self.transaction() as con:
+            event_id = con.execute("SELECT coalesce(max(event_id), 0) + 1 FROM events").fetchone()[0]
+            con.execute(
+                f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+                [event_id, item_id, kind, actor, ts, *fields.values()])
+        return event_id
+
+    def invalidate_caches(self) -> None:
+        """Called after bulk writes (import) so per-process caches are rebuilt."""
+        self._cache_token = getattr(self, "_cache_token", 0) + 1
+
+    def item_count(self) -> int:
+        return self.scalar("SELECT count(*) FROM items")
