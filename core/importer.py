@@ -293,7 +293,9 @@ class _Importer:
         t, i, lab, sp = self.text_col, self.id_col or "(row id)", self.label_col, self.split_col
         max_chars = self.cfg.max_text_chars
         self.con.execute("CREATE OR REPLACE TEMP TABLE ll_rejected (_row BIGINT, col VARCHAR, reason VARCHAR)")
-        self._check("SELECT _row FROM ll_stage WHERE text IS NULL", t, "'text is missing'")
+        # A CSV reader gives NULL for an empty cell; in JSONL and Parquet NULL means the field is absent.
+        null_reason = "'text is empty or only whitespace'" if self.fmt in ("csv", "tsv") else "'text is missing'"
+        self._check("SELECT _row FROM ll_stage WHERE text IS NULL", t, null_reason)
         self._check(r"SELECT _row FROM ll_stage WHERE text IS NOT NULL AND NOT regexp_matches(text, '[^\s\p{Z}]')",
                     t, "'text is empty or only whitespace'")
         self._check(f"SELECT _row, length(text) AS n FROM ll_stage WHERE length(text) > {max_chars}", t,

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "datasets"
+
+from core.project import Project, init_project  # noqa: E402
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path) -> Path:
+    return init_project(tmp_path / "proj", ["ham", "spam"])
+
+
+@pytest.fixture
+def project(project_dir: Path):
+    p = Project.open(project_dir)
+    yield p
+    p.close()
+
+
+def write_csv(path: Path, header: list[str], rows: list[list], delimiter: str = ",") -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter=delimiter)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path
+
+
+def store_fingerprint(project: Project) -> tuple:
+    """Everything an import may touch: if this is equal, nothing was written."""
+    s = project.store
+    return (s.scalar("SELECT count(*) FROM items"), s.scalar("SELECT count(*) FROM events"),
+            s.scalar("SELECT count(*) FROM imports"),
+            s.rows("SELECT id, text, split FROM items ORDER BY ord"))
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=300)

@@ -1,0 +1,63 @@
+"""The CLI as a user runs it: exit codes, one-sentence errors, status and demo."""
+
+import json
+
+import polars as pl
+
+from tests.conftest import run_cli, write_csv
+
+
+def test_cli_error_is_one_sentence_exit_2(tmp_path):
+    r = run_cli("import", str(tmp_path / "nope"), "x.csv")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("labelloop: ")
+
+
+def test_cli_validation_error_names_row_and_column(tmp_path):
+    assert run_cli("init", str(tmp_path / "p"), "--labels", "ham,spam").returncode == 0
+    f = write_csv(tmp_path / "bad.csv", ["id", "text", "label"], [["1", "ok", "ham"], ["2", "x", "eggs"]])
+    r = run_cli("import", str(tmp_path / "p"), str(f), "--id-col", "id", "--label-col", "label")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "bad.csv: row 2, column 'label'" in r.stderr
+    r = run_cli("--debug", "import", str(tmp_path / "p"), str(f), "--id-col", "id", "--label-col", "label")
+    assert "Traceback" in r.stderr
+
+
+def test_cli_init_import_status_export(tmp_path):
+    p = tmp_path / "p"
+    assert run_cli("init", str(p), "--labels", "ham,spam").returncode == 0
+    f = write_csv(tmp_path / "in.csv", ["id", "text", "label", "split"],
+                  [["1", "a", "ham", "pool"], ["2", "b", "spam", "pool"], ["3", "c", "", "pool"], ["4", "d", "ham", "test"]])
+    r = run_cli("import", str(p), str(f), "--id-col", "id", "--label-col", "label", "--split-col", "split")
+    assert r.returncode == 0, r.stderr
+    assert "Imported 4 of 4 rows" in r.stdout
+    r = run_cli("status", str(p), "--json")
+    st = json.loads(r.stdout)
+    assert st["items"] == {"total": 4, "pool": 3, "test": 1, "gold": 0}
+    assert st["final_labels"] == {"ham": 1, "spam": 1}
+    assert st["pool_unlabelled"] == 1
+    assert st["gold_labels"] == [{"split": "test", "label": "ham", "count": 1}]
+    assert st["latest_model"] is None
+    r = run_cli("status", str(p))
+    assert "Items" in r.stdout and "pool 3" in r.stdout
+    r = run_cli("export", str(p), str(tmp_path / "o.parquet"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(pl.read_parquet(tmp_path / "o.parquet")["item_id"].to_list()) == ["1", "2"]
+
+
+def test_cli_init_bad_labels(tmp_path):
+    r = run_cli("init", str(tmp_path / "p"), "--labels", "ham,,spam")
+    assert r.returncode == 2 and "empty label" in r.stderr
+
+
+def test_demo_builds_sample_project(tmp_path):
+    r = run_cli("demo", str(tmp_path / "demo"), "--no-open")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(run_cli("status", str(tmp_path / "demo"), "--json").stdout)
+    assert st["items"] == {"total": 5574, "pool": 4464, "test": 1110, "gold": 0}
+    assert st["pool_unlabelled"] == 4464  # pool labels are hidden: they are what the annotator labels
+    assert {g["label"]: g["count"] for g in st["gold_labels"]} == {"ham": 956, "spam": 154}
+    # running demo again re-uses the project
+    assert run_cli("demo", str(tmp_path / "demo"), "--no-open").returncode == 0
