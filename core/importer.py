@@ -111,7 +111,8 @@ class _Importer:
             raise InputFileError(f"{self.path}: the header row is not valid UTF-8.")
         return header
 
-    def _stage(self) -> None:
+    def _prepare(self) -> None:
+        """Check the file's columns before any row is read."""
         src = str(self.path)
         if self.fmt in ("csv", "tsv"):
             header = self._header_columns()
@@ -126,6 +127,9 @@ class _Importer:
         else:
             cols = None
         self.all_columns = cols
+
+    def _stage(self) -> None:
+        src = str(self.path)
         try:
             self._create_stage(src, row_from_file=False)
         except duckdb.Error as exc:
@@ -155,6 +159,15 @@ class _Importer:
         return f"CAST({_q(name)} AS VARCHAR)"
 
     def _label_sql(self) -> str:
+        """Labels as a sorted list of trimmed strings (sorted lists: equal lists mean agreement)."""
+        if self.label_col is None:
+            return "NULL::VARCHAR[]"
+        if self.fmt != "jsonl" and not self.cfg.multi_label:
+            v = self._field_sql(self.label_col)
+            return f"CASE WHEN {v} IS NULL OR trim({v}) = '' THEN NULL ELSE [trim({v})] END"
+        return f"list_sort(list_transform({self._raw_label_sql()}, lambda x: trim(x)))"
+
+    def _raw_label_sql(self) -> str:
         if self.label_col is None:
             return "NULL::VARCHAR[]"
         if self.fmt == "jsonl":
@@ -164,9 +177,14 @@ class _Importer:
                     f"WHEN {raw} IS NULL OR json_type({raw}) = 'NULL' OR trim(j ->> '{key}') = '' THEN NULL "
                     f"ELSE string_split(j ->> '{key}', '{self._sep_sql()}') END")
         v = self._field_sql(self.label_col)
-        if self.cfg.multi_label:
-            return f"CASE WHEN {v} IS NULL OR trim({v}) = '' THEN NULL ELSE string_split({v}, '{self._sep_sql()}') END"
-        return f"CASE WHEN {v} IS NULL OR trim({v}) = '' THEN NULL ELSE [{v}] END"
+        return f"CASE WHEN {v} IS NULL OR trim({v}) = '' THEN NULL ELSE string_split({v}, '{self._sep_sql()}') END"
+
+    def _split_sql(self) -> str:
+        if self.split_col is None:
+            return "'pool'"
+        raw = self._field_sql(self.split_col)
+        return ("CASE lower(trim(coalesce(" + raw + ", ''))) " +
+                " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in SPLIT_VALUES.items()) + " END")
 
     def _sep_sql(self) -> str:
         return self.label_sep.replace("'", "''")
@@ -199,6 +217,9 @@ class _Importer:
 
     def _create_stage(self, src: str, *, row_from_file: bool) -> None:
         self.con.execute("DROP TABLE IF EXISTS ll_stage")
+        self.con.execute("CREATE TEMP TABLE ll_stage AS " + self._select_sql(src, row_from_file=row_from_file))
+
+    def _select_sql(self, src: str, *, row_from_file: bool) -> str:
         reader = self._reader_sql(src)
         if self.fmt == "jsonl":
             reader = f"{reader} AS t(j)"
@@ -209,15 +230,15 @@ class _Importer:
         else:
             # Without an id column the id is the file name and row: importing the same file twice is caught.
             id_sql = "'" + self.path.name.replace("'", "''") + ":' || (" + row_sql + ")::VARCHAR"
-        self.con.execute(f"""
-            CREATE TEMP TABLE ll_stage AS
+        return f"""
             SELECT {row_sql} AS _row,
                    {id_sql} AS id,
                    {self._field_sql(self.text_col)} AS text,
                    {self._label_sql()} AS labels,
                    {self._field_sql(self.split_col)} AS split_raw,
+                   {self._split_sql()} AS split,
                    {self._meta_sql()} AS metadata
-            FROM {reader}""")
+            FROM {reader}"""
 
     # -- diagnosing unreadable text files ------------------------------------
     def _diagnose_text_file(self) -> tuple[list[RowProblem], str]:
@@ -301,24 +322,25 @@ class _Importer:
         self._check(f"SELECT _row, length(text) AS n FROM ll_stage WHERE length(text) > {max_chars}", t,
                     f"'text has ' || n::VARCHAR || ' characters, over the project limit of {max_chars} ([project] max_text_chars)'")
         self._check("SELECT _row FROM ll_stage WHERE id IS NULL OR trim(id) = ''", i, "'id is empty'")
+        # Group first (cheap); the window that finds the first occurrence runs only on repeated ids.
         self._check("""SELECT _row, id, first_row FROM (
-                SELECT _row, id, min(_row) OVER (PARTITION BY id) AS first_row FROM ll_stage WHERE id IS NOT NULL)
+                SELECT _row, id, min(_row) OVER (PARTITION BY id) AS first_row FROM ll_stage
+                WHERE id IN (SELECT id FROM ll_stage WHERE id IS NOT NULL GROUP BY id HAVING count(*) > 1))
             WHERE _row <> first_row""", i, "'id ''' || id || ''' repeats row ' || first_row::VARCHAR")
-        self._check("SELECT s._row, s.id FROM ll_stage s JOIN items it ON it.id = s.id", i,
+        self._check(f"SELECT s._row, s.id FROM ll_stage s JOIN items it ON it.id = s.id AND it.import_id <> {self.import_id}", i,
                     "'id ''' || id || ''' is already in the project'")
         if lab:
             allowed = "[" + ", ".join("'" + x.replace("'", "''") + "'" for x in self.cfg.labels) + "]"
             names = ", ".join(self.cfg.labels).replace("'", "''")
             sep = self._sep_sql()
             self._check(f"""SELECT _row, labels FROM ll_stage WHERE labels IS NOT NULL
-                AND len(list_filter(labels, lambda x: NOT list_contains({allowed}, trim(x)))) > 0""", lab,
+                AND len(list_filter(labels, lambda x: NOT list_contains({allowed}, x))) > 0""", lab,
                         f"'label ''' || array_to_string(labels, '{sep}') || ''' is not one of the project''s labels ({names})'")
             if not self.cfg.multi_label:
                 self._check("SELECT _row FROM ll_stage WHERE len(labels) > 1", lab,
                             "'has more than one label in a single-label project'")
         if sp:
-            known = "[" + ", ".join(f"'{k}'" for k in SPLIT_VALUES) + "]"
-            self._check(f"SELECT _row, split_raw FROM ll_stage WHERE split_raw IS NOT NULL AND NOT list_contains({known}, lower(trim(split_raw)))",
+            self._check("SELECT _row, split_raw FROM ll_stage WHERE split IS NULL",
                         sp, "'split ''' || split_raw || ''' is not one of pool, train, test, gold'")
         for row, col, reason, _raw in self.structural_rejects:
             self.con.execute("INSERT INTO ll_rejected VALUES (?, ?, ?)", [row, col, reason])
@@ -333,44 +355,13 @@ class _Importer:
             raise InputFileError(f"{self.path} does not exist.")
         if not self.path.is_file():
             raise InputFileError(f"{self.path} is not a file.")
+        self._prepare()
         store = self.project.store
+        self.import_id = store.scalar("SELECT coalesce(max(import_id), 0) + 1 FROM imports")
+        self.now = utcnow()
+        self.src_name = str(self.path.resolve())
         try:
-            # Reading happens before the transaction: a reader error must not abort it.
-            self._stage()
-            with store.transaction() as con:
-                self._validate()
-                rows_read = con.execute("SELECT count(*) FROM ll_stage").fetchone()[0] + len(self.structural_rejects)
-                if self.problem_total and not self.skip_invalid:
-                    raise ValidationError(str(self.path), self.problems, self.problem_total)
-                import_id = con.execute("SELECT coalesce(max(import_id), 0) + 1 FROM imports").fetchone()[0]
-                base_ord = con.execute("SELECT coalesce(max(ord), 0) FROM items").fetchone()[0]
-                now = utcnow()
-                src_name = str(self.path.resolve())
-                split_case = ("CASE lower(trim(coalesce(split_raw, ''))) " +
-                              " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in SPLIT_VALUES.items()) + " END")
-                where = "WHERE NOT EXISTS (SELECT 1 FROM ll_rejected r WHERE r._row = s._row)" if self.problem_total else ""
-                con.execute(f"""
-                    CREATE OR REPLACE TEMP TABLE ll_valid AS
-                    SELECT s.*, {split_case} AS split,
-                           list_transform(labels, lambda x: trim(x)) AS clean_labels
-                    FROM ll_stage s {where}""")
-                con.execute("""
-                    INSERT INTO items (id, ord, text, metadata, split, gold_label, source_file, source_row, import_id, imported_at)
-                    SELECT id, ? + row_number() OVER (ORDER BY _row), text, metadata, split,
-                           CASE WHEN split <> 'pool' THEN clean_labels END, ?, _row, ?, ?
-                    FROM ll_valid""", [base_ord, src_name, import_id, now])
-                first_event = con.execute("SELECT coalesce(max(event_id), 0) FROM events").fetchone()[0]
-                con.execute("""
-                    INSERT INTO events (event_id, item_id, kind, via, actor, ts, labels)
-                    SELECT ? + row_number() OVER (ORDER BY _row), id, 'label', 'import', ?, ?, clean_labels
-                    FROM ll_valid WHERE split = 'pool' AND clean_labels IS NOT NULL""", [first_event, self.actor, now])
-                imported, labelled = con.execute("SELECT count(*), count(clean_labels) FROM ll_valid").fetchone()
-                splits = dict(con.execute("SELECT split, count(*) FROM ll_valid GROUP BY split ORDER BY split").fetchall())
-                rejected = rows_read - imported
-                con.execute("INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [import_id, src_name, self.fmt, rows_read, imported, rejected, labelled, now, self.actor])
-                rejects_file = self._write_rejects() if rejected else None
-                fault_point("import-before-commit")
+            report = self._careful_path()
         finally:
             for name in ("ll_stage", "ll_rejected", "ll_valid"):
                 try:
@@ -383,8 +374,52 @@ class _Importer:
                 except OSError:
                     pass
         store.invalidate_caches()
-        return ImportReport(str(self.path), self.fmt, rows_read, imported, rejected, labelled, splits,
-                            rejects_file, time.perf_counter() - started)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _careful_path(self) -> ImportReport:
+        """Stage into a temporary table (diagnosing unreadable rows in Python), validate, then write.
+
+        (Inserting straight from the reader into ``items`` and validating there was measured slower:
+        the row-numbering window serialises the persistent insert.)"""
+        self._stage()
+        store = self.project.store
+        with store.transaction() as con:
+            self._validate()
+            rows_read = con.execute("SELECT count(*) FROM ll_stage").fetchone()[0] + len(self.structural_rejects)
+            if self.problem_total and not self.skip_invalid:
+                raise ValidationError(str(self.path), self.problems, self.problem_total)
+            if self.problem_total:
+                con.execute("""CREATE OR REPLACE TEMP TABLE ll_valid AS
+                    SELECT * FROM ll_stage s WHERE NOT EXISTS (SELECT 1 FROM ll_rejected r WHERE r._row = s._row)""")
+                valid = "ll_valid"
+            else:
+                valid = "ll_stage"
+            return self._finish(con, valid, rows_read=rows_read)
+
+    def _finish(self, con, valid: str, *, rows_read: int) -> ImportReport:
+        # ord and event ids come from the row number: unique and increasing (gaps where rows were
+        # rejected are harmless), and no sort is needed, so DuckDB inserts in parallel.
+        base_ord = con.execute("SELECT coalesce(max(ord), 0) FROM items").fetchone()[0]
+        con.execute(f"""
+            INSERT INTO items (id, ord, text, metadata, split, source_labels, source_file, source_row, import_id, imported_at)
+            SELECT id, ? + _row, text, metadata, split, labels, ?, _row, ?, ?
+            FROM {valid}""", [base_ord, self.src_name, self.import_id, self.now])
+        first_event = con.execute("SELECT coalesce(max(event_id), 0) FROM events").fetchone()[0]
+        # Pool rows that arrive with labels are pre-labelled: an event whose actor names the file.
+        # Test and gold labels stay on the item (gold_label) and never enter the loop.
+        con.execute(f"""
+            INSERT INTO events (event_id, item_id, kind, via, actor, ts, labels)
+            SELECT ? + _row, id, 'label', 'import', ?, ?, labels
+            FROM {valid} WHERE split = 'pool' AND labels IS NOT NULL""", [first_event, self.actor, self.now])
+        imported, labelled = con.execute(f"SELECT count(*), count(labels) FROM {valid}").fetchone()
+        splits = dict(con.execute(f"SELECT split, count(*) FROM {valid} GROUP BY 1 ORDER BY 1").fetchall())
+        rejected = rows_read - imported
+        con.execute("INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [self.import_id, self.src_name, self.fmt, rows_read, imported, rejected, labelled, self.now, self.actor])
+        rejects_file = self._write_rejects() if rejected else None
+        fault_point("import-before-commit")
+        return ImportReport(str(self.path), self.fmt, rows_read, imported, rejected, labelled, splits, rejects_file)
 
     def _write_rejects(self) -> str:
         out = self.path.with_name(self.path.name + ".rejected.csv")

@@ -10,14 +10,16 @@ from core.project import Project
 
 def project_status(project: Project) -> dict[str, Any]:
     s = project.store
+    # final_labels is a view over the whole event log: compute it once for every count below.
+    s.con.execute("CREATE OR REPLACE TEMP TABLE status_final AS SELECT item_id, labels, decided_by FROM final_labels")
     splits = dict(s.rows("SELECT split, count(*) FROM items GROUP BY split ORDER BY split"))
     final = s.rows("""
         SELECT coalesce(array_to_string(labels, '|'), '(unresolved)'), count(*)
-        FROM final_labels GROUP BY 1 ORDER BY 1""")
+        FROM status_final GROUP BY 1 ORDER BY 1""")
     gold = s.rows("""
         SELECT split, array_to_string(gold_label, '|'), count(*) FROM items
         WHERE gold_label IS NOT NULL GROUP BY ALL ORDER BY ALL""")
-    decided_by = dict(s.rows("SELECT decided_by, count(*) FROM final_labels GROUP BY 1 ORDER BY 1"))
+    decided_by = dict(s.rows("SELECT decided_by, count(*) FROM status_final GROUP BY 1 ORDER BY 1"))
     annotators = s.dicts("""
         SELECT actor,
                count(*) FILTER (WHERE kind = 'label') AS labels,
@@ -32,7 +34,7 @@ def project_status(project: Project) -> dict[str, Any]:
         a["last_at"] = a["last_at"].isoformat() if a["last_at"] else None
     pool_unlabelled = s.scalar("""
         SELECT count(*) FROM items i WHERE split = 'pool'
-          AND NOT EXISTS (SELECT 1 FROM final_labels f WHERE f.item_id = i.id)""")
+          AND NOT EXISTS (SELECT 1 FROM status_final f WHERE f.item_id = i.id)""")
     queue = s.scalar("""
         SELECT count(*) FROM queue q
         WHERE q.batch_id = (SELECT max(batch_id) FROM batches)
@@ -45,6 +47,7 @@ def project_status(project: Project) -> dict[str, Any]:
         latest = {"version": m["version"], "created_at": m["created_at"].isoformat(), "n_train": m["n_train"],
                   "calibration": m["calibration"], "temperature": m["temperature"], "origin": m["origin"],
                   "test_metrics": json.loads(m["metrics"]) if m["metrics"] else None}
+    s.con.execute("DROP TABLE status_final")
     return {
         "project": project.config.name,
         "labels": project.config.labels,

@@ -34,7 +34,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             text VARCHAR NOT NULL,
             metadata VARCHAR,                 -- JSON object of the imported metadata columns
             split VARCHAR NOT NULL,           -- pool | test | gold
-            gold_label VARCHAR[],             -- for test/gold items: the reference label(s)
+            source_labels VARCHAR[],          -- label(s) the source file gave the row (sorted)
+            -- for test/gold items the reference label(s); pool labels become import events instead
+            gold_label VARCHAR[] GENERATED ALWAYS AS (CASE WHEN split <> 'pool' THEN source_labels END) VIRTUAL,
             source_file VARCHAR NOT NULL,
             source_row BIGINT NOT NULL,       -- 1-based data row in the source file
             import_id INTEGER NOT NULL,
@@ -111,36 +113,53 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             probs VARCHAR                     -- JSON {label: p} at selection time
         )""",
         # Events that an undo has not taken back.
+        # (An explicit ANTI JOIN against the few undo rows plans as one small hash table; a correlated
+        # NOT EXISTS made DuckDB group the whole log first.)
         """CREATE VIEW effective_events AS
             SELECT e.* FROM events e
-            WHERE e.kind <> 'undo'
-              AND NOT EXISTS (SELECT 1 FROM events u WHERE u.kind = 'undo' AND u.target_event = e.event_id)""",
-        # Each actor's current label for each item.
+            ANTI JOIN (SELECT target_event FROM events WHERE kind = 'undo' AND target_event IS NOT NULL) u
+                ON u.target_event = e.event_id
+            WHERE e.kind <> 'undo'""",
+        # Each actor's current label for each item (the latest of their label events not undone).
         """CREATE VIEW annotations AS
-            SELECT * EXCLUDE (rn) FROM (
-                SELECT *, row_number() OVER (PARTITION BY item_id, actor ORDER BY event_id DESC) AS rn
-                FROM effective_events WHERE kind = 'label'
-            ) WHERE rn = 1""",
-        # One row per item that has a current label; final_labels is NULL while annotators disagree.
+            SELECT e.* FROM events e
+            JOIN (SELECT max(event_id) AS event_id FROM effective_events WHERE kind = 'label'
+                  GROUP BY item_id, actor) latest USING (event_id)""",
+        # One row per item that has a current label. labels is NULL while annotators disagree and no
+        # adjudication has settled it. Label lists are stored sorted, so equal lists mean agreement.
+        # Most items have one actor: they are settled by one GROUP BY; only items that several actors
+        # labelled go through each actor's latest label.
         """CREATE VIEW final_labels AS
-            WITH agg AS (
-                SELECT item_id,
-                       count(*) AS n_annotations,
-                       count(DISTINCT array_to_string(list_sort(labels), '|')) AS n_distinct,
-                       bool_and(via = 'import') AS all_import,
-                       arg_max(labels, event_id) AS last_labels,
-                       arg_max(event_id, event_id) AS last_event
-                FROM annotations GROUP BY item_id
+            WITH per_item AS (
+                SELECT item_id, min(actor) AS actor_lo, max(actor) AS actor_hi, arg_max(labels, event_id) AS last_labels,
+                       arg_max(via, event_id) AS last_via, max(event_id) AS last_event
+                FROM effective_events WHERE kind = 'label' GROUP BY item_id
+            ),
+            multi AS (
+                -- only items that several actors labelled need each actor's latest label
+                SELECT item_id, count(*) AS n_annotations, min(labels) AS lo, max(labels) AS hi,
+                       bool_and(via = 'import') AS all_import, max(event_id) AS last_event
+                FROM (SELECT item_id, actor, arg_max(labels, event_id) AS labels, arg_max(via, event_id) AS via, max(event_id) AS event_id
+                      FROM effective_events e SEMI JOIN (SELECT item_id FROM per_item WHERE actor_lo <> actor_hi) m USING (item_id)
+                      WHERE e.kind = 'label' GROUP BY item_id, actor)
+                GROUP BY item_id
+            ),
+            agg AS (
+                SELECT p.item_id,
+                       coalesce(m.n_annotations, 1) AS n_annotations,
+                       coalesce(m.lo, p.last_labels) AS lo, coalesce(m.hi, p.last_labels) AS hi,
+                       coalesce(m.all_import, p.last_via = 'import') AS all_import,
+                       p.last_event
+                FROM per_item p LEFT JOIN multi m USING (item_id)
             ),
             adj AS (
                 SELECT item_id, arg_max(labels, event_id) AS labels, max(event_id) AS event_id
                 FROM effective_events WHERE kind = 'adjudicate' GROUP BY item_id
             )
             SELECT agg.item_id,
-                   CASE WHEN adj.item_id IS NOT NULL THEN adj.labels
-                        WHEN agg.n_distinct = 1 THEN agg.last_labels END AS labels,
+                   CASE WHEN adj.item_id IS NOT NULL THEN adj.labels WHEN agg.lo = agg.hi THEN agg.lo END AS labels,
                    CASE WHEN adj.item_id IS NOT NULL THEN 'adjudication'
-                        WHEN agg.n_distinct > 1 THEN 'unresolved'
+                        WHEN agg.lo <> agg.hi THEN 'unresolved'
                         WHEN agg.all_import THEN 'import'
                         WHEN agg.n_annotations > 1 THEN 'agreement'
                         ELSE 'single annotator' END AS decided_by,
@@ -164,6 +183,8 @@ class Store:
         self.con = con
         self.path = path
         self._lock = threading.RLock()
+        # DuckDB would draw a progress bar on stdout during long queries, under our TUI or into a pipe.
+        con.execute("SET enable_progress_bar = false")
 
     # -- opening -----------------------------------------------------------
     @classmethod
@@ -268,6 +289,8 @@ class Store:
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown event fields {sorted(unknown)}")
+        if fields.get("labels") is not None:
+            fields["labels"] = sorted(fields["labels"])  # sorted lists: equal lists mean agreement
         if isinstance(fields.get("shown_probs"), dict):
             fields["shown_probs"] = json.dumps(fields["shown_probs"])
         ts = fields.pop("ts", None) or utcnow()

@@ -37,7 +37,8 @@ def _setup(project, tmp_path):
     s.append_event("i2", "label", "alice", via="correction", labels=["spam"], duration_ms=1500.0, error_category="wrong class",
                    note="says 'free'", model_version=3, shown_probs=probs, suggestion="ham", suggestion_hidden=False,
                    batch_id=7, strategy="margin", score=0.6, rank=2, percentile=99.5, audit=False)
-    s.append_event("i3", "label", "alice", via="key", labels=["ham"], duration_ms=900.0)
+    s.append_event("i3", "label", "alice", via="key", labels=["spam"], duration_ms=400.0)  # changed her mind:
+    s.append_event("i3", "label", "alice", via="key", labels=["ham"], duration_ms=900.0)   # her latest label counts
     s.append_event("i3", "label", "bob", via="accept", labels=["ham"], duration_ms=700.0, audit=True, strategy="random")
     s.append_event("i4", "label", "alice", via="key", labels=["ham"])
     s.append_event("i4", "label", "bob", via="key", labels=["spam"])
@@ -131,5 +132,5 @@ def test_export_round_trips_text_exactly(batch, fmt):
             stored = p.store.rows("SELECT id, text FROM items ORDER BY ord")
             assert stored == [(r["id"], r["text"]) for r in rows]
             export_parquet(p, tmp / "out.parquet")
-        df = pl.read_parquet(tmp / "out.parquet")
+        df = pl.read_parquet(tmp / "out.parquet").sort("source_row")
         assert df.select("item_id", "text", "label").rows() == [(r["id"], r["text"], r["label"]) for r in rows]
