@@ -219,6 +219,15 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
     if model is None:
         selection, probs = _cold_start_batch(project, feats, state, batch_size, rng)
         report.strategy = f"cold start: {cfg.cold_start}"
+    elif not trainable and cfg.cold_start == "stratified":
+        # An imported model's predicted classes stratify the first batch: every class gets its share.
+        probs = np.vstack([model.predict_proba(feats.X[state.candidate_rows[i:i + SCORE_CHUNK]])
+                           for i in range(0, len(state.candidate_rows), SCORE_CHUNK)])
+        picked = coldstart.stratified_seed(probs.argmax(axis=1), len(model.classes_), batch_size, rng)
+        m = len(picked)
+        selection = Selection(picked, ["cold start: stratified"] * m, np.full(m, np.nan), np.arange(1, m + 1),
+                              np.full(m, np.nan), np.zeros(m, dtype=bool))
+        report.strategy = "cold start: stratified"
     else:
         committee = X_lab_c = p_lab = None
         if strategy in ("bald", "qbc"):
@@ -266,8 +275,10 @@ def _cold_start_batch(project: Project, feats: FeatureSet, state: PoolState, k: 
         picked, flags = coldstart.keyword_seed(pos, n, k, rng)
     elif method == "typicality":
         picked = coldstart.typicality_seed(feats.X[rows], k, rng)
-    else:  # random, and stratified/model before any model exists
+    else:  # random; and stratified or model when no model exists yet to stratify or rank with
         picked = coldstart.random_seed(n, k, rng)
+        if method in ("stratified", "model"):
+            method = f"random (no model yet for {method})"
     m = len(picked)
     sel = Selection(index=picked, strategy=[f"cold start: {method}" + (" (keyword match)" if flags is not None and f else "")
                                             for f in (flags if flags is not None else [False] * m)],

@@ -248,6 +248,7 @@ def labels_to_target(curves: pl.DataFrame, target: float) -> pl.DataFrame:
             .agg(pl.col("n_labels").filter(pl.col("accuracy") >= target).first().alias("labels_to_target"),
                  pl.col("accuracy").last().alias("final_accuracy"),
                  pl.col("ece").last().alias("final_ece"),
+                 pl.col("accuracy").mean().alias("mean_accuracy"),
                  pl.col("compute_seconds").mean().alias("compute_per_round"),
                  pl.col("compute_seconds").sum().alias("compute_total")))
 
@@ -262,6 +263,7 @@ def _summarise(curves: pl.DataFrame, cfg: SimConfig, target: float, n_pool: int)
                     pl.col("final_accuracy").mean().alias("final_accuracy_mean"),
                     pl.col("final_accuracy").std().alias("final_accuracy_std"),
                     pl.col("final_ece").mean().alias("final_ece_mean"),
+                    pl.col("mean_accuracy").mean().alias("area_under_curve"),
                     pl.col("compute_per_round").mean().alias("compute_per_round_s"),
                     pl.col("compute_total").mean().alias("compute_total_s")))
     # Repeats that never reach the target count at the budget: a lower bound on what they would need.
@@ -295,10 +297,16 @@ def _summarise(curves: pl.DataFrame, cfg: SimConfig, target: float, n_pool: int)
         needed = b["labels_needed"]
         conditions["pool_large_enough"] = {"holds": bool(n_pool >= POOL_RATIO * needed), "pool": n_pool,
                                            "labels_needed": needed, "ratio": n_pool / needed if needed else None}
+    reached = dict(summary.select("strategy", "reached").iter_rows())
     if best is None:
         verdict = "use random sampling (no active-learning strategy was simulated)"
     elif saving is None:
         verdict = "unknown: no random baseline"
+    elif reached.get(best, 0) == 0 and reached.get("random", 0) == 0:
+        auc = dict(summary.select("strategy", "area_under_curve").iter_rows())
+        saving = None
+        verdict = (f"inconclusive: no strategy reached the target within {cfg.budget} labels (raise --budget); "
+                   f"mean accuracy over the curve {best} {auc[best]:.3f} vs random {auc['random']:.3f}")
     else:
         failed = [k for k, v in conditions.items() if not v["holds"]]
         if saving < MARGINAL_SAVING:
@@ -356,15 +364,16 @@ def format_report(report: SimReport, cfg: SimConfig) -> str:
              f"full-pool accuracy {report.full_accuracy:.3f}; target {report.target:.3f} "
              f"({cfg.target_frac:.0%} of it); {cfg.repeats} repeats; {report.seconds:.1f} s", ""]
     lines.append(f"{'strategy':<18}{'labels to target':>20}{'reached':>9}{'final acc':>16}{'final ECE':>10}"
-                 f"{'compute/round':>15}{'cost':>10}")
+                 f"{'curve mean':>11}{'compute/round':>15}{'cost':>10}")
     for r in report.summary.iter_rows(named=True):
         ltt = "never" if r["labels_to_target_mean"] is None else (
             f"{r['labels_to_target_mean']:.0f} ± {r['labels_to_target_std'] or 0:.0f}")
         lines.append(f"{r['strategy']:<18}{ltt:>20}{r['reached']:>5}/{r['repeats']:<3}"
                      f"{r['final_accuracy_mean']:>10.3f} ± {r['final_accuracy_std'] or 0:.3f}"
-                     f"{r['final_ece_mean']:>10.3f}{r['compute_per_round_s']:>13.2f} s{r['money_to_target']:>10.2f}")
+                     f"{r['final_ece_mean']:>10.3f}{r['area_under_curve']:>11.3f}"
+                     f"{r['compute_per_round_s']:>13.2f} s{r['money_to_target']:>10.2f}")
     lines.append("")
-    if report.saving is not None:
+    if report.saving is not None and report.best_strategy:
         lines.append(f"Best strategy: {report.best_strategy}; saves {report.saving:.0%} of the labels random sampling "
                      "needs to reach the target (seed set counted).")
     for name, c in report.conditions.items():

@@ -61,3 +61,20 @@ def test_demo_builds_sample_project(tmp_path):
     assert {g["label"]: g["count"] for g in st["gold_labels"]} == {"ham": 956, "spam": 154}
     # running demo again re-uses the project
     assert run_cli("demo", str(tmp_path / "demo"), "--no-open").returncode == 0
+
+
+def test_cli_train_next_and_model_transfer(tmp_path):
+    d = tmp_path / "demo"
+    assert run_cli("demo", str(d), "--no-open").returncode == 0
+    r = run_cli("train", str(d), "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert "cold-start batch" in r.stdout and "Queued batch 1: 40 items" in r.stdout
+    r = run_cli("next", str(d), "--n", "3", "--json")
+    items = json.loads(r.stdout)
+    assert len(items) == 3 and all(i["strategy"].startswith("cold start: keyword") for i in items)
+    r = run_cli("next", str(d), "--n", "2")
+    assert "cold start: keyword" in r.stdout
+    r = run_cli("model", "export", str(d), str(tmp_path / "m.pkl"))
+    assert r.returncode == 2 and "no model yet" in r.stderr
+    r = run_cli("train", str(d), "--strategy", "nonsense")
+    assert r.returncode == 2 and "unknown strategy 'nonsense'" in r.stderr

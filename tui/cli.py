@@ -56,6 +56,95 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from core.loop import train_and_queue
+    with _project(args.dir) as project:
+        r = train_and_queue(project, strategy=args.strategy, batch_size=args.batch, seed=args.seed)
+    if args.json:
+        print(json.dumps({"model_version": r.model_version, "batch_id": r.batch_id, "batch_size": r.batch_size,
+                          "strategy": r.strategy, "n_train": r.n_train, "metrics": r.metrics, "adequacy": r.adequacy,
+                          "signals": r.signals, "warnings": r.warnings, "seconds": r.seconds}, indent=2, default=str))
+        return 0
+    if r.metrics:
+        m = r.metrics
+        print(f"Model v{r.model_version}: trained on {r.n_train:,} labels in {r.seconds.get('train', 0):.2f} s.")
+        if m.get("n_test"):
+            print(f"  test (n={m['n_test']:,}): accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, "
+                  f"ECE {m['ece']:.3f} (uncalibrated {m['ece_uncalibrated']:.3f}), Brier {m['brier']:.3f}, NLL {m['nll']:.3f}")
+            for c, pc in m["per_class"].items():
+                print(f"    {c:<20} precision {pc['precision']:.3f}  recall {pc['recall']:.3f}  (n={pc['support']})")
+    else:
+        print(f"No model yet ({r.n_train} labels, need two classes): queued a cold-start batch.")
+    ad = r.adequacy
+    print("Seed adequacy: " + ", ".join(f"{c} {n}" for c, n in ad["per_class"].items()) +
+          f" (minimum {ad['minimum']} per class)")
+    print(f"Queued batch {r.batch_id}: {r.batch_size} items by {r.strategy} "
+          f"in {r.seconds.get('score_select', 0):.2f} s.")
+    for w in r.warnings:
+        print(f"warning: {w}")
+    return 0
+
+
+def cmd_next(args) -> int:
+    from core.loop import queued_items
+    with _project(args.dir) as project:
+        items = queued_items(project, args.n)
+    if args.json:
+        print(json.dumps(items, indent=2, default=str, ensure_ascii=False))
+        return 0
+    if not items:
+        print("The queue is empty; run labelloop train to fill it.")
+    for it in items:
+        why = "random audit" if it["audit"] else it["strategy"]
+        if it["rank"] is not None and not it["audit"]:
+            why += f", rank {it['rank']}"
+        if it["percentile"] is not None:
+            why += f", pool percentile {it['percentile']:.1f}"
+        probs = json.loads(it["probs"]) if it["probs"] else {}
+        top = max(probs, key=probs.get) if probs else None
+        sugg = f"  suggestion {top} ({probs[top]:.2f})" if top else ""
+        text = " ".join(it["text"].split())
+        text = "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
+        print(f"{it['item_id']:<14} [{why}]{sugg}\n    {text[:150]}")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from core.simulate import SimConfig, format_report, run_simulation, write_outputs
+    cfg = SimConfig(strategies=[s.strip() for s in args.strategies.split(",") if s.strip()], seed_size=args.seed_size,
+                    batch=args.batch, budget=args.budget, repeats=args.repeats, test_frac=args.test_frac,
+                    seed_query=args.seed_query, target_frac=args.target, cost_per_label=args.cost_per_label,
+                    seconds_per_label=args.seconds_per_label, compute_price_per_hour=args.compute_price,
+                    seed=args.seed, calibration=args.calibration)
+
+    def progress(frac, msg):
+        if sys.stderr.isatty():
+            print(f"\r{frac:5.0%} {msg:<40}", end="", file=sys.stderr, flush=True)
+    report = run_simulation(Path(args.data), args.text_col, args.label_col, cfg, split_col=args.split_col, progress=progress)
+    if sys.stderr.isatty():
+        print("\r" + " " * 50 + "\r", end="", file=sys.stderr)
+    write_outputs(report, Path(args.curves) if args.curves else None, Path(args.chart) if args.chart else None)
+    print(format_report(report, cfg))
+    if args.curves:
+        print(f"Curves: {args.curves}")
+    if args.chart:
+        print(f"Chart: {args.chart}")
+    return 0
+
+
+def cmd_model(args) -> int:
+    from core.transfer import export_model, import_model
+    with _project(args.dir) as project:
+        if args.action == "export":
+            out, v = export_model(project, args.file, args.version)
+            print(f"Exported model v{v} with its featurizer to {out}.")
+        else:
+            v = import_model(project, args.file)
+            print(f"Imported {args.file} as model v{v}; it ranks the queue until this project trains its own "
+                  "(run labelloop train).")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from core.demo import build_demo
     path, created = build_demo(args.dir)
@@ -111,6 +200,49 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("train", help="retrain, calibrate, rescore the pool and refill the queue")
+    s.add_argument("dir")
+    s.add_argument("--strategy", help="override [strategy] name for this batch")
+    s.add_argument("--batch", type=int, help="override [strategy] batch_size")
+    s.add_argument("--seed", type=int, help="random seed (a fixed seed reproduces the batch)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("next", help="show the next queued items and why each was chosen")
+    s.add_argument("dir")
+    s.add_argument("--n", type=int, default=20)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_next)
+
+    s = sub.add_parser("simulate", help="replay active learning against random sampling on a labelled file")
+    s.add_argument("data")
+    s.add_argument("--text-col", default="text")
+    s.add_argument("--label-col", default="label")
+    s.add_argument("--split-col", help="column whose 'test' rows form the test split (default: --test-frac)")
+    s.add_argument("--strategies", default="margin,entropy,random")
+    s.add_argument("--seed-size", type=int, default=50)
+    s.add_argument("--batch", type=int, default=50)
+    s.add_argument("--budget", type=int, default=500)
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--test-frac", type=float, default=0.2)
+    s.add_argument("--seed-query", help="regex: seed half the first batch with matching items")
+    s.add_argument("--target", type=float, default=0.95, help="target as a share of the full-pool accuracy")
+    s.add_argument("--calibration", choices=["temperature", "platt", "none"], default="temperature")
+    s.add_argument("--cost-per-label", type=float, default=0.10)
+    s.add_argument("--seconds-per-label", type=float, default=15.0)
+    s.add_argument("--compute-price", type=float, default=0.50, help="money per compute hour")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--curves", help="write the learning curves here (.csv or .parquet)")
+    s.add_argument("--chart", help="write a PNG chart of the learning curves here")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("model", help="export a trained model or import one as the first scorer")
+    s.add_argument("action", choices=["export", "import"])
+    s.add_argument("dir")
+    s.add_argument("file")
+    s.add_argument("--version", type=int, help="model version to export (default: latest trained)")
+    s.set_defaults(func=cmd_model)
 
     s = sub.add_parser("demo", help="build the sample SMS spam project and open it")
     s.add_argument("dir", nargs="?", default="labelloop-demo")

@@ -1,0 +1,176 @@
+"""The loop on a real (small) project: cold start, training, queue reasons, signals, model transfer."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from core.config import CONFIG_NAME
+from core.errors import LabelloopError
+from core.features import load_or_build_features
+from core.importer import import_file
+from core.loop import queued_items, train_and_queue
+from core.project import Project, init_project
+from core.transfer import export_model, import_model
+from tests.conftest import ROOT, write_csv
+
+SAMPLE = list(csv.DictReader(open(ROOT / "sample_data" / "sms_spam.csv", encoding="utf-8")))
+TRUTH = {r["id"]: r["label"] for r in SAMPLE}
+
+
+def make_project(tmp_path, name="p", n_pool=900, n_test=300, cfg_edits=()):
+    d = init_project(tmp_path / name, ["ham", "spam"])
+    text = (d / CONFIG_NAME).read_text()
+    for old, new in cfg_edits:
+        text = text.replace(old, new)
+    (d / CONFIG_NAME).write_text(text)
+    pool = [r for r in SAMPLE if r["split"] == "pool"][:n_pool]
+    test = [r for r in SAMPLE if r["split"] == "test"][:n_test]
+    write_csv(tmp_path / f"{name}_pool.csv", ["id", "text"], [[r["id"], r["text"]] for r in pool])
+    write_csv(tmp_path / f"{name}_test.csv", ["id", "text", "label", "split"], [[r["id"], r["text"], r["label"], "test"] for r in test])
+    p = Project.open(d)
+    import_file(p, tmp_path / f"{name}_pool.csv", id_col="id")
+    import_file(p, tmp_path / f"{name}_test.csv", id_col="id", label_col="label", split_col="split")
+    return p
+
+
+def label_queue(p, n=None, actor="oracle"):
+    for it in queued_items(p, n):
+        p.store.append_event(it["item_id"], "label", actor, via="key", labels=[TRUTH[it["item_id"]]],
+                             batch_id=it["batch_id"], strategy=it["strategy"], audit=it["audit"], rank=it["rank"])
+
+
+def test_features_are_cached_until_items_are_added(tmp_path):
+    p = make_project(tmp_path)
+    a = load_or_build_features(p.store, p.cache_dir)
+    b = load_or_build_features(p.store, p.cache_dir)
+    assert not a.from_cache and b.from_cache
+    assert (a.X != b.X).nnz == 0 and list(a.ids) == list(b.ids)
+    assert a.X.shape[0] == 1200 and a.featurizer.kind == "tfidf"
+    write_csv(tmp_path / "more.csv", ["id", "text"], [["new1", "a brand new message"]])
+    import_file(p, tmp_path / "more.csv", id_col="id")
+    c = load_or_build_features(p.store, p.cache_dir)
+    assert not c.from_cache and c.X.shape[0] == 1201
+
+
+def test_hashing_featurizer_above_threshold(tmp_path):
+    p = make_project(tmp_path, n_pool=200, n_test=50)
+    f = load_or_build_features(p.store, p.cache_dir, hashing_above=100)
+    assert f.featurizer.kind == "hashing" and f.X.shape == (250, 2 * 2 ** 18)
+    assert np.allclose(np.asarray(f.X.multiply(f.X).sum(1)).ravel(), 1.0, atol=1e-5)
+
+
+def test_cold_start_keyword_then_training_and_queue_reasons(tmp_path):
+    p = make_project(tmp_path, cfg_edits=[('cold_start = "random"', 'cold_start = "keyword"'),
+                                          ('seed_query = ""', 'seed_query = "free|prize|claim"')])
+    r = train_and_queue(p, seed=1)
+    assert r.model_version is None and r.strategy == "cold start: keyword"
+    q = queued_items(p)
+    assert len(q) == 50
+    matched = [it for it in q if "keyword match" in it["strategy"]]
+    assert len(matched) == 25
+    assert all(any(w in it["text"].lower() for w in ("free", "prize", "claim")) for it in matched)
+    label_queue(p)
+    r = train_and_queue(p, seed=2)
+    assert r.model_version == 1 and r.n_train == 50
+    m = r.metrics
+    assert m["n_test"] == 300 and 0.8 < m["accuracy"] <= 1.0
+    assert 0 <= m["ece"] <= 1 and sum(m["reliability"]["bin_counts"]) == 300
+    stored = json.loads(p.store.scalar("SELECT metrics FROM models WHERE version = 1"))
+    assert stored["accuracy"] == m["accuracy"] and stored["n_train"] == 50
+    q = queued_items(p)
+    assert len(q) == 50 and sum(it["audit"] for it in q) == 5
+    main = [it for it in q if not it["audit"]]
+    assert [it["rank"] for it in main] == list(range(1, 46))
+    assert all(it["strategy"] == "margin" and it["percentile"] > 90 for it in main)
+    scores = [it["score"] for it in main]
+    assert scores == sorted(scores, reverse=True)
+    probs = json.loads(main[0]["probs"])
+    assert set(probs) == {"ham", "spam"} and abs(sum(probs.values()) - 1) < 1e-4
+    assert all(it["strategy"] == "random" for it in q if it["audit"])
+
+
+def test_fixed_seed_reproduces_the_queue(tmp_path):
+    p = make_project(tmp_path)
+    train_and_queue(p, seed=5)
+    label_queue(p)
+    train_and_queue(p, seed=7)
+    first = [it["item_id"] for it in queued_items(p)]
+    train_and_queue(p, seed=7)
+    assert [it["item_id"] for it in queued_items(p)] == first
+
+
+@pytest.mark.parametrize("strategy", ["least_confidence", "entropy", "bald", "qbc", "cal", "diversity", "power", "random"])
+def test_every_strategy_queues_a_batch(tmp_path, strategy):
+    p = make_project(tmp_path, n_pool=500, n_test=100)
+    train_and_queue(p, seed=1)
+    label_queue(p)
+    r = train_and_queue(p, strategy=strategy, batch_size=20, seed=3)
+    q = queued_items(p)
+    assert r.batch_size == len(q) == 20
+    labelled = {e[0] for e in p.store.rows("SELECT item_id FROM events")}
+    assert not labelled & {it["item_id"] for it in q}
+    assert {it["strategy"] for it in q if not it["audit"]} == {strategy}
+
+
+def test_typicality_and_stratified_cold_start(tmp_path):
+    p = make_project(tmp_path, n_pool=400, n_test=50, cfg_edits=[('cold_start = "random"', 'cold_start = "typicality"'),
+                                                                  ("batch_size = 50", "batch_size = 12")])
+    r = train_and_queue(p, seed=0)
+    assert r.strategy == "cold start: typicality" and len(queued_items(p)) == 12
+
+
+def test_stopping_signal_after_three_stable_rounds(tmp_path):
+    p = make_project(tmp_path, n_pool=400, n_test=100)
+    train_and_queue(p, seed=1)
+    label_queue(p)
+    reports = [train_and_queue(p, seed=2) for _ in range(4)]  # same labels: identical predictions
+    assert reports[0].metrics["stop_kappa"] is None
+    assert all(r.metrics["stop_kappa"] == 1.0 for r in reports[1:])
+    assert not reports[2].signals["stop"] and reports[3].signals["stop"]
+    assert any("Stopping signal" in w for w in reports[3].warnings)
+
+
+def test_one_class_cannot_train(tmp_path):
+    p = make_project(tmp_path, n_pool=100, n_test=20)
+    train_and_queue(p, seed=0)
+    for it in queued_items(p, 5):
+        p.store.append_event(it["item_id"], "label", "a", via="key", labels=["ham"])
+    r = train_and_queue(p, seed=0)  # still a cold-start batch, with a seed adequacy warning
+    assert r.model_version is None
+    assert r.adequacy["per_class"] == {"ham": 5, "spam": 0} and not r.adequacy["adequate"]
+
+
+def test_model_export_import_as_first_scorer(tmp_path):
+    src = make_project(tmp_path, "src")
+    train_and_queue(src, seed=1)
+    label_queue(src)
+    train_and_queue(src, seed=2)
+    out, v = export_model(src, tmp_path / "m.pkl")
+    dst = make_project(tmp_path, "dst", n_pool=300, n_test=50)
+    iv = import_model(dst, out)
+    r = train_and_queue(dst, seed=0)
+    assert r.model_version == iv and r.strategy == "margin"  # ranked by the imported model, no cold start
+    q = queued_items(dst)
+    assert all(it["probs"] for it in q) and q[0]["model_version"] == iv
+    # stratified cold start: the imported model's predicted classes share the first batch equally
+    dst.close()
+    cfg = (tmp_path / "dst" / CONFIG_NAME).read_text().replace('cold_start = "random"', 'cold_start = "stratified"')
+    (tmp_path / "dst" / CONFIG_NAME).write_text(cfg)
+    dst = Project.open(tmp_path / "dst")
+    r = train_and_queue(dst, batch_size=20, seed=0)
+    assert r.strategy == "cold start: stratified"
+    predicted = [max(json.loads(it["probs"]), key=json.loads(it["probs"]).get) for it in queued_items(dst)]
+    from core.loop import features_for, load_model
+    art = load_model(dst, iv)
+    feats = features_for(dst, featurizer=art["featurizer"])
+    pool_pred = art["model"].predict_proba(feats.X[feats.splits == "pool"]).argmax(1)
+    n_spam = int((np.array(art["model"].classes_)[pool_pred] == "spam").sum())
+    assert predicted.count("spam") == min(10, n_spam) and n_spam < 40  # the rare class is not drowned out
+    other = init_project(tmp_path / "other", ["sports", "news"])
+    with Project.open(other) as o, pytest.raises(LabelloopError, match="does not have"):
+        import_model(o, out)
+    (tmp_path / "junk.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(LabelloopError, match="not a labelloop model file"):
+        import_model(dst, tmp_path / "junk.pkl")
