@@ -173,7 +173,7 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
     ``progress(fraction, message)`` is called between steps; raising from it cancels the run."""
     cfg = project.config
     strategy = check_strategy(strategy or cfg.strategy)
-    batch_size = batch_size or cfg.batch_size
+    explicit_batch = batch_size
     rng = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
     timings: dict[str, float] = {}
     step = progress or (lambda f, m: None)
@@ -216,6 +216,8 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
 
     step(0.7, "scoring the pool")
     t = time.perf_counter()
+    # The first (cold-start) batch is the seed set: [strategy] seed_size; later batches batch_size.
+    batch_size = explicit_batch or (cfg.seed_size if model is None else cfg.batch_size)
     if model is None:
         selection, probs = _cold_start_batch(project, feats, state, batch_size, rng)
         report.strategy = f"cold start: {cfg.cold_start}"

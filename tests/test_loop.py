@@ -116,7 +116,7 @@ def test_every_strategy_queues_a_batch(tmp_path, strategy):
 
 def test_typicality_and_stratified_cold_start(tmp_path):
     p = make_project(tmp_path, n_pool=400, n_test=50, cfg_edits=[('cold_start = "random"', 'cold_start = "typicality"'),
-                                                                  ("batch_size = 50", "batch_size = 12")])
+                                                                  ("seed_size = 50", "seed_size = 12")])
     r = train_and_queue(p, seed=0)
     assert r.strategy == "cold start: typicality" and len(queued_items(p)) == 12
 
