@@ -49,6 +49,9 @@ def build_demo(project_dir: Path | str, *, sample: Path | None = None) -> tuple[
             import_file(project, tmp / "pool.parquet", id_col="id", actor="import:sms_spam.csv")
             import_file(project, tmp / "test.parquet", id_col="id", label_col="label", split_col="split",
                         actor="import:sms_spam.csv")
+            # Fill the queue now (the keyword-seeded cold-start batch), so the workstation opens on an item.
+            from core.loop import train_and_queue
+            train_and_queue(project, seed=0)
     except BaseException:
         if not existed:  # never delete a folder the user had before
             shutil.rmtree(project_dir, ignore_errors=True)

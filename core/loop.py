@@ -56,6 +56,7 @@ class TrainReport:
     signals: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    untrained_multi_label: bool = False
 
 
 def features_for(project: Project, featurizer=None) -> FeatureSet:
@@ -66,8 +67,6 @@ def features_for(project: Project, featurizer=None) -> FeatureSet:
 
 def pool_state(project: Project, feats: FeatureSet) -> PoolState:
     s = project.store
-    if project.config.multi_label:
-        raise ModelError("training a multi-label project is not supported yet; label without a model meanwhile.")
     labelled = s.rows("""SELECT i.ord, f.labels[1] FROM final_labels f JOIN items i ON i.id = f.item_id
                          WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")
     test = s.rows("SELECT ord, gold_label[1] FROM items WHERE split = 'test' AND gold_label IS NOT NULL ORDER BY ord")
@@ -189,7 +188,9 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
         raise EmptyPoolError("every pool item is labelled, skipped or flagged; import more items to go on.")
 
     model = None
-    trainable = len({c for c in state.y}) >= 2
+    # (Multi-label projects are labelled without a model for now: every batch is a cold-start batch.)
+    trainable = len({c for c in state.y}) >= 2 and not cfg.multi_label
+    report.untrained_multi_label = cfg.multi_label and len(state.y) > 0
     if retrain and trainable:
         step(0.2, "training")
         t = time.perf_counter()
@@ -358,6 +359,8 @@ def warnings_for(report: TrainReport) -> list[str]:
     if sig.get("converging"):
         out.append(f"Batch convergence: this batch is {sig['convergence_ratio']:.1f}x more self-similar than a random "
                    "batch; the strategy is concentrating on one region (consider diversity or more audit).")
+    if report.untrained_multi_label:
+        out.append("Training a multi-label model is not supported yet: batches are drawn by the cold-start method.")
     if m.get("n_test", 1) == 0:
         out.append("No held-out test split: accuracy and calibration cannot be measured (import items with split=test).")
     return out

@@ -24,6 +24,9 @@ DB_NAME = "project.duckdb"
 
 EVENT_KINDS = ("label", "skip", "flag", "undo", "adjudicate")
 SPLITS = ("pool", "test", "gold")
+EVENT_FIELDS = {"via", "duration_ms", "labels", "error_category", "note", "model_version", "shown_probs",
+                "suggestion", "suggestion_hidden", "batch_id", "strategy", "score", "rank", "percentile",
+                "audit", "target_event", "session_id", "ts"}
 
 # Each migration is applied once, in order, inside one transaction with its version row.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
@@ -183,6 +186,7 @@ class Store:
         self.con = con
         self.path = path
         self._lock = threading.RLock()
+        self._next_event_id: int | None = None
         # DuckDB would draw a progress bar on stdout during long queries, under our TUI or into a pipe.
         con.execute("SET enable_progress_bar = false")
 
@@ -280,31 +284,34 @@ class Store:
         return self.scalar("SELECT coalesce(max(event_id), 0) + 1 FROM events")
 
     def append_event(self, item_id: str, kind: str, actor: str, **fields: Any) -> int:
-        """Append one event and commit it at once (a decision is saved when it is made)."""
+        """Append one event; it is committed when this returns (a decision is saved when it is made).
+
+        Event ids come from an in-process counter (this process is the file's only writer), so a
+        decision costs one INSERT and no scan of the log."""
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
-        allowed = {"via", "duration_ms", "labels", "error_category", "note", "model_version", "shown_probs",
-                   "suggestion", "suggestion_hidden", "batch_id", "strategy", "score", "rank", "percentile",
-                   "audit", "target_event", "session_id", "ts"}
-        unknown = set(fields) - allowed
+        unknown = set(fields) - EVENT_FIELDS
         if unknown:
             raise ValueError(f"unknown event fields {sorted(unknown)}")
+        fields = {k: v for k, v in fields.items() if v is not None}
         if fields.get("labels") is not None:
             fields["labels"] = sorted(fields["labels"])  # sorted lists: equal lists mean agreement
         if isinstance(fields.get("shown_probs"), dict):
             fields["shown_probs"] = json.dumps(fields["shown_probs"])
         ts = fields.pop("ts", None) or utcnow()
         cols = ["event_id", "item_id", "kind", "actor", "ts", *fields.keys()]
-        with self.transaction() as con:
-            event_id = con.execute("SELECT coalesce(max(event_id), 0) + 1 FROM events").fetchone()[0]
-            con.execute(
-                f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
-                [event_id, item_id, kind, actor, ts, *fields.values()])
+        with self._lock:
+            if self._next_event_id is None:
+                self._next_event_id = self.next_event_id()
+            event_id = self._next_event_id
+            self.con.execute(f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join(['?'] * len(cols))})",
+                             [event_id, item_id, kind, actor, ts, *fields.values()])
+            self._next_event_id += 1
         return event_id
 
     def invalidate_caches(self) -> None:
         """Called after bulk writes (import) so per-process caches are rebuilt."""
-        self._cache_token = getattr(self, "_cache_token", 0) + 1
+        self._next_event_id = None
 
     def item_count(self) -> int:
         return self.scalar("SELECT count(*) FROM items")

@@ -1,0 +1,247 @@
+"""The Workspace: the one API the workstation (and scripts) use.
+
+It wraps a project for one annotator (the OS login): the current queue item,
+decisions (label, accept, reject with a reason, skip, flag), undo, retrain and
+metrics. Every decision is one committed event row before the call returns.
+The queue of the current batch is held in memory so that moving to the next
+item costs no query; it is re-read when a retrain brings a new batch.
+
+This is the embedded (in-process) transport; team mode will put the same
+methods behind ``labelloop serve``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import LabelloopError
+from core.project import Project, current_actor
+from core.store import Store
+
+
+@dataclass
+class QueueItem:
+    item_id: str
+    text: str
+    metadata: dict
+    batch_id: int | None
+    position: int | None
+    strategy: str | None
+    score: float | None
+    rank: int | None
+    percentile: float | None
+    audit: bool
+    model_version: int | None
+    probs: dict[str, float] = field(default_factory=dict)
+    suggestion_hidden: bool = False
+
+    @property
+    def suggestion(self) -> str | None:
+        return max(self.probs, key=self.probs.get) if self.probs else None
+
+    @property
+    def why(self) -> str:
+        """Why this item was chosen, in words."""
+        if self.audit:
+            return "random audit (control arm: picked at random to check AL against random sampling)"
+        if not self.strategy:
+            return "re-shown after undo"
+        parts = [self.strategy]
+        if self.rank is not None:
+            parts.append(f"rank {self.rank}")
+        if self.percentile is not None:
+            parts.append(f"more uncertain than {self.percentile:.1f}% of the pool")
+        return ", ".join(parts)
+
+
+@dataclass
+class Progress:
+    done_session: int
+    left_in_queue: int
+    per_hour: float | None
+    total_labelled: int
+
+
+class Workspace:
+    """One annotator's session on a project (embedded transport)."""
+
+    def __init__(self, project_dir: Path | str, *, actor: str | None = None):
+        self.project = Project.open(project_dir)
+        self.config = self.project.config
+        self.store = self.project.store
+        self.actor = actor or current_actor()
+        self.session_id = uuid.uuid4().hex[:12]
+        self.session_started = time.time()
+        self.decisions_session = 0
+        self.decisions_since_train = 0
+        self._queue: list[QueueItem] = []
+        self._front: list[QueueItem] = []      # items re-shown after an undo come first
+        self._decided_ids: set[str] = set()    # decided in this session (until undone)
+        self._lock = threading.RLock()
+        self.reload_queue()
+
+    def close(self) -> None:
+        self.project.close()
+
+    # -- queue ---------------------------------------------------------------
+    def reload_queue(self) -> None:
+        """Re-read the current batch (after a retrain) minus what is decided."""
+        self.set_queue(self.load_queue())
+
+    def load_queue(self, store: Store | None = None) -> list[QueueItem]:
+        """The current batch's undecided items; ``store`` lets a worker thread read with its own cursor."""
+        rows = (store or self.store).dicts("""
+            SELECT q.item_id, i.text, i.metadata, q.batch_id, q.position, q.strategy, q.score, q.rank,
+                   q.percentile, q.audit, q.model_version, q.probs
+            FROM queue q JOIN items i ON i.id = q.item_id
+            WHERE q.batch_id = (SELECT max(batch_id) FROM batches)
+              AND NOT EXISTS (SELECT 1 FROM effective_events e WHERE e.item_id = q.item_id
+                              AND e.kind IN ('label', 'skip', 'flag'))
+            ORDER BY q.position""")
+        return [self._make_item(r) for r in rows]
+
+    def set_queue(self, items: list[QueueItem]) -> None:
+        with self._lock:
+            # a worker may have read the batch before the latest decisions were made
+            self._queue = [i for i in items if i.item_id not in self._decided_ids]
+
+    def _make_item(self, r: dict) -> QueueItem:
+        meta = json.loads(r["metadata"]) if r.get("metadata") else {}
+        probs = json.loads(r["probs"]) if r.get("probs") else {}
+        item = QueueItem(r["item_id"], r["text"], meta if isinstance(meta, dict) else {"value": meta},
+                         r.get("batch_id"), r.get("position"), r.get("strategy"), r.get("score"), r.get("rank"),
+                         r.get("percentile"), bool(r.get("audit")), r.get("model_version"), probs)
+        item.suggestion_hidden = bool(probs) and self._is_blind(item.item_id)
+        return item
+
+    def _is_blind(self, item_id: str) -> bool:
+        """A stable share of items (per annotator) is shown without the suggestion, to measure anchoring."""
+        share = self.config.blind_share
+        if share <= 0:
+            return False
+        h = hashlib.sha1(f"{self.actor}\0{item_id}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2 ** 64 < share
+
+    def current(self) -> QueueItem | None:
+        with self._lock:
+            if self._front:
+                return self._front[0]
+            return self._queue[0] if self._queue else None
+
+    def queue_length(self) -> int:
+        with self._lock:
+            return len(self._front) + len(self._queue)
+
+    def _advance(self, item_id: str) -> None:
+        with self._lock:
+            self._front = [i for i in self._front if i.item_id != item_id]
+            self._queue = [i for i in self._queue if i.item_id != item_id]
+
+    # -- decisions -------------------------------------------------------------
+    def _append(self, item: QueueItem, kind: str, **fields) -> int:
+        shown = not item.suggestion_hidden
+        base = dict(model_version=item.model_version, batch_id=item.batch_id, strategy=item.strategy,
+                    score=item.score, rank=item.rank, percentile=item.percentile, audit=item.audit,
+                    suggestion=item.suggestion if shown else None,
+                    shown_probs=item.probs if (shown and item.probs) else None,
+                    suggestion_hidden=item.suggestion_hidden if item.probs else None,
+                    session_id=self.session_id)
+        base.update(fields)
+        with self._lock:
+            event_id = self._insert(item.item_id, kind, base)
+            self._decided_ids.add(item.item_id)
+            self._advance(item.item_id)
+            if kind in ("label", "skip", "flag"):
+                self.decisions_session += 1
+                self.decisions_since_train += kind == "label"
+        return event_id
+
+    def _insert(self, item_id: str, kind: str, fields: dict) -> int:
+        return self.store.append_event(item_id, kind, self.actor, **fields)
+
+    def check_labels(self, labels: list[str]) -> list[str]:
+        unknown = [l for l in labels if l not in self.config.labels]
+        if unknown:
+            raise LabelloopError(f"unknown label(s) {', '.join(unknown)}")
+        if not labels:
+            raise LabelloopError("choose at least one label")
+        if len(labels) > 1 and not self.config.multi_label:
+            raise LabelloopError("this project takes one label per item")
+        return labels
+
+    def label(self, item: QueueItem, labels: list[str], *, duration_ms: float | None = None) -> int:
+        """The annotator pressed a label key (or toggled labels and confirmed)."""
+        labels = self.check_labels(labels)
+        via = "key"
+        if item.suggestion and not item.suggestion_hidden and labels == [item.suggestion]:
+            via = "key-agrees"
+        return self._append(item, "label", via=via, labels=labels, duration_ms=duration_ms)
+
+    def accept(self, item: QueueItem, *, duration_ms: float | None = None) -> int:
+        if not item.suggestion or item.suggestion_hidden:
+            raise LabelloopError("there is no suggestion to accept for this item; press a label key")
+        return self._append(item, "label", via="accept", labels=[item.suggestion], duration_ms=duration_ms)
+
+    def reject(self, item: QueueItem, labels: list[str], reason: str, note: str | None = None, *,
+               duration_ms: float | None = None) -> int:
+        """The suggestion was wrong: the right label and why, from the project's error taxonomy."""
+        labels = self.check_labels(labels)
+        if reason not in self.config.taxonomy:
+            raise LabelloopError(f"'{reason}' is not in the project's error taxonomy")
+        return self._append(item, "label", via="correction", labels=labels, error_category=reason,
+                            note=note or None, duration_ms=duration_ms)
+
+    def skip(self, item: QueueItem, reason: str | None = None, *, duration_ms: float | None = None) -> int:
+        return self._append(item, "skip", note=reason or None, duration_ms=duration_ms)
+
+    def flag(self, item: QueueItem, note: str | None = None, *, duration_ms: float | None = None) -> int:
+        return self._append(item, "flag", note=note or None, duration_ms=duration_ms)
+
+    def undo(self) -> QueueItem | None:
+        """Take back this annotator's latest decision still standing (any depth, across sessions).
+        The undo is itself an event; the item comes back to the front of the queue."""
+        with self._lock:
+            row = self.store.dicts("""
+                SELECT e.event_id, e.item_id, e.kind, e.batch_id, e.strategy, e.score, e.rank, e.percentile, e.audit,
+                       e.model_version, e.shown_probs, e.suggestion_hidden, i.text, i.metadata
+                FROM effective_events e JOIN items i ON i.id = e.item_id
+                WHERE e.actor = ? AND e.kind IN ('label', 'skip', 'flag') AND coalesce(e.via, '') <> 'import'
+                ORDER BY e.event_id DESC LIMIT 1""", [self.actor])
+            if not row:
+                return None
+            r = row[0]
+            self._insert(r["item_id"], "undo", {"target_event": r["event_id"], "session_id": self.session_id})
+            self._decided_ids.discard(r["item_id"])
+            self.decisions_session = max(0, self.decisions_session - 1)
+            probs = r["shown_probs"]
+            if not probs:  # the suggestion was hidden or absent: take it from the queue row
+                q = self.store.rows("SELECT probs FROM queue WHERE item_id = ? AND batch_id = ?", [r["item_id"], r["batch_id"]])
+                probs = q[0][0] if q else None
+            item = self._make_item({**r, "probs": probs, "position": None})
+            if r["suggestion_hidden"] is not None:
+                item.suggestion_hidden = bool(r["suggestion_hidden"])
+            self._front.insert(0, item)
+            return item
+
+    # -- progress and history -----------------------------------------------------
+    def progress(self) -> Progress:
+        elapsed_h = (time.time() - self.session_started) / 3600
+        per_hour = self.decisions_session / elapsed_h if elapsed_h > 1 / 120 and self.decisions_session else None
+        return Progress(self.decisions_session, self.queue_length(), per_hour, 0)
+
+    def guidelines(self) -> str:
+        path = self.project.dir / self.config.guidelines
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError:
+            return f"(no guidelines file at {path})"
+
+    def worker_project(self) -> Project:
+        """A Project for a background thread: same database, its own DuckDB cursor."""
+        return Project(self.project.dir, self.config, Store(self.store.con.cursor(), self.store.path))

@@ -1,0 +1,280 @@
+"""The workstation driven by real key presses (Textual Pilot), then read back from the store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.project import Project
+from tests.conftest import write_csv
+from tests.tui_helpers import TRUTH, build_project, project_copy
+from tui.app import LabelApp
+
+
+def events(d, where="TRUE"):
+    with Project.open(d) as p:
+        return p.store.dicts(f"SELECT * FROM events WHERE via IS DISTINCT FROM 'import' AND actor <> 'seed-annotator' "
+                             f"AND {where} ORDER BY event_id")
+
+
+async def _settle(pilot, app, timeout=30.0):
+    waited = 0.0
+    await pilot.pause(0.05)
+    while app.retraining and waited < timeout:
+        await pilot.pause(0.1)
+        waited += 0.1
+
+
+@pytest.fixture
+def proj(tmp_path):
+    return project_copy(tmp_path)
+
+
+async def test_label_key_records_the_label_with_context(proj):
+    app = LabelApp(proj, actor="alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        first = app.ws.current()
+        assert first.probs and first.model_version == 1
+        await pilot.press("2")
+        second = app.ws.current()
+        assert second.item_id != first.item_id
+    app.ws.close()
+    ev = events(proj)
+    assert len(ev) == 1
+    e = ev[0]
+    assert (e["item_id"], e["kind"], e["labels"], e["actor"]) == (first.item_id, "label", ["spam"], "alice")
+    assert e["via"] in ("key", "key-agrees") and e["duration_ms"] > 0
+    assert e["model_version"] == 1 and e["batch_id"] == first.batch_id and e["strategy"] == first.strategy
+    assert json.loads(e["shown_probs"]) == pytest.approx(first.probs) and e["suggestion"] == first.suggestion
+    assert e["suggestion_hidden"] is False and e["rank"] == first.rank
+
+
+async def test_accept_takes_the_suggestion(proj):
+    app = LabelApp(proj, actor="alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        item = app.ws.current()
+        await pilot.press("enter")
+    app.ws.close()
+    e = events(proj)[0]
+    assert (e["item_id"], e["via"], e["labels"]) == (item.item_id, "accept", [item.suggestion])
+
+
+async def test_reject_with_reason_in_two_keys_and_with_a_note(proj):
+    app = LabelApp(proj, actor="alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        a = app.ws.current()
+        await pilot.press("x", "4")                      # binary: the right label is the other one
+        b = app.ws.current()
+        await pilot.press("x", "n", *"spam words", "enter", "1")
+    app.ws.close()
+    e1, e2 = events(proj)
+    other = {"ham": "spam", "spam": "ham"}
+    assert (e1["item_id"], e1["via"], e1["labels"], e1["error_category"], e1["note"]) == (
+        a.item_id, "correction", [other[a.suggestion]], "out of distribution", None)
+    assert e1["suggestion"] == a.suggestion
+    assert (e2["item_id"], e2["labels"], e2["error_category"], e2["note"]) == (
+        b.item_id, [other[b.suggestion]], "wrong class", "spam words")
+
+
+async def test_escape_cancels_a_correction(proj):
+    app = LabelApp(proj, actor="alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        a = app.ws.current()
+        await pilot.press("x", "escape")
+        assert app.ws.current().item_id == a.item_id
+    app.ws.close()
+    assert events(proj) == []
+
+
+async def test_skip_and_flag(proj):
+    app = LabelApp(proj, actor="alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        a = app.ws.current()
+        await pilot.press("s", *"unclear", "enter")
+        b = app.ws.current()
+        await pilot.press("f", "enter")
+    app.ws.close()
+    e1, e2 = events(proj)
+    assert (e1["item_id"], e1["kind"], e1["note"]) == (a.item_id, "skip", "unclear")
+    assert (e2["item_id"], e2["kind"], e2["note"]) == (b.item_id, "flag", None)
+
+
+async def test_undo_several_deep(proj):
+    app = LabelApp(proj, actor="alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        shown = []
+        for key in ("1", "2", "enter"):
+            shown.append(app.ws.current().item_id)
+            await pilot.press(key)
+        await pilot.press("u", "backspace", "u")
+        assert app.ws.current().item_id == shown[0]
+        await pilot.press("u")                        # nothing left of alice's to undo
+        await pilot.press("2")                        # relabel the first item
+    app.ws.close()
+    ev = events(proj)
+    decisions = [e for e in ev if e["kind"] == "label"]
+    undos = [e for e in ev if e["kind"] == "undo"]
+    assert [u["target_event"] for u in undos] == [decisions[2]["event_id"], decisions[1]["event_id"], decisions[0]["event_id"]]
+    assert [u["item_id"] for u in undos] == shown[::-1]
+    with Project.open(proj) as p:
+        final = dict(p.store.rows("SELECT item_id, labels FROM final_labels WHERE item_id IN (?, ?, ?)", shown))
+    assert final == {shown[0]: ["spam"]}                # only the relabel stands
+
+
+async def test_resume_after_restart(proj):
+    app = LabelApp(proj, actor="alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(3):
+            await pilot.press("1")
+        nxt = app.ws.current().item_id
+    app.ws.close()
+    app2 = LabelApp(proj, actor="alice")
+    async with app2.run_test(size=(120, 40)):
+        assert app2.ws.current().item_id == nxt
+        assert app2.ws.queue_length() == app.ws.queue_length()
+    app2.ws.close()
+    assert len(events(proj)) == 3
+
+
+async def test_retrain_while_labelling(proj, monkeypatch):
+    import threading
+    import core.loop
+    release = threading.Event()
+    real_fit = core.loop.fit_model
+
+    def slow_fit(*a, **kw):  # hold the retrain in the worker until the test has labelled meanwhile
+        assert release.wait(30)
+        return real_fit(*a, **kw)
+    monkeypatch.setattr(core.loop, "fit_model", slow_fit)
+    app = LabelApp(proj, actor="alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("t")
+        assert app.retraining
+        await pilot.press("1", "2")                   # labelling goes on during the retrain
+        assert app.retraining and len(events(proj)) == 2
+        release.set()
+        await _settle(pilot, app)
+        assert not app.retraining
+        assert app.last_report is not None and app.last_report.model_version == 2
+        after = app.ws.current()
+        assert after.model_version == 2 and after.batch_id == app.last_report.batch_id
+        await pilot.press("1")
+    app.ws.close()
+    ev = events(proj)
+    assert len(ev) == 3 and ev[2]["model_version"] == 2
+    with Project.open(proj) as p:
+        assert p.store.scalar("SELECT n_train FROM models WHERE version = 2") >= 40
+
+
+async def test_auto_retrain_every_n_decisions(tmp_path):
+    d = project_copy(tmp_path, "auto", cfg_edits=(), trained=True)
+    text = (d / "labelloop.toml").read_text().replace("retrain_every = 0", "retrain_every = 3")
+    (d / "labelloop.toml").write_text(text)
+    app = LabelApp(d, actor="alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("1", "1")
+        assert not app.retraining and app.last_report is None
+        await pilot.press("1")                        # the third label starts a retrain by itself
+        await _settle(pilot, app)
+        assert app.last_report is not None and app.last_report.model_version == 2
+    app.ws.close()
+    with Project.open(d) as p:
+        assert p.store.scalar("SELECT max(version) FROM models") == 2
+
+
+async def test_blind_items_hide_the_suggestion(tmp_path):
+    d = project_copy(tmp_path, "blind", cfg_edits=(("blind_share = 0.0", "blind_share = 1.0"),))
+    app = LabelApp(d, actor="alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        item = app.ws.current()
+        assert item.suggestion_hidden
+        assert "Suggestion hidden" in str(app.query_one("#suggestion").render())
+        await pilot.press("enter")                    # nothing to accept
+        assert app.ws.current().item_id == item.item_id
+        await pilot.press("1")
+    app.ws.close()
+    e = events(proj_dir := d)[0]
+    assert e["suggestion_hidden"] is True and e["suggestion"] is None and e["shown_probs"] is None
+    assert e["labels"] == ["ham"]
+
+
+async def test_remapped_keys(tmp_path):
+    d = project_copy(tmp_path, "remap", cfg_edits=(("[keys]\n", '[keys]\nreject = "r"\nskip = "k"\n'),))
+    app = LabelApp(d, actor="alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("r", "2")
+        await pilot.press("k", "enter")
+    app.ws.close()
+    kinds = [(e["kind"], e["via"]) for e in events(d)]
+    assert kinds == [("label", "correction"), ("skip", None)]
+
+
+HOSTILE = [
+    ["h-ansi", "red \x1b[31mALERT\x1b[0m and a bell \x07 and \x1b]0;pwned\x07 title"],
+    ["h-markup", "[bold]not bold[/bold] [@click=app.quit]click me[/] [link=http://x]x[/link]"],
+    ["h-rtl", "مرحبا بالعالم \u202eevil\u202c — שלום"],
+    ["h-emoji", "👩🏽‍💻🎉 " * 200],
+    ["h-longline", "x" * 50_000],
+    ["h-huge", "word " * 200_000],
+]
+
+
+async def test_hostile_text_is_shown_not_interpreted(tmp_path):
+    d = build_project(tmp_path / "hostile", n_pool=0, n_test=20, trained=False, extra_rows=HOSTILE,
+                      cfg_edits=(("max_text_chars = 100000", "max_text_chars = 2000000"),
+                                 ('cold_start = "random"', 'cold_start = "random"')))
+    app = LabelApp(d, actor="alice")
+    seen = {}
+    async with app.run_test(size=(80, 24)) as pilot:
+        for _ in range(len(HOSTILE)):
+            item = app.ws.current()
+            rendered = app.query_one("#item-text").render()
+            plain = getattr(rendered, "plain", str(rendered))
+            seen[item.item_id] = plain
+            await pilot.press("1")
+        assert app.is_running  # nothing in the texts quit or broke the app
+    app.ws.close()
+    assert "\x1b" not in seen["h-ansi"] and "\x07" not in seen["h-ansi"] and "␛[31m" in seen["h-ansi"]
+    assert "[bold]not bold[/bold]" in seen["h-markup"] and "[@click=app.quit]" in seen["h-markup"]
+    assert "<U+202E>" in seen["h-rtl"] and "مرحبا" in seen["h-rtl"]
+    assert "first 20,000 of 1,000,000 characters" in seen["h-huge"]
+    assert len(events(d)) == len(HOSTILE)
+    with Project.open(d) as p:   # the stored text is untouched
+        assert p.store.scalar("SELECT text FROM items WHERE id = 'h-ansi'") == HOSTILE[0][1]
+
+
+async def test_multi_label_toggle_then_enter(tmp_path):
+    from core.importer import import_file
+    from core.loop import train_and_queue
+    from core.project import init_project
+    d = init_project(tmp_path / "ml", ["sports", "politics", "tech"], multi_label=True)
+    write_csv(tmp_path / "ml.csv", ["id", "text"], [[f"m{i}", f"item number {i}"] for i in range(10)])
+    with Project.open(d) as p:
+        import_file(p, tmp_path / "ml.csv", id_col="id")
+        train_and_queue(p, seed=0)
+    app = LabelApp(d, actor="alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        item = app.ws.current()
+        await pilot.press("1", "3", "1", "2", "enter")   # sports on, tech on, sports off, politics on
+    app.ws.close()
+    e = events(d)[0]
+    assert (e["item_id"], e["labels"]) == (item.item_id, ["politics", "tech"])
+
+
+async def test_help_and_metrics_screens_open(proj):
+    app = LabelApp(proj, actor="alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("question_mark")
+        assert type(app.screen).__name__ == "HelpScreen"
+        await pilot.press("escape", "m")
+        assert type(app.screen).__name__ == "MetricsScreen"
+        for _ in range(100):
+            await pilot.pause(0.1)
+            if "computing" not in str(app.screen.query_one("#numbers").render()):
+                break
+        text = str(app.screen.query_one("#numbers").render())
+        assert "Model v1" in text and "ECE" in text
+        await pilot.press("escape")
+        assert type(app.screen).__name__ == "Screen"
+    app.ws.close()

@@ -1,0 +1,58 @@
+"""Projects for the workstation tests, built once and copied per test."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+from core.config import CONFIG_NAME
+from core.importer import import_file
+from core.loop import train_and_queue
+from core.project import Project, init_project
+from tests.conftest import ROOT, write_csv
+
+SAMPLE = list(csv.DictReader(open(ROOT / "sample_data" / "sms_spam.csv", encoding="utf-8")))
+TRUTH = {r["id"]: r["label"] for r in SAMPLE}
+
+
+def build_project(path: Path, *, n_pool: int = 400, n_test: int = 150, trained: bool = True,
+                  cfg_edits: tuple = (), extra_rows: list | None = None) -> Path:
+    d = init_project(path, ["ham", "spam"], name="tui-test")
+    cfg = d / CONFIG_NAME
+    text = cfg.read_text()
+    for old, new in (("retrain_every = 25", "retrain_every = 0"), ("seed_size = 50", "seed_size = 40"), *cfg_edits):
+        assert old in text, old
+        text = text.replace(old, new)
+    cfg.write_text(text)
+    pool = [r for r in SAMPLE if r["split"] == "pool"][:n_pool]
+    test = [r for r in SAMPLE if r["split"] == "test"][:n_test]
+    rows = [[r["id"], r["text"]] for r in pool] + (extra_rows or [])
+    write_csv(path.parent / f"{path.name}_pool.csv", ["id", "text"], rows)
+    write_csv(path.parent / f"{path.name}_test.csv", ["id", "text", "label", "split"],
+              [[r["id"], r["text"], r["label"], "test"] for r in test])
+    with Project.open(d) as p:
+        import_file(p, path.parent / f"{path.name}_pool.csv", id_col="id")
+        import_file(p, path.parent / f"{path.name}_test.csv", id_col="id", label_col="label", split_col="split")
+        train_and_queue(p, seed=0)
+        if trained:
+            from core.loop import queued_items
+            for it in queued_items(p):
+                p.store.append_event(it["item_id"], "label", "seed-annotator", via="key",
+                                     labels=[TRUTH[it["item_id"]]], batch_id=it["batch_id"], strategy=it["strategy"])
+            train_and_queue(p, seed=1)
+    return d
+
+
+_TEMPLATES: dict = {}
+
+
+def project_copy(tmp_path: Path, key: str = "default", **kw) -> Path:
+    """A fresh copy of a template project (building it once per test session)."""
+    if key not in _TEMPLATES:
+        import tempfile
+        base = Path(tempfile.mkdtemp(prefix=f"labelloop-tpl-{key}-"))
+        _TEMPLATES[key] = build_project(base / "proj", **kw)
+    dst = tmp_path / "proj"
+    shutil.copytree(_TEMPLATES[key], dst)
+    return dst

@@ -1,0 +1,398 @@
+"""The annotator's workstation: a Textual app over a Workspace.
+
+A client only: it talks to ``core.workspace.Workspace`` and never to DuckDB,
+scikit-learn or files directly. Retraining runs in a thread worker and reports
+back through messages, so labelling goes on while the model trains.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import Footer, Header, ProgressBar, Static
+from textual.worker import get_current_worker
+
+from core.errors import LabelloopError
+from core.workspace import QueueItem, Workspace
+from tui.safe_text import safe_line, safe_text
+from tui.screens import CorrectionScreen, HelpScreen, MetricsScreen, NoteScreen
+
+BAR_WIDTH = 20
+
+
+class RetrainProgress(Message):
+    def __init__(self, fraction: float, step: str) -> None:
+        super().__init__()
+        self.fraction, self.step = fraction, step
+
+
+class RetrainDone(Message):
+    def __init__(self, report, queue: list[QueueItem]) -> None:
+        super().__init__()
+        self.report, self.queue = report, queue
+
+
+class RetrainFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class LabelApp(App):
+    """``labelloop label DIR``."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "labelloop"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("enter", "accept", "Accept", id="accept"),
+        Binding("x", "reject", "Reject", id="reject"),
+        Binding("s", "skip", "Skip", id="skip"),
+        Binding("f", "flag", "Flag", id="flag"),
+        Binding("u,backspace", "undo", "Undo", id="undo"),
+        Binding("t", "retrain", "Retrain", id="retrain", show=False),
+        Binding("m", "metrics", "Metrics", id="metrics"),
+        Binding("question_mark,f1", "help", "Help", id="help", key_display="?"),
+        Binding("q", "quit", "Quit", id="quit"),
+    ]
+
+    retraining: reactive[bool] = reactive(False)
+
+    def __init__(self, project_dir: Path | str, *, actor: str | None = None, workspace: Workspace | None = None):
+        super().__init__()
+        self.ws = workspace or Workspace(project_dir, actor=actor)
+        cfg = self.ws.config
+        self.key_to_label = {self._key_name(k): lab for lab, k in cfg.label_keys.items()}
+        self.toggled: list[str] = []
+        self.shown_at = time.perf_counter()
+        self.latencies_ms: list[float] = []   # key handler -> next item rendered (read by bench/)
+        self.last_report = None
+        self.sub_title = f"{cfg.name} · {self.ws.actor}"
+
+    @staticmethod
+    def _key_name(key: str) -> str:
+        return {"?": "question_mark", " ": "space"}.get(key, key)
+
+    # -- layout --------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                with VerticalScroll(id="text-scroll"):
+                    yield Static("", id="item-text", markup=False)
+                yield Static("", id="meta", markup=False)
+            with Vertical(id="right"):
+                yield Static("", id="suggestion", markup=False)
+                yield Static("", id="why", markup=False)
+        yield Static("", id="labelbar", markup=False)
+        with Horizontal(id="status"):
+            yield Static("", id="progress", markup=False)
+            yield ProgressBar(total=1.0, show_eta=False, id="retrain-bar")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        # Keys remapped in labelloop.toml [keys] override the defaults by binding id.
+        from core.config import DEFAULT_ACTION_KEYS
+        self.set_keymap({action: self._key_name(key) for action, key in self.ws.config.action_keys.items()
+                         if key != DEFAULT_ACTION_KEYS[action]})
+        self.query_one("#retrain-bar").display = False
+        self.show_item()
+        if self.ws.current() is None:
+            self.start_retrain("the queue is empty")
+
+    # -- rendering --------------------------------------------------------------
+    def show_item(self, started: float | None = None) -> None:
+        item = self.ws.current()
+        self.toggled = []
+        text_w = self.query_one("#item-text", Static)
+        if item is None:
+            text_w.update(Text("No items in the queue." + (" Retraining to fill it…" if self.retraining else
+                                                          " Press t to retrain and fill it."), style="italic"))
+            self.query_one("#meta", Static).update("")
+            self.query_one("#suggestion", Static).update("")
+            self.query_one("#why", Static).update("")
+        else:
+            text_w.update(safe_text(item.text, highlight=self.ws.config.seed_query or None))
+            self.query_one("#text-scroll").scroll_home(animate=False)
+            self.query_one("#meta", Static).update(self._meta(item))
+            self.query_one("#suggestion", Static).update(self._suggestion(item))
+            self.query_one("#why", Static).update(self._why(item))
+        self.query_one("#labelbar", Static).update(self._labelbar())
+        self.update_progress()
+        self.shown_at = time.perf_counter()
+        if started is not None:
+            self.call_after_refresh(self._record_latency, started)
+
+    def _record_latency(self, started: float) -> None:
+        self.latencies_ms.append((time.perf_counter() - started) * 1000)
+
+    def _meta(self, item: QueueItem) -> Text:
+        t = Text()
+        t.append("id ", style="dim")
+        t.append(safe_line(item.item_id, 40))
+        for k, v in list(item.metadata.items())[:6]:
+            t.append(f"   {safe_line(k, 20)} ", style="dim")
+            t.append(safe_line(v, 40))
+        return t
+
+    def _suggestion(self, item: QueueItem) -> Text:
+        t = Text()
+        if not item.probs:
+            t.append("No model yet", style="bold")
+            t.append("\nlabel from the text alone (cold start)", style="dim")
+            return t
+        if item.suggestion_hidden:
+            t.append("Suggestion hidden", style="bold")
+            t.append("\n(blind item: your label measures anchoring)", style="dim")
+            return t
+        t.append(f"Model v{item.model_version} suggests\n", style="dim")
+        ranked = sorted(item.probs.items(), key=lambda kv: -kv[1])[:5]
+        width = max(len(k) for k, _ in ranked)
+        for i, (lab, p) in enumerate(ranked):
+            filled = int(round(p * BAR_WIDTH))
+            t.append(f"{safe_line(lab, 24):<{width}} ", style="bold" if i == 0 else "")
+            t.append("█" * filled, style="green" if i == 0 else "blue")
+            t.append("░" * (BAR_WIDTH - filled), style="dim")
+            t.append(f" {p:5.1%}\n")
+        return t
+
+    def _why(self, item: QueueItem) -> Text:
+        t = Text()
+        if item.score is not None and not item.audit:
+            t.append("uncertainty ", style="dim")
+            t.append(f"{item.score:.3f}\n")
+        t.append("why: ", style="dim")
+        t.append(item.why)
+        return t
+
+    def _labelbar(self) -> Text:
+        t = Text()
+        multi = self.ws.config.multi_label
+        for lab, key in self.ws.config.label_keys.items():
+            on_ = lab in self.toggled
+            t.append(f" {key} ", style="reverse bold" if on_ else "reverse")
+            t.append(f" {safe_line(lab, 24)}  ", style="bold" if on_ else "")
+        item = self.ws.current()
+        if item and item.suggestion and not item.suggestion_hidden:
+            t.append("  Enter", style="reverse")
+            t.append(f" accept {safe_line(item.suggestion, 20)}" if not (multi and self.toggled) else " confirm")
+        elif multi:
+            t.append("  Enter", style="reverse")
+            t.append(" confirm toggled labels")
+        return t
+
+    def update_progress(self) -> None:
+        p = self.ws.progress()
+        parts = [f"done {p.done_session} this session", f"{p.left_in_queue} left in queue"]
+        parts.append(f"{p.per_hour:.0f}/h" if p.per_hour else "–/h")
+        if self.last_report is not None and self.last_report.metrics.get("accuracy") is not None:
+            m = self.last_report.metrics
+            parts.append(f"model v{self.last_report.model_version}: acc {m['accuracy']:.3f}, ECE {m['ece']:.3f}")
+        if self.retraining:
+            parts.append("retraining…")
+        self.query_one("#progress", Static).update(Text(" · ".join(parts)))
+
+    # -- decisions -----------------------------------------------------------------
+    def _duration(self) -> float:
+        return (time.perf_counter() - self.shown_at) * 1000
+
+    def _decided(self, started: float) -> None:
+        self.show_item(started)
+        every = self.ws.config.retrain_every
+        if every and self.ws.decisions_since_train >= every and not self.retraining:
+            self.start_retrain(f"auto-retrain after {every} labels")
+        elif self.ws.current() is None and not self.retraining:
+            self.start_retrain("the queue is empty")
+
+    def on_key(self, event) -> None:
+        if self.screen is not self.screen_stack[0]:
+            return
+        label = self.key_to_label.get(event.key)
+        if label is None:
+            return
+        event.stop()
+        event.prevent_default()
+        item = self.ws.current()
+        if item is None:
+            return
+        started = time.perf_counter()
+        if self.ws.config.multi_label:
+            if label in self.toggled:
+                self.toggled.remove(label)
+            else:
+                self.toggled.append(label)
+            self.query_one("#labelbar", Static).update(self._labelbar())
+            return
+        self.ws.label(item, [label], duration_ms=self._duration())
+        self._decided(started)
+
+    def action_accept(self) -> None:
+        item = self.ws.current()
+        if item is None:
+            return
+        started = time.perf_counter()
+        try:
+            if self.ws.config.multi_label and self.toggled:
+                self.ws.label(item, list(self.toggled), duration_ms=self._duration())
+            else:
+                self.ws.accept(item, duration_ms=self._duration())
+        except LabelloopError as exc:
+            self.notify(str(exc), severity="warning", timeout=3)
+            return
+        self._decided(started)
+
+    def action_reject(self) -> None:
+        item = self.ws.current()
+        if item is None:
+            return
+        if not item.suggestion or item.suggestion_hidden:
+            self.notify("No suggestion to reject: press the right label's key.", severity="warning", timeout=3)
+            return
+        duration = self._duration()
+
+        def done(result) -> None:
+            if result is None:
+                return
+            labels, reason, note = result
+            started = time.perf_counter()
+            self.ws.reject(item, labels, reason, note, duration_ms=duration + 0.0)
+            self._decided(started)
+        self.push_screen(CorrectionScreen(self.ws.config, item.suggestion), done)
+
+    def action_skip(self) -> None:
+        item = self.ws.current()
+        if item is None:
+            return
+        duration = self._duration()
+
+        def done(reason) -> None:
+            if reason is None:
+                return
+            started = time.perf_counter()
+            self.ws.skip(item, reason, duration_ms=duration)
+            self._decided(started)
+        self.push_screen(NoteScreen("Skip this item", "Why (optional)? Enter skips, Escape cancels."), done)
+
+    def action_flag(self) -> None:
+        item = self.ws.current()
+        if item is None:
+            return
+        duration = self._duration()
+
+        def done(note) -> None:
+            if note is None:
+                return
+            started = time.perf_counter()
+            self.ws.flag(item, note, duration_ms=duration)
+            self._decided(started)
+        self.push_screen(NoteScreen("Flag for review", "Note for the reviewer (optional). Enter flags, Escape cancels."), done)
+
+    def action_undo(self) -> None:
+        item = self.ws.undo()
+        if item is None:
+            self.notify("Nothing to undo.", timeout=2)
+            return
+        self.notify(f"Undone: {safe_line(item.item_id, 30)} is back.", timeout=2)
+        self.show_item()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.ws.config, self.ws.guidelines()))
+
+    def action_metrics(self) -> None:
+        self.push_screen(MetricsScreen(self.ws))
+
+    def action_retrain(self) -> None:
+        if self.retraining:
+            self.notify("A retrain is already running.", timeout=2)
+            return
+        self.start_retrain("asked for")
+
+    # -- retraining in the background ---------------------------------------------------
+    def start_retrain(self, why: str) -> None:
+        self.retraining = True
+        self.ws.decisions_since_train = 0
+        bar = self.query_one("#retrain-bar", ProgressBar)
+        bar.display = True
+        bar.update(progress=0.0)
+        self.notify(f"Retraining ({why}); keep labelling.", timeout=2)
+        self.update_progress()
+        self.retrain_worker()
+
+    @work(thread=True, exclusive=True, group="retrain", exit_on_error=False)
+    def retrain_worker(self) -> None:
+        from core.loop import train_and_queue
+        worker = get_current_worker()
+        project = self.ws.worker_project()
+
+        def progress(fraction: float, step: str) -> None:
+            if worker.is_cancelled:
+                raise _Cancelled()
+            self.post_message(RetrainProgress(fraction, step))
+        try:
+            report = train_and_queue(project, progress=progress)
+            queue = self.ws.load_queue(project.store)
+        except _Cancelled:
+            return
+        except LabelloopError as exc:
+            self.post_message(RetrainFailed(str(exc)))
+            return
+        except Exception as exc:  # shown, not raised: labelling must go on
+            self.post_message(RetrainFailed(f"{type(exc).__name__}: {exc}"))
+            return
+        self.post_message(RetrainDone(report, queue))
+
+    @on(RetrainProgress)
+    def _on_retrain_progress(self, msg: RetrainProgress) -> None:
+        self.query_one("#retrain-bar", ProgressBar).update(progress=msg.fraction)
+
+    @on(RetrainDone)
+    def _on_retrain_done(self, msg: RetrainDone) -> None:
+        self.retraining = False
+        self.last_report = msg.report
+        self.query_one("#retrain-bar", ProgressBar).display = False
+        before = self.ws.current()
+        self.ws.set_queue(msg.queue)
+        r = msg.report
+        if r.model_version and r.metrics.get("accuracy") is not None:
+            self.notify(f"Model v{r.model_version}: test accuracy {r.metrics['accuracy']:.3f}, "
+                        f"ECE {r.metrics['ece']:.3f}; new batch of {r.batch_size}.", timeout=4)
+        else:
+            self.notify(f"New batch of {r.batch_size} ({r.strategy}).", timeout=3)
+        for w in r.warnings[:2]:
+            self.notify(w, severity="warning", timeout=6)
+        after = self.ws.current()
+        if before is None or after is None or before.item_id != after.item_id:
+            self.show_item()
+        else:
+            self.update_progress()
+
+    @on(RetrainFailed)
+    def _on_retrain_failed(self, msg: RetrainFailed) -> None:
+        self.retraining = False
+        self.query_one("#retrain-bar", ProgressBar).display = False
+        self.notify(f"Retrain failed: {msg.error}", severity="error", timeout=8)
+        self.update_progress()
+
+    def on_unmount(self) -> None:
+        self.workers.cancel_group(self, "retrain")
+
+
+def run_app(project_dir: Path) -> int:
+    app = LabelApp(project_dir)
+    try:
+        app.run()
+    finally:
+        app.ws.close()
+    return 0

@@ -1,0 +1,284 @@
+"""Modal and full screens of the workstation: correction, note, help, metrics."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Input, Markdown, Static
+from textual_plotext import PlotextPlot
+
+from core.config import ProjectConfig
+from tui.safe_text import safe_line
+
+
+class _KeyTarget(Static, can_focus=True):
+    """A focusable body: key presses reach it and bubble up to its screen's on_key."""
+
+
+class CorrectionScreen(ModalScreen):
+    """Reject the suggestion: the right label, then a reason from the error taxonomy (one digit), with an
+    optional note. With two labels the right one is the other one, so it takes two keys: x, then a digit."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("n", "note", "Add a note")]
+    AUTO_FOCUS = "#correction-body"  # label and reason keys go to the body, not the hidden note input
+
+    def __init__(self, config: ProjectConfig, suggestion: str):
+        super().__init__()
+        self.config = config
+        self.suggestion = suggestion
+        others = [l for l in config.labels if l != suggestion]
+        self.label: str | None = others[0] if len(others) == 1 and not config.multi_label else None
+        self.reason: str | None = None
+        self.note_text: str | None = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield _KeyTarget("", id="correction-body", markup=False)
+            yield Input(placeholder="note (optional): Enter to save", id="note")
+
+    def on_mount(self) -> None:
+        self.query_one("#note").display = False
+        self.refresh_body()
+
+    def refresh_body(self) -> None:
+        t = Text()
+        t.append("Reject the suggestion ", style="bold")
+        t.append(safe_line(self.suggestion, 30), style="bold red")
+        t.append("\n\n")
+        if self.label is None:
+            t.append("1. The right label:\n", style="bold")
+            for lab, key in self.config.label_keys.items():
+                if lab == self.suggestion and not self.config.multi_label:
+                    continue
+                t.append(f"  {key} ", style="reverse")
+                t.append(f" {safe_line(lab, 30)}\n")
+        else:
+            t.append("Right label: ", style="dim")
+            t.append(f"{safe_line(self.label, 30)}\n\n", style="bold green")
+            t.append("2. Why was the suggestion wrong?\n", style="bold")
+            for i, reason in enumerate(self.config.taxonomy, 1):
+                t.append(f"  {i} ", style="reverse")
+                t.append(f" {reason}\n")
+            if self.note_text:
+                t.append(f"\nNote: {safe_line(self.note_text, 60)}\n", style="italic")
+            t.append("\n n ", style="reverse")
+            t.append(" add a note first   ")
+        t.append(" Esc ", style="reverse")
+        t.append(" cancel")
+        self.query_one("#correction-body", Static).update(t)
+
+    def on_key(self, event) -> None:
+        if self.query_one("#note").display:
+            return
+        key = event.key
+        if self.label is None:
+            for lab, k in self.config.label_keys.items():
+                if k == key and (lab != self.suggestion or self.config.multi_label):
+                    event.stop()
+                    self.label = lab
+                    self.refresh_body()
+                    return
+            return
+        if key.isdigit() and 1 <= int(key) <= len(self.config.taxonomy):
+            event.stop()
+            self.reason = self.config.taxonomy[int(key) - 1]
+            self.dismiss(([self.label], self.reason, self.note_text))
+
+    def action_note(self) -> None:
+        if self.label is None:
+            return
+        note = self.query_one("#note", Input)
+        note.display = True
+        note.focus()
+
+    @on(Input.Submitted, "#note")
+    def _note_done(self, event: Input.Submitted) -> None:
+        # the note is written; the reason still comes from a digit
+        self.query_one("#note").display = False
+        self.note_text = event.value.strip() or None
+        self.query_one("#correction-body").focus()
+        self.refresh_body()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class NoteScreen(ModalScreen):
+    """An optional one-line reason or note: Enter confirms (empty is fine), Escape cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, prompt: str):
+        super().__init__()
+        self.title_text, self.prompt = title, prompt
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(Text(self.title_text, style="bold"), markup=False)
+            yield Static(Text(self.prompt, style="dim"), markup=False)
+            yield Input(id="note-input")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip())
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class HelpScreen(ModalScreen):
+    """Keys and the project's guidelines."""
+
+    BINDINGS = [Binding("escape,q,question_mark,f1", "close", "Close")]
+
+    def __init__(self, config: ProjectConfig, guidelines: str):
+        super().__init__()
+        self.config, self.guidelines = config, guidelines
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="help-dialog"):
+            yield Static(self._keys(), id="help-keys", markup=False)
+            with VerticalScroll(id="help-guidelines"):
+                yield Markdown(self.guidelines)
+
+    def _keys(self) -> Table:
+        k = self.config.action_keys
+        show = lambda key: {"question_mark": "?", "enter": "Enter", "backspace": "Backspace"}.get(key, key)
+        table = Table(title="Keys", show_header=False, box=None, padding=(0, 2))
+        table.add_column(style="bold reverse")
+        table.add_column()
+        for lab, key in self.config.label_keys.items():
+            table.add_row(f" {key} ", Text(f"label {safe_line(lab, 30)}" + (" (toggle; Enter confirms)" if self.config.multi_label else "")))
+        rows = [("accept", "accept the model's suggestion"), ("reject", "reject it: right label + reason (+ n for a note)"),
+                ("skip", "skip (optional reason)"), ("flag", "flag for a reviewer"),
+                ("undo", "undo the last decision (again and again); Backspace too"),
+                ("retrain", "retrain now (labelling goes on)"), ("metrics", "metrics: curves, calibration, recall"),
+                ("help", "this help; F1 too"), ("quit", "quit (every decision is already saved)")]
+        for action, what in rows:
+            table.add_row(f" {show(k[action])} ", what)
+        return table
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class MetricsScreen(Screen):
+    """Learning curves (AL vs random audit), calibration, per-class recall, labels, throughput, warnings."""
+
+    BINDINGS = [Binding("escape,m,q", "close", "Back"), Binding("r", "refresh", "Refresh")]
+
+    def __init__(self, workspace):
+        super().__init__()
+        self.ws = workspace
+
+    def compose(self) -> ComposeResult:
+        with Grid(id="metrics-grid"):
+            yield PlotextPlot(id="curve")
+            yield PlotextPlot(id="reliability")
+            yield PlotextPlot(id="recall")
+            yield Static("", id="numbers", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.action_refresh()
+
+    def action_refresh(self) -> None:
+        self.query_one("#numbers", Static).update(Text("computing…", style="italic"))
+        self.load()
+
+    @work(thread=True, exclusive=True, group="metrics", exit_on_error=False)
+    def load(self) -> None:
+        from core.metrics import arm_comparison, metrics_snapshot
+        project = self.ws.worker_project()
+        snap = metrics_snapshot(project)
+        self.app.call_from_thread(self.draw, snap, None)
+        try:
+            arms = arm_comparison(project)
+        except Exception as exc:  # e.g. no labels yet: the rest of the pane still stands
+            arms = {"error": str(exc)}
+        self.app.call_from_thread(self.draw, snap, arms)
+
+    def draw(self, snap: dict, arms: dict | None) -> None:
+        latest = snap.get("latest") or {}
+        curve = self.query_one("#curve", PlotextPlot)
+        plt = curve.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title("Test accuracy vs labels")
+        if snap["curve"]:
+            plt.plot([c["n_train"] for c in snap["curve"]], [c["accuracy"] for c in snap["curve"]], label="all labels", marker="dot")
+        if arms and arms.get("al"):
+            plt.plot([p["n"] for p in arms["al"]], [p["accuracy"] for p in arms["al"]], label="AL-selected", marker="dot")
+        if arms and arms.get("random"):
+            plt.plot([p["n"] for p in arms["random"]], [p["accuracy"] for p in arms["random"]], label="random audit", marker="dot")
+        curve.refresh()
+        rel = self.query_one("#reliability", PlotextPlot)
+        plt = rel.plt
+        plt.clear_data()
+        plt.clear_figure()
+        r = latest.get("reliability")
+        if r:
+            plt.title(f"Reliability (ECE {latest.get('ece', 0):.3f}, 15 bins)")
+            xs = [c for c, n in zip(r["bin_confidence"], r["bin_counts"]) if n]
+            ys = [a for a, n in zip(r["bin_accuracy"], r["bin_counts"]) if n]
+            plt.plot([0, 1], [0, 1], label="perfect")
+            plt.scatter(xs, ys, label="bins", marker="dot")
+        else:
+            plt.title("Reliability: no model yet")
+        rel.refresh()
+        rec = self.query_one("#recall", PlotextPlot)
+        plt = rec.plt
+        plt.clear_data()
+        plt.clear_figure()
+        pc = latest.get("per_class") or {}
+        if pc:
+            plt.title("Per-class recall (test)")
+            plt.bar([safe_line(c, 12) for c in pc], [v["recall"] for v in pc.values()])
+        else:
+            plt.title("Per-class recall: no model yet")
+        rec.refresh()
+        self.query_one("#numbers", Static).update(self._numbers(snap, arms))
+
+    def _numbers(self, snap: dict, arms: dict | None) -> Text:
+        t = Text()
+        latest = snap.get("latest") or {}
+        if latest:
+            t.append(f"Model v{latest['version']}", style="bold")
+            if latest.get("n_test"):
+                t.append(f"  acc {latest['accuracy']:.3f}  macro-F1 {latest['macro_f1']:.3f}\n"
+                         f"ECE {latest['ece']:.3f} (raw {latest.get('ece_uncalibrated') or 0:.3f})  "
+                         f"Brier {latest.get('brier') or 0:.3f}  NLL {latest.get('nll') or 0:.3f}\n")
+        else:
+            t.append("No model yet.\n", style="bold")
+        t.append("\nLabels: ", style="bold")
+        t.append(", ".join(f"{safe_line(k, 16)} {v}" for k, v in snap["distribution"].items()) or "none")
+        t.append("\nThroughput: ", style="bold")
+        t.append(", ".join(f"{safe_line(a['actor'], 12)} {a['decisions']} ({a['last_hour']} last hour)"
+                           for a in snap["throughput"]) or "none")
+        if snap["corrections"]:
+            t.append("\nCorrections: ", style="bold")
+            t.append(", ".join(f"{k} {v}" for k, v in snap["corrections"].items()))
+        if snap.get("anchoring"):
+            t.append("\nAgree with model: ", style="bold")
+            t.append(", ".join(f"{k} {v['agree_with_model']:.0%} (n={v['n']})" for k, v in snap["anchoring"].items()))
+        if arms is None:
+            t.append("\nAL vs random audit: computing…", style="dim")
+        elif arms.get("error"):
+            t.append(f"\nAL vs random audit: {arms['error']}", style="dim")
+        elif not arms.get("random"):
+            t.append("\nAL vs random audit: no audit labels yet", style="dim")
+        t.append("\n\nWarnings\n", style="bold")
+        for w in snap["warnings"] or ["none"]:
+            t.append(f"• {w}\n", style="yellow" if w != "none" else "")
+        return t
+
+    def action_close(self) -> None:
+        self.dismiss()
