@@ -135,6 +135,11 @@ class LabelApp(App):
         if started is not None:
             self.call_after_refresh(self._record_latency, started)
 
+    def on_resize(self) -> None:
+        item = self.ws.current()
+        if item is not None:  # the probability bars fit the pane's width
+            self.call_after_refresh(lambda: self.query_one("#suggestion", Static).update(self._suggestion(item)))
+
     def _record_latency(self, started: float) -> None:
         self.latencies_ms.append((time.perf_counter() - started) * 1000)
 
@@ -159,12 +164,14 @@ class LabelApp(App):
             return t
         t.append(f"Model v{item.model_version} suggests\n", style="dim")
         ranked = sorted(item.probs.items(), key=lambda kv: -kv[1])[:5]
-        width = max(len(k) for k, _ in ranked)
+        width = min(16, max(len(k) for k, _ in ranked))
+        pane = self.query_one("#suggestion").size.width or 24
+        bar = max(4, min(BAR_WIDTH, pane - width - 8))  # label, bar and percentage on one line
         for i, (lab, p) in enumerate(ranked):
-            filled = int(round(p * BAR_WIDTH))
-            t.append(f"{safe_line(lab, 24):<{width}} ", style="bold" if i == 0 else "")
+            filled = int(round(p * bar))
+            t.append(f"{safe_line(lab, width):<{width}} ", style="bold" if i == 0 else "")
             t.append("█" * filled, style="green" if i == 0 else "blue")
-            t.append("░" * (BAR_WIDTH - filled), style="dim")
+            t.append("░" * (bar - filled), style="dim")
             t.append(f" {p:5.1%}\n")
         return t
 
@@ -205,6 +212,14 @@ class LabelApp(App):
         self.query_one("#progress", Static).update(Text(" · ".join(parts)))
 
     # -- decisions -----------------------------------------------------------------
+    DECISION_ACTIONS = {"accept", "reject", "skip", "flag", "undo", "retrain", "metrics", "help"}
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        # Decisions and panes act on the labelling screen only (not under the metrics or help screens).
+        if action in self.DECISION_ACTIONS and self.screen is not self.screen_stack[0]:
+            return False
+        return True
+
     def _duration(self) -> float:
         return (time.perf_counter() - self.shown_at) * 1000
 

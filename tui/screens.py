@@ -213,6 +213,8 @@ class MetricsScreen(Screen):
         plt.clear_data()
         plt.clear_figure()
         plt.title("Test accuracy vs labels")
+        plt.ylim(0, 1)
+        plt.xlabel("labels")
         if snap["curve"]:
             plt.plot([c["n_train"] for c in snap["curve"]], [c["accuracy"] for c in snap["curve"]], label="all labels", marker="dot")
         if arms and arms.get("al"):
@@ -229,8 +231,11 @@ class MetricsScreen(Screen):
             plt.title(f"Reliability (ECE {latest.get('ece', 0):.3f}, 15 bins)")
             xs = [c for c, n in zip(r["bin_confidence"], r["bin_counts"]) if n]
             ys = [a for a, n in zip(r["bin_accuracy"], r["bin_counts"]) if n]
-            plt.plot([0, 1], [0, 1], label="perfect")
-            plt.scatter(xs, ys, label="bins", marker="dot")
+            plt.plot([0, 1], [0, 1], label="perfect", marker="braille")
+            plt.scatter(xs, ys, label="bins", marker="o")
+            plt.xlim(0, 1)
+            plt.ylim(0, 1)
+            plt.xlabel("confidence")
         else:
             plt.title("Reliability: no model yet")
         rel.refresh()
@@ -241,7 +246,9 @@ class MetricsScreen(Screen):
         pc = latest.get("per_class") or {}
         if pc:
             plt.title("Per-class recall (test)")
-            plt.bar([safe_line(c, 12) for c in pc], [v["recall"] for v in pc.values()])
+            plt.bar([safe_line(c, 12) for c in pc], [v["recall"] for v in pc.values()], orientation="horizontal",
+                    width=0.4)
+            plt.xticks([0, 0.25, 0.5, 0.75, 1.0])
         else:
             plt.title("Per-class recall: no model yet")
         rec.refresh()
