@@ -69,7 +69,7 @@ class ProjectConfig:
     class_weight: str = "none"
     retrain_every: int = 25
     blind_share: float = 0.0
-    hashing_above: int = 2_000_000
+    hashing_above: int = 500_000
     overlap_share: float = 0.10
     annotators_per_item: int = 2
     admins: list[str] = field(default_factory=list)
@@ -311,7 +311,7 @@ calibration = "temperature"       # {', '.join(CALIBRATIONS)}
 class_weight = "none"             # none, balanced
 retrain_every = 25                # decisions between automatic retrains (0 = never)
 blind_share = 0.0                 # share of items shown without the model's suggestion
-hashing_above = 2000000           # pool size above which features are hashed
+hashing_above = 500000            # pool size above which features are hashed (leaner, bounded memory)
 
 [team]
 overlap_share = 0.10              # share of items labelled by more than one annotator

@@ -3,7 +3,8 @@
 Character n-grams (within word boundaries) make the features work for Arabic and
 other scripts without a tokenizer. Above ``hashing_above`` pool items the
 vocabulary is hashed instead (no vocabulary to hold; idf weights still fitted).
-A project's matrix is cached in its ``cache/`` folder with the item order and is
+The hashed variant keeps fewer character n-grams (4-grams only) so that a pool of a
+million items fits in about 1 GB. A project's matrix is cached in its ``cache/`` folder with the item order and is
 reused until items are added, so a retrain never re-tokenizes.
 """
 
@@ -21,7 +22,8 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-FEATURIZER_VERSION = 1
+FEATURIZER_VERSION = 2
+IDF_SAMPLE = 200_000
 
 
 class TextFeaturizer:
@@ -42,7 +44,7 @@ class TextFeaturizer:
         self.min_df = min_df
 
     def __str__(self) -> str:
-        return f"{self.kind}(word 1-2, char 2-5)" if self.kind == "tfidf" else f"hashing(2^{self.hash_bits}, word 1-2, char 3-5)"
+        return f"{self.kind}(word 1-2, char 2-5)" if self.kind == "tfidf" else f"hashing(2^{self.hash_bits}, word 1-2, char 4)"
 
     def _word(self, min_df: int):
         return TfidfVectorizer(analyzer="word", ngram_range=(1, 2), min_df=min_df, sublinear_tf=True,
@@ -56,7 +58,7 @@ class TextFeaturizer:
         n = 2 ** self.hash_bits
         return (HashingVectorizer(analyzer="word", ngram_range=(1, 2), n_features=n, alternate_sign=False,
                                   norm=None, dtype=np.float32, token_pattern=r"(?u)\b\w+\b"),
-                HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=n, alternate_sign=False,
+                HashingVectorizer(analyzer="char_wb", ngram_range=(4, 4), n_features=n, alternate_sign=False,
                                   norm=None, dtype=np.float32))
 
     def fit(self, texts: list[str]) -> "TextFeaturizer":
@@ -65,19 +67,26 @@ class TextFeaturizer:
             self.word_ = self._word(min_df).fit(texts)
             self.char_ = self._char(min_df).fit(texts)
         else:
+            # idf weights from a sample: stable well before a million texts, and half the work
+            if len(texts) > IDF_SAMPLE:
+                rng = np.random.default_rng(0)
+                texts = [texts[i] for i in rng.choice(len(texts), IDF_SAMPLE, replace=False)]
             hw, hc = self._hashers()
             self.idf_word_ = TfidfTransformer(sublinear_tf=True).fit(_chunked(hw.transform, texts))
             self.idf_char_ = TfidfTransformer(sublinear_tf=True).fit(_chunked(hc.transform, texts))
         self.n_features_ = self.transform(texts[:1]).shape[1]
         return self
 
-    def transform(self, texts: list[str]) -> sp.csr_matrix:
+    def transform(self, texts: list[str], chunk: int = 50_000) -> sp.csr_matrix:
+        """Chunk by chunk, so the temporary matrices of one chunk are all that exists besides the result."""
+        if len(texts) > chunk:
+            return sp.vstack([self.transform(texts[i:i + chunk], chunk) for i in range(0, len(texts), chunk)],
+                             format="csr")
         if self.kind == "tfidf":
             parts = [self.word_.transform(texts), self.char_.transform(texts)]
         else:
             hw, hc = self._hashers()
-            parts = [self.idf_word_.transform(_chunked(hw.transform, texts)),
-                     self.idf_char_.transform(_chunked(hc.transform, texts))]
+            parts = [self.idf_word_.transform(hw.transform(texts)), self.idf_char_.transform(hc.transform(texts))]
         X = sp.hstack(parts, format="csr", dtype=np.float32)
         return normalize(X, copy=False)
 
@@ -113,7 +122,7 @@ def items_fingerprint(store) -> str:
     return f"v{FEATURIZER_VERSION}-{n}-{max_ord}-{last_import}"
 
 
-def load_or_build_features(store, cache_dir: Path, *, hashing_above: int = 2_000_000,
+def load_or_build_features(store, cache_dir: Path, *, hashing_above: int = 500_000,
                            featurizer: TextFeaturizer | None = None) -> FeatureSet:
     """Features for every item, from the cache when no item was added since it was built.
 

@@ -307,6 +307,10 @@ def _summarise(curves: pl.DataFrame, cfg: SimConfig, target: float, n_pool: int)
         saving = None
         verdict = (f"inconclusive: no strategy reached the target within {cfg.budget} labels (raise --budget); "
                    f"mean accuracy over the curve {best} {auc[best]:.3f} vs random {auc['random']:.3f}")
+    elif reached.get("random", 0) == 0 and saving < MARGINAL_SAVING:
+        # random was counted at the budget, so the saving is only a lower bound: too small to judge
+        verdict = (f"inconclusive: {best} reached the target in {reached.get(best, 0)} of {cfg.repeats} repeats and "
+                   f"random in none within {cfg.budget} labels (raise --budget)")
     else:
         failed = [k for k, v in conditions.items() if not v["holds"]]
         if saving < MARGINAL_SAVING:

@@ -33,6 +33,8 @@ def margin(p: np.ndarray) -> np.ndarray:
     """1 - (p1 - p2): the gap between the two most probable classes, inverted."""
     if p.shape[1] < 2:
         return np.zeros(len(p))
+    if p.shape[1] == 2:
+        return 1.0 - np.abs(p[:, 0] - p[:, 1])
     top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
     return 1.0 - (top2[:, 1] - top2[:, 0])
 

@@ -242,6 +242,26 @@ class Workspace:
         except OSError:
             return f"(no guidelines file at {path})"
 
+    # -- the loop ------------------------------------------------------------------
+    def retrain(self, *, project: Project | None = None, progress=None, **kw):
+        """Retrain, rescore and queue a new batch (``labelloop train``). From a worker thread pass
+        ``project=self.worker_project()``; then hand the result's queue to ``set_queue`` on the UI thread."""
+        from core.loop import train_and_queue
+        report = train_and_queue(project or self.project, progress=progress, **kw)
+        if project is None:
+            self.reload_queue()
+        self.decisions_since_train = 0
+        return report
+
+    def next_items(self, n: int = 20) -> list[QueueItem]:
+        """The next n items this annotator will see (``labelloop next``)."""
+        with self._lock:
+            return (self._front + self._queue)[:n]
+
+    def metrics(self) -> dict:
+        from core.metrics import metrics_snapshot
+        return metrics_snapshot(self.project)
+
     def worker_project(self) -> Project:
         """A Project for a background thread: same database, its own DuckDB cursor."""
         return Project(self.project.dir, self.config, Store(self.store.con.cursor(), self.store.path))

@@ -278,3 +278,33 @@ async def test_help_and_metrics_screens_open(proj):
         await pilot.press("escape")
         assert type(app.screen).__name__ == "Screen"
     app.ws.close()
+
+
+def test_workspace_api_for_scripts(tmp_path):
+    """The same operations the workstation uses, from a script: next, label, undo, retrain, metrics."""
+    from core.workspace import Workspace
+    d = project_copy(tmp_path)
+    ws = Workspace(d, actor="script")
+    nxt = ws.next_items(3)
+    assert len(nxt) == 3 and nxt[0].item_id == ws.current().item_id and nxt[0].why.startswith("margin, rank 1")
+    for it in nxt:
+        ws.label(it, [TRUTH[it.item_id]], duration_ms=100.0)
+    back = ws.undo()
+    assert back.item_id == nxt[2].item_id == ws.current().item_id   # the undone item comes back first
+    ws.label(back, [TRUTH[back.item_id]])
+    r = ws.retrain(seed=3)
+    assert r.model_version == 2 and r.n_train == 43
+    assert ws.current().model_version == 2
+    m = ws.metrics()
+    assert [c["n_train"] for c in m["curve"]] == [40, 43] and m["distribution"]
+    ws.close()
+
+
+async def test_no_color_is_respected(proj, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = LabelApp(proj, actor="alice")
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.no_color
+        await pilot.press("1")
+    app.ws.close()
+    assert len(events(proj)) == 1

@@ -282,25 +282,12 @@ class LabelApp(App):
                 return
             labels, reason, note = result
             started = time.perf_counter()
-            self.ws.reject(item, labels, reason, note, duration_ms=duration + 0.0)
+            self.ws.reject(item, labels, reason, note, duration_ms=duration)
             self._decided(started)
         self.push_screen(CorrectionScreen(self.ws.config, item.suggestion), done)
 
-    def action_skip(self) -> None:
-        item = self.ws.current()
-        if item is None:
-            return
-        duration = self._duration()
-
-        def done(reason) -> None:
-            if reason is None:
-                return
-            started = time.perf_counter()
-            self.ws.skip(item, reason, duration_ms=duration)
-            self._decided(started)
-        self.push_screen(NoteScreen("Skip this item", "Why (optional)? Enter skips, Escape cancels."), done)
-
-    def action_flag(self) -> None:
+    def _decide_with_note(self, decide, title: str, prompt: str) -> None:
+        """Skip and flag: ask for an optional note, then record the decision (Escape cancels)."""
         item = self.ws.current()
         if item is None:
             return
@@ -310,9 +297,16 @@ class LabelApp(App):
             if note is None:
                 return
             started = time.perf_counter()
-            self.ws.flag(item, note, duration_ms=duration)
+            decide(item, note, duration_ms=duration)
             self._decided(started)
-        self.push_screen(NoteScreen("Flag for review", "Note for the reviewer (optional). Enter flags, Escape cancels."), done)
+        self.push_screen(NoteScreen(title, prompt), done)
+
+    def action_skip(self) -> None:
+        self._decide_with_note(self.ws.skip, "Skip this item", "Why (optional)? Enter skips, Escape cancels.")
+
+    def action_flag(self) -> None:
+        self._decide_with_note(self.ws.flag, "Flag for review",
+                               "Note for the reviewer (optional). Enter flags, Escape cancels.")
 
     def action_undo(self) -> None:
         item = self.ws.undo()
@@ -347,7 +341,6 @@ class LabelApp(App):
 
     @work(thread=True, exclusive=True, group="retrain", exit_on_error=False)
     def retrain_worker(self) -> None:
-        from core.loop import train_and_queue
         worker = get_current_worker()
         project = self.ws.worker_project()
 
@@ -356,7 +349,7 @@ class LabelApp(App):
                 raise _Cancelled()
             self.post_message(RetrainProgress(fraction, step))
         try:
-            report = train_and_queue(project, progress=progress)
+            report = self.ws.retrain(project=project, progress=progress)
             queue = self.ws.load_queue(project.store)
         except _Cancelled:
             return
