@@ -50,9 +50,13 @@ async def run(project: Path) -> dict:
         await pilot.pause(0.05)
         out["startup_s"] = first_item[0] if first_item else None
         keys = ["1", "2"]
+        models_before = app.ws.store.scalar("SELECT max(version) FROM models")
         for i in range(N_DECISIONS):
             await pilot.press(keys[i % 2])
         await pilot.pause(0.1)
+        while app.retraining:
+            await pilot.pause(0.1)
+        out["auto_retrains"] = app.ws.store.scalar("SELECT max(version) FROM models") - models_before
         lat = np.array(app.latencies_ms[:N_DECISIONS])
         out["n"] = len(lat)
         out["p50"], out["p99"], out["max"] = np.percentile(lat, 50), np.percentile(lat, 99), lat.max()
@@ -70,6 +74,7 @@ async def run(project: Path) -> dict:
             during += 1
             await pilot.pause(0.05)
         out["retrain_s"] = time.perf_counter() - started
+        out["ticks"] = len(ticks)
         timer.stop()
         gaps = np.diff(ticks) * 1000
         out["labelled_during_retrain"] = during
@@ -81,19 +86,43 @@ async def run(project: Path) -> dict:
     return out
 
 
+def cli_startup(project: Path) -> float | None:
+    """Wall time from starting `labelloop label` in a real terminal (tmux) to the first item on screen."""
+    import subprocess
+    import uuid
+    if shutil.which("tmux") is None:
+        return None
+    session = f"llb-{uuid.uuid4().hex[:6]}"
+    started = time.perf_counter()
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+                    f"{sys.executable} -m tui.cli label {project}"], check=True, cwd=Path(__file__).parent.parent)
+    try:
+        while time.perf_counter() - started < 30:
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+            if "left in queue" in screen and "id " in screen:
+                return time.perf_counter() - started
+            time.sleep(0.02)
+        return None
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
 def main() -> None:
     project = prepare()
     r = asyncio.run(run(project))
+    r["cli_startup_s"] = cli_startup(project)
     print(f"1,002,000-item project; {r['n']} decisions by key press (Pilot, headless, 120x40)")
-    print(f"  start-up to first item      {r['startup_s']:.2f} s")
-    print(f"  key -> next item rendered   p50 {r['p50']:.1f} ms   p99 {r['p99']:.1f} ms   max {r['max']:.1f} ms")
+    print(f"  start-up to first item      {r['startup_s']:.2f} s in process; "
+          + (f"{r['cli_startup_s']:.2f} s from the shell to the item on a tmux screen" if r['cli_startup_s'] else "(tmux absent)"))
+    print(f"  key -> next item rendered   p50 {r['p50']:.1f} ms   p99 {r['p99']:.1f} ms   max {r['max']:.1f} ms "
+          f"({r['auto_retrains']} automatic retrains ran in the background meanwhile)")
     print(f"  retrain in the background   {r['retrain_s']:.1f} s; {r['labelled_during_retrain']} items labelled meanwhile; "
           f"model v{r['model']}")
     print(f"  UI loop gap (10 ms ticks)   idle max {r['idle_max_gap_ms']:.0f} ms; during retrain max "
           f"{r['retrain_max_gap_ms']:.0f} ms, p99 {r['retrain_p99_gap_ms']:.0f} ms")
     print()
     for name, ok in [("p50 <= 15 ms", r["p50"] <= 15), ("p99 <= 50 ms", r["p99"] <= 50),
-                     ("start-up <= 2 s", r["startup_s"] is not None and r["startup_s"] <= 2),
+                     ("start-up <= 2 s", max(r["startup_s"] or 99, r["cli_startup_s"] or 0) <= 2),
                      ("no frame blocked > 100 ms during retrain", (r["retrain_max_gap_ms"] or 0) <= 100)]:
         print(f"  [{'met' if ok else 'NOT MET'}] {name}")
 
