@@ -88,7 +88,12 @@ def export_parquet(project: Project, out: Path | str, what: str = "final") -> Ex
     try:
         with store._lock:
             quoted = str(tmp).replace("'", "''")
-            store.con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT parquet, COMPRESSION zstd)")
+            # Rows carry no order (see FINAL_SQL), so DuckDB may write them from both threads at once.
+            store.con.execute("SET preserve_insertion_order = false")
+            try:
+                store.con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT parquet, COMPRESSION zstd)")
+            finally:
+                store.con.execute("RESET preserve_insertion_order")
         fault_point("export-before-rename")
         os.replace(tmp, out)
     except duckdb.Error as exc:

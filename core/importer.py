@@ -217,6 +217,7 @@ class _Importer:
 
     def _create_stage(self, src: str, *, row_from_file: bool) -> None:
         self.con.execute("DROP TABLE IF EXISTS ll_stage")
+        self.con.execute("SET preserve_insertion_order = true")  # row_number() must follow the file
         self.con.execute("CREATE TEMP TABLE ll_stage AS " + self._select_sql(src, row_from_file=row_from_file))
 
     def _select_sql(self, src: str, *, row_from_file: bool) -> str:
@@ -398,9 +399,25 @@ class _Importer:
             return self._finish(con, valid, rows_read=rows_read)
 
     def _finish(self, con, valid: str, *, rows_read: int) -> ImportReport:
-        # ord and event ids come from the row number: unique and increasing (gaps where rows were
-        # rejected are harmless), and no sort is needed, so DuckDB inserts in parallel.
         base_ord = con.execute("SELECT coalesce(max(ord), 0) FROM items").fetchone()[0]
+        # ord and event ids come from the row number: unique and increasing (gaps where rows were
+        # rejected are harmless); no sort is needed and the physical order of the inserts does not
+        # matter, so DuckDB inserts from both threads.
+        con.execute("SET preserve_insertion_order = false")
+        try:
+            self._insert_rows(con, valid, base_ord)
+        finally:
+            con.execute("RESET preserve_insertion_order")
+        imported, labelled = con.execute(f"SELECT count(*), count(labels) FROM {valid}").fetchone()
+        splits = dict(con.execute(f"SELECT split, count(*) FROM {valid} GROUP BY 1 ORDER BY 1").fetchall())
+        rejected = rows_read - imported
+        con.execute("INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [self.import_id, self.src_name, self.fmt, rows_read, imported, rejected, labelled, self.now, self.actor])
+        rejects_file = self._write_rejects() if rejected else None
+        fault_point("import-before-commit")
+        return ImportReport(str(self.path), self.fmt, rows_read, imported, rejected, labelled, splits, rejects_file)
+
+    def _insert_rows(self, con, valid: str, base_ord: int) -> None:
         con.execute(f"""
             INSERT INTO items (id, ord, text, metadata, split, source_labels, source_file, source_row, import_id, imported_at)
             SELECT id, ? + _row, text, metadata, split, labels, ?, _row, ?, ?
@@ -412,14 +429,6 @@ class _Importer:
             INSERT INTO events (event_id, item_id, kind, via, actor, ts, labels)
             SELECT ? + _row, id, 'label', 'import', ?, ?, labels
             FROM {valid} WHERE split = 'pool' AND labels IS NOT NULL""", [first_event, self.actor, self.now])
-        imported, labelled = con.execute(f"SELECT count(*), count(labels) FROM {valid}").fetchone()
-        splits = dict(con.execute(f"SELECT split, count(*) FROM {valid} GROUP BY 1 ORDER BY 1").fetchall())
-        rejected = rows_read - imported
-        con.execute("INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [self.import_id, self.src_name, self.fmt, rows_read, imported, rejected, labelled, self.now, self.actor])
-        rejects_file = self._write_rejects() if rejected else None
-        fault_point("import-before-commit")
-        return ImportReport(str(self.path), self.fmt, rows_read, imported, rejected, labelled, splits, rejects_file)
 
     def _write_rejects(self) -> str:
         out = self.path.with_name(self.path.name + ".rejected.csv")
