@@ -1,0 +1,80 @@
+"""The classifier on real text: calibration lowers held-out NLL and keeps the argmax; metrics on the test split."""
+
+import csv
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from core.calibration import nll
+from core.errors import ModelError
+from core.features import TextFeaturizer
+from core.loop import batch_similarity
+from core.model import evaluate, fit_model
+from tests.conftest import ROOT
+
+ROWS = list(csv.DictReader(open(ROOT / "sample_data" / "sms_spam.csv", encoding="utf-8")))
+
+
+@pytest.fixture(scope="module")
+def data():
+    pool = [r for r in ROWS if r["split"] == "pool"]
+    test = [r for r in ROWS if r["split"] == "test"]
+    fz = TextFeaturizer().fit([r["text"] for r in pool])
+    rng = np.random.default_rng(0)
+    # 100 labels: the small-seed regime where an uncalibrated model is clearly overconfident.
+    # (Measured: at 400 labels the cross-fitted temperature over-softens slightly, NLL 0.108 -> 0.113;
+    # at 1,500 it helps again. Fold models see 80% of the labels, so their held-out logits are a
+    # biased stand-in for the full model's.)
+    train = [pool[i] for i in rng.choice(len(pool), 100, replace=False)]
+    return (fz.transform([r["text"] for r in train]), [r["label"] for r in train],
+            fz.transform([r["text"] for r in test]), [r["label"] for r in test])
+
+
+@pytest.mark.parametrize("calibration", ["temperature", "platt"])
+def test_calibration_lowers_test_nll_and_keeps_argmax(data, calibration):
+    X, y, Xt, yt = data
+    m = fit_model(X, y, ["ham", "spam"], calibration=calibration, seed=0)
+    yi = np.array([m.classes_.index(v) for v in yt])
+    raw, cal = m.uncalibrated_proba(Xt), m.predict_proba(Xt)
+    assert nll(cal, yi) < nll(raw, yi)
+    if calibration == "temperature":
+        assert (raw.argmax(1) == cal.argmax(1)).all()
+        assert m.temperature_ > 1.0 and m.info["calibration_n"] == 100
+
+
+def test_evaluate_reports_the_metrics(data):
+    X, y, Xt, yt = data
+    m = fit_model(X, y, ["ham", "spam"], seed=0)
+    ev = evaluate(m, Xt, yt, ["ham", "spam"])
+    assert ev["n_test"] == len(yt) and ev["accuracy"] > 0.85
+    pred = np.array(m.classes_)[m.predict_proba(Xt).argmax(1)]
+    assert ev["accuracy"] == pytest.approx(np.mean(pred == np.array(yt)))
+    spam = ev["per_class"]["spam"]
+    tp = np.sum((pred == "spam") & (np.array(yt) == "spam"))
+    assert spam["recall"] == pytest.approx(tp / np.sum(np.array(yt) == "spam"))
+    assert sum(ev["reliability"]["bin_counts"]) == len(yt) and len(ev["reliability"]["bin_counts"]) == 15
+    assert 0 <= ev["ece"] <= ev["mce"] <= 1 and ev["brier"] >= 0
+
+
+def test_class_weight_balanced_raises_minority_recall(data):
+    X, y, Xt, yt = data
+    plain = evaluate(fit_model(X, y, ["ham", "spam"], seed=0, C=1.0), Xt, yt, ["ham", "spam"])
+    balanced = evaluate(fit_model(X, y, ["ham", "spam"], seed=0, C=1.0, class_weight="balanced"), Xt, yt, ["ham", "spam"])
+    assert balanced["per_class"]["spam"]["recall"] > plain["per_class"]["spam"]["recall"]
+
+
+def test_one_class_is_a_clear_error(data):
+    X, _, _, _ = data
+    with pytest.raises(ModelError, match="at least two classes"):
+        fit_model(X[:5], ["ham"] * 5, ["ham", "spam"])
+
+
+def test_batch_similarity_flags_a_concentrated_batch():
+    rng = np.random.default_rng(0)
+    from sklearn.preprocessing import normalize
+    spread = sp.csr_matrix(normalize(rng.random((50, 200)) ** 8))
+    same = sp.csr_matrix(normalize(np.tile(rng.random((1, 200)), (50, 1)) + rng.random((50, 200)) * 0.01))
+    X = sp.vstack([spread, same]).tocsr()
+    assert batch_similarity(X, np.arange(50, 100)) > 0.99
+    assert batch_similarity(X, np.arange(50)) < 0.5 * batch_similarity(X, np.arange(50, 100))
