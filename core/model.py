@@ -27,9 +27,18 @@ from core.errors import ModelError
 CALIBRATION_SPLIT_MIN = 2000  # from this many labels on, calibrate on a 20% split instead of cross-fitting
 
 
-def _logreg(class_weight: str | None, C: float, seed: int) -> LogisticRegression:
-    return LogisticRegression(C=C, max_iter=300, class_weight=None if class_weight in (None, "none") else class_weight,
-                              random_state=seed, tol=1e-3)
+def _logreg(class_weight: str | None, C: float, seed: int, tol: float = 1e-5) -> LogisticRegression:
+    return LogisticRegression(C=C, max_iter=500, class_weight=None if class_weight in (None, "none") else class_weight,
+                              random_state=seed, tol=tol)
+
+
+def _fit_lr(X, y, class_weight, C, seed) -> LogisticRegression:
+    """Fit, and never return the all-zero model lbfgs stops at when the starting gradient is already
+    below tol (it happened with balanced, margin-selected batches of 1,000+ labels: n_iter_ == 0)."""
+    clf = _logreg(class_weight, C, seed).fit(X, y)
+    if int(np.max(clf.n_iter_)) == 0 or not np.any(clf.coef_):
+        clf = _logreg(class_weight, C, seed, tol=1e-10).fit(X, y)
+    return clf
 
 
 @dataclass
@@ -84,7 +93,7 @@ def fit_model(X, y_names: list[str], classes: list[str], *, calibration: str = "
     y = np.array([index[v] for v in y_names])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        clf = _logreg(class_weight, C, seed).fit(X, y)
+        clf = _fit_lr(X, y, class_weight, C, seed)
         model = CalibratedModel(present, clf, calibration)
         if calibration != "none":
             logits, y_held = _held_out_logits(X, y, class_weight, C, seed, folds)
@@ -113,7 +122,7 @@ def _held_out_logits(X, y, class_weight, C, seed, folds):
     for tr, te in splits:
         if len(np.unique(y[tr])) < len(counts):
             continue
-        m = CalibratedModel(list(range(len(counts))), _logreg(class_weight, C, seed).fit(X[tr], y[tr]), "none")
+        m = CalibratedModel(list(range(len(counts))), _fit_lr(X[tr], y[tr], class_weight, C, seed), "none")
         out_logits.append(m.decision(X[te]))
         out_y.append(y[te])
     if not out_logits:
