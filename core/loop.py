@@ -20,11 +20,11 @@ from sklearn.metrics import cohen_kappa_score
 from core import coldstart
 from core.errors import EmptyPoolError, LabelloopError, ModelError
 from core.features import FeatureSet, load_or_build_features
-from core.model import CalibratedModel, evaluate, fit_model
+from core.model import CalibratedModel, MultiLabelModel, evaluate, evaluate_multilabel, fit_model, fit_multilabel
 from core.project import Project
 from core.store import utcnow
-from core.strategies import (UNCERTAINTY, Selection, bald, cal_scores, check_strategy, select_batch,
-                             vote_entropy)
+from core.strategies import (ML_STRATEGIES, ML_UNCERTAINTY, UNCERTAINTY, Selection, bald, cal_scores,
+                             check_strategy, select_batch, vote_entropy)
 
 SCORE_CHUNK = 100_000
 COMMITTEE_SIZE = 5
@@ -38,10 +38,12 @@ CONVERGENCE_RATIO = 3.0
 class PoolState:
     feats: FeatureSet
     labelled_rows: np.ndarray
-    y: list[str]
+    y: list[str]                   # first label (single-label projects)
     test_rows: np.ndarray
     y_test: list[str]
-    candidate_rows: np.ndarray     # pool rows that may be queued (no label, skip or flag yet)
+    y_lists: list[list[str]] = field(default_factory=list)        # every label (multi-label projects)
+    y_test_lists: list[list[str]] = field(default_factory=list)
+    candidate_rows: np.ndarray = None  # pool rows that may be queued (no label, skip or flag yet)
 
 
 @dataclass
@@ -56,7 +58,6 @@ class TrainReport:
     signals: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
-    untrained_multi_label: bool = False
 
 
 def features_for(project: Project, featurizer=None) -> FeatureSet:
@@ -67,9 +68,9 @@ def features_for(project: Project, featurizer=None) -> FeatureSet:
 
 def pool_state(project: Project, feats: FeatureSet) -> PoolState:
     s = project.store
-    labelled = s.rows("""SELECT i.ord, f.labels[1] FROM final_labels f JOIN items i ON i.id = f.item_id
+    labelled = s.rows("""SELECT i.ord, f.labels FROM final_labels f JOIN items i ON i.id = f.item_id
                          WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")
-    test = s.rows("SELECT ord, gold_label[1] FROM items WHERE split = 'test' AND gold_label IS NOT NULL ORDER BY ord")
+    test = s.rows("SELECT ord, gold_label FROM items WHERE split = 'test' AND gold_label IS NOT NULL ORDER BY ord")
     taken = s.rows("""SELECT DISTINCT i.ord FROM effective_events e JOIN items i ON i.id = e.item_id
                       WHERE e.kind IN ('label', 'skip', 'flag')""")
     mask = feats.splits == "pool"
@@ -78,9 +79,11 @@ def pool_state(project: Project, feats: FeatureSet) -> PoolState:
     return PoolState(
         feats=feats,
         labelled_rows=feats.rows_for_ords([r[0] for r in labelled]),
-        y=[r[1] for r in labelled],
+        y=[r[1][0] for r in labelled],
         test_rows=feats.rows_for_ords([r[0] for r in test]),
-        y_test=[r[1] for r in test],
+        y_test=[r[1][0] for r in test],
+        y_lists=[list(r[1]) for r in labelled],
+        y_test_lists=[list(r[1]) for r in test],
         candidate_rows=np.flatnonzero(mask),
     )
 
@@ -92,12 +95,17 @@ def score_pool(model: CalibratedModel, X, rows: np.ndarray, strategy: str, *, co
     probs = np.empty((n, len(model.classes_)), dtype=np.float32)
     scores = np.empty(n, dtype=np.float64)
     base = "margin" if strategy in ("diversity", "power", "random") else strategy
+    multi = isinstance(model, MultiLabelModel)
+    if multi and strategy not in ML_STRATEGIES:
+        raise LabelloopError(f"strategy '{strategy}' is not available for multi-label projects; "
+                             f"use one of {', '.join(ML_STRATEGIES)}.")
+    table = ML_UNCERTAINTY if multi else UNCERTAINTY
     for start in range(0, n, chunk):
         Xc = X[rows[start:start + chunk]]
         p = model.predict_proba(Xc)
         probs[start:start + chunk] = p
-        if base in UNCERTAINTY:
-            scores[start:start + chunk] = UNCERTAINTY[base](p)
+        if base in table:
+            scores[start:start + chunk] = table[base](p)
         elif base in ("bald", "qbc"):
             stack = np.stack([m.predict_proba(Xc) for m in committee])
             scores[start:start + chunk] = bald(stack) if base == "bald" else vote_entropy(stack)
@@ -172,6 +180,9 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
     ``progress(fraction, message)`` is called between steps; raising from it cancels the run."""
     cfg = project.config
     strategy = check_strategy(strategy or cfg.strategy)
+    if cfg.multi_label and strategy not in ML_STRATEGIES:
+        raise LabelloopError(f"strategy '{strategy}' is not available for multi-label projects; "
+                             f"use one of {', '.join(ML_STRATEGIES)}.")
     explicit_batch = batch_size
     rng = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
     timings: dict[str, float] = {}
@@ -181,25 +192,36 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
     feats = features_for(project)
     timings["features"] = time.perf_counter() - t0
     state = pool_state(project, feats)
-    counts = {c: state.y.count(c) for c in cfg.labels}
+    counts = {c: sum(c in labs for labs in state.y_lists) for c in cfg.labels}
     adequacy = coldstart.seed_adequacy(counts, cfg.labels, cfg.min_labels_per_class)
     report = TrainReport(None, None, 0, strategy, len(state.y), adequacy=adequacy, seconds=timings)
     if len(state.candidate_rows) == 0:
         raise EmptyPoolError("every pool item is labelled, skipped or flagged; import more items to go on.")
 
     model = None
-    # (Multi-label projects are labelled without a model for now: every batch is a cold-start batch.)
-    trainable = len({c for c in state.y}) >= 2 and not cfg.multi_label
-    report.untrained_multi_label = cfg.multi_label and len(state.y) > 0
+    if cfg.multi_label:  # one-vs-rest: trainable once some label is present on some items and absent on others
+        trainable = any(0 < n < len(state.y_lists) for n in counts.values())
+    else:
+        trainable = len(set(state.y)) >= 2
     if retrain and trainable:
         step(0.2, "training")
         t = time.perf_counter()
         X_lab = feats.X[state.labelled_rows]
-        model = fit_model(X_lab, state.y, cfg.labels, calibration=cfg.calibration,
-                          class_weight=cfg.class_weight, seed=int(rng.integers(1 << 30)))
+        if cfg.multi_label:
+            model = fit_multilabel(X_lab, state.y_lists, cfg.labels, calibration=cfg.calibration,
+                                   class_weight=cfg.class_weight, seed=int(rng.integers(1 << 30)))
+        else:
+            model = fit_model(X_lab, state.y, cfg.labels, calibration=cfg.calibration,
+                              class_weight=cfg.class_weight, seed=int(rng.integers(1 << 30)))
         timings["train"] = time.perf_counter() - t
         step(0.5, "evaluating")
-        metrics = evaluate(model, feats.X[state.test_rows], state.y_test, cfg.labels) if len(state.test_rows) else {"n_test": 0}
+        X_test = feats.X[state.test_rows]
+        if not len(state.test_rows):
+            metrics = {"n_test": 0}
+        elif cfg.multi_label:
+            metrics = evaluate_multilabel(model, X_test, state.y_test_lists, cfg.labels)
+        else:
+            metrics = evaluate(model, X_test, state.y_test, cfg.labels)
         report.metrics = metrics
         report.model_version = _store_model(project, model, feats, state, metrics, timings, report)
     elif trainable:
@@ -301,8 +323,12 @@ def _store_model(project: Project, model: CalibratedModel, feats: FeatureSet, st
                                                    "labels": project.config.labels})
     # Stopping signal: agreement of successive models' predictions on a fixed stop set.
     stop_ords = stop_set_ords(project)
-    preds = model.predict_proba(feats.X[feats.rows_for_ords(stop_ords)]).argmax(axis=1)
-    pred_names = np.array(model.classes_, dtype=object)[preds]
+    p_stop = model.predict_proba(feats.X[feats.rows_for_ords(stop_ords)])
+    if isinstance(model, MultiLabelModel):  # the predicted label set, as one category
+        pred_names = np.array(["|".join(c for c, on in zip(model.classes_, row) if on) for row in p_stop >= 0.5],
+                              dtype=object)
+    else:
+        pred_names = np.array(model.classes_, dtype=object)[p_stop.argmax(axis=1)]
     np.save(project.models_dir / f"stopset_v{version}.npy", np.array(list(zip(stop_ords, pred_names)), dtype=object),
             allow_pickle=True)
     prev = s.scalar("SELECT max(version) FROM models WHERE origin = 'trained'")
@@ -359,8 +385,6 @@ def warnings_for(report: TrainReport) -> list[str]:
     if sig.get("converging"):
         out.append(f"Batch convergence: this batch is {sig['convergence_ratio']:.1f}x more self-similar than a random "
                    "batch; the strategy is concentrating on one region (consider diversity or more audit).")
-    if report.untrained_multi_label:
-        out.append("Training a multi-label model is not supported yet: batches are drawn by the cold-start method.")
     if m.get("n_test", 1) == 0:
         out.append("No held-out test split: accuracy and calibration cannot be measured (import items with split=test).")
     return out

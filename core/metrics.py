@@ -70,6 +70,8 @@ def arm_comparison(project: Project, checkpoints: int = 5, seed: int = 0) -> dic
     """Learning curves on the test split from the labels of each arm: AL-selected vs random audit.
 
     Trains a few small models (one per checkpoint and arm), so run it off the UI thread."""
+    if project.config.multi_label:
+        return {"al": [], "random": [], "note": "not computed for multi-label projects"}
     feats = features_for(project)
     state = pool_state(project, feats)
     if len(state.test_rows) == 0:

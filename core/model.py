@@ -159,3 +159,125 @@ def evaluate(model: CalibratedModel, X, y_names: list[str], all_classes: list[st
         "reliability": {k: rel[k] for k in ("bin_edges", "bin_counts", "bin_confidence", "bin_accuracy")},
         "temperature": model.temperature_ if model.calibration == "temperature" else None,
     }
+
+
+# --- multi-label: one binary logistic regression per label (one-vs-rest) ---------------------------
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+@dataclass
+class MultiLabelModel:
+    """One-vs-rest logistic regression. ``predict_proba`` gives each label's own calibrated probability
+    (rows do not sum to 1); the suggestion is every label at 0.5 or above."""
+    classes_: list[str]
+    clfs: list
+    calibration: str = "temperature"
+    temperature_: float = 1.0
+    fit_seconds_: float = 0.0
+    multi_label: bool = True
+    info: dict = field(default_factory=dict)
+
+    def decision(self, X) -> np.ndarray:
+        cols = []
+        for clf in self.clfs:
+            if isinstance(clf, float):      # a label that was always (or never) present: a constant logit
+                cols.append(np.full(X.shape[0], clf))
+            else:
+                z = X @ clf.coef_.T.astype(np.float32)
+                z = z.toarray() if sp.issparse(z) else np.asarray(z)
+                cols.append(z.ravel() + clf.intercept_[0])
+        return np.column_stack(cols).astype(np.float64)
+
+    def predict_proba(self, X) -> np.ndarray:
+        t = self.temperature_ if self.calibration == "temperature" else 1.0
+        return _sigmoid(self.decision(X) / t)
+
+    def uncalibrated_proba(self, X) -> np.ndarray:
+        return _sigmoid(self.decision(X))
+
+
+def _binary_nll(logits: np.ndarray, Y: np.ndarray, t: float) -> float:
+    p = np.clip(_sigmoid(logits / t), 1e-12, 1 - 1e-12)
+    return float(-np.mean(Y * np.log(p) + (1 - Y) * np.log(1 - p)))
+
+
+def label_matrix(y_lists: list[list[str]], classes: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    Y = np.zeros((len(y_lists), len(classes)), dtype=np.int8)
+    for r, labels in enumerate(y_lists):
+        for lab in labels:
+            if lab in index:
+                Y[r, index[lab]] = 1
+    return Y
+
+
+def check_trainable_multi(Y: np.ndarray, classes: list[str]) -> None:
+    varied = [c for j, c in enumerate(classes) if 0 < Y[:, j].sum() < len(Y)]
+    if not varied:
+        raise ModelError("training needs at least one label that some labelled items have and others lack; "
+                         "label more items and try again.")
+
+
+def fit_multilabel(X, y_lists: list[list[str]], classes: list[str], *, calibration: str = "temperature",
+                   class_weight: str | None = None, C: float = 100.0, seed: int = 0, folds: int = 5) -> MultiLabelModel:
+    from scipy.optimize import minimize_scalar
+    Y = label_matrix(y_lists, classes)
+    check_trainable_multi(Y, classes)
+    started = time.perf_counter()
+
+    def fit_all(Xs, Ys):
+        out = []
+        for j in range(len(classes)):
+            col = Ys[:, j]
+            if col.min() == col.max():
+                out.append(8.0 if col[0] else -8.0)
+            else:
+                out.append(_fit_lr(Xs, col, class_weight, C, seed))
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = MultiLabelModel(list(classes), fit_all(X, Y), calibration)
+        if calibration != "none" and len(Y) >= 2 * folds:
+            from sklearn.model_selection import KFold
+            logits, targets = [], []
+            for tr, te in KFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(Y))):
+                fold = MultiLabelModel(list(classes), fit_all(X[tr], Y[tr]), "none")
+                logits.append(fold.decision(X[te]))
+                targets.append(Y[te])
+            L, T = np.vstack(logits), np.vstack(targets)
+            res = minimize_scalar(lambda lt: _binary_nll(L, T, np.exp(lt)), bounds=(np.log(0.05), np.log(20.0)),
+                                  method="bounded", options={"xatol": 1e-4})
+            model.temperature_ = float(np.exp(res.x))
+            model.info["calibration_n"] = int(len(T))
+    model.fit_seconds_ = time.perf_counter() - started
+    return model
+
+
+def evaluate_multilabel(model: MultiLabelModel, X, y_lists: list[list[str]], all_classes: list[str]) -> dict:
+    if len(y_lists) == 0:
+        return {"n_test": 0}
+    P = model.predict_proba(X)
+    Y = label_matrix(y_lists, model.classes_)
+    pred = (P >= 0.5).astype(np.int8)
+    prec, rec, f1, support = precision_recall_fscore_support(Y, pred, zero_division=0)
+    # Calibration over every (item, label) decision, as binary predictions.
+    p_flat = P.ravel()
+    probs2 = np.column_stack([1 - p_flat, p_flat])
+    rel = reliability(probs2, Y.ravel().astype(int))
+    raw = model.uncalibrated_proba(X).ravel()
+    return {
+        "n_test": int(len(y_lists)),
+        "accuracy": float(np.mean((pred == Y).all(axis=1))),   # exact set match
+        "macro_f1": float(f1_score(Y, pred, average="macro", zero_division=0)),
+        "micro_f1": float(f1_score(Y, pred, average="micro", zero_division=0)),
+        "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                      for c, p, r, f, s in zip(model.classes_, prec, rec, f1, support)},
+        "ece": rel["ece"], "mce": rel["mce"],
+        "ece_uncalibrated": reliability(np.column_stack([1 - raw, raw]), Y.ravel().astype(int))["ece"],
+        "brier": float(np.mean((P - Y) ** 2)),
+        "nll": _binary_nll(np.log(np.clip(P, 1e-12, 1) / np.clip(1 - P, 1e-12, 1)), Y, 1.0),
+        "reliability": {k: rel[k] for k in ("bin_edges", "bin_counts", "bin_confidence", "bin_accuracy")},
+        "temperature": model.temperature_ if model.calibration == "temperature" else None,
+    }

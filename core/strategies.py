@@ -63,6 +63,26 @@ def vote_entropy(committee: np.ndarray) -> np.ndarray:
 UNCERTAINTY = {"least_confidence": least_confidence, "margin": margin, "entropy": entropy}
 
 
+# Multi-label: each column is its own binary decision; an item is as uncertain as its labels together.
+def ml_margin(p: np.ndarray) -> np.ndarray:
+    """Mean over labels of 1 - |p - (1 - p)|."""
+    return np.mean(1.0 - np.abs(2.0 * p - 1.0), axis=1)
+
+
+def ml_least_confidence(p: np.ndarray) -> np.ndarray:
+    """The least confident label: max over labels of 1 - max(p, 1 - p)."""
+    return np.max(1.0 - np.maximum(p, 1.0 - p), axis=1)
+
+
+def ml_entropy(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.sum(-(q * np.log(q) + (1 - q) * np.log(1 - q)), axis=1)
+
+
+ML_UNCERTAINTY = {"least_confidence": ml_least_confidence, "margin": ml_margin, "entropy": ml_entropy}
+ML_STRATEGIES = ("random", "least_confidence", "margin", "entropy", "diversity", "power")
+
+
 # --- selection -------------------------------------------------------------------------------
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -40,10 +40,20 @@ class QueueItem:
     model_version: int | None
     probs: dict[str, float] = field(default_factory=dict)
     suggestion_hidden: bool = False
+    multi_label: bool = False
+
+    @property
+    def suggested_labels(self) -> list[str]:
+        """Single-label: the most probable label. Multi-label: every label at 0.5 or above."""
+        if not self.probs:
+            return []
+        if self.multi_label:
+            return sorted(k for k, p in self.probs.items() if p >= 0.5)
+        return [max(self.probs, key=self.probs.get)]
 
     @property
     def suggestion(self) -> str | None:
-        return max(self.probs, key=self.probs.get) if self.probs else None
+        return "|".join(self.suggested_labels) or None
 
     @property
     def why(self) -> str:
@@ -117,6 +127,7 @@ class Workspace:
         item = QueueItem(r["item_id"], r["text"], meta if isinstance(meta, dict) else {"value": meta},
                          r.get("batch_id"), r.get("position"), r.get("strategy"), r.get("score"), r.get("rank"),
                          r.get("percentile"), bool(r.get("audit")), r.get("model_version"), probs)
+        item.multi_label = self.config.multi_label
         item.suggestion_hidden = bool(probs) and self._is_blind(item.item_id)
         return item
 
@@ -179,14 +190,14 @@ class Workspace:
         """The annotator pressed a label key (or toggled labels and confirmed)."""
         labels = self.check_labels(labels)
         via = "key"
-        if item.suggestion and not item.suggestion_hidden and labels == [item.suggestion]:
+        if item.suggestion and not item.suggestion_hidden and sorted(labels) == item.suggested_labels:
             via = "key-agrees"
         return self._append(item, "label", via=via, labels=labels, duration_ms=duration_ms)
 
     def accept(self, item: QueueItem, *, duration_ms: float | None = None) -> int:
         if not item.suggestion or item.suggestion_hidden:
             raise LabelloopError("there is no suggestion to accept for this item; press a label key")
-        return self._append(item, "label", via="accept", labels=[item.suggestion], duration_ms=duration_ms)
+        return self._append(item, "label", via="accept", labels=item.suggested_labels, duration_ms=duration_ms)
 
     def reject(self, item: QueueItem, labels: list[str], reason: str, note: str | None = None, *,
                duration_ms: float | None = None) -> int:

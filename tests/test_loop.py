@@ -174,3 +174,55 @@ def test_model_export_import_as_first_scorer(tmp_path):
     (tmp_path / "junk.pkl").write_bytes(b"not a pickle")
     with pytest.raises(LabelloopError, match="not a labelloop model file"):
         import_model(dst, tmp_path / "junk.pkl")
+
+
+def _multi_label_project(tmp_path):
+    rng = np.random.default_rng(0)
+    vocab = {"sports": ["goal", "match", "team", "score"], "politics": ["election", "vote", "minister", "party"],
+             "tech": ["software", "computer", "chip", "code"]}
+    filler = ["today", "news", "people", "said", "week", "city", "report", "new"]
+
+    def make(i):
+        labels = sorted(rng.choice(list(vocab), size=rng.integers(1, 3), replace=False).tolist())
+        words = [w for lab in labels for w in rng.choice(vocab[lab], 2, replace=False)] + rng.choice(filler, 5).tolist()
+        rng.shuffle(words)
+        return [f"m{i}", " ".join(words), "|".join(labels)]
+    rows = [make(i) for i in range(500)]
+    d = init_project(tmp_path / "ml", ["sports", "politics", "tech"], multi_label=True)
+    write_csv(tmp_path / "ml_pool.csv", ["id", "text"], [r[:2] for r in rows[:400]])
+    write_csv(tmp_path / "ml_test.csv", ["id", "text", "tags", "split"], [r + ["test"] for r in rows[400:]])
+    p = Project.open(d)
+    import_file(p, tmp_path / "ml_pool.csv", id_col="id")
+    import_file(p, tmp_path / "ml_test.csv", id_col="id", label_col="tags", split_col="split")
+    return p, {r[0]: r[2].split("|") for r in rows}
+
+
+def test_multi_label_one_vs_rest(tmp_path):
+    from core.model import MultiLabelModel
+    from core.workspace import Workspace
+    p, truth = _multi_label_project(tmp_path)
+    train_and_queue(p, seed=0)
+    for it in queued_items(p):
+        p.store.append_event(it["item_id"], "label", "oracle", via="key", labels=truth[it["item_id"]])
+    r = train_and_queue(p, seed=1)
+    assert r.model_version == 1 and r.n_train == 50
+    m = r.metrics
+    assert m["micro_f1"] > 0.9 and set(m["per_class"]) == {"sports", "politics", "tech"}
+    assert 0 <= m["ece"] <= 1 and m["temperature"] > 0
+    art = json.loads(p.store.scalar("SELECT metrics FROM models WHERE version = 1"))
+    assert art["micro_f1"] == m["micro_f1"]
+    from core.loop import load_model
+    assert isinstance(load_model(p, 1)["model"], MultiLabelModel)
+    q = queued_items(p)
+    probs = json.loads(q[0]["probs"])
+    assert set(probs) == {"sports", "politics", "tech"}       # each label's own probability
+    with pytest.raises(LabelloopError, match="not available for multi-label"):
+        train_and_queue(p, strategy="bald", seed=2)
+    p.close()
+    ws = Workspace(tmp_path / "ml", actor="alice")
+    item = ws.current()
+    assert item.suggested_labels == sorted(k for k, v in item.probs.items() if v >= 0.5)
+    if item.suggested_labels:
+        ws.accept(item)
+        assert ws.store.rows("SELECT labels FROM events ORDER BY event_id DESC LIMIT 1")[0][0] == item.suggested_labels
+    ws.close()
