@@ -27,7 +27,7 @@ from core.errors import ModelError
 CALIBRATION_SPLIT_MIN = 2000  # from this many labels on, calibrate on a 20% split instead of cross-fitting
 
 
-def _logreg(class_weight: str | None, C: float, seed: int, tol: float = 1e-5) -> LogisticRegression:
+def _logreg(class_weight: str | None, C: float, seed: int, tol: float = 1e-4) -> LogisticRegression:
     return LogisticRegression(C=C, max_iter=500, class_weight=None if class_weight in (None, "none") else class_weight,
                               random_state=seed, tol=tol)
 
