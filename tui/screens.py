@@ -265,9 +265,16 @@ class MetricsScreen(Screen):
                          f"Brier {latest.get('brier') or 0:.3f}  NLL {latest.get('nll') or 0:.3f}\n")
         else:
             t.append("No model yet.\n", style="bold")
-        t.append("\nLabels: ", style="bold")
-        t.append(", ".join(f"{safe_line(k, 16)} {v}" for k, v in snap["distribution"].items()) or "none")
-        t.append("\nThroughput: ", style="bold")
+        t.append("\nLabels\n", style="bold")
+        dist = snap["distribution"]
+        top = max(dist.values(), default=0)
+        for k, v in dist.items():  # a bar per label, scaled to the most frequent
+            t.append(f"  {safe_line(k, 14):<14} ")
+            t.append("█" * max(1, round(20 * v / top)), style="cyan")
+            t.append(f" {v}\n")
+        if not dist:
+            t.append("  none\n")
+        t.append("Throughput: ", style="bold")
         t.append(", ".join(f"{safe_line(a['actor'], 12)} {a['decisions']} ({a['last_hour']} last hour)"
                            for a in snap["throughput"]) or "none")
         if snap["corrections"]:
