@@ -269,8 +269,8 @@ class MetricsScreen(Screen):
         dist = snap["distribution"]
         top = max(dist.values(), default=0)
         for k, v in dist.items():  # a bar per label, scaled to the most frequent
-            t.append(f"  {safe_line(k, 14):<14} ")
-            t.append("█" * max(1, round(20 * v / top)), style="cyan")
+            t.append(f"  {safe_line(k, 10):<10} ")
+            t.append("█" * max(1, round(12 * v / top)), style="cyan")
             t.append(f" {v}\n")
         if not dist:
             t.append("  none\n")
