@@ -222,8 +222,7 @@ HOSTILE = [
 
 async def test_hostile_text_is_shown_not_interpreted(tmp_path):
     d = build_project(tmp_path / "hostile", n_pool=0, n_test=20, trained=False, extra_rows=HOSTILE,
-                      cfg_edits=(("max_text_chars = 100000", "max_text_chars = 2000000"),
-                                 ('cold_start = "random"', 'cold_start = "random"')))
+                      cfg_edits=(("max_text_chars = 100000", "max_text_chars = 2000000"),))
     app = LabelApp(d, actor="alice")
     seen = {}
     async with app.run_test(size=(80, 24)) as pilot:
