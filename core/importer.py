@@ -216,24 +216,37 @@ class _Importer:
                 f"lambda k: {{'k': k, 'v': j -> ('$.\"' || k || '\"')}})))::VARCHAR END")
 
     def _create_stage(self, src: str, *, row_from_file: bool) -> None:
-        self.con.execute("DROP TABLE IF EXISTS ll_stage")
-        self.con.execute("SET preserve_insertion_order = true")  # row_number() must follow the file
-        self.con.execute("CREATE TEMP TABLE ll_stage AS " + self._select_sql(src, row_from_file=row_from_file))
+        """Read the file once into a temporary table; ``ll_stage`` is a view that numbers its rows.
+
+        Rows are numbered by the temporary table's rowid: with insertion order preserved it follows
+        the file (a row_number() window over a million rows cost more than the read itself)."""
+        self._drop_stage()
+        self.con.execute("SET preserve_insertion_order = true")
+        self.con.execute("CREATE TEMP TABLE ll_raw AS " + self._select_sql(src, row_from_file=row_from_file))
+        row_sql = "_file_row" if row_from_file else "(rowid + 1)"
+        if self.id_col:
+            id_sql = "id"
+        else:
+            # Without an id column the id is the file name and row: importing the same file twice is caught.
+            id_sql = "'" + self.path.name.replace("'", "''") + ":' || " + row_sql + "::VARCHAR"
+        self.con.execute(f"""CREATE TEMP VIEW ll_stage AS
+            SELECT {row_sql} AS _row, {id_sql} AS id, text, labels, split_raw, split, metadata FROM ll_raw""")
+
+    def _drop_stage(self) -> None:
+        self.con.execute("DROP VIEW IF EXISTS ll_stage")
+        self.con.execute("DROP TABLE IF EXISTS ll_raw")
 
     def _select_sql(self, src: str, *, row_from_file: bool) -> str:
         reader = self._reader_sql(src)
         if self.fmt == "jsonl":
             reader = f"{reader} AS t(j)"
-        row_sql = f"CAST({_q(ROW_COL)} AS BIGINT)" if row_from_file and self.fmt != "jsonl" else \
-            ("CAST(j ->> '" + ROW_COL + "' AS BIGINT)" if row_from_file else "row_number() OVER ()")
-        if self.id_col:
-            id_sql = self._field_sql(self.id_col)
-        else:
-            # Without an id column the id is the file name and row: importing the same file twice is caught.
-            id_sql = "'" + self.path.name.replace("'", "''") + ":' || (" + row_sql + ")::VARCHAR"
+        file_row = ""
+        if row_from_file:
+            file_row = (f"CAST({_q(ROW_COL)} AS BIGINT)" if self.fmt != "jsonl" else
+                        "CAST(j ->> '" + ROW_COL + "' AS BIGINT)") + " AS _file_row,"
         return f"""
-            SELECT {row_sql} AS _row,
-                   {id_sql} AS id,
+            SELECT {file_row}
+                   {self._field_sql(self.id_col) if self.id_col else "NULL::VARCHAR"} AS id,
                    {self._field_sql(self.text_col)} AS text,
                    {self._label_sql()} AS labels,
                    {self._field_sql(self.split_col)} AS split_raw,
@@ -364,11 +377,12 @@ class _Importer:
         try:
             report = self._careful_path()
         finally:
-            for name in ("ll_stage", "ll_rejected", "ll_valid"):
-                try:
+            try:
+                self._drop_stage()
+                for name in ("ll_rejected", "ll_valid"):
                     store.con.execute(f"DROP TABLE IF EXISTS {name}")
-                except duckdb.Error:
-                    pass
+            except duckdb.Error:
+                pass
             for tmp in self._tmpfiles:
                 try:
                     os.unlink(tmp)
