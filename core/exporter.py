@@ -18,46 +18,16 @@ from core.errors import LabelloopError
 from core.faults import fault_point
 from core.project import Project
 
-# One row per item that has a current label (see the final_labels view). Columns that no decision
-# filled are NULL. Rows come in no particular order (sorting 1M rows with their text would cost
-# about a fifth of the export); sort on source_file, source_row or item_id when reading.
+# One row per item that has a current label, with the provenance of the decision and the item's own
+# columns (see the final_decisions view in core/store.py). Columns that no decision filled are NULL.
+# Rows come in no particular order (sorting 1M rows with their text would cost about a fifth of the
+# export); sort on source_file, source_row or item_id when reading.
 FINAL_SQL = """
-WITH f AS MATERIALIZED (SELECT * FROM final_labels),
-multi_ids AS (SELECT item_id FROM f WHERE n_annotations > 1 OR decided_by = 'adjudication'),
-multi AS (
-    -- ordered lists only where several annotators labelled the item or a reviewer settled it
-    -- (filtered before grouping); for the usual single annotation the deciding event is the whole story
-    SELECT item_id,
-           list(actor ORDER BY event_id) AS annotators,
-           list(array_to_string(labels, '|') ORDER BY event_id) AS annotator_labels,
-           list(ts ORDER BY event_id) AS labelled_at,
-           list(duration_ms ORDER BY event_id) AS durations_ms,
-           list(via ORDER BY event_id) AS decision_kinds,
-           list(error_category ORDER BY event_id) FILTER (WHERE error_category IS NOT NULL) AS error_categories,
-           list(note ORDER BY event_id) FILTER (WHERE note IS NOT NULL) AS notes
-    FROM (SELECT e.* FROM effective_events e SEMI JOIN multi_ids m ON m.item_id = e.item_id
-          WHERE e.kind = 'label'
-          QUALIFY row_number() OVER (PARTITION BY e.item_id, e.actor ORDER BY e.event_id DESC) = 1)
-    GROUP BY item_id
-)
-SELECT i.id AS item_id, i.text,
-       CASE WHEN len(f.labels) = 1 THEN f.labels[1] END AS label, f.labels, f.decided_by,
-       f.n_annotations,
-       CASE WHEN m.item_id IS NULL THEN [d.actor] ELSE m.annotators END AS annotators,
-       CASE WHEN m.item_id IS NULL THEN [array_to_string(d.labels, '|')] ELSE m.annotator_labels END AS annotator_labels,
-       CASE WHEN m.item_id IS NULL THEN [d.ts] ELSE m.labelled_at END AS labelled_at,
-       CASE WHEN m.item_id IS NULL THEN [d.duration_ms] ELSE m.durations_ms END AS durations_ms,
-       CASE WHEN m.item_id IS NULL THEN [d.via] ELSE m.decision_kinds END AS decision_kinds,
-       CASE WHEN m.item_id IS NULL THEN (CASE WHEN d.error_category IS NOT NULL THEN [d.error_category] END)
-            ELSE m.error_categories END AS error_categories,
-       CASE WHEN m.item_id IS NULL THEN (CASE WHEN d.note IS NOT NULL THEN [d.note] END) ELSE m.notes END AS notes,
-       d.kind AS deciding_kind, d.actor AS decided_by_actor, d.ts AS decided_at, d.model_version, d.suggestion,
-       d.shown_probs, d.suggestion_hidden, d.batch_id, d.strategy, d.score, d.rank, d.percentile, d.audit,
-       i.split, i.metadata, i.source_file, i.source_row, i.imported_at
-FROM f
-JOIN items i ON i.id = f.item_id
-JOIN events d ON d.event_id = f.deciding_event
-LEFT JOIN multi m ON m.item_id = f.item_id
+SELECT item_id, text, CASE WHEN len(labels) = 1 THEN labels[1] END AS label, labels, decided_by, n_annotations,
+       annotators, annotator_labels, labelled_at, durations_ms, decision_kinds, error_categories, notes,
+       deciding_kind, decided_by_actor, decided_at, model_version, suggestion, shown_probs, suggestion_hidden,
+       batch_id, strategy, score, rank, percentile, audit, split, metadata, source_file, source_row, imported_at
+FROM final_decisions
 """
 
 EVENTS_SQL = "SELECT * FROM events ORDER BY event_id"

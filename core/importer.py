@@ -432,17 +432,17 @@ class _Importer:
         return ImportReport(str(self.path), self.fmt, rows_read, imported, rejected, labelled, splits, rejects_file)
 
     def _insert_rows(self, con, valid: str, base_ord: int) -> None:
-        con.execute(f"""
-            INSERT INTO items (id, ord, text, metadata, split, source_labels, source_file, source_row, import_id, imported_at)
-            SELECT id, ? + _row, text, metadata, split, labels, ?, _row, ?, ?
-            FROM {valid}""", [base_ord, self.src_name, self.import_id, self.now])
+        # Pool rows that arrive with labels are pre-labelled: each gets an import event whose actor names
+        # the file. The event is stored on the item row (import_event is its id; its labels, actor and
+        # time are the row's source_labels and the import's), and the `events` view lists it with the
+        # others. Test and gold labels stay on the item (gold_label) and never enter the loop.
         first_event = con.execute("SELECT coalesce(max(event_id), 0) FROM events").fetchone()[0]
-        # Pool rows that arrive with labels are pre-labelled: an event whose actor names the file.
-        # Test and gold labels stay on the item (gold_label) and never enter the loop.
         con.execute(f"""
-            INSERT INTO events (event_id, item_id, kind, via, actor, ts, labels)
-            SELECT ? + _row, id, 'label', 'import', ?, ?, labels
-            FROM {valid} WHERE split = 'pool' AND labels IS NOT NULL""", [first_event, self.actor, self.now])
+            INSERT INTO items (id, ord, text, metadata, split, source_labels, source_file, source_row, import_id,
+                               imported_at, import_event)
+            SELECT id, ? + _row, text, metadata, split, labels, ?, _row, ?, ?,
+                   CASE WHEN split = 'pool' AND labels IS NOT NULL THEN ? + _row END
+            FROM {valid}""", [base_ord, self.src_name, self.import_id, self.now, first_event])
 
     def _write_rejects(self) -> str:
         out = self.path.with_name(self.path.name + ".rejected.csv")

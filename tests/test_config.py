@@ -3,7 +3,7 @@ import pytest
 from core.config import CONFIG_NAME, load_config
 from core.errors import ConfigError, ProjectError
 from core.project import init_project
-from core.store import Store
+from core.store import SCHEMA_VERSION, Store
 
 
 def test_init_creates_project_files(tmp_path):
@@ -17,9 +17,9 @@ def test_init_creates_project_files(tmp_path):
     assert "wrong class" in cfg.taxonomy and "out of distribution" in cfg.taxonomy
     assert cfg.cost_per_label > 0 and cfg.seconds_per_label > 0
     with Store.open(d) as s:
-        assert s.schema_version() == 1
+        assert s.schema_version() == SCHEMA_VERSION == 2
         tables = {r[0] for r in s.rows("SELECT table_name FROM information_schema.tables")}
-        assert {"items", "events", "models", "queue", "batches", "final_labels", "annotations"} <= tables
+        assert {"items", "events", "models", "queue", "batches", "final_labels", "final_decisions", "annotations"} <= tables
 
 
 def test_init_refuses_existing_project(tmp_path):
