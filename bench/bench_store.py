@@ -53,25 +53,62 @@ def main() -> None:
     assert ll_import[2].split() == [str(n), str(n)], ll_import[2]
 
     project = f"{work}/proj0"
-    flat = f"{work}/flat.duckdb"
-    # The baseline copies a table that already holds exactly the export's columns.
+    mixed = f"{work}/mixed"
+    # A second project where people have worked: the same 1M imported rows, then 100,000 labels by
+    # annotators with everything the workstation records, a second annotator on 20,000 of them (one
+    # in six disagreeing), 2,000 adjudications and 1,000 undos. Its export goes through the event log.
+    shutil.copytree(project, mixed)
     run_child(
-        "import duckdb\n"
-        "from core.exporter import FINAL_SQL\n"
-        f"con = duckdb.connect(r'{flat}')\n"
-        f"con.execute(\"ATTACH '{project}/project.duckdb' AS proj (READ_ONLY)\")\n"
-        "con.execute('USE proj')\n"
-        "con.execute('CREATE TABLE flat.main.t AS ' + FINAL_SQL)\n")
-    bare_export = best(lambda i: run_child(
-        "import duckdb\n"
-        f"con = duckdb.connect(r'{flat}', read_only=True)\n"
-        f"con.execute(\"COPY t TO '{work}/bare{i}.parquet' (FORMAT parquet, COMPRESSION zstd)\")\n"))
-    ll_export = best(lambda i: run_child(
         "from core.project import Project\n"
-        "from core.exporter import export_parquet\n"
-        f"with Project.open(r'{project}') as p:\n"
-        f"    print(export_parquet(p, r'{work}/out{i}.parquet').rows)\n"))
+        f"with Project.open(r'{mixed}') as p:\n"
+        "    con = p.store.con\n"
+        "    base = con.execute('SELECT max(event_id) FROM events').fetchone()[0]\n"
+        "    con.execute(\"\"\"INSERT INTO event_log (event_id, item_id, kind, via, actor, ts, duration_ms, labels,\n"
+        "        error_category, note, model_version, shown_probs, suggestion, suggestion_hidden, batch_id, strategy,\n"
+        "        score, rank, percentile, audit)\n"
+        "      SELECT ? + r, 's' || (r * 7)::VARCHAR, 'label', CASE WHEN r % 5 = 0 THEN 'correction' ELSE 'accept' END,\n"
+        "        'annotator' || (r % 4)::VARCHAR, now(), 800 + r % 900, [CASE WHEN r % 3 = 0 THEN 'spam' ELSE 'ham' END],\n"
+        "        CASE WHEN r % 5 = 0 THEN 'wrong class' END, CASE WHEN r % 50 = 0 THEN 'see guideline 3' END,\n"
+        "        7, '{\"ham\": 0.61, \"spam\": 0.39}', 'ham', r % 10 = 0, r // 100, 'margin', 0.2, r % 100, 99.5, r % 10 = 1\n"
+        "      FROM range(1, 100001) t(r)\"\"\", [base])\n"
+        "    con.execute(\"\"\"INSERT INTO event_log (event_id, item_id, kind, via, actor, ts, duration_ms, labels)\n"
+        "      SELECT ? + 100000 + r, 's' || (r * 7)::VARCHAR, 'label', 'key', 'second', now(), 1200,\n"
+        "        [CASE WHEN r % 4 = 0 THEN 'spam' ELSE (CASE WHEN r % 3 = 0 THEN 'spam' ELSE 'ham' END) END]\n"
+        "      FROM range(1, 20001) t(r)\"\"\", [base])\n"
+        "    con.execute(\"\"\"INSERT INTO event_log (event_id, item_id, kind, via, actor, ts, labels, note)\n"
+        "      SELECT ? + 120000 + r, 's' || (r * 28)::VARCHAR, 'adjudicate', 'review', 'reviewer', now(), ['spam'], 'settled'\n"
+        "      FROM range(1, 2001) t(r)\"\"\", [base])\n"
+        "    con.execute(\"\"\"INSERT INTO event_log (event_id, item_id, kind, actor, ts, target_event)\n"
+        "      SELECT ? + 122000 + r, 's' || (r * 7)::VARCHAR, 'undo', 'annotator' || (r % 4)::VARCHAR, now(), ? + r\n"
+        "      FROM range(50001, 51001) t(r)\"\"\", [base, base])\n")
+    flat = f"{work}/flat.duckdb"
+    flat_mixed = f"{work}/flat_mixed.duckdb"
+    # The baselines copy a table that already holds exactly the export's columns and rows, in file order.
+    for src, dst in ((project, flat), (mixed, flat_mixed)):
+        run_child(
+            "import duckdb\n"
+            "from core.exporter import FINAL_SQL\n"
+            f"con = duckdb.connect(r'{dst}')\n"
+            f"con.execute(\"ATTACH '{src}/project.duckdb' AS proj (READ_ONLY)\")\n"
+            "con.execute('USE proj')\n"
+            "con.execute('CREATE TABLE flat.main.t AS SELECT * FROM (' + FINAL_SQL + ') ORDER BY source_row')\n"
+            .replace("flat.main.t", f"{Path(dst).stem}.main.t"))
+
+    def export_pair(proj, flat_db, tag):
+        bare = best(lambda i: run_child(
+            "import duckdb\n"
+            f"con = duckdb.connect(r'{flat_db}', read_only=True)\n"
+            f"con.execute(\"COPY t TO '{work}/bare_{tag}{i}.parquet' (FORMAT parquet, COMPRESSION zstd)\")\n"))
+        ours = best(lambda i: run_child(
+            "from core.project import Project\n"
+            "from core.exporter import export_parquet\n"
+            f"with Project.open(r'{proj}') as p:\n"
+            f"    print(export_parquet(p, r'{work}/out_{tag}{i}.parquet').rows)\n"))
+        return bare, ours
+
+    bare_export, ll_export = export_pair(project, flat, "import")
     assert ll_export[2].strip() == str(n), ll_export[2]
+    bare_mixed, ll_mixed = export_pair(mixed, flat_mixed, "mixed")
     status_inproc = run_child(
         "import time\n"
         "from core.project import Project\n"
@@ -81,20 +118,24 @@ def main() -> None:
     status_cli = best(lambda i: run_child(f"from tui.cli import main; main(['status', r'{project}'])"))
 
     print(f"rows: {n:,}  (file {csv.stat().st_size / 1e6:.0f} MB)")
-    print(f"{'step':<34}{'seconds':>9}{'peak RSS MiB':>14}{'ratio':>8}")
+    print(f"{'step':<38}{'seconds':>9}{'peak RSS MiB':>14}{'ratio':>8}")
     rows = [("bare DuckDB read_csv -> table", bare_import, None),
             ("labelloop import (validated)", ll_import, ll_import[0] / bare_import[0]),
             ("bare DuckDB COPY -> parquet", bare_export, None),
-            ("labelloop export final", ll_export, ll_export[0] / bare_export[0])]
+            ("labelloop export final", ll_export, ll_export[0] / bare_export[0]),
+            ("  after 122k decisions: bare COPY", bare_mixed, None),
+            ("  after 122k decisions: export", ll_mixed, ll_mixed[0] / bare_mixed[0])]
     for name, (secs, rss, _), ratio in rows:
-        print(f"{name:<34}{secs:>9.2f}{rss:>14.0f}{'' if ratio is None else f'{ratio:>7.2f}x'}")
-    print(f"{'labelloop status (in process)':<34}{float(status_inproc[2]):>9.3f}")
-    print(f"{'labelloop status (whole CLI run)':<34}{status_cli[0]:>9.3f}{status_cli[1]:>14.0f}")
+        print(f"{name:<38}{secs:>9.2f}{rss:>14.0f}{'' if ratio is None else f'{ratio:>7.2f}x'}")
+    print(f"{'labelloop status (in process)':<38}{float(status_inproc[2]):>9.3f}")
+    print(f"{'labelloop status (whole CLI run)':<38}{status_cli[0]:>9.3f}{status_cli[1]:>14.0f}")
     print()
     verdicts = [("import ratio <= 1.5", ll_import[0] / bare_import[0] <= 1.5),
                 ("import peak RSS < 1.5 GB", ll_import[1] < 1536),
                 ("export ratio <= 1.5", ll_export[0] / bare_export[0] <= 1.5),
                 ("export peak RSS < 1.5 GB", ll_export[1] < 1536),
+                ("export ratio <= 1.5 after 122k decisions", ll_mixed[0] / bare_mixed[0] <= 1.5),
+                ("export peak RSS < 1.5 GB after 122k decisions", ll_mixed[1] < 1536),
                 ("status < 1 s", float(status_inproc[2]) < 1.0)]
     for name, ok in verdicts:
         print(f"  [{'met' if ok else 'NOT MET'}] {name}")
