@@ -2,7 +2,9 @@
 append-only event log.
 
 History is never UPDATEd or DELETEd: a label, an undo, a skip, a flag and an
-adjudication are all rows of ``events``; current labels are views over it.
+adjudication are all events; current labels are views over them. Decisions are
+appended to ``event_log``; the import event of a pre-labelled row is stored on
+its ``items`` row (since migration 2); the ``events`` view shows both as one log.
 One process owns the file (DuckDB allows one read-write process); threads in
 that process use ``Store.cursor()``.
 """
