@@ -182,6 +182,29 @@ def test_all_problems_are_listed(project, tmp_path):
     assert "2 more problem(s)" in str(exc.value)
 
 
+def test_row_numbers_follow_the_file_in_a_large_file(project, tmp_path):
+    """Rows are numbered by the staging table's rowid; on a file that DuckDB reads in parallel and
+    stores in several row groups the numbers must still be the file's (in errors and in source_row)."""
+    n = 400_000
+    f = tmp_path / "large.csv"
+    with open(f, "w", encoding="utf-8") as out:
+        out.write("id,text,label\n")
+        for i in range(1, n + 1):
+            text = "" if i in (123_457, 333_333) else f"row {i} " + "words " * 8
+            out.write(f"r{i},{text},{'spam' if i % 3 == 0 else 'ham'}\n")
+    with pytest.raises(ValidationError) as exc:
+        import_file(project, f, id_col="id", label_col="label")
+    assert [(p.row, p.column) for p in exc.value.problems] == [(123_457, "text"), (333_333, "text")]
+    f.write_text(f.read_text().replace("r123457,,", "r123457,fixed,").replace("r333333,,", "r333333,fixed,"))
+    import_file(project, f, id_col="id", label_col="label")
+    s = project.store
+    assert s.scalar("SELECT count(*) FROM items") == n
+    assert s.scalar("SELECT count(*) FROM items WHERE id <> 'r' || source_row::VARCHAR") == 0
+    # each import event carries its row's label
+    assert s.scalar("""SELECT count(*) FROM events e JOIN items i ON i.id = e.item_id
+                       WHERE e.labels <> (CASE WHEN i.source_row % 3 = 0 THEN ['spam'] ELSE ['ham'] END)""") == 0
+
+
 def test_skip_invalid_imports_valid_rows_and_writes_rejects(project, tmp_path):
     f = tmp_path / "mixed.csv"
     f.write_bytes(b'id,text,label\n1,good one,ham\n2,   ,ham\n3,bad \xff,spam\n4,good two,eggs\n5,good three,spam\n')
