@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +20,11 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-FEATURIZER_VERSION = 2
+from core.artifacts import ArtifactError, array_to_strings, load_bundle, require, save_bundle, strings_to_array
+from core.safeio import atomic_write, atomic_write_text
+
+FEATURIZER_VERSION = 3
+SPLIT_CODES = ("pool", "test", "gold")
 IDF_SAMPLE = 200_000
 
 
@@ -90,6 +92,64 @@ class TextFeaturizer:
         X = sp.hstack(parts, format="csr", dtype=np.float32)
         return normalize(X, copy=False)
 
+    # -- a state of numbers and strings (stored without pickle; see core/artifacts.py) --------------
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        meta = {"kind": self.kind, "max_word_features": self.max_word_features,
+                "max_char_features": self.max_char_features, "hash_bits": self.hash_bits, "min_df": self.min_df,
+                "n_features": int(self.n_features_)}
+        if self.kind == "tfidf":
+            arrays = {}
+            for name, vec in (("word", self.word_), ("char", self.char_)):
+                voc = vec.vocabulary_
+                terms = sorted(voc, key=voc.get)
+                arrays[f"fz_{name}_terms"] = strings_to_array(terms)
+                arrays[f"fz_{name}_idf"] = np.asarray(vec.idf_, dtype=np.float64)
+        else:
+            arrays = {"fz_word_idf": np.asarray(self.idf_word_.idf_, dtype=np.float64),
+                      "fz_char_idf": np.asarray(self.idf_char_.idf_, dtype=np.float64)}
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: dict[str, np.ndarray], *, where: str) -> "TextFeaturizer":
+        kind = meta.get("kind")
+        require(kind in ("tfidf", "hashing"), where, f"unknown featurizer kind {kind!r}")
+        try:
+            fz = cls(kind, max_word_features=int(meta["max_word_features"]),
+                     max_char_features=int(meta["max_char_features"]), hash_bits=int(meta["hash_bits"]),
+                     min_df=int(meta["min_df"]))
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(f"{where}: the featurizer settings are incomplete; the file is damaged.") from None
+        require(8 <= fz.hash_bits <= 24, where, "hash_bits is out of range")
+        if kind == "tfidf":
+            for name, make in (("word", fz._word), ("char", fz._char)):
+                require(f"fz_{name}_terms" in arrays and f"fz_{name}_idf" in arrays, where, f"the {name} vocabulary is missing")
+                terms = array_to_strings(arrays[f"fz_{name}_terms"], where=where)
+                idf = np.asarray(arrays[f"fz_{name}_idf"], dtype=np.float64)
+                require(idf.ndim == 1 and len(idf) == len(terms) and len(set(terms)) == len(terms), where,
+                        f"the {name} vocabulary and its idf weights do not match")
+                vec = make(1).set_params(vocabulary={t: i for i, t in enumerate(terms)})
+                vec.idf_ = idf
+                setattr(fz, f"{name}_", vec)
+        else:
+            n = 2 ** fz.hash_bits
+            for name in ("word", "char"):
+                idf = np.asarray(arrays.get(f"fz_{name}_idf", np.zeros(0)), dtype=np.float64)
+                require(idf.shape == (n,), where, f"the {name} idf weights have the wrong size")
+                t = TfidfTransformer(sublinear_tf=True)
+                t.idf_ = idf
+                setattr(fz, f"idf_{name}_", t)
+        fz.n_features_ = fz.transform(["x"]).shape[1]
+        require(fz.n_features_ == meta.get("n_features"), where, "the featurizer's size does not match")
+        return fz
+
+    def digest(self) -> str:
+        meta, arrays = self.state()
+        h = hashlib.sha1(json.dumps(meta, sort_keys=True).encode())
+        for k in sorted(arrays):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(arrays[k]).tobytes())
+        return h.hexdigest()[:12]
+
 
 def _chunked(fn, texts: list[str], size: int = 50_000) -> sp.csr_matrix:
     if len(texts) <= size:
@@ -107,6 +167,8 @@ class FeatureSet:
     featurizer: TextFeaturizer
     fingerprint: str
     from_cache: bool = False
+    text_hash: np.ndarray | None = None   # 64-bit hash of each item's exact text (duplicates share one)
+    note: str | None = None               # e.g. why the cache was rebuilt
 
     def rows_for_ords(self, ords) -> np.ndarray:
         ords = np.asarray(ords, dtype=np.int64)
@@ -127,30 +189,27 @@ def load_or_build_features(store, cache_dir: Path, *, hashing_above: int = 500_0
     """Features for every item, from the cache when no item was added since it was built.
 
     ``featurizer``: an already fitted featurizer to reuse (an imported model's); otherwise one is
-    fitted on the pool texts (unsupervised)."""
+    fitted on the pool texts (unsupervised). Nothing in the cache is unpickled: a damaged or
+    foreign cache file is rebuilt, and the FeatureSet's ``note`` says so."""
     cache_dir = Path(cache_dir)
     fp = items_fingerprint(store)
     if featurizer is not None:
-        fp += "-" + _featurizer_digest(featurizer)
+        fp += "-" + featurizer.digest()
     meta_path = cache_dir / "features.json"
+    note = None
     if meta_path.exists():
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
             if meta.get("fingerprint") == fp:
-                X = sp.load_npz(cache_dir / "features.npz").tocsr()
-                ids = np.load(cache_dir / "feature_ids.npy", allow_pickle=True)
-                ords = np.load(cache_dir / "feature_ords.npy")
-                splits = np.load(cache_dir / "feature_splits.npy", allow_pickle=True)
-                with open(cache_dir / "featurizer.pkl", "rb") as f:
-                    fz = pickle.load(f)
-                return FeatureSet(X, ids, ords, splits, fz, fp, from_cache=True)
-        except (OSError, ValueError, pickle.UnpicklingError, EOFError):
-            pass  # a damaged cache is rebuilt
-    rows = store.rows("SELECT id, ord, split, text FROM items ORDER BY ord")
+                return _load_cache(cache_dir, fp)
+        except Exception as exc:  # truncated, damaged or planted files: rebuild, never trust
+            note = f"the feature cache in {cache_dir} was damaged ({type(exc).__name__}) and has been rebuilt"
+    rows = store.rows("SELECT id, ord, split, text, hash(text) FROM items ORDER BY ord")
     ids = np.array([r[0] for r in rows], dtype=object)
     ords = np.array([r[1] for r in rows], dtype=np.int64)
     splits = np.array([r[2] for r in rows], dtype=object)
     texts = [r[3] for r in rows]
+    text_hash = np.array([r[4] for r in rows], dtype=np.uint64)
     del rows
     if featurizer is None:
         pool_texts = [t for t, s in zip(texts, splits) if s == "pool"] or texts
@@ -158,23 +217,35 @@ def load_or_build_features(store, cache_dir: Path, *, hashing_above: int = 500_0
         featurizer = TextFeaturizer(kind).fit(pool_texts)
     X = featurizer.transform(texts)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # Written to temporary names and renamed; the json (fingerprint) last, so a crash leaves a stale
-    # or absent fingerprint and the cache is rebuilt, never a mismatched one.
-    _atomic(cache_dir / "features.npz", lambda p: sp.save_npz(p, X, compressed=False), ".npz")
-    _atomic(cache_dir / "feature_ids.npy", lambda p: np.save(p, ids, allow_pickle=True), ".npy")
-    _atomic(cache_dir / "feature_ords.npy", lambda p: np.save(p, ords), ".npy")
-    _atomic(cache_dir / "feature_splits.npy", lambda p: np.save(p, splits, allow_pickle=True), ".npy")
-    _atomic(cache_dir / "featurizer.pkl", lambda p: p.write_bytes(pickle.dumps(featurizer)), ".pkl")
-    _atomic(cache_dir / "features.json", lambda p: p.write_text(json.dumps(
-        {"fingerprint": fp, "featurizer": str(featurizer), "shape": list(X.shape)})), ".json")
-    return FeatureSet(X, ids, ords, splits, featurizer, fp)
+    # Each file is written to a fresh temporary file and renamed; the json (fingerprint) last, so a
+    # crash leaves a stale or absent fingerprint and the cache is rebuilt, never a mismatched one.
+    split_codes = np.array([SPLIT_CODES.index(x) for x in splits], dtype=np.int8)
+    atomic_write(cache_dir / "features.npz", lambda f: sp.save_npz(f, X, compressed=False))
+    atomic_write_text(cache_dir / "feature_ids.json", json.dumps(ids.tolist(), ensure_ascii=False))
+    atomic_write(cache_dir / "feature_ords.npy", lambda f: np.save(f, ords, allow_pickle=False))
+    atomic_write(cache_dir / "feature_splits.npy", lambda f: np.save(f, split_codes, allow_pickle=False))
+    atomic_write(cache_dir / "feature_text_hash.npy", lambda f: np.save(f, text_hash, allow_pickle=False))
+    fz_meta, fz_arrays = featurizer.state()
+    save_bundle(cache_dir / "featurizer.npz", {"featurizer": fz_meta}, fz_arrays)
+    atomic_write_text(cache_dir / "features.json", json.dumps(
+        {"fingerprint": fp, "featurizer": str(featurizer), "shape": list(X.shape)}))
+    return FeatureSet(X, ids, ords, splits, featurizer, fp, text_hash=text_hash, note=note)
 
 
-def _featurizer_digest(fz: TextFeaturizer) -> str:
-    return hashlib.sha1(pickle.dumps(fz)).hexdigest()[:12]
-
-
-def _atomic(path: Path, write, suffix: str) -> None:
-    tmp = path.with_name(path.stem + ".tmp" + suffix)
-    write(tmp)
-    os.replace(tmp, path)
+def _load_cache(cache_dir: Path, fp: str) -> FeatureSet:
+    where = str(cache_dir)
+    X = sp.load_npz(cache_dir / "features.npz").tocsr()          # scipy reads it with allow_pickle=False
+    ids = json.loads((cache_dir / "feature_ids.json").read_text(encoding="utf-8"))
+    ords = np.load(cache_dir / "feature_ords.npy", allow_pickle=False)
+    codes = np.load(cache_dir / "feature_splits.npy", allow_pickle=False)
+    text_hash = np.load(cache_dir / "feature_text_hash.npy", allow_pickle=False)
+    meta, arrays = load_bundle(cache_dir / "featurizer.npz", what="featurizer")
+    fz = TextFeaturizer.from_state(meta.get("featurizer") or {}, arrays, where=where)
+    n = X.shape[0]
+    require(isinstance(ids, list) and len(ids) == n and all(isinstance(i, str) for i in ids), where, "item ids do not match")
+    require(ords.shape == (n,) and codes.shape == (n,) and text_hash.shape == (n,), where, "cache arrays do not match")
+    require(ords.dtype.kind == "i" and codes.dtype.kind == "i" and text_hash.dtype == np.uint64, where, "wrong array types")
+    require(bool(np.all((codes >= 0) & (codes < len(SPLIT_CODES)))), where, "unknown split codes")
+    require(X.shape[1] == fz.n_features_, where, "the matrix does not match the featurizer")
+    splits = np.array(SPLIT_CODES, dtype=object)[codes]
+    return FeatureSet(X, np.array(ids, dtype=object), ords, splits, fz, fp, from_cache=True, text_hash=text_hash)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +17,16 @@ import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
 from core import coldstart
+from core.artifacts import ArtifactError
 from core.errors import EmptyPoolError, LabelloopError, ModelError
 from core.features import FeatureSet, load_or_build_features
 from core.model import CalibratedModel, MultiLabelModel, evaluate, evaluate_multilabel, fit_model, fit_multilabel
+from core.modelfile import read_model_file, save_model_file
 from core.project import Project
+from core.safeio import atomic_write_text
 from core.store import utcnow
-from core.strategies import (ML_STRATEGIES, ML_UNCERTAINTY, UNCERTAINTY, Selection, bald, cal_scores,
-                             check_strategy, select_batch, vote_entropy)
+from core.strategies import (ML_STRATEGIES, ML_UNCERTAINTY, UNCERTAINTY, Selection, assemble_batch, bald,
+                             cal_scores, check_strategy, n_audit_for, select_batch, vote_entropy)
 
 SCORE_CHUNK = 100_000
 COMMITTEE_SIZE = 5
@@ -43,7 +45,9 @@ class PoolState:
     y_test: list[str]
     y_lists: list[list[str]] = field(default_factory=list)        # every label (multi-label projects)
     y_test_lists: list[list[str]] = field(default_factory=list)
-    candidate_rows: np.ndarray = None  # pool rows that may be queued (no label, skip or flag yet)
+    candidate_rows: np.ndarray = None  # pool rows that may be queued (undecided; one per distinct text)
+    origins: list[str] = field(default_factory=list)   # per labelled row: 'keyword', 'random' or 'other'
+    n_duplicates_dropped: int = 0      # undecided pool rows left out because their text is queued or decided
 
 
 @dataclass
@@ -58,6 +62,7 @@ class TrainReport:
     signals: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def features_for(project: Project, featurizer=None) -> FeatureSet:
@@ -68,14 +73,26 @@ def features_for(project: Project, featurizer=None) -> FeatureSet:
 
 def pool_state(project: Project, feats: FeatureSet) -> PoolState:
     s = project.store
-    labelled = s.rows("""SELECT i.ord, f.labels FROM final_labels f JOIN items i ON i.id = f.item_id
+    labelled = s.rows("""SELECT i.ord, f.labels, f.strategy, f.audit FROM final_decisions f JOIN items i ON i.id = f.item_id
                          WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")
     test = s.rows("SELECT ord, gold_label FROM items WHERE split = 'test' AND gold_label IS NOT NULL ORDER BY ord")
-    taken = s.rows("""SELECT DISTINCT i.ord FROM effective_events e JOIN items i ON i.id = e.item_id
-                      WHERE e.kind IN ('label', 'skip', 'flag')""")
+    taken = s.rows("SELECT i.ord FROM decided_items d JOIN items i ON i.id = d.item_id")
     mask = feats.splits == "pool"
-    if taken:
-        mask[feats.rows_for_ords([t[0] for t in taken])] = False
+    taken_rows = feats.rows_for_ords([t[0] for t in taken]) if taken else np.zeros(0, dtype=np.int64)
+    mask[taken_rows] = False
+    candidates = np.flatnonzero(mask)
+    dropped = 0
+    if feats.text_hash is not None and len(candidates):
+        # Identical texts: one representative per text (the first in import order), and none whose
+        # text was already decided, so no batch holds two copies and no text is labelled twice.
+        h = feats.text_hash[candidates]
+        _, first = np.unique(h, return_index=True)
+        keep = np.zeros(len(candidates), dtype=bool)
+        keep[first] = True
+        if len(taken_rows):
+            keep &= ~np.isin(h, feats.text_hash[taken_rows])
+        dropped = int(len(candidates) - keep.sum())
+        candidates = candidates[keep]
     return PoolState(
         feats=feats,
         labelled_rows=feats.rows_for_ords([r[0] for r in labelled]),
@@ -84,8 +101,42 @@ def pool_state(project: Project, feats: FeatureSet) -> PoolState:
         y_test=[r[1][0] for r in test],
         y_lists=[list(r[1]) for r in labelled],
         y_test_lists=[list(r[1]) for r in test],
-        candidate_rows=np.flatnonzero(mask),
+        candidate_rows=candidates,
+        origins=[_origin(strategy, audit) for _o, _l, strategy, audit in labelled],
+        n_duplicates_dropped=dropped,
     )
+
+
+def _origin(strategy: str | None, audit: bool | None) -> str:
+    """Where a label came from, for the prior correction: a keyword match, a random draw, or other."""
+    if strategy and "(keyword match)" in strategy:
+        return "keyword"
+    if audit or strategy in ("cold start: keyword", "cold start: random", "random"):
+        return "random"
+    return "other"
+
+
+def prior_correction(y: list[str], origins: list[str], min_random: int = 10) -> np.ndarray | None:
+    """Sample weights that undo the class bias of keyword seeding.
+
+    A keyword-seeded batch is half matches (mostly one class) and half random draws; trained as is,
+    the model learns the seed's class shares, not the pool's (the demo's first model predicted spam
+    for most messages). The random draws (the seed's random half and every random-audit item) are an
+    unbiased sample of the pool: each class is weighted by its share there (add-one smoothed) over its
+    share in the training set. Only while keyword matches are in the training set and at least
+    ``min_random`` random labels exist; otherwise None (no correction)."""
+    if "keyword" not in origins:
+        return None
+    y_arr = np.array(y, dtype=object)
+    rand = y_arr[np.array([o == "random" for o in origins], dtype=bool)]
+    if len(rand) < min_random:
+        return None
+    classes = sorted(set(y))
+    prior = np.array([(np.sum(rand == c) + 1.0) / (len(rand) + len(classes)) for c in classes])
+    share = np.array([np.mean(y_arr == c) for c in classes])
+    w_class = dict(zip(classes, prior / share))
+    w = np.array([w_class[v] for v in y], dtype=np.float64)
+    return w * (len(w) / w.sum())
 
 
 def score_pool(model: CalibratedModel, X, rows: np.ndarray, strategy: str, *, committee=None,
@@ -150,18 +201,18 @@ def _next_id(store, table: str, col: str) -> int:
     return int(store.scalar(f"SELECT coalesce(max({col}), 0) + 1 FROM {table}"))
 
 
-def _save_artifact(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(pickle.dumps(obj))
-    os.replace(tmp, path)
-
-
 def load_model(project: Project, version: int) -> dict:
+    """{"model", "featurizer", "meta"} of a stored model version, from its safe artifact file."""
     row = project.store.rows("SELECT artifact FROM models WHERE version = ?", [version])
     if not row:
         raise LabelloopError(f"model version {version} does not exist.")
-    with open(project.models_dir / row[0][0], "rb") as f:
-        return pickle.load(f)
+    name = row[0][0] or ""
+    if "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise ArtifactError(f"model v{version}: its artifact name {name!r} is not a file in {project.models_dir}.")
+    if name.endswith(".pkl"):
+        raise ArtifactError(f"model v{version} was saved by an older labelloop as a pickle ({name}), which is never "
+                            "loaded from a project folder (it could run code); retrain with labelloop train.")
+    return read_model_file(project.models_dir / name, what=f"model v{version} file")
 
 
 def latest_model_version(project: Project) -> int | None:
@@ -183,6 +234,8 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
     if cfg.multi_label and strategy not in ML_STRATEGIES:
         raise LabelloopError(f"strategy '{strategy}' is not available for multi-label projects; "
                              f"use one of {', '.join(ML_STRATEGIES)}.")
+    if batch_size is not None and batch_size < 1:
+        raise LabelloopError(f"--batch must be at least 1, got {batch_size}.")
     explicit_batch = batch_size
     rng = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
     timings: dict[str, float] = {}
@@ -197,6 +250,11 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
     report = TrainReport(None, None, 0, strategy, len(state.y), adequacy=adequacy, seconds=timings)
     if len(state.candidate_rows) == 0:
         raise EmptyPoolError("every pool item is labelled, skipped or flagged; import more items to go on.")
+    if feats.note:
+        report.notes.append(feats.note)
+    if state.n_duplicates_dropped:
+        report.notes.append(f"{state.n_duplicates_dropped:,} undecided pool items repeat the exact text of another "
+                            "item (queued or decided) and are left out of selection.")
 
     model = None
     if cfg.multi_label:  # one-vs-rest: trainable once some label is present on some items and absent on others
@@ -211,8 +269,15 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
             model = fit_multilabel(X_lab, state.y_lists, cfg.labels, calibration=cfg.calibration,
                                    class_weight=cfg.class_weight, seed=int(rng.integers(1 << 30)))
         else:
+            weights = prior_correction(state.y, state.origins) if cfg.class_weight == "none" else None
             model = fit_model(X_lab, state.y, cfg.labels, calibration=cfg.calibration,
-                              class_weight=cfg.class_weight, seed=int(rng.integers(1 << 30)))
+                              class_weight=cfg.class_weight, seed=int(rng.integers(1 << 30)), sample_weight=weights)
+            if weights is not None:
+                model.info["prior_correction"] = json.dumps(
+                    {c: round(float(weights[state.y.index(c)]), 4) for c in sorted(set(state.y))})
+                report.notes.append("class-prior correction: the keyword-seeded labels were reweighted to the class "
+                                    "shares of the random labels (" + ", ".join(
+                                        f"{c} x{w}" for c, w in json.loads(model.info["prior_correction"]).items()) + ").")
         timings["train"] = time.perf_counter() - t
         step(0.5, "evaluating")
         X_test = feats.X[state.test_rows]
@@ -229,6 +294,9 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
         if v is not None:
             model = load_model(project, v)["model"]
             report.model_version = v
+            if getattr(model, "classes_", None) and feats.X.shape[1] != _model_width(model):
+                raise ModelError(f"model v{v} was trained on other features than the project's current ones; "
+                                 "retrain (labelloop train) instead of reusing it.")
     else:
         imported = _imported_scorer(project)
         if imported is not None:
@@ -240,18 +308,23 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
     step(0.7, "scoring the pool")
     t = time.perf_counter()
     # The first (cold-start) batch is the seed set: [strategy] seed_size; later batches batch_size.
-    batch_size = explicit_batch or (cfg.seed_size if model is None else cfg.batch_size)
+    batch_size = explicit_batch if explicit_batch is not None else (cfg.seed_size if model is None else cfg.batch_size)
+    carry = _open_audit_candidates(project, state)
     if model is None:
-        selection, probs = _cold_start_batch(project, feats, state, batch_size, rng)
+        selection, probs = _cold_start_batch(project, feats, state, batch_size, rng, carry)
         report.strategy = f"cold start: {cfg.cold_start}"
     elif not trainable and cfg.cold_start == "stratified":
         # An imported model's predicted classes stratify the first batch: every class gets its share.
         probs = np.vstack([model.predict_proba(feats.X[state.candidate_rows[i:i + SCORE_CHUNK]])
                            for i in range(0, len(state.candidate_rows), SCORE_CHUNK)])
-        picked = coldstart.stratified_seed(probs.argmax(axis=1), len(model.classes_), batch_size, rng)
+        n = len(state.candidate_rows)
+        k = min(batch_size, n)
+        n_audit = n_audit_for(k, cfg.audit_share)
+        eligible = np.setdiff1d(np.arange(n), carry)
+        picked = eligible[coldstart.stratified_seed(probs[eligible].argmax(axis=1), len(model.classes_), k - n_audit, rng)]
         m = len(picked)
-        selection = Selection(picked, ["cold start: stratified"] * m, np.full(m, np.nan), np.arange(1, m + 1),
-                              np.full(m, np.nan), np.zeros(m, dtype=bool))
+        selection = assemble_batch(picked, ["cold start: stratified"] * m, np.full(m, np.nan), np.full(m, np.nan),
+                                   n, n_audit, rng, carry_audit=carry)
         report.strategy = "cold start: stratified"
     else:
         committee = X_lab_c = p_lab = None
@@ -265,7 +338,7 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
                                    X_lab=X_lab_c, p_lab=p_lab)
         pool_X = feats.X[state.candidate_rows] if strategy == "diversity" else None
         selection = select_batch(strategy, len(state.candidate_rows), batch_size, rng=rng,
-                                 audit_share=cfg.audit_share, scores=scores, X_pool=pool_X)
+                                 audit_share=cfg.audit_share, scores=scores, X_pool=pool_X, carry_audit=carry)
     timings["score_select"] = time.perf_counter() - t
     step(0.9, "queueing")
     report.signals = _signals(project, feats, state, selection, rng, report)
@@ -285,10 +358,32 @@ def _imported_scorer(project: Project):
     return art["model"], row[0][0], art["featurizer"]
 
 
-def _cold_start_batch(project: Project, feats: FeatureSet, state: PoolState, k: int, rng) -> tuple[Selection, None]:
+def _open_audit_candidates(project: Project, state: PoolState) -> np.ndarray:
+    """The current batch's audit items that nobody has decided yet, as indices into the candidates
+    (in their queue order): the next batch keeps them, so a retrain never drops the control arm."""
+    ords = [r[0] for r in project.store.rows(
+        "SELECT i.ord FROM open_queue q JOIN items i ON i.id = q.item_id WHERE q.audit ORDER BY q.position")]
+    if not ords:
+        return np.zeros(0, dtype=np.int64)
+    try:
+        rows = state.feats.rows_for_ords(ords)
+    except LookupError:
+        return np.zeros(0, dtype=np.int64)
+    idx = np.searchsorted(state.candidate_rows, rows)
+    ok = (idx < len(state.candidate_rows)) & (state.candidate_rows[np.minimum(idx, len(state.candidate_rows) - 1)] == rows)
+    return idx[ok].astype(np.int64)
+
+
+def _cold_start_batch(project: Project, feats: FeatureSet, state: PoolState, k: int, rng,
+                      carry: np.ndarray) -> tuple[Selection, None]:
     cfg = project.config
     rows = state.candidate_rows
     n = len(rows)
+    k = min(k, n)
+    n_audit = n_audit_for(k, cfg.audit_share)
+    # the method picks k - n_audit items among those that are not carried audit items
+    eligible = np.setdiff1d(np.arange(n), carry)
+    want = min(k - n_audit, len(eligible))
     method = cfg.cold_start
     flags = None
     if method == "keyword":
@@ -296,20 +391,26 @@ def _cold_start_batch(project: Project, feats: FeatureSet, state: PoolState, k: 
         matched_ords = [r[0] for r in project.store.rows(
             "SELECT ord FROM items WHERE split = 'pool' AND regexp_matches(text, ?, 'i')", [query])]
         matched_rows = feats.rows_for_ords(matched_ords) if matched_ords else np.zeros(0, dtype=np.int64)
-        pos = np.flatnonzero(np.isin(rows, matched_rows))
-        picked, flags = coldstart.keyword_seed(pos, n, k, rng)
+        pos = np.flatnonzero(np.isin(rows[eligible], matched_rows))
+        picked, flags = coldstart.keyword_seed(pos, len(eligible), want, rng)
     elif method == "typicality":
-        picked = coldstart.typicality_seed(feats.X[rows], k, rng)
+        picked = coldstart.typicality_seed(feats.X[rows[eligible]], want, rng)
     else:  # random; and stratified or model when no model exists yet to stratify or rank with
-        picked = coldstart.random_seed(n, k, rng)
+        picked = coldstart.random_seed(len(eligible), want, rng)
         if method in ("stratified", "model"):
             method = f"random (no model yet for {method})"
+    picked = eligible[picked]
     m = len(picked)
-    sel = Selection(index=picked, strategy=[f"cold start: {method}" + (" (keyword match)" if flags is not None and f else "")
-                                            for f in (flags if flags is not None else [False] * m)],
-                    score=np.full(m, np.nan), rank=np.arange(1, m + 1), percentile=np.full(m, np.nan),
-                    audit=np.zeros(m, dtype=bool))
+    names = [f"cold start: {method}" + (" (keyword match)" if flags is not None and f else "")
+             for f in (flags if flags is not None else [False] * m)]
+    sel = assemble_batch(picked, names, np.full(m, np.nan), np.full(m, np.nan), n, n_audit, rng, carry_audit=carry)
     return sel, None
+
+
+def _model_width(model) -> int:
+    if hasattr(model, "clf"):
+        return int(model.clf.coef_.shape[1])
+    return next((int(c.coef_.shape[1]) for c in model.clfs if not isinstance(c, float)), -1)
 
 
 def _store_model(project: Project, model: CalibratedModel, feats: FeatureSet, state: PoolState, metrics: dict,
@@ -317,30 +418,30 @@ def _store_model(project: Project, model: CalibratedModel, feats: FeatureSet, st
     s = project.store
     version = _next_id(s, "models", "version")
     project.models_dir.mkdir(exist_ok=True)
-    artifact = f"model_v{version}.pkl"
-    _save_artifact(project.models_dir / artifact, {"model": model, "featurizer": feats.featurizer,
-                                                   "features_fingerprint": feats.fingerprint,
-                                                   "labels": project.config.labels})
+    artifact = f"model_v{version}.npz"
+    save_model_file(project.models_dir / artifact, model, feats.featurizer,
+                    {"features_fingerprint": feats.fingerprint, "labels": project.config.labels, "version": version})
     # Stopping signal: agreement of successive models' predictions on a fixed stop set.
     stop_ords = stop_set_ords(project)
     p_stop = model.predict_proba(feats.X[feats.rows_for_ords(stop_ords)])
     if isinstance(model, MultiLabelModel):  # the predicted label set, as one category
-        pred_names = np.array(["|".join(c for c, on in zip(model.classes_, row) if on) for row in p_stop >= 0.5],
-                              dtype=object)
+        pred_names = ["|".join(c for c, on in zip(model.classes_, row) if on) for row in p_stop >= 0.5]
     else:
-        pred_names = np.array(model.classes_, dtype=object)[p_stop.argmax(axis=1)]
-    np.save(project.models_dir / f"stopset_v{version}.npy", np.array(list(zip(stop_ords, pred_names)), dtype=object),
-            allow_pickle=True)
+        pred_names = [model.classes_[i] for i in p_stop.argmax(axis=1)]
+    atomic_write_text(project.models_dir / f"stopset_v{version}.json",
+                      json.dumps({"ords": [int(o) for o in stop_ords], "predictions": pred_names}, ensure_ascii=False))
     prev = s.scalar("SELECT max(version) FROM models WHERE origin = 'trained'")
     kappa = None
-    if prev is not None and (project.models_dir / f"stopset_v{prev}.npy").exists():
-        old = dict(np.load(project.models_dir / f"stopset_v{prev}.npy", allow_pickle=True))
+    old = _read_stop_set(project, prev) if prev is not None else None
+    if old is None and prev is not None:
+        report.notes.append(f"the stop-set predictions of model v{prev} are missing or damaged; the stopping "
+                            "signal starts again from this model.")
+    if old:
         common = [(old[o], p) for o, p in zip(stop_ords, pred_names) if o in old]
         if common:
             a, b = zip(*common)
             kappa = 1.0 if list(a) == list(b) else float(cohen_kappa_score(a, b))
-    n_audit = project.store.scalar("""SELECT count(*) FROM final_labels f JOIN events e ON e.event_id = f.deciding_event
-                                      WHERE e.audit AND f.labels IS NOT NULL""")
+    n_audit = project.store.scalar("SELECT count(*) FROM final_decisions WHERE audit AND labels IS NOT NULL")
     stored = {**metrics, "stop_kappa": kappa, "n_train": len(state.y), "n_audit_labels": int(n_audit or 0),
               "label_counts": report.adequacy["per_class"], "fit_seconds": model.fit_seconds_,
               "calibration_n": model.info.get("calibration_n")}
@@ -350,6 +451,19 @@ def _store_model(project: Project, model: CalibratedModel, feats: FeatureSet, st
                    timings.get("train"), None, json.dumps(stored), artifact, "trained"])
     report.metrics = stored
     return version
+
+
+def _read_stop_set(project: Project, version: int) -> dict | None:
+    """{ord: prediction} of a model version's stop set, or None when the file is missing or damaged
+    (JSON only: nothing in it can run)."""
+    try:
+        data = json.loads((project.models_dir / f"stopset_v{version}.json").read_text(encoding="utf-8"))
+        ords, preds = data["ords"], data["predictions"]
+        if len(ords) != len(preds) or not all(isinstance(o, int) for o in ords) or not all(isinstance(p, str) for p in preds):
+            return None
+        return dict(zip(ords, preds))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _signals(project: Project, feats: FeatureSet, state: PoolState, sel: Selection, rng, report: TrainReport) -> dict:
@@ -414,14 +528,14 @@ def _write_batch(project: Project, state: PoolState, sel: Selection, probs, mode
     return batch_id
 
 
-def queued_items(project: Project, n: int | None = None, *, exclude_actor_done: str | None = None) -> list[dict]:
-    """The current batch's items not yet decided, in queue order, with why each was chosen."""
+def queued_items(project: Project, n: int | None = None) -> list[dict]:
+    """The current batch's undecided items (the store's ``open_queue``), in queue order, with why each
+    was chosen."""
+    if n is not None and n < 1:
+        raise LabelloopError(f"--n must be at least 1, got {n}.")
     limit = f"LIMIT {int(n)}" if n else ""
     return project.store.dicts(f"""
         SELECT q.position, q.item_id, i.text, i.metadata, q.strategy, q.score, q.rank, q.percentile, q.audit,
                q.model_version, q.probs, q.batch_id
-        FROM queue q JOIN items i ON i.id = q.item_id
-        WHERE q.batch_id = (SELECT max(batch_id) FROM batches)
-          AND NOT EXISTS (SELECT 1 FROM effective_events e WHERE e.item_id = q.item_id
-                          AND e.kind IN ('label', 'skip', 'flag'))
+        FROM open_queue q JOIN items i ON i.id = q.item_id
         ORDER BY q.position {limit}""")

@@ -27,17 +27,24 @@ from core.errors import ModelError
 CALIBRATION_SPLIT_MIN = 2000  # from this many labels on, calibrate on a 20% split instead of cross-fitting
 
 
+@dataclass
+class LinearWeights:
+    """The fitted weights of a linear classifier, as loaded from an artifact (what ``decision`` needs)."""
+    coef_: np.ndarray
+    intercept_: np.ndarray
+
+
 def _logreg(class_weight: str | None, C: float, seed: int, tol: float = 1e-4) -> LogisticRegression:
     return LogisticRegression(C=C, max_iter=500, class_weight=None if class_weight in (None, "none") else class_weight,
                               random_state=seed, tol=tol)
 
 
-def _fit_lr(X, y, class_weight, C, seed) -> LogisticRegression:
+def _fit_lr(X, y, class_weight, C, seed, sample_weight=None) -> LogisticRegression:
     """Fit, and never return the all-zero model lbfgs stops at when the starting gradient is already
     below tol (it happened with balanced, margin-selected batches of 1,000+ labels: n_iter_ == 0)."""
-    clf = _logreg(class_weight, C, seed).fit(X, y)
+    clf = _logreg(class_weight, C, seed).fit(X, y, sample_weight=sample_weight)
     if int(np.max(clf.n_iter_)) == 0 or not np.any(clf.coef_):
-        clf = _logreg(class_weight, C, seed, tol=1e-10).fit(X, y)
+        clf = _logreg(class_weight, C, seed, tol=1e-10).fit(X, y, sample_weight=sample_weight)
     return clf
 
 
@@ -75,6 +82,68 @@ class CalibratedModel:
         return softmax_t(self.decision(X), 1.0)
 
 
+def model_state(model) -> tuple[dict, dict[str, np.ndarray]]:
+    """A model as JSON-able metadata and numeric arrays (stored without pickle; core/artifacts.py)."""
+    meta = {"kind": "multilabel" if isinstance(model, MultiLabelModel) else "multiclass",
+            "classes": list(model.classes_), "calibration": model.calibration,
+            "temperature": float(model.temperature_), "fit_seconds": float(model.fit_seconds_),
+            "info": {k: v for k, v in model.info.items() if isinstance(v, (int, float, str, bool, type(None)))}}
+    if isinstance(model, MultiLabelModel):
+        d = next((c.coef_.shape[1] for c in model.clfs if not isinstance(c, float)), 0)
+        coef = np.zeros((len(model.clfs), d))
+        intercept = np.zeros(len(model.clfs))
+        const = np.zeros(len(model.clfs), dtype=np.int8)
+        for j, c in enumerate(model.clfs):
+            if isinstance(c, float):
+                const[j], intercept[j] = 1, c
+            else:
+                coef[j], intercept[j] = c.coef_[0], c.intercept_[0]
+        return meta, {"coef": coef, "intercept": intercept, "constant": const, "n_features": np.array([d])}
+    arrays = {"coef": np.asarray(model.clf.coef_, dtype=np.float64),
+              "intercept": np.asarray(model.clf.intercept_, dtype=np.float64)}
+    if model.platt_ is not None:
+        arrays["platt_coef"] = np.asarray(model.platt_.coef_, dtype=np.float64)
+        arrays["platt_intercept"] = np.asarray(model.platt_.intercept_, dtype=np.float64)
+    return meta, arrays
+
+
+def model_from_state(meta: dict, arrays: dict[str, np.ndarray], *, where: str):
+    """Rebuild a model from ``model_state`` output, checking every shape (a crafted file is refused)."""
+    from core.artifacts import ArtifactError, require
+    try:
+        kind, classes = meta["kind"], meta["classes"]
+        calibration, temperature = meta["calibration"], float(meta["temperature"])
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{where}: the model's settings are incomplete; the file is damaged.") from None
+    require(isinstance(classes, list) and len(classes) >= 1 and all(isinstance(c, str) for c in classes)
+            and len(set(classes)) == len(classes), where, "the class list is invalid")
+    require(calibration in ("temperature", "platt", "none"), where, f"unknown calibration {calibration!r}")
+    require(np.isfinite(temperature) and temperature > 0, where, "the temperature is not a positive number")
+    coef, intercept = arrays.get("coef"), arrays.get("intercept")
+    require(coef is not None and intercept is not None and coef.ndim == 2 and intercept.ndim == 1, where,
+            "the weights are missing or have the wrong shape")
+    require(bool(np.all(np.isfinite(coef))) and bool(np.all(np.isfinite(intercept))), where, "the weights are not finite")
+    k = len(classes)
+    if kind == "multilabel":
+        const = arrays.get("constant")
+        require(coef.shape[0] == k and intercept.shape == (k,) and const is not None and const.shape == (k,), where,
+                "the weights do not match the classes")
+        clfs = [float(intercept[j]) if const[j] else LinearWeights(coef[j:j + 1], intercept[j:j + 1]) for j in range(k)]
+        return MultiLabelModel(list(classes), clfs, calibration, temperature,
+                               fit_seconds_=float(meta.get("fit_seconds", 0.0)), info=dict(meta.get("info") or {}))
+    require(kind == "multiclass", where, f"unknown model kind {kind!r}")
+    rows = 1 if k == 2 else k
+    require(k >= 2 and coef.shape[0] == rows and intercept.shape == (rows,), where, "the weights do not match the classes")
+    model = CalibratedModel(list(classes), LinearWeights(coef, intercept), calibration, temperature,
+                            fit_seconds_=float(meta.get("fit_seconds", 0.0)), info=dict(meta.get("info") or {}))
+    if "platt_coef" in arrays:
+        pc, pi = arrays["platt_coef"], arrays.get("platt_intercept")
+        require(pi is not None and pc.shape == (k,) and pi.shape == (k,), where, "the Platt parameters do not match")
+        model.platt_ = PlattCalibrator()
+        model.platt_.coef_, model.platt_.intercept_ = pc, pi
+    return model
+
+
 def check_trainable(y_names: list[str]) -> None:
     present = sorted(set(y_names))
     if len(present) < 2:
@@ -84,8 +153,10 @@ def check_trainable(y_names: list[str]) -> None:
 
 
 def fit_model(X, y_names: list[str], classes: list[str], *, calibration: str = "temperature",
-              class_weight: str | None = None, C: float = 100.0, seed: int = 0, folds: int = 5) -> CalibratedModel:
-    """Fit the classifier on all labelled rows and a calibration map on held-out predictions."""
+              class_weight: str | None = None, C: float = 100.0, seed: int = 0, folds: int = 5,
+              sample_weight: np.ndarray | None = None) -> CalibratedModel:
+    """Fit the classifier on all labelled rows and a calibration map on held-out predictions.
+    ``sample_weight`` (e.g. the loop's class-prior correction) weights the fit and the calibration."""
     check_trainable(y_names)
     started = time.perf_counter()
     present = [c for c in classes if c in set(y_names)]
@@ -93,13 +164,13 @@ def fit_model(X, y_names: list[str], classes: list[str], *, calibration: str = "
     y = np.array([index[v] for v in y_names])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        clf = _fit_lr(X, y, class_weight, C, seed)
+        clf = _fit_lr(X, y, class_weight, C, seed, sample_weight)
         model = CalibratedModel(present, clf, calibration)
         if calibration != "none":
-            logits, y_held = _held_out_logits(X, y, class_weight, C, seed, folds)
+            logits, y_held, w_held = _held_out_logits(X, y, class_weight, C, seed, folds, sample_weight)
             if len(y_held):
                 if calibration == "temperature":
-                    model.temperature_ = fit_temperature(logits, y_held)
+                    model.temperature_ = fit_temperature(logits, y_held, w_held)
                 else:
                     model.platt_ = PlattCalibrator().fit(logits, y_held)
             model.info["calibration_n"] = int(len(y_held))
@@ -107,27 +178,40 @@ def fit_model(X, y_names: list[str], classes: list[str], *, calibration: str = "
     return model
 
 
-def _held_out_logits(X, y, class_weight, C, seed, folds):
-    """Out-of-fold logits (cross-fitting), or a 20% calibration split once labels are plentiful."""
+def _held_out_logits(X, y, class_weight, C, seed, folds, sample_weight=None):
+    """Out-of-fold logits (cross-fitting), or a 20% calibration split once labels are plentiful;
+    with the held-out rows' sample weights (None when unweighted)."""
     counts = np.bincount(y)
     k = int(min(folds, counts.min()))
     if k < 2:
-        return np.zeros((0, len(counts))), np.zeros(0, dtype=int)
+        return np.zeros((0, len(counts))), np.zeros(0, dtype=int), None
     rng = np.random.default_rng(seed)
     if len(y) >= CALIBRATION_SPLIT_MIN:
         splits = [next(StratifiedKFold(5, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))]
     else:
         splits = StratifiedKFold(k, shuffle=True, random_state=int(rng.integers(1 << 30))).split(np.zeros(len(y)), y)
-    out_logits, out_y = [], []
+    out_logits, out_y, out_w = [], [], []
     for tr, te in splits:
         if len(np.unique(y[tr])) < len(counts):
             continue
-        m = CalibratedModel(list(range(len(counts))), _fit_lr(X[tr], y[tr], class_weight, C, seed), "none")
+        w_tr = None if sample_weight is None else sample_weight[tr]
+        m = CalibratedModel(list(range(len(counts))), _fit_lr(X[tr], y[tr], class_weight, C, seed, w_tr), "none")
         out_logits.append(m.decision(X[te]))
         out_y.append(y[te])
+        out_w.append(None if sample_weight is None else sample_weight[te])
     if not out_logits:
-        return np.zeros((0, len(counts))), np.zeros(0, dtype=int)
-    return np.vstack(out_logits), np.concatenate(out_y)
+        return np.zeros((0, len(counts))), np.zeros(0, dtype=int), None
+    return np.vstack(out_logits), np.concatenate(out_y), (None if sample_weight is None else np.concatenate(out_w))
+
+
+def majority_baseline(y_names: list[str]) -> dict:
+    """The accuracy of always predicting the test split's most frequent class (or label set): what any
+    accuracy must beat to mean something."""
+    if not y_names:
+        return {}
+    values, counts = np.unique(np.array(y_names, dtype=object), return_counts=True)
+    i = int(np.argmax(counts))
+    return {"majority_baseline": float(counts[i] / len(y_names)), "majority_class": str(values[i])}
 
 
 def evaluate(model: CalibratedModel, X, y_names: list[str], all_classes: list[str]) -> dict:
@@ -149,6 +233,7 @@ def evaluate(model: CalibratedModel, X, y_names: list[str], all_classes: list[st
     return {
         "n_test": int(len(y_names)),
         "accuracy": acc,
+        **majority_baseline(y_names),
         "macro_f1": float(f1_score(y_names, pred_names, labels=labels_present, average="macro", zero_division=0)),
         "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                       for c, p, r, f, s in zip(labels_present, prec, rec, f1, support)},
@@ -270,6 +355,7 @@ def evaluate_multilabel(model: MultiLabelModel, X, y_lists: list[list[str]], all
     return {
         "n_test": int(len(y_lists)),
         "accuracy": float(np.mean((pred == Y).all(axis=1))),   # exact set match
+        **majority_baseline(["|".join(sorted(y)) for y in y_lists]),
         "macro_f1": float(f1_score(Y, pred, average="macro", zero_division=0)),
         "micro_f1": float(f1_score(Y, pred, average="micro", zero_division=0)),
         "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
