@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from core.safeio import atomic_write_text  # noqa: E402
 OUT = ROOT / "bench" / "out"
 
 WORDS = ("the of and to in is you that it he was for on are as with his they at be this have from or one had by word "
@@ -40,14 +42,12 @@ def synthetic_csv(path: Path, n: int, *, labelled: bool, seed: int = 0) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("id,text,label\n" if labelled else "id,text\n")
-        for i in range(n):
-            text = " ".join(rng.choices(WORDS, k=22))[:100]
-            if labelled:
-                f.write(f"s{i},{text},{'spam' if ('free' in text or 'win' in text) else 'ham'}\n")
-            else:
-                f.write(f"s{i},{text}\n")
-    os.replace(tmp, path)
+    lines = ["id,text,label\n" if labelled else "id,text\n"]
+    for i in range(n):
+        text = " ".join(rng.choices(WORDS, k=22))[:100]
+        if labelled:
+            lines.append(f"s{i},{text},{'spam' if ('free' in text or 'win' in text) else 'ham'}\n")
+        else:
+            lines.append(f"s{i},{text}\n")
+    atomic_write_text(path, "".join(lines))
     return path

@@ -17,17 +17,44 @@ import duckdb
 from core.errors import LabelloopError
 from core.faults import fault_point
 from core.project import Project
+from core.safeio import atomic_path
 
-# One row per item that has a current label, with the provenance of the decision and the item's own
-# columns (see the final_decisions view in core/store.py). Columns that no decision filled are NULL.
-# Rows come in no particular order (sorting 1M rows with their text would cost about a fifth of the
-# export); sort on source_file, source_row or item_id when reading.
+# One row per item that has a final decision, a skip or a flag. `decision` says which: 'label' (a final
+# label: single annotator, agreement, adjudication or import), 'unresolved' (annotators disagree and no
+# reviewer has decided), 'skip' or 'flag' (nobody labelled it; the skip and flag notes are in `notes`).
+# Labelled items that were also skipped or flagged carry n_skips, n_flags and skip_flag_notes. The
+# provenance of the deciding event and the item's own columns come from the final_decisions view
+# (core/store.py). Rows come in no particular order (sorting 1M rows with their text would cost about a
+# fifth of the export); sort on source_file, source_row or item_id when reading.
 FINAL_SQL = """
-SELECT item_id, text, CASE WHEN len(labels) = 1 THEN labels[1] END AS label, labels, decided_by, n_annotations,
-       annotators, annotator_labels, labelled_at, durations_ms, decision_kinds, error_categories, notes,
-       deciding_kind, decided_by_actor, decided_at, model_version, suggestion, shown_probs, suggestion_hidden,
-       batch_id, strategy, score, rank, percentile, audit, split, metadata, source_file, source_row, imported_at
-FROM final_decisions
+WITH sf AS (SELECT * FROM skips_and_flags),
+decided AS (
+    SELECT f.item_id, f.text, CASE WHEN len(f.labels) = 1 THEN f.labels[1] END AS label, f.labels,
+           CASE WHEN f.decided_by = 'unresolved' THEN 'unresolved' ELSE 'label' END AS decision,
+           f.decided_by, f.n_annotations, f.annotators, f.annotator_labels, f.labelled_at, f.durations_ms,
+           f.decision_kinds, f.error_categories, f.notes, f.deciding_kind, f.decided_by_actor, f.decided_at,
+           f.model_version, f.suggestion, f.shown_probs, f.suggestion_hidden, f.batch_id, f.strategy, f.score,
+           f.rank, f.percentile, f.audit,
+           coalesce(sf.n_skips, 0) AS n_skips, coalesce(sf.n_flags, 0) AS n_flags, sf.notes AS skip_flag_notes,
+           f.split, f.metadata, f.source_file, f.source_row, f.imported_at
+    FROM final_decisions f LEFT JOIN sf USING (item_id)
+),
+only_skipped_or_flagged AS (
+    SELECT i.id AS item_id, i.text, NULL::VARCHAR AS label, NULL::VARCHAR[] AS labels,
+           CASE WHEN sf.n_flags > 0 THEN 'flag' ELSE 'skip' END AS decision,
+           NULL::VARCHAR AS decided_by, 0::BIGINT AS n_annotations, sf.actors AS annotators,
+           NULL::VARCHAR[] AS annotator_labels, NULL::TIMESTAMPTZ[] AS labelled_at, NULL::DOUBLE[] AS durations_ms,
+           sf.kinds AS decision_kinds, NULL::VARCHAR[] AS error_categories, sf.notes AS notes,
+           e.kind AS deciding_kind, e.actor AS decided_by_actor, e.ts AS decided_at, e.model_version,
+           e.suggestion, e.shown_probs, e.suggestion_hidden, e.batch_id, e.strategy, e.score, e.rank, e.percentile,
+           e.audit, sf.n_skips, sf.n_flags, sf.notes AS skip_flag_notes,
+           i.split, i.metadata, i.source_file, i.source_row, i.imported_at
+    FROM sf JOIN items i ON i.id = sf.item_id JOIN event_log e ON e.event_id = sf.last_event
+    WHERE NOT EXISTS (SELECT 1 FROM effective_events x WHERE x.item_id = sf.item_id AND x.kind = 'label')
+)
+SELECT * FROM decided
+UNION ALL BY NAME
+SELECT * FROM only_skipped_or_flagged
 """
 
 EVENTS_SQL = "SELECT * FROM events ORDER BY event_id"
@@ -52,24 +79,24 @@ def export_parquet(project: Project, out: Path | str, what: str = "final") -> Ex
     if out.is_dir():
         raise LabelloopError(f"{out} is a folder; give a file name ending in .parquet.")
     sql = FINAL_SQL if what == "final" else EVENTS_SQL
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     started = time.perf_counter()
     store = project.store
     try:
-        with store._lock:
-            quoted = str(tmp).replace("'", "''")
-            # Rows carry no order (see FINAL_SQL), so DuckDB may write them from both threads at once.
-            store.con.execute("SET preserve_insertion_order = false")
-            try:
-                store.con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT parquet, COMPRESSION zstd)")
-            finally:
-                store.con.execute("RESET preserve_insertion_order")
-        fault_point("export-before-rename")
-        os.replace(tmp, out)
+        # DuckDB writes inside a private temporary folder beside OUT; the file is fsynced and renamed
+        # only when complete (core/safeio.py).
+        with atomic_path(out) as tmp:
+            with store._lock:
+                quoted = str(tmp).replace("'", "''")
+                # Rows carry no order (see FINAL_SQL), so DuckDB may write them from both threads at once.
+                store.con.execute("SET preserve_insertion_order = false")
+                try:
+                    store.con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT parquet, COMPRESSION zstd)")
+                finally:
+                    store.con.execute("RESET preserve_insertion_order")
+            fault_point("export-before-rename")
     except duckdb.Error as exc:
         raise LabelloopError(f"{out}: export failed ({str(exc).splitlines()[0]}); no file was written.") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    except OSError as exc:
+        raise LabelloopError(f"{out}: export failed ({exc.strerror or exc}); no file was written.") from None
     rows = store.scalar(f"SELECT count(*) FROM read_parquet('{str(out).replace(chr(39), chr(39) * 2)}')")
     return ExportReport(str(out), what, rows, time.perf_counter() - started)

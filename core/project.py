@@ -9,6 +9,7 @@ from pathlib import Path
 
 from core.config import CONFIG_NAME, ProjectConfig, load_config, parse_config, render_config, render_guidelines
 from core.errors import ProjectError
+from core.safeio import atomic_write_text
 from core.store import DB_NAME, Store
 
 import tomllib
@@ -78,11 +79,9 @@ def init_project(project_dir: Path | str, labels: list[str], *, multi_label: boo
     (project_dir / "cache").mkdir(exist_ok=True)
     guidelines = project_dir / "guidelines.md"
     if not guidelines.exists():
-        guidelines.write_text(render_guidelines(name, labels), encoding="utf-8")
+        atomic_write_text(guidelines, render_guidelines(name, labels))
     Store.open(project_dir, create=True).close()
     # The config is written last: its presence marks a complete project.
-    tmp = project_dir / (CONFIG_NAME + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, project_dir / CONFIG_NAME)
+    atomic_write_text(project_dir / CONFIG_NAME, text)
     load_config(project_dir)
     return project_dir

@@ -21,6 +21,7 @@ import polars as pl
 
 from core import coldstart
 from core.errors import InputFileError, LabelloopError
+from core.safeio import atomic_write
 from core.features import TextFeaturizer
 from core.model import evaluate, fit_model
 from core.strategies import STRATEGY_NAMES, UNCERTAINTY, bald, cal_scores, select_batch, vote_entropy
@@ -327,12 +328,10 @@ def _summarise(curves: pl.DataFrame, cfg: SimConfig, target: float, n_pool: int)
 def write_outputs(report: SimReport, curves_path: Path | None, chart_path: Path | None) -> None:
     if curves_path is not None:
         curves_path = Path(curves_path)
-        tmp = curves_path.with_name("." + curves_path.name + ".tmp")
         if curves_path.suffix.lower() in (".parquet", ".pq"):
-            report.curves.write_parquet(tmp)
+            atomic_write(curves_path, lambda f: report.curves.write_parquet(f))
         else:
-            report.curves.write_csv(tmp)
-        tmp.replace(curves_path)
+            atomic_write(curves_path, lambda f: report.curves.write_csv(f))
     if chart_path is not None:
         plot_curves(report, Path(chart_path))
 
@@ -357,10 +356,10 @@ def plot_curves(report: SimReport, path: Path) -> None:
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def format_report(report: SimReport, cfg: SimConfig) -> str:

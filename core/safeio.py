@@ -1,0 +1,93 @@
+"""Writing files safely: a temporary file that nobody else can have planted, fsynced, then renamed.
+
+Every file labelloop writes (exports, model artifacts, the feature cache, rejects
+files, the project config) goes through here. The temporary file is created with
+``O_EXCL`` in the target folder (``tempfile.mkstemp``), so a symlink planted under a
+predictable name by another user of a shared folder is never followed; writers that
+need a path rather than a file (DuckDB's COPY) get one inside a private ``mkdtemp``
+folder. The data is fsynced before the rename and the folder after it, so a crash
+leaves either the old file or the complete new one under the final name, never half
+a file; on any error the temporary file is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, IO, Iterator
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path | str, write: Callable[[IO[bytes]], None], *, mode: int = 0o644) -> Path:
+    """Call ``write(f)`` with a binary file object; the result replaces ``path`` in one rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int = 0o644) -> Path:
+    return atomic_write(path, lambda f: f.write(data), mode=mode)
+
+
+def atomic_write_text(path: Path | str, text: str, *, mode: int = 0o644) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+@contextmanager
+def atomic_path(path: Path | str, *, mode: int = 0o644) -> Iterator[Path]:
+    """For writers that need a file name: yields a path inside a private temporary folder next to
+    ``path``; when the block ends without an error the file is fsynced and renamed to ``path``."""
+    path = Path(path)
+    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = folder / path.name
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode & ~_umask())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-wide and not thread-safe
+
+
+def _umask() -> int:
+    return _UMASK
