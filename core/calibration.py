@@ -23,16 +23,17 @@ def nll(probs: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(p)))
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T > 0 that minimises the NLL of softmax(logits / T) on (logits, y).
+def fit_temperature(logits: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
+    """The temperature T > 0 that minimises the (weighted) NLL of softmax(logits / T) on (logits, y).
 
     Dividing logits by one positive number never changes the argmax."""
     if len(y) == 0:
         return 1.0
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
 
     def loss(log_t: float) -> float:
         lp = log_softmax(logits / np.exp(log_t), axis=1)
-        return -float(np.mean(lp[np.arange(len(y)), y]))
+        return -float(np.average(lp[np.arange(len(y)), y], weights=w))
 
     res = minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
     return float(np.exp(res.x))

@@ -52,6 +52,7 @@ class ProjectConfig:
     labels: list[str]
     label_keys: dict[str, str]
     multi_label: bool = False
+    ask_reason: bool = False
     guidelines: str = "guidelines.md"
     max_text_chars: int = 100_000
     taxonomy: list[str] = field(default_factory=lambda: list(DEFAULT_TAXONOMY))
@@ -190,8 +191,11 @@ def parse_config(data: dict, path: Path) -> ProjectConfig:
     if not isinstance(labels_table, dict) or "names" not in labels_table:
         raise _fail(path, "[labels]", "must have names = [\"label\", ...]")
     for key in labels_table:
-        if key not in ("names", "keys"):
-            raise _fail(path, f"[labels] has an unknown key '{key}'", "(known: names, keys)")
+        if key not in ("names", "keys", "ask_reason"):
+            raise _fail(path, f"[labels] has an unknown key '{key}'", "(known: names, keys, ask_reason)")
+    ask_reason = labels_table.get("ask_reason", False)
+    if not isinstance(ask_reason, bool):
+        raise _fail(path, "[labels] ask_reason", f"must be true or false, got {ask_reason!r}")
     names = labels_table["names"]
     try:
         names = _str_list(names)
@@ -244,7 +248,7 @@ def parse_config(data: dict, path: Path) -> ProjectConfig:
 
     name = values.pop("name", path.parent.name if path else "project")
     return ProjectConfig(name=name, labels=names, label_keys=label_keys, taxonomy=reasons,
-                         action_keys=action_keys, path=path, **values)
+                         action_keys=action_keys, path=path, ask_reason=ask_reason, **values)
 
 
 def default_label_keys(names: list[str]) -> list[str]:
@@ -257,12 +261,16 @@ def load_config(project_dir: Path) -> ProjectConfig:
     path = Path(project_dir) / CONFIG_NAME
     if not path.exists():
         raise ConfigError(f"{path} does not exist; is {project_dir} a labelloop project? (create one with: labelloop init {project_dir} --labels a,b)")
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a file (it is a folder or a special file); it must be the project's TOML configuration.")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}).") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text.") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read ({exc.strerror or exc}).") from None
     return parse_config(data, path)
 
 
@@ -289,6 +297,7 @@ max_text_chars = 100000           # longer texts are rejected at import
 [labels]
 names = {_toml_list(labels)}
 keys = {_toml_list(keys)}          # one key per label, in the same order
+ask_reason = false                # true: a label key that differs from the suggestion asks why (taxonomy)
 
 [taxonomy]
 # Why a model suggestion was wrong; picked with one digit when correcting.

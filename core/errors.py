@@ -59,3 +59,8 @@ class EmptyPoolError(LabelloopError):
 
 class ModelError(LabelloopError):
     """A model cannot be trained or used (e.g. one class only)."""
+
+
+class StoreError(LabelloopError):
+    """The project store could not be written or read (disk full, I/O error, a damaged file).
+    Everything committed before the failure is kept; the workstation stops taking decisions."""

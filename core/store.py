@@ -20,7 +20,8 @@ from typing import Any, Iterator, Sequence
 
 import duckdb
 
-from core.errors import ProjectError
+from core.errors import ProjectError, StoreError
+from core.faults import fault_error
 
 DB_NAME = "project.duckdb"
 
@@ -342,7 +343,44 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             SELECT item_id, labels, decided_by, n_annotations, deciding_event FROM final_decisions""",
     ]),
 ]
+MIGRATIONS.append(
+    (3, "one definition of undecided; skipped and flagged items in the final export", [
+        # An item is decided (it leaves every queue) once it has an effective label, skip or flag. This
+        # is the only definition: the workstation's queue, `labelloop next`, `status` and the loop's
+        # candidate pool all read it.
+        """CREATE VIEW decided_items AS
+            SELECT DISTINCT item_id FROM effective_events WHERE kind IN ('label', 'skip', 'flag')""",
+        # The open queue: the latest batch's items that are not decided, with why each was chosen.
+        # (Restricted to the batch's few items before the anti join, so the log is not grouped whole.)
+        """CREATE VIEW open_queue AS
+            WITH latest AS (SELECT * FROM queue WHERE batch_id = (SELECT max(batch_id) FROM batches)),
+            done AS (
+                SELECT DISTINCT e.item_id FROM effective_events e SEMI JOIN latest l ON l.item_id = e.item_id
+                WHERE e.kind IN ('label', 'skip', 'flag'))
+            SELECT l.* FROM latest l ANTI JOIN done d ON d.item_id = l.item_id""",
+        # Items that were skipped or flagged (effective events), with their notes: the export gives them
+        # a row even when nobody labelled them.
+        """CREATE VIEW skips_and_flags AS
+            SELECT item_id,
+                   count(*) FILTER (WHERE kind = 'flag') AS n_flags,
+                   count(*) FILTER (WHERE kind = 'skip') AS n_skips,
+                   list(actor ORDER BY event_id) AS actors,
+                   list(kind ORDER BY event_id) AS kinds,
+                   nullif(list_filter(list(note ORDER BY event_id), lambda x: x IS NOT NULL), []) AS notes,
+                   max(event_id) AS last_event, max(ts) AS last_at
+            FROM event_log e
+            ANTI JOIN (SELECT target_event FROM event_log WHERE kind = 'undo' AND target_event IS NOT NULL) u
+                ON u.target_event = e.event_id
+            WHERE e.kind IN ('skip', 'flag')
+            GROUP BY item_id""",
+    ]))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def store_error_text(exc: BaseException) -> str:
+    """The first line of a DuckDB or OS error, for a one-sentence message."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
 
 
 def utcnow() -> datetime:
@@ -409,6 +447,14 @@ class Store:
 
     def migrate(self) -> None:
         with self._lock:
+            # A DuckDB file that holds tables but no labelloop schema is someone else's: refuse before
+            # writing anything to it (not even the migrations table).
+            tables = [r[0] for r in self.con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1").fetchall()]
+            if tables and "schema_migrations" not in tables:
+                shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+                raise ProjectError(f"{self.path} is a DuckDB file that labelloop did not create (it holds {shown}); "
+                                   "it was left untouched. Move it away, or create the project in another folder.")
             self.con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, name VARCHAR, applied_at TIMESTAMPTZ)")
             current = self.schema_version()
             if current > SCHEMA_VERSION:
@@ -471,11 +517,16 @@ class Store:
         ts = fields.pop("ts", None) or utcnow()
         cols = ["event_id", "item_id", "kind", "actor", "ts", *fields.keys()]
         with self._lock:
-            if self._next_event_id is None:
-                self._next_event_id = self.next_event_id()
-            event_id = self._next_event_id
-            self.con.execute(f"INSERT INTO event_log ({', '.join(cols)}) VALUES ({', '.join(['?'] * len(cols))})",
-                             [event_id, item_id, kind, actor, ts, *fields.values()])
+            try:
+                if self._next_event_id is None:
+                    self._next_event_id = self.next_event_id()
+                event_id = self._next_event_id
+                fault_error("store-append", duckdb.IOException("Could not write file: No space left on device"))
+                self.con.execute(f"INSERT INTO event_log ({', '.join(cols)}) VALUES ({', '.join(['?'] * len(cols))})",
+                                 [event_id, item_id, kind, actor, ts, *fields.values()])
+            except duckdb.Error as exc:
+                raise StoreError(f"the project store {self.path or '(memory)'} could not save this decision "
+                                 f"({store_error_text(exc)}); every decision before it is saved.") from exc
             self._next_event_id += 1
         return event_id
 

@@ -182,16 +182,78 @@ def check_strategy(name: str) -> str:
     return name
 
 
+def n_audit_for(batch_size: int, audit_share: float) -> int:
+    return int(round(audit_share * batch_size))
+
+
+def audit_positions(batch_size: int, n_audit: int, rng: np.random.Generator) -> np.ndarray:
+    """Where the audit items stand in a batch: one at a random place inside each of ``n_audit`` equal
+    stretches of the batch. Any prefix an annotator reaches before a retrain replaces the batch then
+    holds close to its share of audit items (at the end of the batch they were never reached)."""
+    if n_audit <= 0:
+        return np.zeros(0, dtype=np.int64)
+    edges = np.linspace(0, batch_size, n_audit + 1)
+    pos = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        lo_i, hi_i = int(np.ceil(lo)), max(int(np.ceil(hi)), int(np.ceil(lo)) + 1)
+        pos.append(int(rng.integers(lo_i, min(hi_i, batch_size))))
+    pos = np.array(sorted(set(pos)), dtype=np.int64)
+    if len(pos) < n_audit:  # (only for batches about as small as their audit share) fill free places
+        free = np.setdiff1d(np.arange(batch_size), pos)
+        pos = np.sort(np.concatenate([pos, rng.choice(free, n_audit - len(pos), replace=False)]))
+    return pos
+
+
+def assemble_batch(main: np.ndarray, main_strategy: list[str], main_scores: np.ndarray, main_pct: np.ndarray,
+                   n_pool: int, n_audit: int, rng: np.random.Generator, *, scores: np.ndarray | None = None,
+                   carry_audit: np.ndarray | None = None) -> Selection:
+    """The batch: the strategy's picks in rank order, with ``n_audit`` random-audit items spread through
+    it. Audit items still unlabelled from the previous batch (``carry_audit``) are kept first, so a
+    retrain never throws away the control arm's draws; only the rest are drawn anew."""
+    main = np.asarray(main, dtype=np.int64)
+    carry = np.zeros(0, dtype=np.int64) if carry_audit is None else np.asarray(carry_audit, dtype=np.int64)
+    carry = carry[~np.isin(carry, main)][:n_audit]
+    taken = np.zeros(n_pool, dtype=bool)
+    taken[main] = True
+    taken[carry] = True
+    rest = np.flatnonzero(~taken)
+    n_new = min(max(n_audit - len(carry), 0), len(rest))
+    new = rng.choice(rest, size=n_new, replace=False) if n_new else np.zeros(0, dtype=np.int64)
+    audit = np.concatenate([carry, new]).astype(np.int64)
+    if scores is not None and len(audit):
+        audit_scores, audit_pct = scores[audit], percentile_of(scores, scores[audit])
+    else:
+        audit_scores = audit_pct = np.full(len(audit), np.nan)
+    size = len(main) + len(audit)
+    is_audit = np.zeros(size, dtype=bool)
+    is_audit[audit_positions(size, len(audit), rng)] = True
+    index = np.empty(size, dtype=np.int64)
+    index[~is_audit], index[is_audit] = main, audit
+    strat = np.empty(size, dtype=object)
+    strat[~is_audit], strat[is_audit] = list(main_strategy), "random"
+    score = np.empty(size)
+    score[~is_audit], score[is_audit] = main_scores, audit_scores
+    pct = np.empty(size)
+    pct[~is_audit], pct[is_audit] = main_pct, audit_pct
+    rank = np.zeros(size, dtype=np.int64)
+    rank[~is_audit] = np.arange(1, len(main) + 1)
+    return Selection(index=index, strategy=list(strat), score=score, rank=rank, percentile=pct, audit=is_audit)
+
+
 def select_batch(strategy: str, n_pool: int, batch_size: int, *, rng: np.random.Generator,
                  audit_share: float = 0.0, scores: np.ndarray | None = None,
-                 X_pool=None) -> Selection:
+                 X_pool=None, carry_audit: np.ndarray | None = None) -> Selection:
     """Pick ``batch_size`` pool rows: (1 - audit_share) by the strategy's scores, the rest at random
-    from what is left, marked as audit. ``scores`` is required for every strategy but random."""
+    from what is left, marked as audit and spread through the batch (``assemble_batch``).
+    ``scores`` is required for every strategy but random."""
     check_strategy(strategy)
     if n_pool == 0:
         raise EmptyPoolError("the pool has no unlabelled items left to select.")
     batch_size = min(batch_size, n_pool)
-    n_audit = int(round(audit_share * batch_size)) if strategy != "random" else 0
+    n_audit = n_audit_for(batch_size, audit_share) if strategy != "random" else 0
+    # the previous batch's unlabelled audit items, in their order, at most this batch's audit share
+    carry = np.array([c for c in dict.fromkeys(int(x) for x in (carry_audit if carry_audit is not None else []))
+                      if 0 <= c < n_pool][:n_audit], dtype=np.int64)
     n_main = batch_size - n_audit
     if strategy == "random":
         main = rng.choice(n_pool, size=n_main, replace=False)
@@ -200,26 +262,17 @@ def select_batch(strategy: str, n_pool: int, batch_size: int, *, rng: np.random.
     else:
         if scores is None or len(scores) != n_pool:
             raise ValueError("scores for the whole pool are required")
+        pick_scores = scores
+        if len(carry):  # the carried audit items are not the strategy's to pick
+            pick_scores = scores.astype(np.float64, copy=True)
+            pick_scores[carry] = -np.inf
         if strategy == "power":
-            main = power_sample(scores, n_main, rng)
+            main = power_sample(pick_scores, n_main, rng)
         elif strategy == "diversity":
-            main = diversity_select(X_pool, scores, n_main, rng)
+            main = diversity_select(X_pool, pick_scores, n_main, rng)
         else:
-            main = top_k(scores, n_main)
+            main = top_k(pick_scores, n_main)
         main_scores = scores[main]
         pct = percentile_of(scores, main_scores)
-    rest_mask = np.ones(n_pool, dtype=bool)
-    rest_mask[main] = False
-    rest = np.flatnonzero(rest_mask)
-    audit = rng.choice(rest, size=min(n_audit, len(rest)), replace=False) if n_audit else np.zeros(0, dtype=np.int64)
-    audit_scores = scores[audit] if scores is not None and len(audit) else np.full(len(audit), np.nan)
-    audit_pct = percentile_of(scores, audit_scores) if scores is not None and len(audit) else np.full(len(audit), np.nan)
-    index = np.concatenate([main, audit]).astype(np.int64)
-    return Selection(
-        index=index,
-        strategy=[strategy] * len(main) + ["random"] * len(audit),
-        score=np.concatenate([main_scores, audit_scores]),
-        rank=np.concatenate([np.arange(1, len(main) + 1), np.zeros(len(audit), dtype=int)]),
-        percentile=np.concatenate([pct, audit_pct]),
-        audit=np.concatenate([np.zeros(len(main), dtype=bool), np.ones(len(audit), dtype=bool)]),
-    )
+    return assemble_batch(main, [strategy] * len(main), main_scores, pct, n_pool, n_audit, rng,
+                          scores=scores, carry_audit=carry)

@@ -12,6 +12,8 @@ methods behind ``labelloop serve``.
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import json
 import threading
@@ -20,9 +22,42 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import LabelloopError
+import duckdb
+
+from core.errors import LabelloopError, StoreError
 from core.project import Project, current_actor
-from core.store import Store
+from core.store import Store, store_error_text
+
+UNSPECIFIED = "unspecified"   # the reason of a correction made with a label key, when none is asked for
+_STORE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT}
+
+
+def as_store_error(exc: BaseException) -> StoreError | None:
+    """A StoreError for failures of the project store or its disk (DuckDB errors, a full disk, an I/O
+    error); None for anything else."""
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, duckdb.Error) or (isinstance(exc, OSError) and exc.errno in _STORE_ERRNOS):
+        return StoreError(f"the project store failed ({store_error_text(exc)}); every decision before it is saved.")
+    return None
+
+
+def _store_guarded(method):
+    """Decisions fail as one StoreError when the store does; after the first, the workspace refuses
+    every further decision without touching the store (the workstation then closes)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self.store_failure is not None:
+            raise self.store_failure
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            err = as_store_error(exc)
+            if err is None:
+                raise
+            self.store_failure = err
+            raise err from exc
+    return wrapper
 
 
 @dataclass
@@ -94,6 +129,7 @@ class Workspace:
         self._front: list[QueueItem] = []      # items re-shown after an undo come first
         self._decided_ids: set[str] = set()    # decided in this session (until undone)
         self._lock = threading.RLock()
+        self.store_failure: StoreError | None = None
         self.reload_queue()
 
     def close(self) -> None:
@@ -105,21 +141,29 @@ class Workspace:
         self.set_queue(self.load_queue())
 
     def load_queue(self, store: Store | None = None) -> list[QueueItem]:
-        """The current batch's undecided items; ``store`` lets a worker thread read with its own cursor."""
+        """The current batch's undecided items (the store's ``open_queue``); ``store`` lets a worker
+        thread read with its own cursor."""
         rows = (store or self.store).dicts("""
             SELECT q.item_id, i.text, i.metadata, q.batch_id, q.position, q.strategy, q.score, q.rank,
                    q.percentile, q.audit, q.model_version, q.probs
-            FROM queue q JOIN items i ON i.id = q.item_id
-            WHERE q.batch_id = (SELECT max(batch_id) FROM batches)
-              AND NOT EXISTS (SELECT 1 FROM effective_events e WHERE e.item_id = q.item_id
-                              AND e.kind IN ('label', 'skip', 'flag'))
+            FROM open_queue q JOIN items i ON i.id = q.item_id
             ORDER BY q.position""")
         return [self._make_item(r) for r in rows]
 
-    def set_queue(self, items: list[QueueItem]) -> None:
+    def set_queue(self, items: list[QueueItem]) -> int:
+        """Replace the queue (a retrain brought a new batch). The item the annotator has in front of
+        them stays there, as it was shown, until they decide it: a key pressed as the batch changes
+        always decides the item that was read. Returns how many of the upcoming items changed."""
         with self._lock:
+            shown = self.current()
+            before = [i.item_id for i in self._queue]
             # a worker may have read the batch before the latest decisions were made
-            self._queue = [i for i in items if i.item_id not in self._decided_ids]
+            fresh = [i for i in items if i.item_id not in self._decided_ids]
+            if shown is not None and not self._front and self._queue and shown is self._queue[0]:
+                fresh = [shown] + [i for i in fresh if i.item_id != shown.item_id]
+            self._queue = fresh
+            after = [i.item_id for i in self._queue]
+            return len(set(after) - set(before))
 
     def _make_item(self, r: dict) -> QueueItem:
         meta = json.loads(r["metadata"]) if r.get("metadata") else {}
@@ -186,34 +230,50 @@ class Workspace:
             raise LabelloopError("this project takes one label per item")
         return labels
 
-    def label(self, item: QueueItem, labels: list[str], *, duration_ms: float | None = None) -> int:
-        """The annotator pressed a label key (or toggled labels and confirmed)."""
+    @_store_guarded
+    def label(self, item: QueueItem, labels: list[str], *, reason: str | None = None, note: str | None = None,
+              duration_ms: float | None = None) -> int:
+        """The annotator pressed a label key (or toggled labels and confirmed). A label that differs
+        from the suggestion on screen is a correction: stored as one, with ``reason`` from the error
+        taxonomy, or "unspecified" unless the project asks for a reason on every correction."""
         labels = self.check_labels(labels)
-        via = "key"
-        if item.suggestion and not item.suggestion_hidden and sorted(labels) == item.suggested_labels:
-            via = "key-agrees"
-        return self._append(item, "label", via=via, labels=labels, duration_ms=duration_ms)
+        shown = bool(item.suggestion) and not item.suggestion_hidden
+        if shown and sorted(labels) != item.suggested_labels:
+            if reason is None and self.config.ask_reason:
+                raise LabelloopError("this project asks for a reason with every correction ([labels] ask_reason)")
+            return self._correction(item, labels, reason or UNSPECIFIED, note, duration_ms)
+        via = "key-agrees" if shown else "key"
+        return self._append(item, "label", via=via, labels=labels, note=note or None, duration_ms=duration_ms)
 
+    @_store_guarded
     def accept(self, item: QueueItem, *, duration_ms: float | None = None) -> int:
         if not item.suggestion or item.suggestion_hidden:
             raise LabelloopError("there is no suggestion to accept for this item; press a label key")
         return self._append(item, "label", via="accept", labels=item.suggested_labels, duration_ms=duration_ms)
 
+    @_store_guarded
     def reject(self, item: QueueItem, labels: list[str], reason: str, note: str | None = None, *,
                duration_ms: float | None = None) -> int:
         """The suggestion was wrong: the right label and why, from the project's error taxonomy."""
         labels = self.check_labels(labels)
-        if reason not in self.config.taxonomy:
+        return self._correction(item, labels, reason, note, duration_ms)
+
+    def _correction(self, item: QueueItem, labels: list[str], reason: str, note: str | None,
+                    duration_ms: float | None) -> int:
+        if reason not in self.config.taxonomy and reason != UNSPECIFIED:
             raise LabelloopError(f"'{reason}' is not in the project's error taxonomy")
         return self._append(item, "label", via="correction", labels=labels, error_category=reason,
                             note=note or None, duration_ms=duration_ms)
 
+    @_store_guarded
     def skip(self, item: QueueItem, reason: str | None = None, *, duration_ms: float | None = None) -> int:
         return self._append(item, "skip", note=reason or None, duration_ms=duration_ms)
 
+    @_store_guarded
     def flag(self, item: QueueItem, note: str | None = None, *, duration_ms: float | None = None) -> int:
         return self._append(item, "flag", note=note or None, duration_ms=duration_ms)
 
+    @_store_guarded
     def undo(self) -> QueueItem | None:
         """Take back this annotator's latest decision still standing (any depth, across sessions).
         The undo is itself an event; the item comes back to the front of the queue."""

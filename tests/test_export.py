@@ -20,17 +20,18 @@ from core.importer import import_file
 from core.project import Project, init_project
 from tests.conftest import ROOT, write_csv, write_jsonl
 
-FINAL_COLUMNS = ["item_id", "text", "label", "labels", "decided_by", "n_annotations", "annotators", "annotator_labels",
-                 "labelled_at", "durations_ms", "decision_kinds", "error_categories", "notes", "deciding_kind",
-                 "decided_by_actor", "decided_at", "model_version", "suggestion", "shown_probs", "suggestion_hidden",
-                 "batch_id", "strategy", "score", "rank", "percentile", "audit", "split", "metadata", "source_file",
-                 "source_row", "imported_at"]
+FINAL_COLUMNS = ["item_id", "text", "label", "labels", "decision", "decided_by", "n_annotations", "annotators",
+                 "annotator_labels", "labelled_at", "durations_ms", "decision_kinds", "error_categories", "notes",
+                 "deciding_kind", "decided_by_actor", "decided_at", "model_version", "suggestion", "shown_probs",
+                 "suggestion_hidden", "batch_id", "strategy", "score", "rank", "percentile", "audit", "n_skips",
+                 "n_flags", "skip_flag_notes", "split", "metadata", "source_file", "source_row", "imported_at"]
 
 
 def _setup(project, tmp_path):
     f = write_csv(tmp_path / "in.csv", ["id", "text", "label"], [
         ["i1", "imported with a label", "spam"], ["i2", "single annotator", ""], ["i3", "two agree", ""],
-        ["i4", "two disagree", ""], ["i5", "adjudicated", ""], ["i6", "never labelled", ""], ["i7", "undone", ""]])
+        ["i4", "two disagree", ""], ["i5", "adjudicated", ""], ["i6", "never labelled", ""], ["i7", "undone", ""],
+        ["i8", "skipped", ""], ["i9", "flagged", ""], ["i10", "skip undone", ""]])
     import_file(project, f, id_col="id", label_col="label")
     s = project.store
     probs = {"ham": 0.8, "spam": 0.2}
@@ -47,6 +48,12 @@ def _setup(project, tmp_path):
     s.append_event("i5", "adjudicate", "carol", via="review", labels=["spam"], note="link to prize")
     e = s.append_event("i7", "label", "alice", via="key", labels=["ham"])
     s.append_event("i7", "undo", "alice", target_event=e)
+    s.append_event("i8", "skip", "alice", note="cannot tell", batch_id=7, strategy="margin", audit=False)
+    s.append_event("i9", "flag", "bob", note="guideline gap: links", batch_id=7, strategy="random", audit=True)
+    s.append_event("i9", "skip", "alice")
+    s.append_event("i2", "flag", "bob", note="check this one")
+    e = s.append_event("i10", "skip", "alice", note="oops")
+    s.append_event("i10", "undo", "alice", target_event=e)
 
 
 def test_export_final_provenance(project, tmp_path):
@@ -54,9 +61,17 @@ def test_export_final_provenance(project, tmp_path):
     r = export_parquet(project, tmp_path / "out.parquet")
     df = pl.read_parquet(tmp_path / "out.parquet")
     assert df.columns == FINAL_COLUMNS
-    assert r.rows == df.height == 5
+    assert r.rows == df.height == 7
     rows = {d["item_id"]: d for d in df.to_dicts()}
-    assert set(rows) == {"i1", "i2", "i3", "i4", "i5"}  # i6 never labelled, i7 undone
+    assert set(rows) == {"i1", "i2", "i3", "i4", "i5", "i8", "i9"}  # i6 never decided, i7 and i10 undone
+    assert {k: v["decision"] for k, v in rows.items()} == {
+        "i1": "label", "i2": "label", "i3": "label", "i4": "unresolved", "i5": "label", "i8": "skip", "i9": "flag"}
+    i8, i9 = rows["i8"], rows["i9"]
+    assert (i8["label"], i8["notes"], i8["n_skips"], i8["n_flags"], i8["annotators"]) == (None, ["cannot tell"], 1, 0, ["alice"])
+    assert (i8["strategy"], i8["batch_id"], i8["decided_by_actor"]) == ("margin", 7, "alice")
+    assert (i9["notes"], i9["n_flags"], i9["n_skips"], i9["decision_kinds"]) == (["guideline gap: links"], 1, 1, ["flag", "skip"])
+    # a labelled item that someone flagged keeps its label and shows the flag
+    assert (rows["i2"]["decision"], rows["i2"]["n_flags"], rows["i2"]["skip_flag_notes"]) == ("label", 1, ["check this one"])
     assert (rows["i1"]["label"], rows["i1"]["decided_by"], rows["i1"]["annotators"]) == ("spam", "import", ["import:in.csv"])
     i2 = rows["i2"]
     assert (i2["label"], i2["decided_by"], i2["error_categories"], i2["notes"]) == ("spam", "single annotator", ["wrong class"], ["says 'free'"])

@@ -71,9 +71,65 @@ def test_select_batch_reasons_and_audit_share():
     main = sel.index[~sel.audit]
     assert sorted(main.tolist()) == list(range(982, 1000))  # the 18 highest scores
     assert sel.rank[~sel.audit].tolist() == list(range(1, 19))
-    assert sel.strategy[:18] == ["margin"] * 18 and sel.strategy[18:] == ["random"] * 2
+    assert [s for s, a in zip(sel.strategy, sel.audit) if not a] == ["margin"] * 18
+    assert [s for s, a in zip(sel.strategy, sel.audit) if a] == ["random"] * 2
     assert not set(sel.index[sel.audit]) & set(main)
-    assert sel.percentile[0] == pytest.approx(99.9)
+    first_main = int(np.flatnonzero(~sel.audit)[0])
+    assert sel.percentile[first_main] == pytest.approx(99.9)
+
+
+def test_audit_items_are_spread_through_the_batch():
+    """One audit item in each tenth of a 50-item batch, at a random place in it: the first 25 positions
+    always hold two or three of the five, whatever the seed (they used to stand at positions 45-49)."""
+    scores = np.random.default_rng(0).random(2000)
+    seen = set()
+    for seed in range(200):
+        sel = select_batch("margin", 2000, 50, rng=np.random.default_rng(seed), audit_share=0.1, scores=scores)
+        pos = np.flatnonzero(sel.audit)
+        assert len(pos) == 5
+        assert [p // 10 for p in pos] == [0, 1, 2, 3, 4]
+        assert 2 <= int(sel.audit[:25].sum()) <= 3
+        seen.update(pos.tolist())
+    assert len(seen) == 50  # every position can hold an audit item
+
+
+def test_unlabelled_audit_items_are_carried_into_the_next_batch():
+    scores = np.linspace(0, 1, 1000)
+    carry = np.array([5, 17, 3])  # audit items of the previous batch nobody reached
+    sel = select_batch("margin", 1000, 50, rng=np.random.default_rng(1), audit_share=0.1, scores=scores,
+                       carry_audit=carry)
+    audit = sel.index[sel.audit].tolist()
+    assert len(audit) == 5 and {5, 17, 3} <= set(audit)       # kept, and only two drawn anew
+    assert not set(audit) & set(sel.index[~sel.audit].tolist())
+    # more carried than this batch's share: the share wins, so audit decisions converge to it
+    sel = select_batch("margin", 1000, 20, rng=np.random.default_rng(1), audit_share=0.1, scores=scores,
+                       carry_audit=np.array([1, 2, 3, 4, 5]))
+    assert sorted(sel.index[sel.audit].tolist()) == [1, 2]
+
+
+@pytest.mark.parametrize("batch,every,share", [(50, 25, 0.1), (50, 10, 0.1), (20, 25, 0.2), (100, 7, 0.05),
+                                               (10, 3, 0.1)])
+def test_audit_share_of_decisions_converges_whatever_the_cadence(batch, every, share):
+    """Simulate the loop's queue: label `every` items from the front, retrain (new batch, carrying the
+    unlabelled audit items), again and again. The share of decisions on audit items approaches
+    audit_share for any batch size and retrain cadence."""
+    rng = np.random.default_rng(7)
+    n_pool = 20_000
+    alive = np.ones(n_pool, dtype=bool)
+    carry_ids: list[int] = []
+    audit_decisions = decisions = 0
+    for _round in range(400):
+        cand = np.flatnonzero(alive)
+        pos_of = {int(c): i for i, c in enumerate(cand)}
+        sel = select_batch("margin", len(cand), batch, rng=rng, audit_share=share, scores=rng.random(len(cand)),
+                           carry_audit=np.array([pos_of[c] for c in carry_ids if c in pos_of], dtype=np.int64))
+        ids = cand[sel.index]
+        done = min(every, len(ids))
+        alive[ids[:done]] = False
+        audit_decisions += int(sel.audit[:done].sum())
+        decisions += done
+        carry_ids = [int(i) for i, a in zip(ids[done:], sel.audit[done:]) if a]
+    assert abs(audit_decisions / decisions - share) < 0.25 * share + 0.005
 
 
 def test_fixed_seed_reproduces_a_batch():
