@@ -13,6 +13,7 @@ lines; Parquet: rows in file order).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -25,7 +26,9 @@ import duckdb
 from core.errors import InputFileError, RowProblem, ValidationError
 from core.faults import fault_point
 from core.project import Project
+from core.safeio import atomic_write_text
 from core.store import utcnow
+from core.textsafe import clean
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".parquet": "parquet", ".pq": "parquet"}
@@ -46,6 +49,26 @@ class ImportReport:
     splits: dict[str, int] = field(default_factory=dict)
     rejects_file: str | None = None
     seconds: float = 0.0
+    duplicates: dict[str, int] = field(default_factory=dict)   # see _Importer._duplicates
+    deduped: int = 0                                          # rows dropped by --dedupe
+
+    def duplicate_lines(self) -> list[str]:
+        """What import says about exact duplicate texts (counts), and what --dedupe did."""
+        d = self.duplicates
+        out = []
+        if d.get("in_file"):
+            out.append(f"Duplicates: {d['in_file']:,} rows repeat the exact text of an earlier row in this file.")
+        if d.get("in_project"):
+            out.append(f"Duplicates: {d['in_project']:,} rows repeat the exact text of an item already in the project.")
+        if d.get("pool_vs_eval"):
+            out.append(f"Leakage: {d['pool_vs_eval']:,} pool rows have the exact text of a test or gold item "
+                       "(it inflates every test metric).")
+        if self.deduped:
+            out.append(f"--dedupe dropped {self.deduped:,} duplicate rows (the first copy of each text stays; a test "
+                       "or gold copy wins over a pool copy).")
+        elif out:
+            out.append("Use --dedupe to keep only the first copy of each text.")
+        return out
 
 
 def detect_format(path: Path) -> str:
@@ -63,7 +86,8 @@ def _q(name: str) -> str:
 class _Importer:
     def __init__(self, project: Project, path: Path, *, text_col: str, id_col: str | None, label_col: str | None,
                  split_col: str | None, meta_cols: list[str] | None, skip_invalid: bool, fmt: str | None,
-                 actor: str | None, label_sep: str):
+                 actor: str | None, label_sep: str, dedupe: bool = False, rejects_path: Path | str | None = None,
+                 prelabel_pool: bool = True, source_name: str | None = None):
         self.project = project
         self.cfg = project.config
         self.con = project.store.con
@@ -74,6 +98,10 @@ class _Importer:
         self.skip_invalid = skip_invalid
         self.actor = actor or f"import:{path.name}"
         self.label_sep = label_sep
+        self.dedupe = dedupe
+        self.rejects_path = Path(rejects_path) if rejects_path else None
+        self.prelabel_pool = prelabel_pool
+        self.source_name = source_name
         self.problems: list[RowProblem] = []
         self.problem_total = 0
         self._raw_rejects: list[str] = []
@@ -99,8 +127,7 @@ class _Importer:
     def _header_columns(self) -> list[str]:
         """CSV/TSV header read by Python (DuckDB's DESCRIBE needs auto-detection we turned off)."""
         delim = "," if self.fmt == "csv" else "\t"
-        opener = _open_text(self.path)
-        with opener as f:
+        with _reading(self.path), _open_text(self.path) as f:
             reader = csv.reader(f, delimiter=delim, quotechar='"', doublequote=True, strict=False)
             try:
                 header = next(reader)
@@ -124,6 +151,14 @@ class _Importer:
             except duckdb.Error as exc:
                 raise InputFileError(f"{self.path}: not a readable Parquet file ({_first_line(exc)}).") from None
             self._check_columns(cols)
+            types = {r[0]: r[1] for r in self.con.execute(f"DESCRIBE SELECT * FROM {self._reader_sql(src)}").fetchall()}
+            for flag, col, ok in (("--text-col", self.text_col, ("VARCHAR",)),
+                                  ("--id-col", self.id_col, ("VARCHAR", "BIGINT", "INTEGER", "UBIGINT", "UINTEGER",
+                                                             "SMALLINT", "HUGEINT")),
+                                  ("--split-col", self.split_col, ("VARCHAR",))):
+                if col is not None and types.get(col) not in ok:
+                    raise ValidationError(str(self.path), [RowProblem(None, col, f"has type {types.get(col)}, not "
+                                                           f"{' or '.join(ok[:2])} (asked for by {flag})")])
         else:
             cols = None
         self.all_columns = cols
@@ -144,6 +179,12 @@ class _Importer:
             self._create_stage(clean, row_from_file=True)
 
     def _check_columns(self, cols: list[str]) -> None:
+        seen: dict[str, int] = {}
+        for i, c in enumerate(cols, 1):
+            if c in seen:  # a reader would rename or drop one of them without a word
+                raise ValidationError(str(self.path), [RowProblem(None, c, f"the header has this column twice (columns "
+                                                                            f"{seen[c]} and {i}); rename one of them")])
+            seen[c] = i
         wanted = [("--text-col", self.text_col), ("--id-col", self.id_col), ("--label-col", self.label_col),
                   ("--split-col", self.split_col), *(("--meta-cols", m) for m in (self.meta_cols or []))]
         missing = [(flag, c) for flag, c in wanted if c is not None and c not in cols]
@@ -185,6 +226,13 @@ class _Importer:
         raw = self._field_sql(self.split_col)
         return ("CASE lower(trim(coalesce(" + raw + ", ''))) " +
                 " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in SPLIT_VALUES.items()) + " END")
+
+    def _json_type_sql(self, name: str | None) -> str:
+        """JSONL: the JSON type of a field (VARCHAR for a string, OBJECT, ARRAY, BIGINT, ...), checked in
+        _validate so that an object given as text is refused instead of stored as its JSON."""
+        if self.fmt != "jsonl" or name is None:
+            return "NULL::VARCHAR"
+        return f"json_type(j -> '{name.replace(chr(39), chr(39) * 2)}')"
 
     def _sep_sql(self) -> str:
         return self.label_sep.replace("'", "''")
@@ -230,7 +278,8 @@ class _Importer:
             # Without an id column the id is the file name and row: importing the same file twice is caught.
             id_sql = "'" + self.path.name.replace("'", "''") + ":' || " + row_sql + "::VARCHAR"
         self.con.execute(f"""CREATE TEMP VIEW ll_stage AS
-            SELECT {row_sql} AS _row, {id_sql} AS id, text, labels, split_raw, split, metadata FROM ll_raw""")
+            SELECT {row_sql} AS _row, {id_sql} AS id, text, labels, split_raw, split, metadata,
+                   text_type, id_type, label_type, split_type FROM ll_raw""")
 
     def _drop_stage(self) -> None:
         self.con.execute("DROP VIEW IF EXISTS ll_stage")
@@ -251,7 +300,11 @@ class _Importer:
                    {self._label_sql()} AS labels,
                    {self._field_sql(self.split_col)} AS split_raw,
                    {self._split_sql()} AS split,
-                   {self._meta_sql()} AS metadata
+                   {self._meta_sql()} AS metadata,
+                   {self._json_type_sql(self.text_col)} AS text_type,
+                   {self._json_type_sql(self.id_col)} AS id_type,
+                   {self._json_type_sql(self.label_col)} AS label_type,
+                   {self._json_type_sql(self.split_col)} AS split_type
             FROM {reader}"""
 
     # -- diagnosing unreadable text files ------------------------------------
@@ -263,7 +316,7 @@ class _Importer:
         fd, clean = tempfile.mkstemp(suffix=".jsonl" if self.fmt == "jsonl" else ".csv", prefix="labelloop-clean-")
         os.close(fd)
         self._tmpfiles.append(clean)
-        with _open_text(self.path) as f, open(clean, "w", encoding="utf-8", newline="") as out:
+        with _reading(self.path), _open_text(self.path) as f, open(clean, "w", encoding="utf-8", newline="") as out:
             if self.fmt == "jsonl":
                 row = 0
                 for line in f:
@@ -276,6 +329,10 @@ class _Importer:
                     except json.JSONDecodeError as exc:
                         problems.append(RowProblem(row, None, f"not valid JSON ({exc.msg} at character {exc.pos + 1})"))
                         self._raw_rejects.append(_printable(line))
+                        continue
+                    except RecursionError:
+                        problems.append(RowProblem(row, None, "JSON nested too deeply to read"))
+                        self._raw_rejects.append(_printable(line[:1000]))
                         continue
                     if not isinstance(obj, dict):
                         problems.append(RowProblem(row, None, "a JSON line must be an object"))
@@ -331,6 +388,18 @@ class _Importer:
         # A CSV reader gives NULL for an empty cell; in JSONL and Parquet NULL means the field is absent.
         null_reason = "'text is empty or only whitespace'" if self.fmt in ("csv", "tsv") else "'text is missing'"
         self._check("SELECT _row FROM ll_stage WHERE text IS NULL", t, null_reason)
+        if self.fmt == "jsonl":
+            self._check("SELECT _row, text_type FROM ll_stage WHERE text_type NOT IN ('VARCHAR', 'NULL')", t,
+                        "'text must be a JSON string, got ' || text_type")
+            self._check("SELECT _row, id_type FROM ll_stage WHERE id_type NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'NULL')",
+                        i, "'id must be a JSON string or whole number, got ' || id_type")
+            if lab:
+                self._check("""SELECT _row, label_type FROM ll_stage
+                               WHERE label_type NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'ARRAY', 'NULL')""",
+                            lab, "'label must be a JSON string or a list of strings, got ' || label_type")
+            if sp:
+                self._check("SELECT _row, split_type FROM ll_stage WHERE split_type NOT IN ('VARCHAR', 'NULL')", sp,
+                            "'split must be a JSON string, got ' || split_type")
         self._check(r"SELECT _row FROM ll_stage WHERE text IS NOT NULL AND NOT regexp_matches(text, '[^\s\p{Z}]')",
                     t, "'text is empty or only whitespace'")
         self._check(f"SELECT _row, length(text) AS n FROM ll_stage WHERE length(text) > {max_chars}", t,
@@ -373,13 +442,13 @@ class _Importer:
         store = self.project.store
         self.import_id = store.scalar("SELECT coalesce(max(import_id), 0) + 1 FROM imports")
         self.now = utcnow()
-        self.src_name = str(self.path.resolve())
+        self.src_name = self.source_name or str(self.path.resolve())
         try:
             report = self._careful_path()
         finally:
             try:
                 self._drop_stage()
-                for name in ("ll_rejected", "ll_valid"):
+                for name in ("ll_rejected", "ll_valid", "ll_dup", "ll_kept"):
                     store.con.execute(f"DROP TABLE IF EXISTS {name}")
             except duckdb.Error:
                 pass
@@ -410,9 +479,49 @@ class _Importer:
                 valid = "ll_valid"
             else:
                 valid = "ll_stage"
-            return self._finish(con, valid, rows_read=rows_read)
+            duplicates = self._duplicates(con, valid)
+            deduped = 0
+            if self.dedupe and duplicates["drop"]:
+                con.execute(f"""CREATE OR REPLACE TEMP TABLE ll_kept AS
+                    SELECT * FROM {valid} v ANTI JOIN (SELECT _row FROM ll_dup WHERE drop_row) d USING (_row)""")
+                deduped, valid = duplicates["drop"], "ll_kept"
+            report = self._finish(con, valid, rows_read=rows_read - deduped, deduped=deduped)
+            report.duplicates = {k: v for k, v in duplicates.items() if k != "drop"}
+            report.deduped = deduped
+            report.rows_read += deduped
+            return report
 
-    def _finish(self, con, valid: str, *, rows_read: int) -> ImportReport:
+    def _duplicates(self, con, valid: str) -> dict[str, int]:
+        """Exact duplicate texts (64-bit hash of the text): rows repeating an earlier row of this file,
+        rows repeating an item already in the project, and pool rows whose text is a test or gold item's
+        (in the file or the project: leakage). ``drop`` counts what --dedupe removes: every copy after
+        the first (a test or gold copy is kept over a pool copy), and rows already in the project."""
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE ll_dup AS
+            WITH v AS (SELECT _row, split, hash(text) AS h FROM {valid}),
+            rep AS (SELECT h FROM v GROUP BY h HAVING count(*) > 1),
+            ranked AS (
+                -- only texts that repeat in the file are ranked: test/gold copies first, then file order
+                SELECT _row, row_number() OVER (PARTITION BY h ORDER BY split = 'pool', _row) AS k,
+                       bool_or(split <> 'pool') OVER (PARTITION BY h) AS file_eval
+                FROM v SEMI JOIN rep USING (h)),
+            proj AS (
+                SELECT hash(text) AS h, bool_or(split = 'pool') AS in_pool, bool_or(split <> 'pool') AS in_eval
+                FROM items WHERE import_id <> {int(self.import_id)} GROUP BY 1)
+            SELECT v._row, v.split,
+                   coalesce(r.k > 1, false) AS repeat_in_file,
+                   p.h IS NOT NULL AS in_project,
+                   v.split = 'pool' AND (coalesce(p.in_eval, false) OR coalesce(r.file_eval, false)) AS pool_leak,
+                   v.split <> 'pool' AND coalesce(p.in_pool, false) AS eval_leak,
+                   coalesce(r.k > 1, false) OR p.h IS NOT NULL AS drop_row
+            FROM v LEFT JOIN ranked r USING (_row) LEFT JOIN proj p USING (h)""")
+        in_file, in_project, pool_leak, eval_leak, drop = con.execute("""
+            SELECT count(*) FILTER (WHERE repeat_in_file), count(*) FILTER (WHERE in_project),
+                   count(*) FILTER (WHERE pool_leak), count(*) FILTER (WHERE eval_leak), count(*) FILTER (WHERE drop_row)
+            FROM ll_dup""").fetchone()
+        return {"in_file": int(in_file), "in_project": int(in_project), "pool_vs_eval": int(pool_leak + eval_leak),
+                "drop": int(drop)}
+
+    def _finish(self, con, valid: str, *, rows_read: int, deduped: int = 0) -> ImportReport:
         base_ord = con.execute("SELECT coalesce(max(ord), 0) FROM items").fetchone()[0]
         # ord and event ids come from the row number: unique and increasing (gaps where rows were
         # rejected are harmless); no sort is needed and the physical order of the inserts does not
@@ -422,12 +531,15 @@ class _Importer:
             self._insert_rows(con, valid, base_ord)
         finally:
             con.execute("RESET preserve_insertion_order")
-        imported, labelled = con.execute(f"SELECT count(*), count(labels) FROM {valid}").fetchone()
+        imported, labelled = con.execute(f"""SELECT count(*), count(labels) FILTER (WHERE split <> 'pool' OR
+                                                {str(self.prelabel_pool).lower()}) FROM {valid}""").fetchone()
         splits = dict(con.execute(f"SELECT split, count(*) FROM {valid} GROUP BY 1 ORDER BY 1").fetchall())
         rejected = rows_read - imported
-        con.execute("INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [self.import_id, self.src_name, self.fmt, rows_read, imported, rejected, labelled, self.now, self.actor])
-        rejects_file = self._write_rejects() if rejected else None
+        con.execute("""INSERT INTO imports (import_id, source_file, format, rows_read, rows_imported, rows_rejected,
+                                            labelled, imported_at, actor, rows_deduped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    [self.import_id, self.src_name, self.fmt, rows_read + deduped, imported, rejected, labelled,
+                     self.now, self.actor, deduped])
+        rejects_file = self._write_rejects() if rejected and self.problem_total else None
         fault_point("import-before-commit")
         return ImportReport(str(self.path), self.fmt, rows_read, imported, rejected, labelled, splits, rejects_file)
 
@@ -440,31 +552,63 @@ class _Importer:
         con.execute(f"""
             INSERT INTO items (id, ord, text, metadata, split, source_labels, source_file, source_row, import_id,
                                imported_at, import_event)
-            SELECT id, ? + _row, text, metadata, split, labels, ?, _row, ?, ?,
-                   CASE WHEN split = 'pool' AND labels IS NOT NULL THEN ? + _row END
+            SELECT id, ? + _row, text, metadata, split, {"labels" if self.prelabel_pool else "CASE WHEN split <> 'pool' THEN labels END"},
+                   ?, _row, ?, ?,
+                   CASE WHEN split = 'pool' AND labels IS NOT NULL AND {str(self.prelabel_pool).lower()} THEN ? + _row END
             FROM {valid}""", [base_ord, self.src_name, self.import_id, self.now, first_event])
 
     def _write_rejects(self) -> str:
-        out = self.path.with_name(self.path.name + ".rejected.csv")
-        tmp = out.with_name(out.name + ".tmp")
+        """The rejected rows with their reasons, as CSV (written safely: a fresh temporary file, renamed).
+        Ids, texts and reasons are data: their control characters are made visible, so printing the
+        file in a terminal cannot run escape sequences. Failing to write it imports nothing."""
+        out = self.rejects_path or self.path.with_name(self.path.name + ".rejected.csv")
         rows = self.con.execute("""
             SELECT r._row, r.col, r.reason, s.id, s.text FROM ll_rejected r LEFT JOIN ll_stage s USING (_row)
             ORDER BY r._row, r.col""").fetchall()
         raw = {row: text for row, _c, _r, text in self.structural_rejects}
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["row", "column", "reason", "id", "text"])
-            for row, col, reason, id_, text in rows:
-                w.writerow([row, col or "", reason, id_ or "", text if text is not None else raw.get(row, "")])
-        os.replace(tmp, out)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["row", "column", "reason", "id", "text"])
+        for row, col, reason, id_, text in rows:
+            w.writerow([row, clean(col or ""), clean(reason), clean(id_ or ""),
+                        clean(text if text is not None else raw.get(row, ""))])
+        try:
+            atomic_write_text(out, buf.getvalue())
+        except OSError as exc:
+            raise InputFileError(f"{out}: cannot write the rejected rows there ({exc.strerror or exc}); nothing was "
+                                 "imported. Pass --rejects PATH to write them to a folder you can write.") from None
         return str(out)
 
 
 def _open_text(path: Path):
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is dropped, not read as part of the first column
     if path.suffix.lower() == ".gz":
         import gzip
-        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape", newline="")
-    return open(path, "r", encoding="utf-8", errors="surrogateescape", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return open(path, "r", encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+class _reading:
+    """Turn the ways a compressed or unreadable file fails while read into one InputFileError."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        import gzip
+        import zlib
+        if exc is None or isinstance(exc, (InputFileError, ValidationError)):
+            return False
+        if isinstance(exc, gzip.BadGzipFile):
+            raise InputFileError(f"{self.path}: not gzip data, although the name ends in .gz ({exc}); nothing was imported.") from None
+        if isinstance(exc, (EOFError, zlib.error)):
+            raise InputFileError(f"{self.path}: the gzip data is damaged or truncated ({exc}); nothing was imported.") from None
+        if isinstance(exc, OSError):
+            raise InputFileError(f"{self.path} cannot be read ({exc.strerror or exc}); nothing was imported.") from None
+        return False
 
 
 def _has_surrogates(s: str) -> bool:
@@ -482,8 +626,14 @@ def _first_line(exc: Exception) -> str:
 def import_file(project: Project, path: Path | str, *, text_col: str = "text", id_col: str | None = None,
                 label_col: str | None = None, split_col: str | None = None, meta_cols: list[str] | None = None,
                 skip_invalid: bool = False, fmt: str | None = None, actor: str | None = None,
-                label_sep: str = "|") -> ImportReport:
-    """Import one file into the project. Raises ValidationError (nothing imported) on bad rows."""
+                label_sep: str = "|", dedupe: bool = False, rejects_path: Path | str | None = None,
+                prelabel_pool: bool = True, source_name: str | None = None) -> ImportReport:
+    """Import one file into the project. Raises ValidationError (nothing imported) on bad rows.
+
+    ``dedupe``: drop exact duplicate texts (see ``_Importer._duplicates``). ``prelabel_pool=False``:
+    labels of pool rows are ignored (only test and gold rows keep theirs). ``source_name``: what
+    ``source_file`` records (default: the file's absolute path)."""
     return _Importer(project, Path(path), text_col=text_col, id_col=id_col, label_col=label_col,
                      split_col=split_col, meta_cols=meta_cols, skip_invalid=skip_invalid, fmt=fmt,
-                     actor=actor, label_sep=label_sep).run()
+                     actor=actor, label_sep=label_sep, dedupe=dedupe, rejects_path=rejects_path,
+                     prelabel_pool=prelabel_pool, source_name=source_name).run()

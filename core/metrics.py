@@ -36,6 +36,7 @@ def metrics_snapshot(project: Project) -> dict:
         GROUP BY actor ORDER BY decisions DESC""")
     corrections = dict(s.rows("""SELECT error_category, count(*) FROM effective_events
                                  WHERE error_category IS NOT NULL GROUP BY 1 ORDER BY 2 DESC"""))
+    arms = arm_counts(project)
     batch = s.dicts("SELECT batch_id, strategy, size, n_audit, signals FROM batches ORDER BY batch_id DESC LIMIT 1")
     signals = json.loads(batch[0]["signals"]) if batch and batch[0]["signals"] else {}
     counts = {c: 0 for c in project.config.labels}
@@ -61,9 +62,27 @@ def metrics_snapshot(project: Project) -> dict:
     for a in anchoring.values():
         a["agree_with_model"] = a.pop("agree") / a["n"]
     return {"curve": curve, "latest": latest, "distribution": distribution, "throughput": throughput,
-            "corrections": corrections, "signals": signals, "warnings": warnings_for(report),
+            "corrections": corrections, "arms": arms, "signals": signals, "warnings": warnings_for(report),
             "anchoring": anchoring,
             "stop_rule": f"kappa >= {STOP_KAPPA} on the stop set for {STOP_ROUNDS} rounds"}
+
+
+def arm_counts(project: Project) -> dict:
+    """Human decisions (labels, skips, flags not undone) by the arm that queued the item: the AL
+    strategy, the random-audit control arm, or the cold start; and the audit arm's share."""
+    row = project.store.rows("""
+        SELECT count(*) FILTER (WHERE audit),
+               count(*) FILTER (WHERE NOT coalesce(audit, false) AND strategy LIKE 'cold start%'),
+               count(*) FILTER (WHERE NOT coalesce(audit, false) AND coalesce(strategy, '') NOT LIKE 'cold start%'),
+               count(*),
+               count(*) FILTER (WHERE kind = 'label' AND audit),
+               count(*) FILTER (WHERE kind = 'label' AND NOT coalesce(audit, false)
+                                AND coalesce(strategy, '') NOT LIKE 'cold start%')
+        FROM effective_events
+        WHERE kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'""")[0]
+    audit, cold, al, total, audit_labels, al_labels = (int(x or 0) for x in row)
+    return {"al": al, "audit": audit, "cold_start": cold, "total": total,
+            "audit_share": audit / total if total else 0.0, "al_labels": al_labels, "audit_labels": audit_labels}
 
 
 def arm_comparison(project: Project, checkpoints: int = 5, seed: int = 0) -> dict:

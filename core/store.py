@@ -345,6 +345,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 ]
 MIGRATIONS.append(
     (3, "one definition of undecided; skipped and flagged items in the final export", [
+        "ALTER TABLE imports ADD COLUMN rows_deduped BIGINT DEFAULT 0",  # rows dropped by import --dedupe
         # An item is decided (it leaves every queue) once it has an effective label, skip or flag. This
         # is the only definition: the workstation's queue, `labelloop next`, `status` and the loop's
         # candidate pool all read it.

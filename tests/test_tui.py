@@ -153,16 +153,21 @@ async def test_retrain_while_labelling(proj, monkeypatch):
         assert app.retraining
         await pilot.press("1", "2")                   # labelling goes on during the retrain
         assert app.retraining and len(events(proj)) == 2
+        on_screen = app.ws.current()
         release.set()
         await _settle(pilot, app)
         assert not app.retraining
         assert app.last_report is not None and app.last_report.model_version == 2
+        # the item being read stays until it is decided; the one after it comes from the new batch
+        assert app.ws.current() is on_screen and on_screen.model_version == 1
+        await pilot.press("1")
         after = app.ws.current()
         assert after.model_version == 2 and after.batch_id == app.last_report.batch_id
         await pilot.press("1")
     app.ws.close()
     ev = events(proj)
-    assert len(ev) == 3 and ev[2]["model_version"] == 2
+    assert len(ev) == 4 and ev[2]["item_id"] == on_screen.item_id and ev[2]["model_version"] == 1
+    assert ev[3]["model_version"] == 2
     with Project.open(proj) as p:
         assert p.store.scalar("SELECT n_train FROM models WHERE version = 2") >= 40
 
@@ -291,11 +296,16 @@ def test_workspace_api_for_scripts(tmp_path):
     back = ws.undo()
     assert back.item_id == nxt[2].item_id == ws.current().item_id   # the undone item comes back first
     ws.label(back, [TRUTH[back.item_id]])
+    shown = ws.current()
     r = ws.retrain(seed=3)
     assert r.model_version == 2 and r.n_train == 43
+    assert ws.current() is shown and shown.model_version == 1   # the current item stays until decided
+    ws.label(shown, [TRUTH[shown.item_id]])
     assert ws.current().model_version == 2
     m = ws.metrics()
     assert [c["n_train"] for c in m["curve"]] == [40, 43] and m["distribution"]
+    a = m["arms"]  # the seed batch: 36 cold-start picks and 4 random-audit items; then 4 decisions
+    assert (a["cold_start"], a["total"], a["al"] + a["audit"]) == (36, 44, 8) and a["audit"] >= 4
     ws.close()
 
 

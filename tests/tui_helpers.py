@@ -39,7 +39,8 @@ def build_project(path: Path, *, n_pool: int = 400, n_test: int = 150, trained: 
             from core.loop import queued_items
             for it in queued_items(p):
                 p.store.append_event(it["item_id"], "label", "seed-annotator", via="key",
-                                     labels=[TRUTH[it["item_id"]]], batch_id=it["batch_id"], strategy=it["strategy"])
+                                     labels=[TRUTH[it["item_id"]]], batch_id=it["batch_id"], strategy=it["strategy"],
+                                     audit=it["audit"])
             train_and_queue(p, seed=1)
     return d
 

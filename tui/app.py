@@ -20,10 +20,12 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Header, ProgressBar, Static
 from textual.worker import get_current_worker
 
-from core.errors import LabelloopError
-from core.workspace import QueueItem, Workspace
-from tui.safe_text import safe_line, safe_text
-from tui.screens import CorrectionScreen, HelpScreen, MetricsScreen, NoteScreen
+from core.errors import LabelloopError, StoreError
+from core.workspace import QueueItem, Workspace, as_store_error
+from tui.safe_text import clean, safe_line, safe_text
+from tui.screens import CorrectionScreen, FatalScreen, HelpScreen, MetricsScreen, NoteScreen
+
+EXIT_STORE_FAILED = 3
 
 BAR_WIDTH = 20
 
@@ -41,9 +43,9 @@ class RetrainDone(Message):
 
 
 class RetrainFailed(Message):
-    def __init__(self, error: str) -> None:
+    def __init__(self, error: str, store_failure: StoreError | None = None) -> None:
         super().__init__()
-        self.error = error
+        self.error, self.store_failure = error, store_failure
 
 
 class _Cancelled(Exception):
@@ -79,7 +81,14 @@ class LabelApp(App):
         self.shown_at = time.perf_counter()
         self.latencies_ms: list[float] = []   # key handler -> next item rendered (read by bench/)
         self.last_report = None
-        self.sub_title = f"{cfg.name} · {self.ws.actor}"
+        self.store_failed: StoreError | None = None
+        self.sub_title = f"{safe_line(cfg.name, 40)} · {safe_line(self.ws.actor, 24)}"
+
+    def toast(self, message: str, **kw) -> None:
+        """A notification whose text is shown as text: ids, labels and errors from data are never
+        parsed as markup (an id like reddit[/r/python]1 used to crash the app) and their control
+        characters are made visible."""
+        self.notify(safe_line(message, None), markup=False, **kw)
 
     @staticmethod
     def _key_name(key: str) -> str:
@@ -206,7 +215,8 @@ class LabelApp(App):
         parts.append(f"{p.per_hour:.0f}/h" if p.per_hour else "–/h")
         if self.last_report is not None and self.last_report.metrics.get("accuracy") is not None:
             m = self.last_report.metrics
-            parts.append(f"model v{self.last_report.model_version}: acc {m['accuracy']:.3f}, ECE {m['ece']:.3f}")
+            base = f" (majority {m['majority_baseline']:.3f})" if m.get("majority_baseline") is not None else ""
+            parts.append(f"model v{self.last_report.model_version}: acc {m['accuracy']:.3f}{base}, ECE {m['ece']:.3f}")
         if self.retraining:
             parts.append("retraining…")
         self.query_one("#progress", Static).update(Text(" · ".join(parts)))
@@ -215,10 +225,34 @@ class LabelApp(App):
     DECISION_ACTIONS = {"accept", "reject", "skip", "flag", "undo", "retrain", "metrics", "help"}
 
     def check_action(self, action: str, parameters) -> bool | None:
-        # Decisions and panes act on the labelling screen only (not under the metrics or help screens).
-        if action in self.DECISION_ACTIONS and self.screen is not self.screen_stack[0]:
+        # Decisions and panes act on the labelling screen only (not under the metrics or help screens),
+        # and not at all once the store has failed.
+        if action in self.DECISION_ACTIONS and (self.screen is not self.screen_stack[0] or self.store_failed):
             return False
         return True
+
+    def _decide(self, call, *args, **kwargs) -> bool:
+        """Run one Workspace decision. A store failure (disk full, I/O error) ends the session: one
+        sentence, nothing already saved is lost, no more keys reach the store, non-zero exit."""
+        try:
+            call(*args, **kwargs)
+            return True
+        except StoreError as exc:
+            self.fail_store(exc)
+        except LabelloopError as exc:
+            self.toast(str(exc), severity="warning", timeout=3)
+        return False
+
+    def fail_store(self, exc: StoreError) -> None:
+        if self.store_failed is not None:
+            return
+        self.store_failed = exc
+        self.workers.cancel_group(self, "retrain")
+        while len(self.screen_stack) > 1:
+            self.pop_screen()
+        self.push_screen(FatalScreen("The project store failed", str(exc) +
+                                     " The workstation will close; press any key (exit code 3)."),
+                         lambda _r: self.exit(return_code=EXIT_STORE_FAILED))
 
     def _duration(self) -> float:
         return (time.perf_counter() - self.shown_at) * 1000
@@ -232,7 +266,7 @@ class LabelApp(App):
             self.start_retrain("the queue is empty")
 
     def on_key(self, event) -> None:
-        if self.screen is not self.screen_stack[0]:
+        if self.screen is not self.screen_stack[0] or self.store_failed:
             return
         label = self.key_to_label.get(event.key)
         if label is None:
@@ -250,30 +284,43 @@ class LabelApp(App):
                 self.toggled.append(label)
             self.query_one("#labelbar", Static).update(self._labelbar())
             return
-        self.ws.label(item, [label], duration_ms=self._duration())
-        self._decided(started)
+        self._label(item, [label], started)
+
+    def _label(self, item: QueueItem, labels: list[str], started: float) -> None:
+        """A label key (or confirmed toggles). Differing from the suggestion on screen is a correction:
+        with [labels] ask_reason the reason picker opens with the label already chosen; otherwise it is
+        stored with reason 'unspecified'."""
+        differs = bool(item.suggestion) and not item.suggestion_hidden and sorted(labels) != item.suggested_labels
+        duration = self._duration()
+        if differs and self.ws.config.ask_reason:
+            def done(result) -> None:
+                if result is None:
+                    return
+                chosen, reason, note = result
+                t = time.perf_counter()
+                if self._decide(self.ws.label, item, chosen, reason=reason, note=note, duration_ms=duration):
+                    self._decided(t)
+            self.push_screen(CorrectionScreen(self.ws.config, item.suggestion, preset=labels), done)
+            return
+        if self._decide(self.ws.label, item, labels, duration_ms=duration):
+            self._decided(started)
 
     def action_accept(self) -> None:
         item = self.ws.current()
         if item is None:
             return
         started = time.perf_counter()
-        try:
-            if self.ws.config.multi_label and self.toggled:
-                self.ws.label(item, list(self.toggled), duration_ms=self._duration())
-            else:
-                self.ws.accept(item, duration_ms=self._duration())
-        except LabelloopError as exc:
-            self.notify(str(exc), severity="warning", timeout=3)
-            return
-        self._decided(started)
+        if self.ws.config.multi_label and self.toggled:
+            self._label(item, list(self.toggled), started)
+        elif self._decide(self.ws.accept, item, duration_ms=self._duration()):
+            self._decided(started)
 
     def action_reject(self) -> None:
         item = self.ws.current()
         if item is None:
             return
         if not item.suggestion or item.suggestion_hidden:
-            self.notify("No suggestion to reject: press the right label's key.", severity="warning", timeout=3)
+            self.toast("No suggestion to reject: press the right label's key.", severity="warning", timeout=3)
             return
         duration = self._duration()
 
@@ -282,8 +329,8 @@ class LabelApp(App):
                 return
             labels, reason, note = result
             started = time.perf_counter()
-            self.ws.reject(item, labels, reason, note, duration_ms=duration)
-            self._decided(started)
+            if self._decide(self.ws.reject, item, labels, reason, note, duration_ms=duration):
+                self._decided(started)
         self.push_screen(CorrectionScreen(self.ws.config, item.suggestion), done)
 
     def _decide_with_note(self, decide, title: str, prompt: str) -> None:
@@ -297,8 +344,8 @@ class LabelApp(App):
             if note is None:
                 return
             started = time.perf_counter()
-            decide(item, note, duration_ms=duration)
-            self._decided(started)
+            if self._decide(decide, item, note, duration_ms=duration):
+                self._decided(started)
         self.push_screen(NoteScreen(title, prompt), done)
 
     def action_skip(self) -> None:
@@ -309,11 +356,14 @@ class LabelApp(App):
                                "Note for the reviewer (optional). Enter flags, Escape cancels.")
 
     def action_undo(self) -> None:
-        item = self.ws.undo()
-        if item is None:
-            self.notify("Nothing to undo.", timeout=2)
+        result: list = []
+        if not self._decide(lambda: result.append(self.ws.undo())):
             return
-        self.notify(f"Undone: {safe_line(item.item_id, 30)} is back.", timeout=2)
+        item = result[0]
+        if item is None:
+            self.toast("Nothing to undo.", timeout=2)
+            return
+        self.toast(f"Undone: {safe_line(item.item_id, 30)} is back.", timeout=2)
         self.show_item()
 
     def action_help(self) -> None:
@@ -324,7 +374,7 @@ class LabelApp(App):
 
     def action_retrain(self) -> None:
         if self.retraining:
-            self.notify("A retrain is already running.", timeout=2)
+            self.toast("A retrain is already running.", timeout=2)
             return
         self.start_retrain("asked for")
 
@@ -335,7 +385,7 @@ class LabelApp(App):
         bar = self.query_one("#retrain-bar", ProgressBar)
         bar.display = True
         bar.update(progress=0.0)
-        self.notify(f"Retraining ({why}); keep labelling.", timeout=2)
+        self.toast(f"Retraining ({why}); keep labelling.", timeout=2)
         self.update_progress()
         self.retrain_worker()
 
@@ -353,11 +403,10 @@ class LabelApp(App):
             queue = self.ws.load_queue(project.store)
         except _Cancelled:
             return
-        except LabelloopError as exc:
-            self.post_message(RetrainFailed(str(exc)))
-            return
-        except Exception as exc:  # shown, not raised: labelling must go on
-            self.post_message(RetrainFailed(f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # shown, not raised: labelling goes on, unless the store itself failed
+            store_failure = as_store_error(exc)
+            text = str(exc) if isinstance(exc, LabelloopError) else f"{type(exc).__name__}: {exc}"
+            self.post_message(RetrainFailed(text, store_failure))
             return
         self.post_message(RetrainDone(report, queue))
 
@@ -368,29 +417,41 @@ class LabelApp(App):
     @on(RetrainDone)
     def _on_retrain_done(self, msg: RetrainDone) -> None:
         self.retraining = False
+        if self.store_failed:
+            return
         self.last_report = msg.report
         self.query_one("#retrain-bar", ProgressBar).display = False
         before = self.ws.current()
-        self.ws.set_queue(msg.queue)
+        changed = self.ws.set_queue(msg.queue)
         r = msg.report
         if r.model_version and r.metrics.get("accuracy") is not None:
-            self.notify(f"Model v{r.model_version}: test accuracy {r.metrics['accuracy']:.3f}, "
-                        f"ECE {r.metrics['ece']:.3f}; new batch of {r.batch_size}.", timeout=4)
+            m = r.metrics
+            base = f" (majority baseline {m['majority_baseline']:.3f})" if m.get("majority_baseline") is not None else ""
+            self.toast(f"Model v{r.model_version}: test accuracy {m['accuracy']:.3f}{base}, "
+                       f"ECE {m['ece']:.3f}; new batch of {r.batch_size}.", timeout=4)
         else:
-            self.notify(f"New batch of {r.batch_size} ({r.strategy}).", timeout=3)
+            self.toast(f"New batch of {r.batch_size} ({r.strategy}).", timeout=3)
+        if before is not None and changed:
+            # the item on screen stays until it is decided; what comes after it changed
+            self.toast(f"The queue after this item changed ({changed} new item(s)); the item on screen stays.",
+                       timeout=3)
         for w in r.warnings[:2]:
-            self.notify(w, severity="warning", timeout=6)
+            self.toast(w, severity="warning", timeout=6)
         after = self.ws.current()
         if before is None or after is None or before.item_id != after.item_id:
             self.show_item()
         else:
+            self.query_one("#labelbar", Static).update(self._labelbar())
             self.update_progress()
 
     @on(RetrainFailed)
     def _on_retrain_failed(self, msg: RetrainFailed) -> None:
         self.retraining = False
+        if msg.store_failure is not None:
+            self.fail_store(msg.store_failure)
+            return
         self.query_one("#retrain-bar", ProgressBar).display = False
-        self.notify(f"Retrain failed: {msg.error}", severity="error", timeout=8)
+        self.toast(f"Retrain failed: {msg.error}", severity="error", timeout=8)
         self.update_progress()
 
     def on_unmount(self) -> None:
@@ -402,5 +463,12 @@ def run_app(project_dir: Path) -> int:
     try:
         app.run()
     finally:
-        app.ws.close()
-    return 0
+        try:
+            app.ws.close()
+        except Exception:  # a failed store may fail to close too; its committed rows are on disk
+            pass
+    if app.store_failed is not None:
+        import sys
+        print(f"labelloop: {safe_line(str(app.store_failed), None)}", file=sys.stderr)
+        return EXIT_STORE_FAILED
+    return app.return_code or 0

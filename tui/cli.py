@@ -9,7 +9,26 @@ import sys
 import traceback
 from pathlib import Path
 
+from core.textsafe import safe_json, safe_line
+
 EXIT_BAD_INPUT = 2
+
+
+def say(text: str = "", *, file=None) -> None:
+    """Print text that may hold ids, labels, split names or texts from data files: every control
+    character is made visible (core/textsafe.py), so nothing reaches the terminal as a sequence."""
+    from core.textsafe import clean
+    print(clean(text), file=file or sys.stdout)
+
+
+def positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def _project(path: str, read_only: bool = False):
@@ -21,8 +40,8 @@ def cmd_init(args) -> int:
     from core.project import init_project, parse_labels
     labels = parse_labels(args.labels)
     path = init_project(args.dir, labels, multi_label=args.multi_label, name=args.name)
-    print(f"Created project {path} with labels {', '.join(labels)}.")
-    print(f"Next: labelloop import {path} FILE --text-col text   (then: labelloop label {path})")
+    say(f"Created project {path} with labels {', '.join(labels)}.")
+    say(f"Next: labelloop import {path} FILE --text-col text   (then: labelloop label {path})")
     return 0
 
 
@@ -32,11 +51,13 @@ def cmd_import(args) -> int:
     with _project(args.dir) as project:
         r = import_file(project, args.file, text_col=args.text_col, id_col=args.id_col, label_col=args.label_col,
                         split_col=args.split_col, meta_cols=meta, skip_invalid=args.skip_invalid,
-                        label_sep=args.label_sep)
+                        label_sep=args.label_sep, dedupe=args.dedupe, rejects_path=args.rejects)
     splits = ", ".join(f"{k} {v:,}" for k, v in r.splits.items()) or "none"
-    print(f"Imported {r.rows_imported:,} of {r.rows_read:,} rows from {r.source} ({splits}; {r.labelled:,} with labels) in {r.seconds:.2f} s.")
+    say(f"Imported {r.rows_imported:,} of {r.rows_read:,} rows from {r.source} ({splits}; {r.labelled:,} with labels) in {r.seconds:.2f} s.")
     if r.rows_rejected:
-        print(f"Rejected {r.rows_rejected:,} rows; reasons in {r.rejects_file}.")
+        say(f"Rejected {r.rows_rejected:,} rows; reasons in {r.rejects_file}.")
+    for line in r.duplicate_lines():
+        say(line)
     return 0
 
 
@@ -44,7 +65,7 @@ def cmd_export(args) -> int:
     from core.exporter import export_parquet
     with _project(args.dir) as project:
         r = export_parquet(project, args.out, what=args.what)
-    print(f"Wrote {r.rows:,} rows ({r.what}) to {r.path} in {r.seconds:.2f} s.")
+    say(f"Wrote {r.rows:,} rows ({r.what}) to {r.path} in {r.seconds:.2f} s.")
     return 0
 
 
@@ -52,7 +73,7 @@ def cmd_status(args) -> int:
     from core.status import format_status, project_status
     with _project(args.dir) as project:
         st = project_status(project)
-    print(json.dumps(st, indent=2, default=str) if args.json else format_status(st))
+    print(safe_json(st, indent=2, default=str)) if args.json else say(format_status(st))
     return 0
 
 
@@ -61,27 +82,31 @@ def cmd_train(args) -> int:
     with _project(args.dir) as project:
         r = train_and_queue(project, strategy=args.strategy, batch_size=args.batch, seed=args.seed)
     if args.json:
-        print(json.dumps({"model_version": r.model_version, "batch_id": r.batch_id, "batch_size": r.batch_size,
-                          "strategy": r.strategy, "n_train": r.n_train, "metrics": r.metrics, "adequacy": r.adequacy,
-                          "signals": r.signals, "warnings": r.warnings, "seconds": r.seconds}, indent=2, default=str))
+        print(safe_json({"model_version": r.model_version, "batch_id": r.batch_id, "batch_size": r.batch_size,
+                         "strategy": r.strategy, "n_train": r.n_train, "metrics": r.metrics, "adequacy": r.adequacy,
+                         "signals": r.signals, "warnings": r.warnings, "notes": r.notes, "seconds": r.seconds},
+                        indent=2, default=str))
         return 0
     if r.metrics:
         m = r.metrics
-        print(f"Model v{r.model_version}: trained on {r.n_train:,} labels in {r.seconds.get('train', 0):.2f} s.")
+        say(f"Model v{r.model_version}: trained on {r.n_train:,} labels in {r.seconds.get('train', 0):.2f} s.")
         if m.get("n_test"):
-            print(f"  test (n={m['n_test']:,}): accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, "
+            base = f" (majority-class baseline {m['majority_baseline']:.3f})" if m.get("majority_baseline") is not None else ""
+            say(f"  test (n={m['n_test']:,}): accuracy {m['accuracy']:.3f}{base}, macro-F1 {m['macro_f1']:.3f}, "
                   f"ECE {m['ece']:.3f} (uncalibrated {m['ece_uncalibrated']:.3f}), Brier {m['brier']:.3f}, NLL {m['nll']:.3f}")
             for c, pc in m["per_class"].items():
-                print(f"    {c:<20} precision {pc['precision']:.3f}  recall {pc['recall']:.3f}  (n={pc['support']})")
+                say(f"    {c:<20} precision {pc['precision']:.3f}  recall {pc['recall']:.3f}  (n={pc['support']})")
     else:
-        print(f"No model yet ({r.n_train} labels, need two classes): queued a cold-start batch.")
+        say(f"No model yet ({r.n_train} labels, need two classes): queued a cold-start batch.")
     ad = r.adequacy
-    print("Seed adequacy: " + ", ".join(f"{c} {n}" for c, n in ad["per_class"].items()) +
+    say("Seed adequacy: " + ", ".join(f"{c} {n}" for c, n in ad["per_class"].items()) +
           f" (minimum {ad['minimum']} per class)")
-    print(f"Queued batch {r.batch_id}: {r.batch_size} items by {r.strategy} "
+    say(f"Queued batch {r.batch_id}: {r.batch_size} items by {r.strategy} "
           f"in {r.seconds.get('score_select', 0):.2f} s.")
+    for note in r.notes:
+        say(f"note: {note}")
     for w in r.warnings:
-        print(f"warning: {w}")
+        say(f"warning: {w}")
     return 0
 
 
@@ -90,10 +115,10 @@ def cmd_next(args) -> int:
     with _project(args.dir) as project:
         items = queued_items(project, args.n)
     if args.json:
-        print(json.dumps(items, indent=2, default=str, ensure_ascii=False))
+        print(safe_json(items, indent=2, default=str))
         return 0
     if not items:
-        print("The queue is empty; run labelloop train to fill it.")
+        say("The queue is empty; run labelloop train to fill it.")
     for it in items:
         why = "random audit" if it["audit"] else it["strategy"]
         if it["rank"] is not None and not it["audit"]:
@@ -103,9 +128,7 @@ def cmd_next(args) -> int:
         probs = json.loads(it["probs"]) if it["probs"] else {}
         top = max(probs, key=probs.get) if probs else None
         sugg = f"  suggestion {top} ({probs[top]:.2f})" if top else ""
-        text = " ".join(it["text"].split())
-        text = "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
-        print(f"{it['item_id']:<14} [{why}]{sugg}\n    {text[:150]}")
+        say(f"{safe_line(it['item_id'], 40):<14} [{why}]{sugg}\n    {safe_line(it['text'], 150)}")
     return 0
 
 
@@ -124,11 +147,11 @@ def cmd_simulate(args) -> int:
     if sys.stderr.isatty():
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr)
     write_outputs(report, Path(args.curves) if args.curves else None, Path(args.chart) if args.chart else None)
-    print(format_report(report, cfg))
+    say(format_report(report, cfg))
     if args.curves:
-        print(f"Curves: {args.curves}")
+        say(f"Curves: {args.curves}")
     if args.chart:
-        print(f"Chart: {args.chart}")
+        say(f"Chart: {args.chart}")
     return 0
 
 
@@ -137,10 +160,10 @@ def cmd_model(args) -> int:
     with _project(args.dir) as project:
         if args.action == "export":
             out, v = export_model(project, args.file, args.version)
-            print(f"Exported model v{v} with its featurizer to {out}.")
+            say(f"Exported model v{v} with its featurizer to {out}.")
         else:
-            v = import_model(project, args.file)
-            print(f"Imported {args.file} as model v{v}; it ranks the queue until this project trains its own "
+            v = import_model(project, args.file, trust=args.trust)
+            say(f"Imported {args.file} as model v{v}; it ranks the queue until this project trains its own "
                   "(run labelloop train).")
     return 0
 
@@ -148,7 +171,7 @@ def cmd_model(args) -> int:
 def cmd_demo(args) -> int:
     from core.demo import build_demo
     path, created = build_demo(args.dir)
-    print(("Built" if created else "Opening existing") + f" demo project {path}.", file=sys.stderr)
+    say(("Built" if created else "Opening existing") + f" demo project {path}.", file=sys.stderr)
     if args.no_open:
         return 0
     return _open_app(path, args)
@@ -188,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--meta-cols", help="comma-separated metadata columns (default: every other column)")
     s.add_argument("--label-sep", default="|", help="separator of several labels in one cell (multi-label)")
     s.add_argument("--skip-invalid", action="store_true", help="import the valid rows, write rejected ones beside the input")
+    s.add_argument("--rejects", help="with --skip-invalid: where to write the rejected rows (default: FILE.rejected.csv)")
+    s.add_argument("--dedupe", action="store_true",
+                   help="drop rows whose exact text is already in the file or the project (the first copy stays; "
+                        "a pool row that repeats a test or gold text is dropped)")
     s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("export", help="export final labels with provenance (or the event log) to Parquet")
@@ -204,14 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="retrain, calibrate, rescore the pool and refill the queue")
     s.add_argument("dir")
     s.add_argument("--strategy", help="override [strategy] name for this batch")
-    s.add_argument("--batch", type=int, help="override [strategy] batch_size")
+    s.add_argument("--batch", type=positive_int, help="override [strategy] batch_size")
     s.add_argument("--seed", type=int, help="random seed (a fixed seed reproduces the batch)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("next", help="show the next queued items and why each was chosen")
     s.add_argument("dir")
-    s.add_argument("--n", type=int, default=20)
+    s.add_argument("--n", type=positive_int, default=20)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_next)
 
@@ -221,10 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-col", default="label")
     s.add_argument("--split-col", help="column whose 'test' rows form the test split (default: --test-frac)")
     s.add_argument("--strategies", default="margin,entropy,random")
-    s.add_argument("--seed-size", type=int, default=50)
-    s.add_argument("--batch", type=int, default=50)
-    s.add_argument("--budget", type=int, default=500)
-    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--seed-size", type=positive_int, default=50)
+    s.add_argument("--batch", type=positive_int, default=50)
+    s.add_argument("--budget", type=positive_int, default=500)
+    s.add_argument("--repeats", type=positive_int, default=3)
     s.add_argument("--test-frac", type=float, default=0.2)
     s.add_argument("--seed-query", help="regex: seed half the first batch with matching items")
     s.add_argument("--target", type=float, default=0.95, help="target as a share of the full-pool accuracy")
@@ -241,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["export", "import"])
     s.add_argument("dir")
     s.add_argument("file")
-    s.add_argument("--version", type=int, help="model version to export (default: latest trained)")
+    s.add_argument("--version", type=positive_int, help="model version to export (default: latest trained)")
+    s.add_argument("--trust", action="store_true",
+                   help="import a pickle model file from an older labelloop: only for a file you made or trust, "
+                        "since loading a pickle can run any code")
     s.set_defaults(func=cmd_model)
 
     s = sub.add_parser("demo", help="build the sample SMS spam project and open it")
@@ -264,16 +294,28 @@ def main(argv: list[str] | None = None) -> int:
     except LabelloopError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"labelloop: {exc}", file=sys.stderr)
+        say(f"labelloop: {safe_line(exc, None)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # the reader went away (status | head -1): stop quietly, as cat and grep do
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return 141
     except KeyboardInterrupt:
         print("labelloop: interrupted.", file=sys.stderr)
         return 130
     except Exception as exc:  # an unexpected fault: one sentence unless --debug
         if args.debug or os.environ.get("LABELLOOP_DEBUG"):
             traceback.print_exc()
-        print(f"labelloop: unexpected error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              "(run with --debug for the traceback).", file=sys.stderr)
+        from core.workspace import as_store_error
+        if as_store_error(exc) is not None:  # a full disk or an I/O error under the store
+            say(f"labelloop: {safe_line(as_store_error(exc), None)}", file=sys.stderr)
+            return 3
+        say(f"labelloop: unexpected error: {type(exc).__name__}: {safe_line(str(exc).splitlines()[0] if str(exc) else '', 300)} "
+            "(run with --debug for the traceback).", file=sys.stderr)
         return 1
 
 

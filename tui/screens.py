@@ -13,7 +13,7 @@ from textual.widgets import Footer, Input, Markdown, Static
 from textual_plotext import PlotextPlot
 
 from core.config import ProjectConfig
-from tui.safe_text import safe_line
+from tui.safe_text import clean, safe_line
 
 
 class _KeyTarget(Static, can_focus=True):
@@ -27,12 +27,15 @@ class CorrectionScreen(ModalScreen):
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("n", "note", "Add a note")]
     AUTO_FOCUS = "#correction-body"  # label and reason keys go to the body, not the hidden note input
 
-    def __init__(self, config: ProjectConfig, suggestion: str):
+    def __init__(self, config: ProjectConfig, suggestion: str, preset: list[str] | None = None):
         super().__init__()
         self.config = config
         self.suggestion = suggestion
         others = [l for l in config.labels if l != suggestion]
         self.label: str | None = others[0] if len(others) == 1 and not config.multi_label else None
+        self.labels: list[str] | None = list(preset) if preset else None  # chosen with a label key already
+        if self.labels:
+            self.label = "|".join(self.labels)
         self.reason: str | None = None
         self.note_text: str | None = None
 
@@ -55,7 +58,7 @@ class CorrectionScreen(ModalScreen):
             for lab, key in self.config.label_keys.items():
                 if lab == self.suggestion and not self.config.multi_label:
                     continue
-                t.append(f"  {key} ", style="reverse")
+                t.append(f"  {safe_line(key, 12)} ", style="reverse")
                 t.append(f" {safe_line(lab, 30)}\n")
         else:
             t.append("Right label: ", style="dim")
@@ -63,7 +66,7 @@ class CorrectionScreen(ModalScreen):
             t.append("2. Why was the suggestion wrong?\n", style="bold")
             for i, reason in enumerate(self.config.taxonomy, 1):
                 t.append(f"  {i} ", style="reverse")
-                t.append(f" {reason}\n")
+                t.append(f" {safe_line(reason, 60)}\n")
             if self.note_text:
                 t.append(f"\nNote: {safe_line(self.note_text, 60)}\n", style="italic")
             t.append("\n n ", style="reverse")
@@ -87,7 +90,7 @@ class CorrectionScreen(ModalScreen):
         if key.isdigit() and 1 <= int(key) <= len(self.config.taxonomy):
             event.stop()
             self.reason = self.config.taxonomy[int(key) - 1]
-            self.dismiss(([self.label], self.reason, self.note_text))
+            self.dismiss((self.labels or [self.label], self.reason, self.note_text))
 
     def action_note(self) -> None:
         if self.label is None:
@@ -147,7 +150,9 @@ class HelpScreen(ModalScreen):
         with Vertical(id="help-dialog"):
             yield Static(self._keys(), id="help-keys", markup=False)
             with VerticalScroll(id="help-guidelines"):
-                yield Markdown(self.guidelines)
+                # the guidelines file is data: control characters (OSC 52, CSI ...) are made visible
+                # before Markdown sees the text, so nothing in it reaches the terminal as a sequence
+                yield Markdown(clean(self.guidelines))
 
     def _keys(self) -> Table:
         k = self.config.action_keys
@@ -156,17 +161,38 @@ class HelpScreen(ModalScreen):
         table.add_column(style="bold reverse")
         table.add_column()
         for lab, key in self.config.label_keys.items():
-            table.add_row(f" {key} ", Text(f"label {safe_line(lab, 30)}" + (" (toggle; Enter confirms)" if self.config.multi_label else "")))
+            table.add_row(Text(f" {safe_line(key, 12)} "),
+                          Text(f"label {safe_line(lab, 30)}" + (" (toggle; Enter confirms)" if self.config.multi_label else "")))
         rows = [("accept", "accept the model's suggestion"), ("reject", "reject it: right label + reason (+ n for a note)"),
                 ("skip", "skip (optional reason)"), ("flag", "flag for a reviewer"),
                 ("undo", "undo the last decision (again and again); Backspace too"),
                 ("retrain", "retrain now (labelling goes on)"), ("metrics", "metrics: curves, calibration, recall"),
                 ("help", "this help; F1 too"), ("quit", "quit (every decision is already saved)")]
         for action, what in rows:
-            table.add_row(f" {show(k[action])} ", what)
+            table.add_row(Text(f" {safe_line(show(k[action]), 12)} "), Text(what))
         return table
 
     def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class FatalScreen(ModalScreen):
+    """An error worth reading before the workstation closes (e.g. the store failed): any key closes."""
+
+    def __init__(self, title: str, message: str):
+        super().__init__()
+        self.title_text, self.message = title, message
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield _KeyTarget(Text(self.title_text, style="bold red"), id="fatal-title", markup=False)
+            yield Static(Text(safe_line(self.message, None)), id="fatal-message", markup=False)
+
+    def on_mount(self) -> None:
+        self.query_one("#fatal-title").focus()
+
+    def on_key(self, event) -> None:
+        event.stop()
         self.dismiss(None)
 
 
@@ -260,7 +286,9 @@ class MetricsScreen(Screen):
         if latest:
             t.append(f"Model v{latest['version']}", style="bold")
             if latest.get("n_test"):
-                t.append(f"  acc {latest['accuracy']:.3f}  macro-F1 {latest['macro_f1']:.3f}\n"
+                base = latest.get("majority_baseline")
+                t.append(f"  acc {latest['accuracy']:.3f}" + (f" (majority {base:.3f})" if base is not None else "") +
+                         f"  macro-F1 {latest['macro_f1']:.3f}\n"
                          f"ECE {latest['ece']:.3f} (raw {latest.get('ece_uncalibrated') or 0:.3f})  "
                          f"Brier {latest.get('brier') or 0:.3f}  NLL {latest.get('nll') or 0:.3f}\n")
         else:
@@ -277,9 +305,14 @@ class MetricsScreen(Screen):
         t.append("Throughput: ", style="bold")
         t.append(", ".join(f"{safe_line(a['actor'], 12)} {a['decisions']} ({a['last_hour']} last hour)"
                            for a in snap["throughput"]) or "none")
+        counts = snap.get("arms") or {}
+        if counts:
+            t.append("\nDecisions by arm: ", style="bold")
+            t.append(f"AL {counts['al']}, random audit {counts['audit']}, cold start {counts['cold_start']}"
+                     f" (audit {counts['audit_share']:.0%} of {counts['total']})")
         if snap["corrections"]:
             t.append("\nCorrections: ", style="bold")
-            t.append(", ".join(f"{k} {v}" for k, v in snap["corrections"].items()))
+            t.append(", ".join(f"{safe_line(k, 24)} {v}" for k, v in snap["corrections"].items()))
         if snap.get("anchoring"):
             t.append("\nAgree with model: ", style="bold")
             t.append(", ".join(f"{k} {v['agree_with_model']:.0%} (n={v['n']})" for k, v in snap["anchoring"].items()))
