@@ -1,18 +1,59 @@
-"""``labelloop demo``: a ready-to-label project built from the bundled SMS spam sample."""
+"""``labelloop demo``: a ready-to-label project built from the bundled SMS spam sample.
+
+The sample's pool rows are imported without their labels (they are what the annotator
+labels) and its test rows with theirs, as the held-out reference, in one import whose
+``source_file`` is the sample itself. Pool messages that repeat a test message word
+for word are dropped (``--dedupe``), so nothing leaks into the test split. The first
+batch is keyword-seeded with a word-boundary pattern; the loop corrects the class
+prior that keyword seeding skews (core/loop.py ``prior_correction``).
+"""
 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
-
-import duckdb
 
 from core.config import CONFIG_NAME
 from core.importer import import_file
 from core.project import Project, init_project
+from core.safeio import atomic_write_text
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "sms_spam.csv"
+SEED_QUERY = r"\b(free|prize|win|winner|claim|txt|call now|urgent)\b"
+
+GUIDELINES = """# Annotation guidelines: SMS spam demo
+
+Labels: **ham** (1), **spam** (2). One label per message.
+
+## spam
+Unsolicited messages sent in bulk to sell, lure or defraud, whoever the sender is.
+- Prize and lottery claims: "You have WON a £1000 prize! Call 09061..." is spam.
+- Premium-rate numbers and short codes to call or text ("txt WIN to 8007"), paid
+  subscriptions, ringtone and chat-line offers.
+- Marketing from companies you may have dealt with, when it asks you to reply, call
+  or click ("Your mobile is due for an upgrade, call free").
+- Phishing: "your account is locked", "claim your refund", with a link or number.
+
+## ham
+Messages written by a person to this person, whatever they are about.
+- Chat, plans, jokes, news between friends, family and colleagues: "I'll be there at 7".
+- Personal messages that mention money, winning or free things are still ham:
+  "I won the match!" or "dinner is free tonight, come over".
+- Service messages the person asked for (a delivery time, a bank code they requested)
+  are ham.
+
+## Hard cases
+- Forwarded chain letters ("send this to 10 friends"): spam.
+- A friend advertising their own small business to you personally: ham, unless it is
+  clearly sent to many people (a template, a short code, "reply STOP").
+- Too short to tell ("ok", "call me"): ham; it is a person's message.
+- When the model's suggestion is wrong, press the right label; press x first only if
+  you want to say why (the reason helps the team fix these guidelines).
+
+## When to skip or flag
+- **Skip** (s): the text is garbled or not in a language you read.
+- **Flag** (f): you think the guideline above gets this case wrong; write why.
+"""
 
 
 def sample_path() -> Path:
@@ -30,25 +71,18 @@ def build_demo(project_dir: Path | str, *, sample: Path | None = None) -> tuple[
     sample = sample or sample_path()
     existed = project_dir.exists()
     init_project(project_dir, ["ham", "spam"], name="sms-spam-demo")
-    cfg = project_dir / CONFIG_NAME
-    text = cfg.read_text(encoding="utf-8")
-    # Keyword seeding suits spam: the first batch mixes matches of this pattern with random items.
-    text = text.replace('cold_start = "random"', 'cold_start = "keyword"')
-    text = text.replace('seed_query = ""', 'seed_query = "free|prize|win|claim|txt|call now|urgent"')
-    text = text.replace("seed_size = 50", "seed_size = 40")
-    cfg.write_text(text, encoding="utf-8")
-    tmp = Path(tempfile.mkdtemp(prefix="labelloop-demo-"))
     try:
-        con = duckdb.connect()
-        src = str(sample).replace("'", "''")
-        reader = f"read_csv('{src}', header=true, all_varchar=true, delim=',', quote='\"', escape='\"')"
-        con.execute(f"COPY (SELECT id, text FROM {reader} WHERE split = 'pool') TO '{tmp / 'pool.parquet'}' (FORMAT parquet)")
-        con.execute(f"COPY (SELECT id, text, label, split FROM {reader} WHERE split = 'test') TO '{tmp / 'test.parquet'}' (FORMAT parquet)")
-        con.close()
+        cfg = project_dir / CONFIG_NAME
+        text = cfg.read_text(encoding="utf-8")
+        # Keyword seeding suits spam: the first batch mixes matches of this pattern with random items.
+        text = text.replace('cold_start = "random"', 'cold_start = "keyword"')
+        text = text.replace('seed_query = ""', "seed_query = '" + SEED_QUERY + "'")
+        text = text.replace("seed_size = 50", "seed_size = 40")
+        atomic_write_text(cfg, text)
+        atomic_write_text(project_dir / "guidelines.md", GUIDELINES)
         with Project.open(project_dir) as project:
-            import_file(project, tmp / "pool.parquet", id_col="id", actor="import:sms_spam.csv")
-            import_file(project, tmp / "test.parquet", id_col="id", label_col="label", split_col="split",
-                        actor="import:sms_spam.csv")
+            import_file(project, sample, id_col="id", label_col="label", split_col="split", prelabel_pool=False,
+                        dedupe=True, source_name=str(sample), actor=f"import:{sample.name}")
             # Fill the queue now (the keyword-seeded cold-start batch), so the workstation opens on an item.
             from core.loop import train_and_queue
             train_and_queue(project, seed=0)
@@ -56,6 +90,4 @@ def build_demo(project_dir: Path | str, *, sample: Path | None = None) -> tuple[
         if not existed:  # never delete a folder the user had before
             shutil.rmtree(project_dir, ignore_errors=True)
         raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return project_dir, True

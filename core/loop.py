@@ -116,7 +116,7 @@ def _origin(strategy: str | None, audit: bool | None) -> str:
     return "other"
 
 
-def prior_correction(y: list[str], origins: list[str], min_random: int = 10) -> np.ndarray | None:
+def prior_correction(y: list[str], origins: list[str], min_random: int = 5) -> np.ndarray | None:
     """Sample weights that undo the class bias of keyword seeding.
 
     A keyword-seeded batch is half matches (mostly one class) and half random draws; trained as is,
@@ -393,6 +393,10 @@ def _cold_start_batch(project: Project, feats: FeatureSet, state: PoolState, k: 
         matched_rows = feats.rows_for_ords(matched_ords) if matched_ords else np.zeros(0, dtype=np.int64)
         pos = np.flatnonzero(np.isin(rows[eligible], matched_rows))
         picked, flags = coldstart.keyword_seed(pos, len(eligible), want, rng)
+        # matches and random draws interleaved: whatever prefix is labelled before the first retrain
+        # holds both (matches first made the first model learn the matches' class shares)
+        order = rng.permutation(len(picked))
+        picked, flags = picked[order], flags[order]
     elif method == "typicality":
         picked = coldstart.typicality_seed(feats.X[rows[eligible]], want, rng)
     else:  # random; and stratified or model when no model exists yet to stratify or rank with

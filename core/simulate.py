@@ -144,6 +144,12 @@ def run_simulation(path: Path, text_col: str, label_col: str, cfg: SimConfig, *,
     rng = np.random.default_rng(cfg.seed)
     y_all = np.array(labels, dtype=object)
     pool, test = _split(y_all, splits, cfg.test_frac, rng)
+    # A pool text that is also a test text leaks: labelling it is labelling the test item, and the
+    # full-pool accuracy (the target) would be inflated. Such pool rows are removed and counted.
+    test_texts = {texts[i] for i in test}
+    leaked = np.array([texts[i] in test_texts for i in pool], dtype=bool)
+    n_leaked = int(leaked.sum())
+    pool = pool[~leaked]
     classes = sorted(set(labels))
     n_pool = len(pool)
     if n_pool < cfg.seed_size:
@@ -180,6 +186,9 @@ def run_simulation(path: Path, text_col: str, label_col: str, cfg: SimConfig, *,
                 progress(done / total, f"{strategy} repeat {r + 1}")
     curves = pl.DataFrame(records)
     summary, best, saving, conditions, verdict, notes = _summarise(curves, cfg, target, n_pool)
+    if n_leaked:
+        notes.insert(0, f"removed {n_leaked:,} pool rows whose exact text is also in the test split (leakage) "
+                        "before measuring.")
     return SimReport(curves, summary, full_acc, target, verdict, conditions, best, saving, n_pool, len(test),
                      classes, time.perf_counter() - started, notes)
 

@@ -35,10 +35,12 @@ def project_status(project: Project) -> dict[str, Any]:
     pool_unlabelled = s.scalar("""
         SELECT count(*) FROM items i WHERE split = 'pool'
           AND NOT EXISTS (SELECT 1 FROM status_final f WHERE f.item_id = i.id)""")
-    queue = s.scalar("""
-        SELECT count(*) FROM queue q
-        WHERE q.batch_id = (SELECT max(batch_id) FROM batches)
-          AND NOT EXISTS (SELECT 1 FROM effective_events e WHERE e.item_id = q.item_id AND e.kind IN ('label', 'skip'))""")
+    queue = s.scalar("SELECT count(*) FROM open_queue")   # the store's one definition of undecided
+    queue_audit = s.scalar("SELECT count(*) FROM open_queue WHERE audit")
+    corrections = dict(s.rows("""SELECT error_category, count(*) FROM effective_events
+                                 WHERE kind = 'label' AND via = 'correction' GROUP BY 1 ORDER BY 2 DESC, 1"""))
+    from core.metrics import arm_counts
+    arms = arm_counts(project)
     model = s.dicts("""SELECT version, created_at, n_train, calibration, temperature, metrics, origin
                        FROM models ORDER BY version DESC LIMIT 1""")
     latest = None
@@ -58,6 +60,10 @@ def project_status(project: Project) -> dict[str, Any]:
         "gold_labels": [{"split": sp, "label": lab, "count": n} for sp, lab, n in gold],
         "annotators": annotators,
         "queue": queue,
+        "queue_audit": queue_audit,
+        "arms": arms,
+        "audit_share_target": project.config.audit_share,
+        "corrections": corrections,
         "events": s.scalar("SELECT count(*) FROM events"),
         "latest_model": latest,
     }
@@ -68,7 +74,7 @@ def format_status(st: dict[str, Any]) -> str:
     it = st["items"]
     lines.append(f"Items        {it['total']:>10,}   pool {it['pool']:,}  test {it['test']:,}  gold {it['gold']:,}")
     lines.append(f"Unlabelled   {st['pool_unlabelled']:>10,}   (pool items with no final label)")
-    lines.append(f"Queue        {st['queue']:>10,}   items waiting in the current batch")
+    lines.append(f"Queue        {st['queue']:>10,}   items waiting in the current batch ({st['queue_audit']:,} random audit)")
     lines.append(f"Events       {st['events']:>10,}")
     lines.append("")
     lines.append("Final labels")
@@ -83,6 +89,16 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append("Reference labels (test/gold)")
         for g in st["gold_labels"]:
             lines.append(f"  {g['split']:<5} {g['label']:<20} {g['count']:>8,}")
+    a = st["arms"]
+    lines.append("")
+    lines.append("Arms         human decisions by why the item was queued")
+    lines.append(f"  AL strategy   {a['al']:>8,}   ({a['al_labels']:,} labels)")
+    lines.append(f"  random audit  {a['audit']:>8,}   ({a['audit_labels']:,} labels; {a['audit_share']:.1%} of decisions, "
+                 f"target {st['audit_share_target']:.0%})")
+    lines.append(f"  cold start    {a['cold_start']:>8,}")
+    if st["corrections"]:
+        total = sum(st["corrections"].values())
+        lines.append(f"Corrections  {total:>10,}   " + ", ".join(f"{k} {v:,}" for k, v in st["corrections"].items()))
     lines.append("")
     lines.append("Annotators")
     if st["annotators"]:
@@ -98,7 +114,8 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(f"Model v{m['version']}  trained on {m['n_train']:,} labels, {m['calibration']} calibration, {m['created_at']}")
         tm = m["test_metrics"] or {}
         if tm:
-            parts = [f"{k} {tm[k]:.3f}" for k in ("accuracy", "macro_f1", "ece", "brier", "nll") if isinstance(tm.get(k), (int, float))]
+            parts = [f"{k} {tm[k]:.3f}" for k in ("accuracy", "majority_baseline", "macro_f1", "ece", "brier", "nll")
+                     if isinstance(tm.get(k), (int, float))]
             lines.append("  test: " + ", ".join(parts) + (f" (n={tm['n_test']:,})" if tm.get("n_test") else ""))
     else:
         lines.append("Model        none trained yet (labelloop train DIR)")
