@@ -207,7 +207,9 @@ def parse_config(data: dict, path: Path) -> ProjectConfig:
         raise _fail(path, "[labels] names", "has a duplicate label")
     for name in names:
         if not LABEL_NAME_RE.match(name):
-            raise _fail(path, "[labels] names", f"has '{name}': a label may not contain ',' or '|' or start with a space")
+            raise _fail(path, "[labels] names", f"has {name!r}: a label may not contain ',' or '|' or start with a space")
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+            raise _fail(path, "[labels] names", f"has {name!r}: a label may not contain control characters")
     keys = labels_table.get("keys")
     if keys is None:
         keys = default_label_keys(names)
@@ -275,7 +277,16 @@ def load_config(project_dir: Path) -> ProjectConfig:
 
 
 def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string: backslash, quote and every control character escaped."""
+    out = []
+    for ch in s:
+        if ch == "\\" or ch == '"':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _toml_list(items: list[str]) -> str:

@@ -141,6 +141,8 @@ class _Importer:
     def _prepare(self) -> None:
         """Check the file's columns before any row is read."""
         src = str(self.path)
+        if self.path.suffix.lower() == ".gz":
+            self._verify_gzip()
         if self.fmt in ("csv", "tsv"):
             header = self._header_columns()
             self._check_columns(header)
@@ -162,6 +164,14 @@ class _Importer:
         else:
             cols = None
         self.all_columns = cols
+
+    def _verify_gzip(self) -> None:
+        """Read the whole .gz once: DuckDB's reader accepts a wrong CRC or length, which mean the data is
+        damaged; Python's gzip checks both at the end of each member."""
+        import gzip
+        with _reading(self.path), gzip.open(self.path, "rb") as f:
+            while f.read(1 << 22):
+                pass
 
     def _stage(self) -> None:
         src = str(self.path)

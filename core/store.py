@@ -416,7 +416,11 @@ class Store:
             raise ProjectError(f"cannot open {db}: {exc}") from None
         store = cls(con, db)
         if not read_only:
-            store.migrate()
+            try:
+                store.migrate()
+            except BaseException:
+                con.close()
+                raise
         return store
 
     @classmethod

@@ -307,6 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("labelloop: interrupted.", file=sys.stderr)
         return 130
+    except OSError as exc:
+        from core.workspace import as_store_error
+        if args.debug:
+            traceback.print_exc()
+        if as_store_error(exc) is not None:  # a full disk or an I/O error under the store
+            say(f"labelloop: {safe_line(as_store_error(exc), None)}", file=sys.stderr)
+            return 3
+        # a path the user named cannot be read or written (permissions, a folder where a file should be)
+        where = f" {exc.filename}" if exc.filename else ""
+        say(f"labelloop: cannot use{where}: {exc.strerror or exc}.", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as exc:  # an unexpected fault: one sentence unless --debug
         if args.debug or os.environ.get("LABELLOOP_DEBUG"):
             traceback.print_exc()
