@@ -13,7 +13,9 @@ SAMPLE = ROOT / "sample_data" / "sms_spam.csv"
 def test_simulate_sample_margin_beats_random(tmp_path):
     cfg = SimConfig(strategies=["margin", "random"], seed_size=20, batch=20, budget=200, repeats=2)
     r = run_simulation(SAMPLE, "text", "label", cfg, split_col="split")
-    assert r.test_size == 1110 and r.pool_size == 4464
+    # 174 pool rows repeat a test message word for word: removed before measuring, and said so
+    assert r.test_size == 1110 and r.pool_size == 4464 - 174
+    assert any("removed 174 pool rows" in n for n in r.notes)
     assert set(r.curves["strategy"].unique()) == {"margin", "random"}
     assert r.curves.filter(pl.col("strategy") == "margin")["n_labels"].max() == 200
     assert {"accuracy", "macro_f1", "ece", "recall_ham", "recall_spam", "compute_seconds"} <= set(r.curves.columns)

@@ -243,6 +243,24 @@ def test_planted_symlinks_at_old_temporary_names_are_not_followed(tmp_path):
     assert not [p for p in tmp_path.rglob("*.tmp*") if not p.is_symlink()]
 
 
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    import errno
+    from core.safeio import atomic_path, atomic_write
+    target = tmp_path / "model_v1.npz"
+    target.write_bytes(b"old")
+
+    def disk_full(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError):
+        atomic_write(target, disk_full)
+    with pytest.raises(OSError):
+        with atomic_path(target) as p:
+            p.write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["model_v1.npz"]
+
+
 def test_one_helper_writes_every_file():
     """No module renames files by hand: every os.replace lives in core/safeio.py."""
     offenders = []
@@ -624,4 +642,6 @@ def test_majority_baseline_is_printed_beside_accuracy(tmp_path):
     d = trained(tmp_path)
     r = run_cli("train", str(d), "--seed", "4")
     assert "majority-class baseline" in r.stdout
-    assert "majority_baseline" in run_cli("status", str(d)).stdout
+    status = run_cli("status", str(d)).stdout
+    assert "majority_baseline" in status
+    assert "random audit" in status and "AL strategy" in status and "target 10%" in status

@@ -93,6 +93,8 @@ async def test_the_item_on_screen_does_not_change_when_a_retrain_lands(tmp_path)
         assert app.last_report is not None and app.last_report.model_version == 2
         assert app.ws.current() is shown
         assert str(app.query_one("#item-text").render()) == text_before
+        progress = str(app.query_one("#progress").render())
+        assert "majority" in progress and "acc" in progress  # accuracy beside the majority-class baseline
         await pilot.press("1")   # the key decides the item that was read
         nxt = app.ws.current()
     app.ws.close()
@@ -146,18 +148,19 @@ def hostile_project(tmp_path: Path, labels=("x[/]", "spam")) -> Path:
     d = init_project(tmp_path / "proj", list(labels), name="[bold]name[/bold]\x1b]0;T\x07")
     cfg = d / CONFIG_NAME
     text = cfg.read_text().replace("retrain_every = 25", "retrain_every = 0").replace("seed_size = 50", "seed_size = 6")
+    # keyword seeding on the hostile texts puts every hostile id in the first batch
+    text = text.replace('cold_start = "random"', 'cold_start = "keyword"').replace('seed_query = ""', 'seed_query = "hostile"')
     text = text.replace('reasons = ["wrong class"', 'reasons = ["[red]bad[/red]\\u001b]52;c;SGVsbG8=\\u0007", "wrong class"')
     cfg.write_text(text)
     (d / "guidelines.md").write_text("# Rules\n\x1b]52;c;SGVsbG8=\x07 clipboard\n\x1b]0;PWNED\x07 title\n"
                                      "\x1b[2J clear\n[@click=app.quit]click me[/]\n", encoding="utf-8")
     ids = ["reddit[/r/python]1", "[@click=app.quit]q[/]", "plain\x1b[31mred", "a\u202eb"]
     rows = [[i, f"hostile id item {n} \x1b]0;PWNED\x07 [bold]x[/bold]"] for n, i in enumerate(ids)]
-    rows += [[f"n{i}", f"normal text {i}"] for i in range(20)]
+    rows += [[f"n{i}", f"normal text {i}"] for i in range(60)]
     write_csv(tmp_path / "pool.csv", ["id", "text"], rows)
     with Project.open(d) as p:
         import_file(p, tmp_path / "pool.csv", id_col="id")
         p.store.con.execute("SELECT 1")
-    # queue the hostile items first
     with Project.open(d) as p:
         train_and_queue(p, seed=0, batch_size=24)
     return d
@@ -166,6 +169,13 @@ def hostile_project(tmp_path: Path, labels=("x[/]", "spam")) -> Path:
 async def test_hostile_ids_and_labels_never_crash_or_act(tmp_path):
     d = hostile_project(tmp_path)
     app = LabelApp(d, actor="alice")
+    toasts: list[tuple[str, bool]] = []
+    real_notify = app.notify
+
+    def recording_notify(message, **kw):
+        toasts.append((message, kw.get("markup", True)))
+        return real_notify(message, **kw)
+    app.notify = recording_notify
     async with app.run_test(size=(120, 40)) as pilot:
         seen = set()
         for _ in range(24):
@@ -176,7 +186,7 @@ async def test_hostile_ids_and_labels_never_crash_or_act(tmp_path):
             await pilot.pause()
             assert app.is_running
             await pilot.press("2")
-        assert {"reddit[/r/python]1", "[@click=app.quit]q[/]"} <= seen
+        assert {"reddit[/r/python]1", "[@click=app.quit]q[/]", "plain\x1b[31mred", "a\u202eb"} <= seen
         await pilot.press("question_mark")  # guidelines with escapes and markup
         await pilot.pause()
         await pilot.press("escape")
@@ -186,6 +196,11 @@ async def test_hostile_ids_and_labels_never_crash_or_act(tmp_path):
         await pilot.pause(0.5)
         assert app.is_running
     app.ws.close()
+    # every toast is plain text: the ids and the label 'x[/]' appear literally, never as markup or links
+    assert toasts and all(markup is False for _m, markup in toasts)
+    assert any("[@click=app.quit]q[/]" in m for m, _ in toasts) and any("reddit[/r/python]1" in m for m, _ in toasts)
+    assert any("x[/]" in m for m, _ in toasts)          # the seed-adequacy warning names the label
+    assert all("\x1b" not in m for m, _ in toasts) and any("\u241b" in m for m, _ in toasts)
     ev = stored(d, "kind = 'label'")
     assert len([e for e in ev]) == 48 and {e["item_id"] for e in ev} >= {"reddit[/r/python]1", "[@click=app.quit]q[/]"}
     with Project.open(d) as p:  # the stored text is unchanged
