@@ -11,6 +11,7 @@ import numpy as np
 from core.loop import STOP_KAPPA, STOP_ROUNDS, features_for, pool_state, warnings_for, TrainReport
 from core.model import evaluate, fit_model
 from core.project import Project
+from core.status import arm_counts  # noqa: F401  (re-exported: the metrics pane shows it too)
 
 
 def metrics_snapshot(project: Project) -> dict:
@@ -65,24 +66,6 @@ def metrics_snapshot(project: Project) -> dict:
             "corrections": corrections, "arms": arms, "signals": signals, "warnings": warnings_for(report),
             "anchoring": anchoring,
             "stop_rule": f"kappa >= {STOP_KAPPA} on the stop set for {STOP_ROUNDS} rounds"}
-
-
-def arm_counts(project: Project) -> dict:
-    """Human decisions (labels, skips, flags not undone) by the arm that queued the item: the AL
-    strategy, the random-audit control arm, or the cold start; and the audit arm's share."""
-    row = project.store.rows("""
-        SELECT count(*) FILTER (WHERE audit),
-               count(*) FILTER (WHERE NOT coalesce(audit, false) AND strategy LIKE 'cold start%'),
-               count(*) FILTER (WHERE NOT coalesce(audit, false) AND coalesce(strategy, '') NOT LIKE 'cold start%'),
-               count(*),
-               count(*) FILTER (WHERE kind = 'label' AND audit),
-               count(*) FILTER (WHERE kind = 'label' AND NOT coalesce(audit, false)
-                                AND coalesce(strategy, '') NOT LIKE 'cold start%')
-        FROM effective_events
-        WHERE kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'""")[0]
-    audit, cold, al, total, audit_labels, al_labels = (int(x or 0) for x in row)
-    return {"al": al, "audit": audit, "cold_start": cold, "total": total,
-            "audit_share": audit / total if total else 0.0, "al_labels": al_labels, "audit_labels": audit_labels}
 
 
 def arm_comparison(project: Project, checkpoints: int = 5, seed: int = 0) -> dict:

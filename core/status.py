@@ -8,6 +8,24 @@ from typing import Any
 from core.project import Project
 
 
+def arm_counts(project: Project) -> dict:
+    """Human decisions (labels, skips, flags not undone) by the arm that queued the item: the AL
+    strategy, the random-audit control arm, or the cold start; and the audit arm's share."""
+    row = project.store.rows("""
+        SELECT count(*) FILTER (WHERE audit),
+               count(*) FILTER (WHERE NOT coalesce(audit, false) AND strategy LIKE 'cold start%'),
+               count(*) FILTER (WHERE NOT coalesce(audit, false) AND coalesce(strategy, '') NOT LIKE 'cold start%'),
+               count(*),
+               count(*) FILTER (WHERE kind = 'label' AND audit),
+               count(*) FILTER (WHERE kind = 'label' AND NOT coalesce(audit, false)
+                                AND coalesce(strategy, '') NOT LIKE 'cold start%')
+        FROM effective_events
+        WHERE kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'""")[0]
+    audit, cold, al, total, audit_labels, al_labels = (int(x or 0) for x in row)
+    return {"al": al, "audit": audit, "cold_start": cold, "total": total,
+            "audit_share": audit / total if total else 0.0, "al_labels": al_labels, "audit_labels": audit_labels}
+
+
 def project_status(project: Project) -> dict[str, Any]:
     s = project.store
     # final_labels is a view over the whole event log: compute it once for every count below.
@@ -39,7 +57,6 @@ def project_status(project: Project) -> dict[str, Any]:
     queue_audit = s.scalar("SELECT count(*) FROM open_queue WHERE audit")
     corrections = dict(s.rows("""SELECT error_category, count(*) FROM effective_events
                                  WHERE kind = 'label' AND via = 'correction' GROUP BY 1 ORDER BY 2 DESC, 1"""))
-    from core.metrics import arm_counts
     arms = arm_counts(project)
     model = s.dicts("""SELECT version, created_at, n_train, calibration, temperature, metrics, origin
                        FROM models ORDER BY version DESC LIMIT 1""")
