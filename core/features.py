@@ -184,13 +184,41 @@ def items_fingerprint(store) -> str:
     return f"v{FEATURIZER_VERSION}-{n}-{max_ord}-{last_import}"
 
 
+class FeatureCacheError(Exception):
+    """The feature cache could not be read (stale, damaged or planted); it must be rebuilt."""
+
+
+def load_cached_features(cache_dir: Path, fingerprint: str) -> FeatureSet:
+    """The cached features, only if the cache is exactly ``fingerprint`` (no store needed: a worker
+    process uses this). Anything else raises FeatureCacheError."""
+    cache_dir = Path(cache_dir)
+    try:
+        meta = json.loads((cache_dir / "features.json").read_text(encoding="utf-8"))
+        if meta.get("fingerprint") != fingerprint:
+            raise FeatureCacheError(f"the feature cache in {cache_dir} is not the one expected")
+        return _load_cache(cache_dir, fingerprint)
+    except FeatureCacheError:
+        raise
+    except Exception as exc:
+        raise FeatureCacheError(f"the feature cache in {cache_dir} cannot be read ({type(exc).__name__})") from None
+
+
+def invalidate_feature_cache(cache_dir: Path) -> None:
+    """Make the next load rebuild the cache (its fingerprint file goes; the rest is overwritten)."""
+    try:
+        (Path(cache_dir) / "features.json").unlink()
+    except FileNotFoundError:
+        pass
+
+
 def load_or_build_features(store, cache_dir: Path, *, hashing_above: int = 500_000,
-                           featurizer: TextFeaturizer | None = None) -> FeatureSet:
+                           featurizer: TextFeaturizer | None = None, check_only: bool = False) -> FeatureSet | str:
     """Features for every item, from the cache when no item was added since it was built.
 
     ``featurizer``: an already fitted featurizer to reuse (an imported model's); otherwise one is
     fitted on the pool texts (unsupervised). Nothing in the cache is unpickled: a damaged or
-    foreign cache file is rebuilt, and the FeatureSet's ``note`` says so."""
+    foreign cache file is rebuilt, and the FeatureSet's ``note`` says so. ``check_only``: when the
+    cache is current, return its fingerprint without loading it."""
     cache_dir = Path(cache_dir)
     fp = items_fingerprint(store)
     if featurizer is not None:
@@ -201,6 +229,8 @@ def load_or_build_features(store, cache_dir: Path, *, hashing_above: int = 500_0
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             if meta.get("fingerprint") == fp:
+                if check_only:  # the caller (a worker process) loads it itself: just say which
+                    return fp
                 return _load_cache(cache_dir, fp)
         except Exception as exc:  # truncated, damaged or planted files: rebuild, never trust
             note = f"the feature cache in {cache_dir} was damaged ({type(exc).__name__}) and has been rebuilt"

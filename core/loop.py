@@ -19,7 +19,8 @@ from sklearn.metrics import cohen_kappa_score
 from core import coldstart
 from core.artifacts import ArtifactError
 from core.errors import EmptyPoolError, LabelloopError, ModelError
-from core.features import FeatureSet, load_or_build_features
+from core.faults import fault_point
+from core.features import FeatureSet, load_cached_features, load_or_build_features
 from core.model import CalibratedModel, MultiLabelModel, evaluate, evaluate_multilabel, fit_model, fit_multilabel
 from core.modelfile import read_model_file, save_model_file
 from core.project import Project
@@ -76,9 +77,15 @@ def pool_state(project: Project, feats: FeatureSet) -> PoolState:
     labelled = s.rows("""SELECT i.ord, f.labels, f.strategy, f.audit FROM final_decisions f JOIN items i ON i.id = f.item_id
                          WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")
     test = s.rows("SELECT ord, gold_label FROM items WHERE split = 'test' AND gold_label IS NOT NULL ORDER BY ord")
-    taken = s.rows("SELECT i.ord FROM decided_items d JOIN items i ON i.id = d.item_id")
+    taken = [r[0] for r in s.rows("SELECT i.ord FROM decided_items d JOIN items i ON i.id = d.item_id")]
+    return state_from(feats, labelled, test, taken)
+
+
+def state_from(feats: FeatureSet, labelled: list, test: list, taken_ords: list) -> PoolState:
+    """The pool as the loop sees it: labelled rows (with where each label came from), the test split,
+    and the candidates (undecided pool rows, one per distinct text)."""
     mask = feats.splits == "pool"
-    taken_rows = feats.rows_for_ords([t[0] for t in taken]) if taken else np.zeros(0, dtype=np.int64)
+    taken_rows = feats.rows_for_ords(taken_ords) if len(taken_ords) else np.zeros(0, dtype=np.int64)
     mask[taken_rows] = False
     candidates = np.flatnonzero(mask)
     dropped = 0
@@ -102,7 +109,7 @@ def pool_state(project: Project, feats: FeatureSet) -> PoolState:
         y_lists=[list(r[1]) for r in labelled],
         y_test_lists=[list(r[1]) for r in test],
         candidate_rows=candidates,
-        origins=[_origin(strategy, audit) for _o, _l, strategy, audit in labelled],
+        origins=[_origin(r[2], r[3]) for r in labelled],
         n_duplicates_dropped=dropped,
     )
 
@@ -224,11 +231,59 @@ def stop_set_ords(project: Project) -> np.ndarray:
     return np.array(sorted(r[0] for r in rows), dtype=np.int64)
 
 
+@dataclass
+class RoundInput:
+    """Everything one round of the loop needs from the store, read up front (``plan_round``), so that
+    the computing (``compute_round``) can run where the store is not: in another process."""
+    config: object
+    cache_dir: str
+    fingerprint: str
+    strategy: str
+    batch_size: int | None
+    seed: int
+    retrain: bool
+    labelled: list          # (ord, labels, strategy, audit) in deciding order
+    test: list              # (ord, reference labels)
+    taken_ords: list        # decided pool items
+    open_audit_ords: list   # audit items of the current batch nobody decided yet
+    keyword_ords: list | None
+    stop_ords: np.ndarray
+    prev_stop: dict | None
+    prev_version: int | None
+    prev_kappas: list
+    latest: tuple | None = None     # (version, model) to reuse when not retraining
+    imported: tuple | None = None   # (version, model) of an imported first scorer
+    feats: FeatureSet | None = None  # in-process only: the features plan_round already has
+
+
+@dataclass
+class RoundOutput:
+    report: TrainReport
+    model: object | None = None          # a newly trained model, to be stored by commit_round
+    featurizer: object | None = None
+    selection: Selection | None = None
+    selected_ids: list = field(default_factory=list)
+    selected_probs: np.ndarray | None = None   # (batch, classes) calibrated probabilities, or None
+    pool_size: int = 0                    # candidates the batch was chosen from
+    scorer: object | None = None          # the model whose classes the probabilities follow
+    stop_predictions: list | None = None
+
+
 def train_and_queue(project: Project, *, strategy: str | None = None, batch_size: int | None = None,
                     seed: int | None = None, retrain: bool = True, progress=None) -> TrainReport:
     """Retrain (when there are labels of two classes), then refill the queue with a new batch.
 
-    ``progress(fraction, message)`` is called between steps; raising from it cancels the run."""
+    ``progress(fraction, message)`` is called between steps; raising from it cancels the run.
+    The round is planned from the store, computed, and committed to the store; the workstation runs
+    the same three steps with the computing in a child process (``tui/app.py``)."""
+    inp = plan_round(project, strategy=strategy, batch_size=batch_size, seed=seed, retrain=retrain)
+    out = compute_round(inp, progress=progress)
+    return commit_round(project, inp, out)
+
+
+def plan_round(project: Project, *, strategy: str | None = None, batch_size: int | None = None,
+               seed: int | None = None, retrain: bool = True, keep_features: bool = True) -> RoundInput:
+    """Read what a round needs from the store (and make sure the feature cache is current)."""
     cfg = project.config
     strategy = check_strategy(strategy or cfg.strategy)
     if cfg.multi_label and strategy not in ML_STRATEGIES:
@@ -236,18 +291,102 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
                              f"use one of {', '.join(ML_STRATEGIES)}.")
     if batch_size is not None and batch_size < 1:
         raise LabelloopError(f"--batch must be at least 1, got {batch_size}.")
-    explicit_batch = batch_size
-    rng = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+    s = project.store
+    labelled = s.rows("""SELECT i.ord, f.labels, f.strategy, f.audit FROM final_decisions f JOIN items i ON i.id = f.item_id
+                         WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")
+    labelled = [(o, list(l), st, a) for o, l, st, a in labelled]
+    trainable = _trainable(cfg, [l for _o, l, _s, _a in labelled])
+    latest = imported = None
+    featurizer = None
+    if not (retrain and trainable):
+        if trainable:
+            v = latest_model_version(project)
+            if v is not None:
+                latest = (v, load_model(project, v)["model"])
+        else:
+            row = s.rows("SELECT version FROM models WHERE origin = 'imported' ORDER BY version DESC LIMIT 1")
+            if row:
+                art = load_model(project, row[0][0])
+                imported, featurizer = (row[0][0], art["model"]), art["featurizer"]
+    cache = project.cache_dir if featurizer is None else project.cache_dir / "imported"
+    feats = load_or_build_features(s, cache, hashing_above=cfg.hashing_above, featurizer=featurizer,
+                                   check_only=not keep_features)
+    keyword = None
+    if cfg.cold_start == "keyword" and not labelled:
+        query = coldstart.check_seed_query(cfg.seed_query)
+        keyword = [r[0] for r in s.rows("SELECT ord FROM items WHERE split = 'pool' AND regexp_matches(text, ?, 'i')",
+                                        [query])]
+    prev = s.scalar("SELECT max(version) FROM models WHERE origin = 'trained'")
+    kappas = [json.loads(m).get("stop_kappa") if m else None for (m,) in s.rows(
+        "SELECT metrics FROM models WHERE origin = 'trained' ORDER BY version DESC LIMIT ?", [STOP_ROUNDS])]
+    return RoundInput(
+        config=cfg, cache_dir=str(cache), fingerprint=feats.fingerprint if isinstance(feats, FeatureSet) else feats,
+        strategy=strategy, batch_size=batch_size,
+        seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"), retrain=retrain,
+        labelled=labelled,
+        test=[(o, list(l)) for o, l in s.rows(
+            "SELECT ord, gold_label FROM items WHERE split = 'test' AND gold_label IS NOT NULL ORDER BY ord")],
+        taken_ords=[r[0] for r in s.rows("SELECT i.ord FROM decided_items d JOIN items i ON i.id = d.item_id")],
+        open_audit_ords=[r[0] for r in s.rows(
+            "SELECT i.ord FROM open_queue q JOIN items i ON i.id = q.item_id WHERE q.audit ORDER BY q.position")],
+        keyword_ords=keyword, stop_ords=stop_set_ords(project),
+        prev_stop=_read_stop_set(project, prev) if prev is not None else None, prev_version=prev,
+        prev_kappas=kappas, latest=latest, imported=imported,
+        feats=feats if isinstance(feats, FeatureSet) else None)
+
+
+def _trainable(cfg, y_lists: list[list[str]]) -> bool:
+    if cfg.multi_label:  # one-vs-rest: trainable once some label is present on some items and absent on others
+        return any(0 < sum(c in labs for labs in y_lists) < len(y_lists) for c in cfg.labels)
+    return len({labs[0] for labs in y_lists}) >= 2
+
+
+def worker_quiet() -> None:
+    """Initializer of a worker process started from a terminal program: its stdout and stderr go to
+    /dev/null, so nothing it prints can land on the annotator's screen."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def warm_up() -> bool:
+    """Run in a fresh worker process so its imports (numpy, scikit-learn) are done before a retrain."""
+    return True
+
+
+_FEATURES_MEMO: dict = {}
+
+
+def _round_features(inp: RoundInput) -> FeatureSet:
+    """The round's features: handed over in process, else read from the cache (and kept for the next
+    round in a long-lived worker process)."""
+    if inp.feats is not None:
+        return inp.feats
+    key = (inp.cache_dir, inp.fingerprint)
+    if key not in _FEATURES_MEMO:
+        _FEATURES_MEMO.clear()
+        _FEATURES_MEMO[key] = load_cached_features(Path(inp.cache_dir), inp.fingerprint)
+    return _FEATURES_MEMO[key]
+
+
+def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
+    """Train, calibrate, evaluate, score and select: no store access (it may run in another process)."""
+    fault_point("compute-round")
+    cfg = inp.config
+    strategy = inp.strategy
+    rng = np.random.default_rng(inp.seed)
     timings: dict[str, float] = {}
     step = progress or (lambda f, m: None)
     t0 = time.perf_counter()
     step(0.05, "features")
-    feats = features_for(project)
+    feats = _round_features(inp)
     timings["features"] = time.perf_counter() - t0
-    state = pool_state(project, feats)
+    state = state_from(feats, inp.labelled, inp.test, inp.taken_ords)
     counts = {c: sum(c in labs for labs in state.y_lists) for c in cfg.labels}
     adequacy = coldstart.seed_adequacy(counts, cfg.labels, cfg.min_labels_per_class)
     report = TrainReport(None, None, 0, strategy, len(state.y), adequacy=adequacy, seconds=timings)
+    out = RoundOutput(report)
     if len(state.candidate_rows) == 0:
         raise EmptyPoolError("every pool item is labelled, skipped or flagged; import more items to go on.")
     if feats.note:
@@ -257,11 +396,8 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
                             "item (queued or decided) and are left out of selection.")
 
     model = None
-    if cfg.multi_label:  # one-vs-rest: trainable once some label is present on some items and absent on others
-        trainable = any(0 < n < len(state.y_lists) for n in counts.values())
-    else:
-        trainable = len(set(state.y)) >= 2
-    if retrain and trainable:
+    trainable = _trainable(cfg, state.y_lists)
+    if inp.retrain and trainable:
         step(0.2, "training")
         t = time.perf_counter()
         X_lab = feats.X[state.labelled_rows]
@@ -288,30 +424,26 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
         else:
             metrics = evaluate(model, X_test, state.y_test, cfg.labels)
         report.metrics = metrics
-        report.model_version = _store_model(project, model, feats, state, metrics, timings, report)
+        out.model, out.featurizer = model, feats.featurizer
+        _stop_signal(inp, feats, model, out)
     elif trainable:
-        v = latest_model_version(project)
-        if v is not None:
-            model = load_model(project, v)["model"]
+        if inp.latest is not None:
+            v, model = inp.latest
             report.model_version = v
-            if getattr(model, "classes_", None) and feats.X.shape[1] != _model_width(model):
+            if feats.X.shape[1] != _model_width(model):
                 raise ModelError(f"model v{v} was trained on other features than the project's current ones; "
                                  "retrain (labelloop train) instead of reusing it.")
-    else:
-        imported = _imported_scorer(project)
-        if imported is not None:
-            model, version, fz = imported
-            feats = features_for(project, featurizer=fz)
-            state = pool_state(project, feats)
-            report.model_version = version
+    elif inp.imported is not None:
+        report.model_version, model = inp.imported
 
     step(0.7, "scoring the pool")
     t = time.perf_counter()
     # The first (cold-start) batch is the seed set: [strategy] seed_size; later batches batch_size.
-    batch_size = explicit_batch if explicit_batch is not None else (cfg.seed_size if model is None else cfg.batch_size)
-    carry = _open_audit_candidates(project, state)
+    batch_size = inp.batch_size if inp.batch_size is not None else (cfg.seed_size if model is None else cfg.batch_size)
+    carry = _open_audit_candidates(feats, state, inp.open_audit_ords)
+    probs = None
     if model is None:
-        selection, probs = _cold_start_batch(project, feats, state, batch_size, rng, carry)
+        selection = _cold_start_batch(cfg, feats, state, batch_size, rng, carry, inp.keyword_ords)
         report.strategy = f"cold start: {cfg.cold_start}"
     elif not trainable and cfg.cold_start == "stratified":
         # An imported model's predicted classes stratify the first batch: every class gets its share.
@@ -341,32 +473,34 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
                                  audit_share=cfg.audit_share, scores=scores, X_pool=pool_X, carry_audit=carry)
     timings["score_select"] = time.perf_counter() - t
     step(0.9, "queueing")
-    report.signals = _signals(project, feats, state, selection, rng, report)
-    report.batch_id = _write_batch(project, state, selection, probs, model, report)
-    report.batch_size = len(selection)
-    report.warnings = warnings_for(report)
+    report.signals = _signals(feats, state, selection, rng, report, inp)
+    out.selection, out.pool_size = selection, int(len(state.candidate_rows))
+    out.selected_ids = [str(i) for i in feats.ids[state.candidate_rows[selection.index]]]
+    if probs is not None:
+        out.selected_probs, out.scorer = np.asarray(probs[selection.index], dtype=np.float64), model
     timings["total"] = time.perf_counter() - t0
-    step(1.0, "done")
+    return out
+
+
+def commit_round(project: Project, inp: RoundInput, out: RoundOutput) -> TrainReport:
+    """Store the round: the new model (artifact, stop set, row) and the new batch with its queue."""
+    report = out.report
+    if out.model is not None:
+        report.model_version = _store_model(project, out, inp)
+    model_version = report.model_version
+    report.batch_id = _write_batch(project, out, model_version)
+    report.batch_size = len(out.selection)
+    report.warnings = warnings_for(report)
     return report
 
 
-def _imported_scorer(project: Project):
-    row = project.store.rows("SELECT version FROM models WHERE origin = 'imported' ORDER BY version DESC LIMIT 1")
-    if not row:
-        return None
-    art = load_model(project, row[0][0])
-    return art["model"], row[0][0], art["featurizer"]
-
-
-def _open_audit_candidates(project: Project, state: PoolState) -> np.ndarray:
+def _open_audit_candidates(feats: FeatureSet, state: PoolState, ords: list) -> np.ndarray:
     """The current batch's audit items that nobody has decided yet, as indices into the candidates
     (in their queue order): the next batch keeps them, so a retrain never drops the control arm."""
-    ords = [r[0] for r in project.store.rows(
-        "SELECT i.ord FROM open_queue q JOIN items i ON i.id = q.item_id WHERE q.audit ORDER BY q.position")]
     if not ords:
         return np.zeros(0, dtype=np.int64)
     try:
-        rows = state.feats.rows_for_ords(ords)
+        rows = feats.rows_for_ords(ords)
     except LookupError:
         return np.zeros(0, dtype=np.int64)
     idx = np.searchsorted(state.candidate_rows, rows)
@@ -374,9 +508,8 @@ def _open_audit_candidates(project: Project, state: PoolState) -> np.ndarray:
     return idx[ok].astype(np.int64)
 
 
-def _cold_start_batch(project: Project, feats: FeatureSet, state: PoolState, k: int, rng,
-                      carry: np.ndarray) -> tuple[Selection, None]:
-    cfg = project.config
+def _cold_start_batch(cfg, feats: FeatureSet, state: PoolState, k: int, rng, carry: np.ndarray,
+                      keyword_ords: list | None) -> Selection:
     rows = state.candidate_rows
     n = len(rows)
     k = min(k, n)
@@ -387,9 +520,7 @@ def _cold_start_batch(project: Project, feats: FeatureSet, state: PoolState, k: 
     method = cfg.cold_start
     flags = None
     if method == "keyword":
-        query = coldstart.check_seed_query(cfg.seed_query)
-        matched_ords = [r[0] for r in project.store.rows(
-            "SELECT ord FROM items WHERE split = 'pool' AND regexp_matches(text, ?, 'i')", [query])]
+        matched_ords = keyword_ords or []
         matched_rows = feats.rows_for_ords(matched_ords) if matched_ords else np.zeros(0, dtype=np.int64)
         pos = np.flatnonzero(np.isin(rows[eligible], matched_rows))
         picked, flags = coldstart.keyword_seed(pos, len(eligible), want, rng)
@@ -407,8 +538,7 @@ def _cold_start_batch(project: Project, feats: FeatureSet, state: PoolState, k: 
     m = len(picked)
     names = [f"cold start: {method}" + (" (keyword match)" if flags is not None and f else "")
              for f in (flags if flags is not None else [False] * m)]
-    sel = assemble_batch(picked, names, np.full(m, np.nan), np.full(m, np.nan), n, n_audit, rng, carry_audit=carry)
-    return sel, None
+    return assemble_batch(picked, names, np.full(m, np.nan), np.full(m, np.nan), n, n_audit, rng, carry_audit=carry)
 
 
 def _model_width(model) -> int:
@@ -417,42 +547,47 @@ def _model_width(model) -> int:
     return next((int(c.coef_.shape[1]) for c in model.clfs if not isinstance(c, float)), -1)
 
 
-def _store_model(project: Project, model: CalibratedModel, feats: FeatureSet, state: PoolState, metrics: dict,
-                 timings: dict, report: TrainReport) -> int:
-    s = project.store
-    version = _next_id(s, "models", "version")
-    project.models_dir.mkdir(exist_ok=True)
-    artifact = f"model_v{version}.npz"
-    save_model_file(project.models_dir / artifact, model, feats.featurizer,
-                    {"features_fingerprint": feats.fingerprint, "labels": project.config.labels, "version": version})
-    # Stopping signal: agreement of successive models' predictions on a fixed stop set.
-    stop_ords = stop_set_ords(project)
+def _stop_signal(inp: RoundInput, feats: FeatureSet, model, out: RoundOutput) -> None:
+    """Stopping signal: the new model's predictions on a fixed stop set, and their agreement (kappa)
+    with the previous model's."""
+    stop_ords = inp.stop_ords
     p_stop = model.predict_proba(feats.X[feats.rows_for_ords(stop_ords)])
     if isinstance(model, MultiLabelModel):  # the predicted label set, as one category
-        pred_names = ["|".join(c for c, on in zip(model.classes_, row) if on) for row in p_stop >= 0.5]
+        preds = ["|".join(c for c, on in zip(model.classes_, row) if on) for row in p_stop >= 0.5]
     else:
-        pred_names = [model.classes_[i] for i in p_stop.argmax(axis=1)]
-    atomic_write_text(project.models_dir / f"stopset_v{version}.json",
-                      json.dumps({"ords": [int(o) for o in stop_ords], "predictions": pred_names}, ensure_ascii=False))
-    prev = s.scalar("SELECT max(version) FROM models WHERE origin = 'trained'")
+        preds = [model.classes_[i] for i in p_stop.argmax(axis=1)]
+    out.stop_predictions = preds
     kappa = None
-    old = _read_stop_set(project, prev) if prev is not None else None
-    if old is None and prev is not None:
-        report.notes.append(f"the stop-set predictions of model v{prev} are missing or damaged; the stopping "
-                            "signal starts again from this model.")
-    if old:
-        common = [(old[o], p) for o, p in zip(stop_ords, pred_names) if o in old]
+    if inp.prev_version is not None and inp.prev_stop is None:
+        out.report.notes.append(f"the stop-set predictions of model v{inp.prev_version} are missing or damaged; the "
+                                "stopping signal starts again from this model.")
+    if inp.prev_stop:
+        common = [(inp.prev_stop[o], p) for o, p in zip(stop_ords.tolist(), preds) if o in inp.prev_stop]
         if common:
             a, b = zip(*common)
             kappa = 1.0 if list(a) == list(b) else float(cohen_kappa_score(a, b))
-    n_audit = project.store.scalar("SELECT count(*) FROM final_decisions WHERE audit AND labels IS NOT NULL")
-    stored = {**metrics, "stop_kappa": kappa, "n_train": len(state.y), "n_audit_labels": int(n_audit or 0),
+    out.report.metrics = {**out.report.metrics, "stop_kappa": kappa}
+
+
+def _store_model(project: Project, out: RoundOutput, inp: RoundInput) -> int:
+    s = project.store
+    model, report = out.model, out.report
+    version = _next_id(s, "models", "version")
+    project.models_dir.mkdir(exist_ok=True)
+    artifact = f"model_v{version}.npz"
+    save_model_file(project.models_dir / artifact, model, out.featurizer,
+                    {"features_fingerprint": inp.fingerprint, "labels": project.config.labels, "version": version})
+    atomic_write_text(project.models_dir / f"stopset_v{version}.json",
+                      json.dumps({"ords": [int(o) for o in inp.stop_ords], "predictions": out.stop_predictions},
+                                 ensure_ascii=False))
+    n_audit = s.scalar("SELECT count(*) FROM final_decisions WHERE audit AND labels IS NOT NULL")
+    stored = {**report.metrics, "n_train": report.n_train, "n_audit_labels": int(n_audit or 0),
               "label_counts": report.adequacy["per_class"], "fit_seconds": model.fit_seconds_,
               "calibration_n": model.info.get("calibration_n")}
     s.con.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  [version, utcnow(), len(state.y), model.classes_, model.calibration,
+                  [version, utcnow(), report.n_train, model.classes_, model.calibration,
                    model.temperature_ if model.calibration == "temperature" else None,
-                   timings.get("train"), None, json.dumps(stored), artifact, "trained"])
+                   report.seconds.get("train"), None, json.dumps(stored), artifact, "trained"])
     report.metrics = stored
     return version
 
@@ -470,16 +605,16 @@ def _read_stop_set(project: Project, version: int) -> dict | None:
         return None
 
 
-def _signals(project: Project, feats: FeatureSet, state: PoolState, sel: Selection, rng, report: TrainReport) -> dict:
+def _signals(feats: FeatureSet, state: PoolState, sel: Selection, rng, report: TrainReport,
+             inp: RoundInput) -> dict:
     main = state.candidate_rows[sel.index[~sel.audit]]
     sample = rng.choice(state.candidate_rows, size=min(len(main), len(state.candidate_rows)), replace=False)
     sim = batch_similarity(feats.X, main)
     base = batch_similarity(feats.X, sample)
-    kappas = []
-    for (m,) in project.store.rows("SELECT metrics FROM models WHERE origin = 'trained' ORDER BY version DESC LIMIT ?",
-                                   [STOP_ROUNDS]):
-        k = json.loads(m).get("stop_kappa") if m else None
-        kappas.append(k)
+    kappas = list(inp.prev_kappas)
+    if "stop_kappa" in report.metrics:  # this round trained a model: its kappa is the newest
+        kappas = [report.metrics["stop_kappa"], *kappas]
+    kappas = kappas[:STOP_ROUNDS]
     stable = len(kappas) == STOP_ROUNDS and all(k is not None and k >= STOP_KAPPA for k in kappas)
     return {"batch_similarity": sim, "pool_similarity": base,
             "convergence_ratio": (sim / base) if base > 0 else None,
@@ -508,25 +643,25 @@ def warnings_for(report: TrainReport) -> list[str]:
     return out
 
 
-def _write_batch(project: Project, state: PoolState, sel: Selection, probs, model, report: TrainReport) -> int:
+def _write_batch(project: Project, out: RoundOutput, model_version: int | None) -> int:
     s = project.store
-    rows = state.candidate_rows[sel.index]
-    ids = state.feats.ids[rows]
+    sel, report = out.selection, out.report
+    classes = list(out.scorer.classes_) if out.scorer is not None else None
     with s.transaction() as con:
         batch_id = con.execute("SELECT coalesce(max(batch_id), 0) + 1 FROM batches").fetchone()[0]
         con.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [batch_id, utcnow(), report.model_version, report.strategy, len(sel), int(sel.audit.sum()),
-                     len(state.candidate_rows), json.dumps(report.signals)])
+                    [batch_id, utcnow(), model_version, report.strategy, len(sel), int(sel.audit.sum()),
+                     out.pool_size, json.dumps(report.signals)])
         values = []
-        for pos, (item_id, i) in enumerate(zip(ids, sel.index)):
+        for pos, item_id in enumerate(out.selected_ids):
             p = None
-            if probs is not None and model is not None:
-                p = json.dumps({c: round(float(v), 6) for c, v in zip(model.classes_, probs[i])})
-            values.append([batch_id, pos, str(item_id), sel.strategy[pos],
+            if out.selected_probs is not None and classes is not None:
+                p = json.dumps({c: round(float(v), 6) for c, v in zip(classes, out.selected_probs[pos])})
+            values.append([batch_id, pos, item_id, sel.strategy[pos],
                            None if np.isnan(sel.score[pos]) else float(sel.score[pos]),
                            int(sel.rank[pos]) if sel.rank[pos] else None,
                            None if np.isnan(sel.percentile[pos]) else float(sel.percentile[pos]),
-                           bool(sel.audit[pos]), report.model_version, p])
+                           bool(sel.audit[pos]), model_version, p])
         if values:
             con.executemany("INSERT INTO queue VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
     return batch_id

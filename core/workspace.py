@@ -42,6 +42,42 @@ def as_store_error(exc: BaseException) -> StoreError | None:
     return None
 
 
+def _retrain_in_process(executor, project: Project, progress, kw: dict):
+    """plan (here) -> compute (in the executor's process) -> commit (here). A feature cache the worker
+    cannot read is rebuilt here once and the round retried."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from core.features import FeatureCacheError, invalidate_feature_cache
+    from core.loop import commit_round, compute_round, plan_round
+    step = progress or (lambda f, m: None)
+    for attempt in range(2):
+        step(0.05, "reading the store")
+        inp = plan_round(project, keep_features=False, **kw)
+        inp.feats = None  # the worker reads the cache itself; never ship the matrix through a pipe
+        future = executor.submit(compute_round, inp)
+        step(0.2, "training in a separate process")
+        try:
+            while True:
+                try:
+                    out = future.result(timeout=0.1)
+                    break
+                except FutureTimeout:
+                    try:
+                        step(0.5, "training in a separate process")
+                    except BaseException:
+                        future.cancel()
+                        raise
+        except FeatureCacheError:
+            if attempt:
+                raise
+            invalidate_feature_cache(Path(inp.cache_dir))
+            continue
+        step(0.9, "queueing")
+        report = commit_round(project, inp, out)
+        step(1.0, "done")
+        return report
+
+
 def _store_guarded(method):
     """Decisions fail as one StoreError when the store does; after the first, the workspace refuses
     every further decision without touching the store (the workstation then closes)."""
@@ -314,11 +350,19 @@ class Workspace:
             return f"(no guidelines file at {path})"
 
     # -- the loop ------------------------------------------------------------------
-    def retrain(self, *, project: Project | None = None, progress=None, **kw):
+    def retrain(self, *, project: Project | None = None, progress=None, executor=None, **kw):
         """Retrain, rescore and queue a new batch (``labelloop train``). From a worker thread pass
-        ``project=self.worker_project()``; then hand the result's queue to ``set_queue`` on the UI thread."""
+        ``project=self.worker_project()``; then hand the result's queue to ``set_queue`` on the UI thread.
+
+        ``executor`` (a one-worker ``ProcessPoolExecutor``): the training and scoring run in that
+        process, so they never compete with the caller's threads for the interpreter; the store is
+        read before and written after, here (DuckDB allows one process per file)."""
         from core.loop import train_and_queue
-        report = train_and_queue(project or self.project, progress=progress, **kw)
+        p = project or self.project
+        if executor is None:
+            report = train_and_queue(p, progress=progress, **kw)
+        else:
+            report = _retrain_in_process(executor, p, progress, kw)
         if project is None:
             self.reload_queue()
         self.decisions_since_train = 0

@@ -137,24 +137,25 @@ async def test_resume_after_restart(proj):
     assert len(events(proj)) == 3
 
 
-async def test_retrain_while_labelling(proj, monkeypatch):
-    import threading
-    import core.loop
-    release = threading.Event()
-    real_fit = core.loop.fit_model
-
-    def slow_fit(*a, **kw):  # hold the retrain in the worker until the test has labelled meanwhile
-        assert release.wait(30)
-        return real_fit(*a, **kw)
-    monkeypatch.setattr(core.loop, "fit_model", slow_fit)
+async def test_retrain_while_labelling(proj, monkeypatch, tmp_path):
+    """The retrain trains in its own process (held there by a fault point until the test has labelled
+    meanwhile); labelling goes on, and the new batch arrives after."""
+    marker = tmp_path / "reached"
+    monkeypatch.setenv("LABELLOOP_FAULT", "compute-round")
+    monkeypatch.setenv("LABELLOOP_FAULT_MARKER", str(marker))
+    monkeypatch.setenv("LABELLOOP_FAULT_SLEEP", "2")
     app = LabelApp(proj, actor="alice")
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("t")
         assert app.retraining
+        for _ in range(200):                         # the child process has started computing
+            if marker.exists():
+                break
+            await pilot.pause(0.05)
+        assert marker.exists() and app._executor is not None
         await pilot.press("1", "2")                   # labelling goes on during the retrain
         assert app.retraining and len(events(proj)) == 2
         on_screen = app.ws.current()
-        release.set()
         await _settle(pilot, app)
         assert not app.retraining
         assert app.last_report is not None and app.last_report.model_version == 2

@@ -7,6 +7,7 @@ back through messages, so labelling goes on while the model trains.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -72,9 +73,16 @@ class LabelApp(App):
 
     retraining: reactive[bool] = reactive(False)
 
-    def __init__(self, project_dir: Path | str, *, actor: str | None = None, workspace: Workspace | None = None):
+    def __init__(self, project_dir: Path | str, *, actor: str | None = None, workspace: Workspace | None = None,
+                 retrain_in_process: bool = True):
         super().__init__()
         self.ws = workspace or Workspace(project_dir, actor=actor)
+        # Retrains train and score in a child process (one, reused), so they never hold the interpreter
+        # lock the UI thread needs; False runs them in a thread of this process instead.
+        self.retrain_in_process = retrain_in_process
+        self._executor = None
+        if retrain_in_process and self.ws.config.retrain_every:
+            self._training_process()  # start it now: its imports are done before the first retrain
         cfg = self.ws.config
         self.key_to_label = {self._key_name(k): lab for lab, k in cfg.label_keys.items()}
         self.toggled: list[str] = []
@@ -399,12 +407,17 @@ class LabelApp(App):
                 raise _Cancelled()
             self.post_message(RetrainProgress(fraction, step))
         try:
-            report = self.ws.retrain(project=project, progress=progress)
+            executor = self._training_process() if self.retrain_in_process else None
+            report = self.ws.retrain(project=project, progress=progress, executor=executor)
             queue = self.ws.load_queue(project.store)
         except _Cancelled:
             return
         except Exception as exc:  # shown, not raised: labelling goes on, unless the store itself failed
             store_failure = as_store_error(exc)
+            from concurrent.futures.process import BrokenProcessPool
+            if isinstance(exc, BrokenProcessPool):  # the training process died (e.g. out of memory)
+                self._executor = None
+                exc = LabelloopError("the training process stopped unexpectedly; press t to try again")
             text = str(exc) if isinstance(exc, LabelloopError) else f"{type(exc).__name__}: {exc}"
             self.post_message(RetrainFailed(text, store_failure))
             return
@@ -454,8 +467,42 @@ class LabelApp(App):
         self.toast(f"Retrain failed: {msg.error}", severity="error", timeout=8)
         self.update_progress()
 
+    def _training_process(self):
+        """The one worker process for training and scoring (started on first use, then reused, so the
+        features stay loaded in it between retrains)."""
+        if self._executor is None:
+            import multiprocessing
+            import sys
+            from concurrent.futures import ProcessPoolExecutor
+
+            from core.loop import warm_up, worker_quiet
+            # multiprocessing hands sys.stderr's file descriptor to the processes it starts (the
+            # resource tracker when the executor is made, the worker on the first submit): Textual's
+            # print capture has none (-1), and the terminal must not receive their output, so they get
+            # /dev/null (and the worker sends its stdout there too: worker_quiet).
+            captured = sys.stderr
+            with open(os.devnull, "w") as devnull:
+                try:
+                    sys.stderr = devnull
+                    executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                   initializer=worker_quiet)
+                    executor.submit(warm_up)
+                finally:
+                    sys.stderr = captured
+            self._executor = executor
+        return self._executor
+
     def on_unmount(self) -> None:
         self.workers.cancel_group(self, "retrain")
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # a retrain still computing is abandoned: nothing of it was stored
+            for proc in list(getattr(executor, "_processes", {}).values()):
+                try:
+                    proc.terminate()
+                except Exception:
+                    pass
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 def run_app(project_dir: Path) -> int:
