@@ -34,6 +34,10 @@ def prepare() -> Path:
     shutil.copytree(src, dst)
     from core.loop import train_and_queue
     from core.project import Project
+    # Batches big enough that keys pressed as fast as Pilot can never find the queue empty while a
+    # retrain runs (a person is far slower); every key press is then a measured decision.
+    cfg = dst / "labelloop.toml"
+    cfg.write_text(cfg.read_text().replace("batch_size = 50", f"batch_size = {N_DECISIONS + 100}"))
     with Project.open(dst) as p:
         train_and_queue(p, seed=0, batch_size=N_DECISIONS + 100)
     return dst

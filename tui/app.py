@@ -81,8 +81,7 @@ class LabelApp(App):
         # lock the UI thread needs; False runs them in a thread of this process instead.
         self.retrain_in_process = retrain_in_process
         self._executor = None
-        if retrain_in_process and self.ws.config.retrain_every:
-            self._training_process()  # start it now: its imports are done before the first retrain
+
         cfg = self.ws.config
         self.key_to_label = {self._key_name(k): lab for lab, k in cfg.label_keys.items()}
         self.toggled: list[str] = []
@@ -128,6 +127,10 @@ class LabelApp(App):
         self.show_item()
         if self.ws.current() is None:
             self.start_retrain("the queue is empty")
+        elif self.retrain_in_process and self.ws.config.retrain_every:
+            # start the training process once the first item is on screen (its imports take a second
+            # or two of CPU that start-up should not wait for), so the first retrain finds it ready
+            self.set_timer(1.5, self._training_process)
 
     # -- rendering --------------------------------------------------------------
     def show_item(self, started: float | None = None) -> None:
