@@ -51,7 +51,8 @@ async def run(project: Path) -> dict:
     out: dict = {}
     async with app.run_test(size=(120, 40)) as pilot:
         app.call_after_refresh(lambda: first_item.append(time.perf_counter() - t0))
-        await pilot.pause(0.05)
+        while not first_item and time.perf_counter() - t0 < 30:
+            await pilot.pause(0.01)
         out["startup_s"] = first_item[0] if first_item else None
         keys = ["1", "2"]
         models_before = app.ws.store.scalar("SELECT max(version) FROM models")

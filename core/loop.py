@@ -342,12 +342,22 @@ def _trainable(cfg, y_lists: list[list[str]]) -> bool:
 
 
 def worker_quiet() -> None:
-    """Initializer of a worker process started from a terminal program: its stdout and stderr go to
-    /dev/null, so nothing it prints can land on the annotator's screen."""
+    """Initializer of the training process a terminal program starts: its stdout and stderr go to
+    /dev/null (nothing it prints can land on the annotator's screen), it runs at a lower priority and
+    with one BLAS thread, so that on a small machine the process drawing the screen keeps a core."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     os.close(devnull)
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1)
+    except Exception:  # threadpoolctl comes with scikit-learn; without it the defaults stand
+        pass
 
 
 def warm_up() -> bool:
