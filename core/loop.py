@@ -226,9 +226,21 @@ def latest_model_version(project: Project) -> int | None:
     return project.store.scalar("SELECT max(version) FROM models")
 
 
+_STOP_SET_MEMO: dict = {}
+
+
 def stop_set_ords(project: Project) -> np.ndarray:
-    rows = project.store.rows(f"SELECT ord FROM items WHERE split = 'pool' ORDER BY hash(id), id LIMIT {STOP_SET_SIZE}")
-    return np.array(sorted(r[0] for r in rows), dtype=np.int64)
+    """A fixed sample of pool items (by a hash of the id) whose predictions are compared between models.
+    It changes only when items are added, so it is computed once per item set (sorting a million hashes
+    at every retrain took CPU the screen needed)."""
+    key = (str(project.store.path), *project.store.rows(
+        "SELECT count(*), coalesce(max(ord), 0), coalesce(max(import_id), 0) FROM items")[0])
+    if key not in _STOP_SET_MEMO:
+        rows = project.store.rows(
+            f"SELECT ord FROM items WHERE split = 'pool' ORDER BY hash(id), id LIMIT {STOP_SET_SIZE}")
+        _STOP_SET_MEMO.clear()
+        _STOP_SET_MEMO[key] = np.array(sorted(r[0] for r in rows), dtype=np.int64)
+    return _STOP_SET_MEMO[key]
 
 
 @dataclass

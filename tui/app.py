@@ -440,17 +440,15 @@ class LabelApp(App):
         before = self.ws.current()
         changed = self.ws.set_queue(msg.queue)
         r = msg.report
+        # the item on screen stays until it is decided; what comes after it changed
+        stays = " The item on screen stays; the queue after it changed." if before is not None and changed else ""
         if r.model_version and r.metrics.get("accuracy") is not None:
             m = r.metrics
             base = f" (majority baseline {m['majority_baseline']:.3f})" if m.get("majority_baseline") is not None else ""
             self.toast(f"Model v{r.model_version}: test accuracy {m['accuracy']:.3f}{base}, "
-                       f"ECE {m['ece']:.3f}; new batch of {r.batch_size}.", timeout=4)
+                       f"ECE {m['ece']:.3f}; new batch of {r.batch_size}.{stays}", timeout=4)
         else:
-            self.toast(f"New batch of {r.batch_size} ({r.strategy}).", timeout=3)
-        if before is not None and changed:
-            # the item on screen stays until it is decided; what comes after it changed
-            self.toast(f"The queue after this item changed ({changed} new item(s)); the item on screen stays.",
-                       timeout=3)
+            self.toast(f"New batch of {r.batch_size} ({r.strategy}).{stays}", timeout=3)
         for w in r.warnings[:2]:
             self.toast(w, severity="warning", timeout=6)
         after = self.ws.current()
