@@ -7,6 +7,7 @@ back through messages, so labelling goes on while the model trains.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from pathlib import Path
@@ -125,6 +126,10 @@ class LabelApp(App):
                          if key != DEFAULT_ACTION_KEYS[action]})
         self.query_one("#retrain-bar").display = False
         self.show_item()
+        # Everything built so far (Textual, the store, numpy, ...) lives as long as the app: taking it out
+        # of the cyclic collector's view keeps a full collection short. Measured on a 1M-item project:
+        # full collections paused the UI thread 70-80 ms, the largest frame gaps while retraining.
+        self.call_after_refresh(gc.freeze)
         if self.ws.current() is None:
             self.start_retrain("the queue is empty")
         elif self.retrain_in_process and self.ws.config.retrain_every:
@@ -491,6 +496,7 @@ class LabelApp(App):
                 finally:
                     sys.stderr = captured
             self._executor = executor
+            gc.freeze()  # the executor's machinery lives as long as the app too
         return self._executor
 
     def on_unmount(self) -> None:
