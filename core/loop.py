@@ -266,6 +266,7 @@ class RoundInput:
     latest: tuple | None = None     # (version, model) to reuse when not retraining
     imported: tuple | None = None   # (version, model) of an imported first scorer
     feats: FeatureSet | None = None  # in-process only: the features plan_round already has
+    features_seconds: float = 0.0    # what loading (or building) them took in plan_round
 
 
 @dataclass
@@ -321,8 +322,10 @@ def plan_round(project: Project, *, strategy: str | None = None, batch_size: int
                 art = load_model(project, row[0][0])
                 imported, featurizer = (row[0][0], art["model"]), art["featurizer"]
     cache = project.cache_dir if featurizer is None else project.cache_dir / "imported"
+    t_features = time.perf_counter()
     feats = load_or_build_features(s, cache, hashing_above=cfg.hashing_above, featurizer=featurizer,
                                    check_only=not keep_features)
+    t_features = time.perf_counter() - t_features
     keyword = None
     if cfg.cold_start == "keyword" and not labelled:
         query = coldstart.check_seed_query(cfg.seed_query)
@@ -344,7 +347,7 @@ def plan_round(project: Project, *, strategy: str | None = None, batch_size: int
         keyword_ords=keyword, stop_ords=stop_set_ords(project),
         prev_stop=_read_stop_set(project, prev) if prev is not None else None, prev_version=prev,
         prev_kappas=kappas, latest=latest, imported=imported,
-        feats=feats if isinstance(feats, FeatureSet) else None)
+        feats=feats if isinstance(feats, FeatureSet) else None, features_seconds=t_features)
 
 
 def _trainable(cfg, y_lists: list[list[str]]) -> bool:
@@ -403,7 +406,8 @@ def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
     t0 = time.perf_counter()
     step(0.05, "features")
     feats = _round_features(inp)
-    timings["features"] = time.perf_counter() - t0
+    # loaded here, or in plan_round when handed over in process
+    timings["features"] = time.perf_counter() - t0 + (inp.features_seconds if inp.feats is not None else 0.0)
     state = state_from(feats, inp.labelled, inp.test, inp.taken_ords)
     counts = {c: sum(c in labs for labs in state.y_lists) for c in cfg.labels}
     adequacy = coldstart.seed_adequacy(counts, cfg.labels, cfg.min_labels_per_class)
