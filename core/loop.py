@@ -72,13 +72,25 @@ def features_for(project: Project, featurizer=None) -> FeatureSet:
                                   featurizer=featurizer)
 
 
+def _labelled(store) -> list:
+    """(ord, labels, strategy, audit) of every labelled pool item, in deciding order."""
+    return [(o, list(l), st, a) for o, l, st, a in store.rows(
+        """SELECT i.ord, f.labels, f.strategy, f.audit FROM final_decisions f JOIN items i ON i.id = f.item_id
+           WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")]
+
+
+def _test_split(store) -> list:
+    return [(o, list(l)) for o, l in store.rows(
+        "SELECT ord, gold_label FROM items WHERE split = 'test' AND gold_label IS NOT NULL ORDER BY ord")]
+
+
+def _decided_ords(store) -> list:
+    return [r[0] for r in store.rows("SELECT i.ord FROM decided_items d JOIN items i ON i.id = d.item_id")]
+
+
 def pool_state(project: Project, feats: FeatureSet) -> PoolState:
     s = project.store
-    labelled = s.rows("""SELECT i.ord, f.labels, f.strategy, f.audit FROM final_decisions f JOIN items i ON i.id = f.item_id
-                         WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")
-    test = s.rows("SELECT ord, gold_label FROM items WHERE split = 'test' AND gold_label IS NOT NULL ORDER BY ord")
-    taken = [r[0] for r in s.rows("SELECT i.ord FROM decided_items d JOIN items i ON i.id = d.item_id")]
-    return state_from(feats, labelled, test, taken)
+    return state_from(feats, _labelled(s), _test_split(s), _decided_ords(s))
 
 
 def state_from(feats: FeatureSet, labelled: list, test: list, taken_ords: list) -> PoolState:
@@ -305,9 +317,7 @@ def plan_round(project: Project, *, strategy: str | None = None, batch_size: int
     if batch_size is not None and batch_size < 1:
         raise LabelloopError(f"--batch must be at least 1, got {batch_size}.")
     s = project.store
-    labelled = s.rows("""SELECT i.ord, f.labels, f.strategy, f.audit FROM final_decisions f JOIN items i ON i.id = f.item_id
-                         WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")
-    labelled = [(o, list(l), st, a) for o, l, st, a in labelled]
+    labelled = _labelled(s)
     trainable = _trainable(cfg, [l for _o, l, _s, _a in labelled])
     latest = imported = None
     featurizer = None
@@ -339,9 +349,7 @@ def plan_round(project: Project, *, strategy: str | None = None, batch_size: int
         strategy=strategy, batch_size=batch_size,
         seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"), retrain=retrain,
         labelled=labelled,
-        test=[(o, list(l)) for o, l in s.rows(
-            "SELECT ord, gold_label FROM items WHERE split = 'test' AND gold_label IS NOT NULL ORDER BY ord")],
-        taken_ords=[r[0] for r in s.rows("SELECT i.ord FROM decided_items d JOIN items i ON i.id = d.item_id")],
+        test=_test_split(s), taken_ords=_decided_ords(s),
         open_audit_ords=[r[0] for r in s.rows(
             "SELECT i.ord FROM open_queue q JOIN items i ON i.id = q.item_id WHERE q.audit ORDER BY q.position")],
         keyword_ords=keyword, stop_ords=stop_set_ords(project),
@@ -704,9 +712,4 @@ def queued_items(project: Project, n: int | None = None) -> list[dict]:
     was chosen."""
     if n is not None and n < 1:
         raise LabelloopError(f"--n must be at least 1, got {n}.")
-    limit = f"LIMIT {int(n)}" if n else ""
-    return project.store.dicts(f"""
-        SELECT q.position, q.item_id, i.text, i.metadata, q.strategy, q.score, q.rank, q.percentile, q.audit,
-               q.model_version, q.probs, q.batch_id
-        FROM open_queue q JOIN items i ON i.id = q.item_id
-        ORDER BY q.position {limit}""")
+    return project.store.open_queue(n)

@@ -535,6 +535,16 @@ class Store:
             self._next_event_id += 1
         return event_id
 
+    def open_queue(self, n: int | None = None) -> list[dict]:
+        """The ``open_queue`` view (latest batch minus decided items) with each item's text, in queue
+        order: what ``labelloop next`` and the workstation's queue show."""
+        limit = f"LIMIT {int(n)}" if n else ""
+        return self.dicts(f"""
+            SELECT q.position, q.item_id, i.text, i.metadata, q.strategy, q.score, q.rank, q.percentile, q.audit,
+                   q.model_version, q.probs, q.batch_id
+            FROM open_queue q JOIN items i ON i.id = q.item_id
+            ORDER BY q.position {limit}""")
+
     def invalidate_caches(self) -> None:
         """Called after bulk writes (import) so per-process caches are rebuilt."""
         self._next_event_id = None

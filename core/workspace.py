@@ -179,12 +179,7 @@ class Workspace:
     def load_queue(self, store: Store | None = None) -> list[QueueItem]:
         """The current batch's undecided items (the store's ``open_queue``); ``store`` lets a worker
         thread read with its own cursor."""
-        rows = (store or self.store).dicts("""
-            SELECT q.item_id, i.text, i.metadata, q.batch_id, q.position, q.strategy, q.score, q.rank,
-                   q.percentile, q.audit, q.model_version, q.probs
-            FROM open_queue q JOIN items i ON i.id = q.item_id
-            ORDER BY q.position""")
-        return [self._make_item(r) for r in rows]
+        return [self._make_item(r) for r in (store or self.store).open_queue()]
 
     def set_queue(self, items: list[QueueItem]) -> int:
         """Replace the queue (a retrain brought a new batch). The item the annotator has in front of
