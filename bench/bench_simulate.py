@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._util import OUT, ROOT  # noqa: E402
-from core.simulate import SimConfig, format_report, run_simulation, write_outputs  # noqa: E402
+from labelloop.core.simulate import SimConfig, format_report, run_simulation, write_outputs  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 SETS = [("SMS spam", "sms_spam/sms_spam.csv", None), ("TREC-6", "trec/trec6.csv", "split"),

@@ -32,8 +32,8 @@ def prepare() -> Path:
     shutil.rmtree(dst.parent, ignore_errors=True)
     dst.parent.mkdir(parents=True)
     shutil.copytree(src, dst)
-    from core.loop import train_and_queue
-    from core.project import Project
+    from labelloop.core.loop import train_and_queue
+    from labelloop.core.project import Project
     # Batches big enough that keys pressed as fast as Pilot can never find the queue empty while a
     # retrain runs (a person is far slower); every key press is then a measured decision.
     cfg = dst / "labelloop.toml"
@@ -44,7 +44,7 @@ def prepare() -> Path:
 
 
 async def run(project: Path) -> dict:
-    from tui.app import LabelApp
+    from labelloop.tui.app import LabelApp
     t0 = time.perf_counter()
     app = LabelApp(project, actor="bench")
     first_item: list[float] = []

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import LabelloopError
-from core.safeio import atomic_write
+from labelloop.core.errors import LabelloopError
+from labelloop.core.safeio import atomic_write
 
 FORMAT = "labelloop-artifact"
 FORMAT_VERSION = 1

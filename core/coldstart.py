@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from core.errors import LabelloopError
+from labelloop.core.errors import LabelloopError
 
 
 def random_seed(n_pool: int, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import ConfigError
+from labelloop.core.errors import ConfigError
 
 CONFIG_NAME = "labelloop.toml"
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from core.config import CONFIG_NAME
-from core.importer import import_file
-from core.project import Project, init_project
-from core.safeio import atomic_write_text
+from labelloop.core.config import CONFIG_NAME
+from labelloop.core.importer import import_file
+from labelloop.core.project import Project, init_project
+from labelloop.core.safeio import atomic_write_text
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "sms_spam.csv"
 SEED_QUERY = r"\b(free|prize|win|winner|claim|txt|call now|urgent)\b"
@@ -58,7 +58,7 @@ Messages written by a person to this person, whatever they are about.
 
 def sample_path() -> Path:
     if not SAMPLE.exists():
-        from core.errors import ProjectError
+        from labelloop.core.errors import ProjectError
         raise ProjectError(f"the bundled sample {SAMPLE} is missing; run labelloop from a full checkout of the repository.")
     return SAMPLE
 
@@ -84,7 +84,7 @@ def build_demo(project_dir: Path | str, *, sample: Path | None = None) -> tuple[
             import_file(project, sample, id_col="id", label_col="label", split_col="split", prelabel_pool=False,
                         dedupe=True, source_name=str(sample), actor=f"import:{sample.name}")
             # Fill the queue now (the keyword-seeded cold-start batch), so the workstation opens on an item.
-            from core.loop import train_and_queue
+            from labelloop.core.loop import train_and_queue
             train_and_queue(project, seed=0)
     except BaseException:
         if not existed:  # never delete a folder the user had before

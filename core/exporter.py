@@ -14,10 +14,10 @@ from pathlib import Path
 
 import duckdb
 
-from core.errors import LabelloopError
-from core.faults import fault_point
-from core.project import Project
-from core.safeio import atomic_path
+from labelloop.core.errors import LabelloopError
+from labelloop.core.faults import fault_point
+from labelloop.core.project import Project
+from labelloop.core.safeio import atomic_path
 
 # One row per item that has a final decision, a skip or a flag. `decision` says which: 'label' (a final
 # label: single annotator, agreement, adjudication or import), 'unresolved' (annotators disagree and no

@@ -20,8 +20,8 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from core.artifacts import ArtifactError, array_to_strings, load_bundle, require, save_bundle, strings_to_array
-from core.safeio import atomic_write, atomic_write_text
+from labelloop.core.artifacts import ArtifactError, array_to_strings, load_bundle, require, save_bundle, strings_to_array
+from labelloop.core.safeio import atomic_write, atomic_write_text
 
 FEATURIZER_VERSION = 3
 SPLIT_CODES = ("pool", "test", "gold")

@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
-from core import coldstart
-from core.artifacts import ArtifactError
-from core.errors import EmptyPoolError, LabelloopError, ModelError
-from core.faults import fault_point
-from core.features import FeatureSet, load_cached_features, load_or_build_features
-from core.model import CalibratedModel, MultiLabelModel, evaluate, evaluate_multilabel, fit_model, fit_multilabel
-from core.modelfile import read_model_file, save_model_file
-from core.project import Project
-from core.safeio import atomic_write_text
-from core.store import utcnow
-from core.strategies import (ML_STRATEGIES, ML_UNCERTAINTY, UNCERTAINTY, Selection, assemble_batch, bald,
+from labelloop.core import coldstart
+from labelloop.core.artifacts import ArtifactError
+from labelloop.core.errors import EmptyPoolError, LabelloopError, ModelError
+from labelloop.core.faults import fault_point
+from labelloop.core.features import FeatureSet, load_cached_features, load_or_build_features
+from labelloop.core.model import CalibratedModel, MultiLabelModel, evaluate, evaluate_multilabel, fit_model, fit_multilabel
+from labelloop.core.modelfile import read_model_file, save_model_file
+from labelloop.core.project import Project
+from labelloop.core.safeio import atomic_write_text
+from labelloop.core.store import utcnow
+from labelloop.core.strategies import (ML_STRATEGIES, ML_UNCERTAINTY, UNCERTAINTY, Selection, assemble_batch, bald,
                              cal_scores, check_strategy, n_audit_for, select_batch, vote_entropy)
 
 SCORE_CHUNK = 100_000

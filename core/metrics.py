@@ -8,10 +8,10 @@ import json
 
 import numpy as np
 
-from core.loop import STOP_KAPPA, STOP_ROUNDS, features_for, pool_state, warnings_for, TrainReport
-from core.model import evaluate, fit_model
-from core.project import Project
-from core.status import arm_counts  # noqa: F401  (re-exported: the metrics pane shows it too)
+from labelloop.core.loop import STOP_KAPPA, STOP_ROUNDS, features_for, pool_state, warnings_for, TrainReport
+from labelloop.core.model import evaluate, fit_model
+from labelloop.core.project import Project
+from labelloop.core.status import arm_counts  # noqa: F401  (re-exported: the metrics pane shows it too)
 
 
 def metrics_snapshot(project: Project) -> dict:
@@ -45,7 +45,7 @@ def metrics_snapshot(project: Project) -> dict:
         for c in k.split("|"):
             if c in counts:
                 counts[c] += v
-    from core.coldstart import seed_adequacy
+    from labelloop.core.coldstart import seed_adequacy
     adequacy = seed_adequacy(counts, project.config.labels, project.config.min_labels_per_class)
     report = TrainReport(latest["version"] if latest else None, batch[0]["batch_id"] if batch else None, 0,
                          batch[0]["strategy"] if batch else "", sum(counts.values()),

@@ -21,8 +21,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from sklearn.model_selection import StratifiedKFold
 
-from core.calibration import PlattCalibrator, brier, fit_temperature, nll, reliability, softmax_t
-from core.errors import ModelError
+from labelloop.core.calibration import PlattCalibrator, brier, fit_temperature, nll, reliability, softmax_t
+from labelloop.core.errors import ModelError
 
 CALIBRATION_SPLIT_MIN = 2000  # from this many labels on, calibrate on a 20% split instead of cross-fitting
 
@@ -109,7 +109,7 @@ def model_state(model) -> tuple[dict, dict[str, np.ndarray]]:
 
 def model_from_state(meta: dict, arrays: dict[str, np.ndarray], *, where: str):
     """Rebuild a model from ``model_state`` output, checking every shape (a crafted file is refused)."""
-    from core.artifacts import ArtifactError, require
+    from labelloop.core.artifacts import ArtifactError, require
     try:
         kind, classes = meta["kind"], meta["classes"]
         calibration, temperature = meta["calibration"], float(meta["temperature"])

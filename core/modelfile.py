@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.artifacts import ArtifactError, load_bundle, require, save_bundle
-from core.features import TextFeaturizer
-from core.model import model_from_state, model_state
+from labelloop.core.artifacts import ArtifactError, load_bundle, require, save_bundle
+from labelloop.core.features import TextFeaturizer
+from labelloop.core.model import model_from_state, model_state
 
 
 def save_model_file(path: Path | str, model, featurizer: TextFeaturizer, meta: dict | None = None) -> Path:

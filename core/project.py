@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import CONFIG_NAME, ProjectConfig, load_config, parse_config, render_config, render_guidelines
-from core.errors import ProjectError
-from core.safeio import atomic_write_text
-from core.store import DB_NAME, Store
+from labelloop.core.config import CONFIG_NAME, ProjectConfig, load_config, parse_config, render_config, render_guidelines
+from labelloop.core.errors import ProjectError
+from labelloop.core.safeio import atomic_write_text
+from labelloop.core.store import DB_NAME, Store
 
 import tomllib
 

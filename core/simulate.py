@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from core import coldstart
-from core.errors import InputFileError, LabelloopError
-from core.safeio import atomic_write
-from core.features import TextFeaturizer
-from core.model import evaluate, fit_model
-from core.strategies import STRATEGY_NAMES, UNCERTAINTY, bald, cal_scores, select_batch, vote_entropy
+from labelloop.core import coldstart
+from labelloop.core.errors import InputFileError, LabelloopError
+from labelloop.core.safeio import atomic_write
+from labelloop.core.features import TextFeaturizer
+from labelloop.core.model import evaluate, fit_model
+from labelloop.core.strategies import STRATEGY_NAMES, UNCERTAINTY, bald, cal_scores, select_batch, vote_entropy
 
 ECE_LIMIT = 0.10
 POOL_RATIO = 10.0
@@ -70,7 +70,7 @@ class SimReport:
 def read_labelled(path: Path, text_col: str, label_col: str, split_col: str | None = None):
     """(texts, labels, splits or None) from CSV/TSV/JSONL/Parquet, with clear errors."""
     import duckdb
-    from core.importer import detect_format
+    from labelloop.core.importer import detect_format
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path} does not exist.")
@@ -234,7 +234,7 @@ def _run_arm(strategy, repeat, seed_rows, X_pool, y_pool, X_test, y_test, classe
             if base in UNCERTAINTY:
                 scores = UNCERTAINTY[base](p)
             elif base in ("bald", "qbc"):
-                from core.loop import fit_committee
+                from labelloop.core.loop import fit_committee
                 committee = fit_committee(X_pool[labelled], list(y_arr[labelled]), classes, model, rng)
                 stack = np.stack([c.predict_proba(Xc) for c in committee])
                 scores = bald(stack) if base == "bald" else vote_entropy(stack)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from core.project import Project
+from labelloop.core.project import Project
 
 
 def arm_counts(project: Project) -> dict:

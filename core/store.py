@@ -20,8 +20,8 @@ from typing import Any, Iterator, Sequence
 
 import duckdb
 
-from core.errors import ProjectError, StoreError
-from core.faults import fault_error
+from labelloop.core.errors import ProjectError, StoreError
+from labelloop.core.faults import fault_error
 
 DB_NAME = "project.duckdb"
 

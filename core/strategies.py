@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import EmptyPoolError, LabelloopError
+from labelloop.core.errors import EmptyPoolError, LabelloopError
 
 STRATEGY_NAMES = ("random", "least_confidence", "margin", "entropy", "bald", "qbc", "cal", "diversity", "power")
 CHUNK = 65_536

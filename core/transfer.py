@@ -16,17 +16,17 @@ import json
 import zipfile
 from pathlib import Path
 
-from core.artifacts import ArtifactError
-from core.errors import LabelloopError
-from core.modelfile import read_model_file, save_model_file
-from core.project import Project
-from core.store import utcnow
+from labelloop.core.artifacts import ArtifactError
+from labelloop.core.errors import LabelloopError
+from labelloop.core.modelfile import read_model_file, save_model_file
+from labelloop.core.project import Project
+from labelloop.core.store import utcnow
 
 MAGIC = "labelloop-model/1"
 
 
 def export_model(project: Project, out: Path | str, version: int | None = None) -> tuple[Path, int]:
-    from core.loop import latest_model_version, load_model
+    from labelloop.core.loop import latest_model_version, load_model
     version = version or project.store.scalar("SELECT max(version) FROM models WHERE origin = 'trained'") \
         or latest_model_version(project)
     if version is None:

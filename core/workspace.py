@@ -24,9 +24,9 @@ from pathlib import Path
 
 import duckdb
 
-from core.errors import LabelloopError, StoreError
-from core.project import Project, current_actor
-from core.store import Store, store_error_text
+from labelloop.core.errors import LabelloopError, StoreError
+from labelloop.core.project import Project, current_actor
+from labelloop.core.store import Store, store_error_text
 
 UNSPECIFIED = "unspecified"   # the reason of a correction made with a label key, when none is asked for
 _STORE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT}
@@ -47,8 +47,8 @@ def _retrain_in_process(executor, project: Project, progress, kw: dict):
     cannot read is rebuilt here once and the round retried."""
     from concurrent.futures import TimeoutError as FutureTimeout
 
-    from core.features import FeatureCacheError, invalidate_feature_cache
-    from core.loop import commit_round, compute_round, plan_round
+    from labelloop.core.features import FeatureCacheError, invalidate_feature_cache
+    from labelloop.core.loop import commit_round, compute_round, plan_round
     step = progress or (lambda f, m: None)
     for attempt in range(2):
         step(0.05, "reading the store")
@@ -352,7 +352,7 @@ class Workspace:
         ``executor`` (a one-worker ``ProcessPoolExecutor``): the training and scoring run in that
         process, so they never compete with the caller's threads for the interpreter; the store is
         read before and written after, here (DuckDB allows one process per file)."""
-        from core.loop import train_and_queue
+        from labelloop.core.loop import train_and_queue
         p = project or self.project
         if executor is None:
             report = train_and_queue(p, progress=progress, **kw)
@@ -369,7 +369,7 @@ class Workspace:
             return (self._front + self._queue)[:n]
 
     def metrics(self) -> dict:
-        from core.metrics import metrics_snapshot
+        from labelloop.core.metrics import metrics_snapshot
         return metrics_snapshot(self.project)
 
     def worker_project(self) -> Project:

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "datasets"
 
-from core.project import Project, init_project  # noqa: E402
+from labelloop.core.project import Project, init_project  # noqa: E402
 
 
 @pytest.fixture
@@ -50,5 +50,5 @@ def store_fingerprint(project: Project) -> tuple:
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "labelloop.tui.cli", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=env, timeout=300)

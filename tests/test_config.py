@@ -1,9 +1,9 @@
 import pytest
 
-from core.config import CONFIG_NAME, load_config
-from core.errors import ConfigError, ProjectError
-from core.project import init_project
-from core.store import SCHEMA_VERSION, Store
+from labelloop.core.config import CONFIG_NAME, load_config
+from labelloop.core.errors import ConfigError, ProjectError
+from labelloop.core.project import init_project
+from labelloop.core.store import SCHEMA_VERSION, Store
 
 
 def test_init_creates_project_files(tmp_path):

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.errors import LabelloopError
-from core.exporter import export_parquet
-from core.importer import import_file
-from core.project import Project, init_project
+from labelloop.core.errors import LabelloopError
+from labelloop.core.exporter import export_parquet
+from labelloop.core.importer import import_file
+from labelloop.core.project import Project, init_project
 from tests.conftest import ROOT, write_csv, write_jsonl
 
 FINAL_COLUMNS = ["item_id", "text", "label", "labels", "decision", "decided_by", "n_annotations", "annotators",
@@ -109,7 +109,7 @@ def test_kill_9_during_export_leaves_no_file_under_target(project_dir, tmp_path)
     target = tmp_path / "final.parquet"
     marker = tmp_path / "reached"
     env = {**os.environ, "LABELLOOP_FAULT": "export-before-rename", "LABELLOOP_FAULT_MARKER": str(marker)}
-    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "export", str(project_dir), str(target)], cwd=ROOT, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "labelloop.tui.cli", "export", str(project_dir), str(target)], cwd=ROOT, env=env)
     deadline = time.time() + 60
     while not marker.exists():
         assert proc.poll() is None and time.time() < deadline

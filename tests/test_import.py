@@ -12,9 +12,9 @@ import time
 import polars as pl
 import pytest
 
-from core.errors import InputFileError, ValidationError
-from core.importer import import_file
-from core.project import Project
+from labelloop.core.errors import InputFileError, ValidationError
+from labelloop.core.importer import import_file
+from labelloop.core.project import Project
 from tests.conftest import ROOT, store_fingerprint, write_csv, write_jsonl
 
 GOOD = [["a1", "win a free prize now", "spam"], ["a2", "see you at lunch", "ham"], ["a3", "no label yet", ""]]
@@ -69,7 +69,7 @@ def test_ids_default_to_file_and_row(project, tmp_path):
 
 
 def test_multi_label_import(tmp_path):
-    from core.project import init_project
+    from labelloop.core.project import init_project
     d = init_project(tmp_path / "ml", ["sports", "politics", "tech"], multi_label=True)
     with Project.open(d) as p:
         f = write_csv(tmp_path / "m.csv", ["id", "text", "tags"], [["1", "x", "sports|tech"], ["2", "y", "politics"]])
@@ -226,7 +226,7 @@ def test_kill_9_during_import_leaves_store_unchanged(project_dir, tmp_path):
         before = store_fingerprint(p)
     marker = tmp_path / "reached"
     env = {**os.environ, "LABELLOOP_FAULT": "import-before-commit", "LABELLOOP_FAULT_MARKER": str(marker)}
-    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "import", str(project_dir), str(f), "--id-col", "id",
+    proc = subprocess.Popen([sys.executable, "-m", "labelloop.tui.cli", "import", str(project_dir), str(f), "--id-col", "id",
                              "--label-col", "label"], cwd=ROOT, env=env)
     deadline = time.time() + 120
     while not marker.exists():

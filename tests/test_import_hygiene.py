@@ -13,7 +13,7 @@ def test_core_imports_no_textual():
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}:\n"
-        "    importlib.import_module('core.' + m)\n"
+        "    importlib.import_module('labelloop.core.' + m)\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'tui', 'textual_plotext'))\n"
         "print(','.join(bad))\n"
     )

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from core.calibration import nll
-from core.errors import ModelError
-from core.features import TextFeaturizer
-from core.loop import batch_similarity
-from core.model import evaluate, fit_model
+from labelloop.core.calibration import nll
+from labelloop.core.errors import ModelError
+from labelloop.core.features import TextFeaturizer
+from labelloop.core.loop import batch_similarity
+from labelloop.core.model import evaluate, fit_model
 from tests.conftest import ROOT
 
 ROWS = list(csv.DictReader(open(ROOT / "sample_data" / "sms_spam.csv", encoding="utf-8")))
@@ -82,7 +82,7 @@ def test_batch_similarity_flags_a_concentrated_batch():
 
 def test_never_returns_the_all_zero_model(data, monkeypatch):
     """lbfgs stops at w = 0 when the starting gradient is below tol (seen with balanced margin batches)."""
-    import core.model as M
+    import labelloop.core.model as M
     real = M._logreg
     monkeypatch.setattr(M, "_logreg", lambda cw, C, seed, tol=1e-4: real(cw, C, seed, tol=1.0 if tol > 1e-9 else tol))
     X, y, Xt, yt = data

@@ -3,8 +3,8 @@
 import polars as pl
 import pytest
 
-from core.errors import LabelloopError
-from core.simulate import SimConfig, format_report, run_simulation, write_outputs
+from labelloop.core.errors import LabelloopError
+from labelloop.core.simulate import SimConfig, format_report, run_simulation, write_outputs
 from tests.conftest import ROOT, SHARED, run_cli, write_csv
 
 SAMPLE = ROOT / "sample_data" / "sms_spam.csv"

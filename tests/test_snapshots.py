@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.tui_helpers import project_copy
-from tui.app import LabelApp
+from labelloop.tui.app import LabelApp
 
 SIZES = [(80, 24), (120, 40)]
 

@@ -11,10 +11,10 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.exporter import export_parquet
-from core.importer import import_file
-from core.project import Project, init_project
-from core.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
+from labelloop.core.exporter import export_parquet
+from labelloop.core.importer import import_file
+from labelloop.core.project import Project, init_project
+from labelloop.core.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
 
 ITEMS = ["a", "b", "c", "d"]
 ACTORS = ["import:f.csv", "alice", "bob", "carol"]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from core.errors import LabelloopError
-from core.strategies import (bald, cal_scores, diversity_select, entropy, least_confidence, margin, percentile_of,
+from labelloop.core.errors import LabelloopError
+from labelloop.core.strategies import (bald, cal_scores, diversity_select, entropy, least_confidence, margin, percentile_of,
                              power_sample, select_batch, top_k, vote_entropy)
 
 P = np.array([

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from core.project import Project
+from labelloop.core.project import Project
 from tests.conftest import write_csv
 from tests.tui_helpers import TRUTH, build_project, project_copy
-from tui.app import LabelApp
+from labelloop.tui.app import LabelApp
 
 
 def events(d, where="TRUE"):
@@ -250,9 +250,9 @@ async def test_hostile_text_is_shown_not_interpreted(tmp_path):
 
 
 async def test_multi_label_toggle_then_enter(tmp_path):
-    from core.importer import import_file
-    from core.loop import train_and_queue
-    from core.project import init_project
+    from labelloop.core.importer import import_file
+    from labelloop.core.loop import train_and_queue
+    from labelloop.core.project import init_project
     d = init_project(tmp_path / "ml", ["sports", "politics", "tech"], multi_label=True)
     write_csv(tmp_path / "ml.csv", ["id", "text"], [[f"m{i}", f"item number {i}"] for i in range(10)])
     with Project.open(d) as p:
@@ -287,7 +287,7 @@ async def test_help_and_metrics_screens_open(proj):
 
 def test_workspace_api_for_scripts(tmp_path):
     """The same operations the workstation uses, from a script: next, label, undo, retrain, metrics."""
-    from core.workspace import Workspace
+    from labelloop.core.workspace import Workspace
     d = project_copy(tmp_path)
     ws = Workspace(d, actor="script")
     nxt = ws.next_items(3)

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from core.config import CONFIG_NAME
-from core.importer import import_file
-from core.loop import train_and_queue
-from core.project import Project, init_project
+from labelloop.core.config import CONFIG_NAME
+from labelloop.core.importer import import_file
+from labelloop.core.loop import train_and_queue
+from labelloop.core.project import Project, init_project
 from tests.conftest import ROOT, write_csv
 from tests.tui_helpers import SAMPLE, TRUTH, project_copy
-from tui.app import EXIT_STORE_FAILED, LabelApp
-from tui.screens import CorrectionScreen, FatalScreen
+from labelloop.tui.app import EXIT_STORE_FAILED, LabelApp
+from labelloop.tui.screens import CorrectionScreen, FatalScreen
 
 
 def stored(d, where="TRUE"):
@@ -76,7 +76,7 @@ async def test_two_hundred_items_at_default_settings_give_the_audit_arm_its_shar
     with Project.open(d) as p:
         retrains = p.store.scalar("SELECT count(*) FROM models")
         assert retrains >= 7  # the background retrains really ran (every 25 decisions)
-        from core.metrics import arm_counts
+        from labelloop.core.metrics import arm_counts
         arms = arm_counts(p)
         assert arms["audit"] == sum(bool(e["audit"]) for e in ev) and arms["total"] == 200
 
@@ -217,7 +217,7 @@ def run_in_pty(args: list[str], keys: list[tuple[float, bytes]], *, env: dict | 
         os.chdir(ROOT)
         e = dict(os.environ, TERM="xterm-256color", **(env or {}))
         e.pop("NO_COLOR", None)
-        os.execve(sys.executable, [sys.executable, "-m", "tui.cli", *args], e)
+        os.execve(sys.executable, [sys.executable, "-m", "labelloop.tui.cli", *args], e)
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
     out = bytearray()
     start = time.time()
@@ -289,8 +289,8 @@ async def test_store_failure_stops_the_keys_and_keeps_what_was_saved(tmp_path, m
     d = project_copy(tmp_path)
     monkeypatch.setenv("LABELLOOP_FAULT", "store-append")
     monkeypatch.setenv("LABELLOOP_FAULT_AFTER", "2")
-    import core.faults
-    monkeypatch.setattr(core.faults, "_calls", {})
+    import labelloop.core.faults
+    monkeypatch.setattr(labelloop.core.faults, "_calls", {})
     app = LabelApp(d, actor="alice")
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("1", "2")

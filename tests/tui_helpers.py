@@ -6,10 +6,10 @@ import csv
 import shutil
 from pathlib import Path
 
-from core.config import CONFIG_NAME
-from core.importer import import_file
-from core.loop import train_and_queue
-from core.project import Project, init_project
+from labelloop.core.config import CONFIG_NAME
+from labelloop.core.importer import import_file
+from labelloop.core.loop import train_and_queue
+from labelloop.core.project import Project, init_project
 from tests.conftest import ROOT, write_csv
 
 SAMPLE = list(csv.DictReader(open(ROOT / "sample_data" / "sms_spam.csv", encoding="utf-8")))
@@ -36,7 +36,7 @@ def build_project(path: Path, *, n_pool: int = 400, n_test: int = 150, trained: 
         import_file(p, path.parent / f"{path.name}_test.csv", id_col="id", label_col="label", split_col="split")
         train_and_queue(p, seed=0)
         if trained:
-            from core.loop import queued_items
+            from labelloop.core.loop import queued_items
             for it in queued_items(p):
                 p.store.append_event(it["item_id"], "label", "seed-annotator", via="key",
                                      labels=[TRUTH[it["item_id"]]], batch_id=it["batch_id"], strategy=it["strategy"],

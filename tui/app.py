@@ -22,10 +22,10 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Header, ProgressBar, Static
 from textual.worker import get_current_worker
 
-from core.errors import LabelloopError, StoreError
-from core.workspace import QueueItem, Workspace, as_store_error
-from tui.safe_text import clean, safe_line, safe_text
-from tui.screens import CorrectionScreen, FatalScreen, HelpScreen, MetricsScreen, NoteScreen
+from labelloop.core.errors import LabelloopError, StoreError
+from labelloop.core.workspace import QueueItem, Workspace, as_store_error
+from labelloop.tui.safe_text import clean, safe_line, safe_text
+from labelloop.tui.screens import CorrectionScreen, FatalScreen, HelpScreen, MetricsScreen, NoteScreen
 
 EXIT_STORE_FAILED = 3
 
@@ -121,7 +121,7 @@ class LabelApp(App):
 
     def on_mount(self) -> None:
         # Keys remapped in labelloop.toml [keys] override the defaults by binding id.
-        from core.config import DEFAULT_ACTION_KEYS
+        from labelloop.core.config import DEFAULT_ACTION_KEYS
         self.set_keymap({action: self._key_name(key) for action, key in self.ws.config.action_keys.items()
                          if key != DEFAULT_ACTION_KEYS[action]})
         self.query_one("#retrain-bar").display = False
@@ -481,7 +481,7 @@ class LabelApp(App):
             import sys
             from concurrent.futures import ProcessPoolExecutor
 
-            from core.loop import warm_up, worker_quiet
+            from labelloop.core.loop import warm_up, worker_quiet
             # multiprocessing hands sys.stderr's file descriptor to the processes it starts (the
             # resource tracker when the executor is made, the worker on the first submit): Textual's
             # print capture has none (-1), and the terminal must not receive their output, so they get

@@ -9,7 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from core.textsafe import safe_json, safe_line
+from labelloop.core.textsafe import safe_json, safe_line
 
 EXIT_BAD_INPUT = 2
 
@@ -17,7 +17,7 @@ EXIT_BAD_INPUT = 2
 def say(text: str = "", *, file=None) -> None:
     """Print text that may hold ids, labels, split names or texts from data files: every control
     character is made visible (core/textsafe.py), so nothing reaches the terminal as a sequence."""
-    from core.textsafe import clean
+    from labelloop.core.textsafe import clean
     print(clean(text), file=file or sys.stdout)
 
 
@@ -32,12 +32,12 @@ def positive_int(value: str) -> int:
 
 
 def _project(path: str, read_only: bool = False):
-    from core.project import Project
+    from labelloop.core.project import Project
     return Project.open(path, read_only=read_only)
 
 
 def cmd_init(args) -> int:
-    from core.project import init_project, parse_labels
+    from labelloop.core.project import init_project, parse_labels
     labels = parse_labels(args.labels)
     path = init_project(args.dir, labels, multi_label=args.multi_label, name=args.name)
     say(f"Created project {path} with labels {', '.join(labels)}.")
@@ -46,7 +46,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from core.importer import import_file
+    from labelloop.core.importer import import_file
     meta = None if args.meta_cols is None else [c.strip() for c in args.meta_cols.split(",") if c.strip()]
     with _project(args.dir) as project:
         r = import_file(project, args.file, text_col=args.text_col, id_col=args.id_col, label_col=args.label_col,
@@ -62,7 +62,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from core.exporter import export_parquet
+    from labelloop.core.exporter import export_parquet
     with _project(args.dir) as project:
         r = export_parquet(project, args.out, what=args.what)
     say(f"Wrote {r.rows:,} rows ({r.what}) to {r.path} in {r.seconds:.2f} s.")
@@ -70,7 +70,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from core.status import format_status, project_status
+    from labelloop.core.status import format_status, project_status
     with _project(args.dir) as project:
         st = project_status(project)
     print(safe_json(st, indent=2, default=str)) if args.json else say(format_status(st))
@@ -78,7 +78,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from core.loop import train_and_queue
+    from labelloop.core.loop import train_and_queue
     with _project(args.dir) as project:
         r = train_and_queue(project, strategy=args.strategy, batch_size=args.batch, seed=args.seed)
     if args.json:
@@ -111,7 +111,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_next(args) -> int:
-    from core.loop import queued_items
+    from labelloop.core.loop import queued_items
     with _project(args.dir) as project:
         items = queued_items(project, args.n)
     if args.json:
@@ -133,7 +133,7 @@ def cmd_next(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from core.simulate import SimConfig, format_report, run_simulation, write_outputs
+    from labelloop.core.simulate import SimConfig, format_report, run_simulation, write_outputs
     cfg = SimConfig(strategies=[s.strip() for s in args.strategies.split(",") if s.strip()], seed_size=args.seed_size,
                     batch=args.batch, budget=args.budget, repeats=args.repeats, test_frac=args.test_frac,
                     seed_query=args.seed_query, target_frac=args.target, cost_per_label=args.cost_per_label,
@@ -156,7 +156,7 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_model(args) -> int:
-    from core.transfer import export_model, import_model
+    from labelloop.core.transfer import export_model, import_model
     with _project(args.dir) as project:
         if args.action == "export":
             out, v = export_model(project, args.file, args.version)
@@ -169,7 +169,7 @@ def cmd_model(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from core.demo import build_demo
+    from labelloop.core.demo import build_demo
     path, created = build_demo(args.dir)
     say(("Built" if created else "Opening existing") + f" demo project {path}.", file=sys.stderr)
     if args.no_open:
@@ -183,9 +183,9 @@ def cmd_label(args) -> int:
 
 def _open_app(path: Path, args) -> int:
     if not sys.stdin.isatty() or not sys.stdout.isatty():
-        from core.errors import LabelloopError
+        from labelloop.core.errors import LabelloopError
         raise LabelloopError("the workstation needs a terminal; run it in an interactive shell (or over ssh -t).")
-    from tui.app import run_app  # Textual is imported only here
+    from labelloop.tui.app import run_app  # Textual is imported only here
     return run_app(path)
 
 
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from core.errors import LabelloopError
+    from labelloop.core.errors import LabelloopError
     try:
         return args.func(args) or 0
     except LabelloopError as exc:
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         print("labelloop: interrupted.", file=sys.stderr)
         return 130
     except OSError as exc:
-        from core.workspace import as_store_error
+        from labelloop.core.workspace import as_store_error
         if args.debug:
             traceback.print_exc()
         if as_store_error(exc) is not None:  # a full disk or an I/O error under the store
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an unexpected fault: one sentence unless --debug
         if args.debug or os.environ.get("LABELLOOP_DEBUG"):
             traceback.print_exc()
-        from core.workspace import as_store_error
+        from labelloop.core.workspace import as_store_error
         if as_store_error(exc) is not None:  # a full disk or an I/O error under the store
             say(f"labelloop: {safe_line(as_store_error(exc), None)}", file=sys.stderr)
             return 3

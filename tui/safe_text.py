@@ -14,7 +14,7 @@ import re
 
 from rich.text import Text
 
-from core.textsafe import clean, safe_line  # noqa: F401  (the one sanitiser, shared with the CLI)
+from labelloop.core.textsafe import clean, safe_line  # noqa: F401  (the one sanitiser, shared with the CLI)
 
 DISPLAY_LIMIT = 20_000
 

@@ -12,8 +12,8 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Markdown, Static
 from textual_plotext import PlotextPlot
 
-from core.config import ProjectConfig
-from tui.safe_text import clean, safe_line
+from labelloop.core.config import ProjectConfig
+from labelloop.tui.safe_text import clean, safe_line
 
 
 class _KeyTarget(Static, can_focus=True):
@@ -222,7 +222,7 @@ class MetricsScreen(Screen):
 
     @work(thread=True, exclusive=True, group="metrics", exit_on_error=False)
     def load(self) -> None:
-        from core.metrics import arm_comparison, metrics_snapshot
+        from labelloop.core.metrics import arm_comparison, metrics_snapshot
         project = self.ws.worker_project()
         snap = metrics_snapshot(project)
         self.app.call_from_thread(self.draw, snap, None)
