@@ -73,6 +73,9 @@ class ProjectConfig:
     hashing_above: int = 500_000
     overlap_share: float = 0.10
     annotators_per_item: int = 2
+    lease_minutes: float = 10.0      # an item handed to an annotator returns to the others after this long
+    skip_hides: bool = False         # a skip by one annotator hides the item from everyone
+    flag_hides: bool = True          # a flag by one annotator hides the item from everyone (it waits for review)
     admins: list[str] = field(default_factory=list)
     reviewers: list[str] = field(default_factory=list)
     annotators: list[str] = field(default_factory=list)
@@ -155,6 +158,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "team": {
         "overlap_share": ("overlap_share", _float_range(0, 1)),
         "annotators_per_item": ("annotators_per_item", _int_range(1, 20)),
+        "lease_minutes": ("lease_minutes", _float_range(0.1, 24 * 60)),
+        "skip_hides": ("skip_hides", _bool),
+        "flag_hides": ("flag_hides", _bool),
     },
     "roles": {
         "admins": ("admins", _str_list),
@@ -336,9 +342,14 @@ hashing_above = 500000            # pool size above which features are hashed (l
 [team]
 overlap_share = 0.10              # share of items labelled by more than one annotator
 annotators_per_item = 2
+lease_minutes = 10                # an item handed out and not decided returns to the others after this
+skip_hides = false                # true: one annotator's skip hides the item from everyone
+flag_hides = true                 # true: one annotator's flag hides the item from everyone (review decides)
 
 [roles]
-# Login names (the SSH user). Empty lists mean: everyone may annotate; admins review.
+# Login names (the SSH user, read from the socket). All empty: everyone who can reach the project
+# annotates and the user who runs the server is the admin. Otherwise only the users listed may connect.
+# admins may do everything; reviewers annotate and export; annotators label.
 admins = []
 reviewers = []
 annotators = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
+import pwd
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +16,11 @@ import tomllib
 
 
 def current_actor() -> str:
-    """The operating-system login is the identity (ARCHITECTURE decision 2)."""
+    """The operating-system login is the identity (ARCHITECTURE decision 2): the process's user id,
+    never an environment variable (getpass.getuser() would believe LOGNAME=alice)."""
     try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry (some containers)
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # no passwd entry (some containers)
         return f"uid{os.getuid()}"
 
 

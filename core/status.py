@@ -46,7 +46,7 @@ def project_status(project: Project) -> dict[str, Any]:
                (SELECT count(*) FROM events u WHERE u.kind = 'undo' AND u.actor = e.actor) AS undone,
                median(duration_ms) FILTER (WHERE kind = 'label') AS median_ms,
                max(ts) AS last_at
-        FROM effective_events e WHERE coalesce(via, '') <> 'import'
+        FROM effective_events e WHERE coalesce(via, '') <> 'import' AND kind IN ('label', 'skip', 'flag')
         GROUP BY actor ORDER BY actor""")
     for a in annotators:
         a["last_at"] = a["last_at"].isoformat() if a["last_at"] else None

@@ -25,11 +25,11 @@ from labelloop.core.faults import fault_error
 
 DB_NAME = "project.duckdb"
 
-EVENT_KINDS = ("label", "skip", "flag", "undo", "adjudicate")
+EVENT_KINDS = ("label", "skip", "flag", "undo", "adjudicate", "denied")
 SPLITS = ("pool", "test", "gold")
 EVENT_FIELDS = {"via", "duration_ms", "labels", "error_category", "note", "model_version", "shown_probs",
                 "suggestion", "suggestion_hidden", "batch_id", "strategy", "score", "rank", "percentile",
-                "audit", "target_event", "session_id", "ts"}
+                "audit", "target_event", "session_id", "ts", "client_msg_id"}
 
 # Each migration is applied once, in order, inside one transaction with its version row.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
@@ -375,6 +375,12 @@ MIGRATIONS.append(
             WHERE e.kind IN ('skip', 'flag')
             GROUP BY item_id""",
     ]))
+MIGRATIONS.append(
+    (4, "team mode: client message ids on decisions", [
+        # Every decision made through the project API carries the client's message id, so a request
+        # resent after a dropped connection is stored once (the service looks ids up before writing).
+        "ALTER TABLE event_log ADD COLUMN client_msg_id VARCHAR",
+    ]))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -544,6 +550,61 @@ class Store:
                    q.model_version, q.probs, q.batch_id
             FROM open_queue q JOIN items i ON i.id = q.item_id
             ORDER BY q.position {limit}""")
+
+    # -- what the project service reads (core/service.py) ------------------------------
+    def latest_batch_id(self) -> int | None:
+        return self.scalar("SELECT max(batch_id) FROM batches")
+
+    def queue_rows(self, item_ids: list[str] | None = None, batch_id: int | None = None) -> list[dict]:
+        """Queue rows with each item's text: one batch in queue order, or the latest queue row of each
+        of ``item_ids`` (any batch)."""
+        cols = """q.position, q.item_id, i.text, i.metadata, q.strategy, q.score, q.rank, q.percentile, q.audit,
+                  q.model_version, q.probs, q.batch_id"""
+        if batch_id is not None:
+            return self.dicts(f"SELECT {cols} FROM queue q JOIN items i ON i.id = q.item_id WHERE q.batch_id = ? "
+                              "ORDER BY q.position", [batch_id])
+        if not item_ids:
+            return []
+        return self.dicts(f"""
+            SELECT {cols} FROM queue q JOIN items i ON i.id = q.item_id
+            JOIN (SELECT item_id, max(batch_id) AS batch_id FROM queue WHERE item_id IN (SELECT unnest(?::VARCHAR[]))
+                  GROUP BY item_id) latest USING (item_id, batch_id)""", [item_ids])
+
+    def decisions_on(self, item_ids: list[str] | None = None) -> list[tuple]:
+        """(item_id, actor, kind) of every effective label, skip and flag on ``item_ids``; with None, on
+        every item that was ever queued (the assignment state a server rebuilds when it starts)."""
+        if item_ids is None:
+            return self.rows("""
+                SELECT e.item_id, e.actor, e.kind FROM effective_events e SEMI JOIN (SELECT DISTINCT item_id FROM queue) q
+                    ON q.item_id = e.item_id
+                WHERE e.kind IN ('label', 'skip', 'flag') AND coalesce(e.via, '') <> 'import'""")
+        if not item_ids:
+            return []
+        return self.rows("""
+            SELECT item_id, actor, kind FROM effective_events
+            WHERE kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'
+              AND item_id IN (SELECT unnest(?::VARCHAR[]))""", [item_ids])
+
+    def client_messages(self) -> list[tuple]:
+        """(actor, client_msg_id, event_id, kind) of every event written through the project API."""
+        return self.rows("SELECT actor, client_msg_id, event_id, kind FROM event_log WHERE client_msg_id IS NOT NULL")
+
+    def latest_decision(self, actor: str) -> dict | None:
+        """``actor``'s latest label, skip or flag that is still standing (what undo takes back)."""
+        rows = self.dicts("""
+            SELECT e.event_id, e.item_id, e.kind, e.batch_id, e.suggestion_hidden
+            FROM effective_events e
+            WHERE e.actor = ? AND e.kind IN ('label', 'skip', 'flag') AND coalesce(e.via, '') <> 'import'
+            ORDER BY e.event_id DESC LIMIT 1""", [actor])
+        return rows[0] if rows else None
+
+    def item_exists(self, item_id: str) -> bool:
+        return bool(self.scalar("SELECT count(*) FROM items WHERE id = ?", [item_id]))
+
+    def unlabelled_pool(self) -> int:
+        """Pool items nobody has decided (a retrain can still queue them)."""
+        return self.scalar("""SELECT count(*) FROM items i ANTI JOIN decided_items d ON d.item_id = i.id
+                              WHERE i.split = 'pool'""")
 
     def invalidate_caches(self) -> None:
         """Called after bulk writes (import) so per-process caches are rebuilt."""

@@ -152,7 +152,7 @@ async def test_retrain_while_labelling(proj, monkeypatch, tmp_path):
             if marker.exists():
                 break
             await pilot.pause(0.05)
-        assert marker.exists() and app._executor is not None
+        assert marker.exists() and app.ws.service._executor is not None
         await pilot.press("1", "2")                   # labelling goes on during the retrain
         assert app.retraining and len(events(proj)) == 2
         on_screen = app.ws.current()
@@ -303,7 +303,7 @@ def test_workspace_api_for_scripts(tmp_path):
     assert ws.current() is shown and shown.model_version == 1   # the current item stays until decided
     ws.label(shown, [TRUTH[shown.item_id]])
     assert ws.current().model_version == 2
-    m = ws.metrics()
+    m = ws.metrics()["snapshot"]
     assert [c["n_train"] for c in m["curve"]] == [40, 43] and m["distribution"]
     a = m["arms"]  # the seed batch: 36 cold-start picks and 4 random-audit items; then 4 decisions
     assert (a["cold_start"], a["total"], a["al"] + a["audit"]) == (36, 44, 8) and a["audit"] >= 4

@@ -1,8 +1,9 @@
 """The annotator's workstation: a Textual app over a Workspace.
 
-A client only: it talks to ``core.workspace.Workspace`` and never to DuckDB,
-scikit-learn or files directly. Retraining runs in a thread worker and reports
-back through messages, so labelling goes on while the model trains.
+A client only: it talks to the project API through ``core.workspace.Workspace`` (in-process, or
+the socket of ``labelloop serve``) and never to DuckDB, scikit-learn or files directly. Retrains are
+jobs of the service (training in a separate process); the app polls their progress, so labelling
+goes on while the model trains.
 """
 
 from __future__ import annotations
@@ -13,45 +14,21 @@ import time
 from pathlib import Path
 
 from rich.text import Text
-from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Footer, Header, ProgressBar, Static
-from textual.worker import get_current_worker
 
 from labelloop.core.errors import LabelloopError, StoreError
-from labelloop.core.workspace import QueueItem, Workspace, as_store_error
+from labelloop.core.service import ApiError
+from labelloop.core.workspace import QueueItem, Report, Workspace
 from labelloop.tui.safe_text import clean, safe_line, safe_text
 from labelloop.tui.screens import CorrectionScreen, FatalScreen, HelpScreen, MetricsScreen, NoteScreen
 
 EXIT_STORE_FAILED = 3
 
 BAR_WIDTH = 20
-
-
-class RetrainProgress(Message):
-    def __init__(self, fraction: float, step: str) -> None:
-        super().__init__()
-        self.fraction, self.step = fraction, step
-
-
-class RetrainDone(Message):
-    def __init__(self, report, queue: list[QueueItem]) -> None:
-        super().__init__()
-        self.report, self.queue = report, queue
-
-
-class RetrainFailed(Message):
-    def __init__(self, error: str, store_failure: StoreError | None = None) -> None:
-        super().__init__()
-        self.error, self.store_failure = error, store_failure
-
-
-class _Cancelled(Exception):
-    pass
 
 
 class LabelApp(App):
@@ -77,18 +54,20 @@ class LabelApp(App):
     def __init__(self, project_dir: Path | str, *, actor: str | None = None, workspace: Workspace | None = None,
                  retrain_in_process: bool = True):
         super().__init__()
-        self.ws = workspace or Workspace(project_dir, actor=actor)
-        # Retrains train and score in a child process (one, reused), so they never hold the interpreter
-        # lock the UI thread needs; False runs them in a thread of this process instead.
+        # In-process, retrains train and score in a child process (one, reused), so they never hold the
+        # interpreter lock the UI thread needs; retrain_in_process=False runs them in a thread instead.
+        self._own_ws = workspace is None
+        self.ws = workspace or Workspace(project_dir, actor=actor,
+                                         compute="process" if retrain_in_process else "thread")
         self.retrain_in_process = retrain_in_process
-        self._executor = None
+        self._watched_job: int | None = None
 
         cfg = self.ws.config
         self.key_to_label = {self._key_name(k): lab for lab, k in cfg.label_keys.items()}
         self.toggled: list[str] = []
         self.shown_at = time.perf_counter()
         self.latencies_ms: list[float] = []   # key handler -> next item rendered (read by bench/)
-        self.last_report = None
+        self.last_report: Report | None = None
         self.store_failed: StoreError | None = None
         self.sub_title = f"{safe_line(cfg.name, 40)} · {safe_line(self.ws.actor, 24)}"
 
@@ -130,12 +109,16 @@ class LabelApp(App):
         # of the cyclic collector's view keeps a full collection short. Measured on a 1M-item project:
         # full collections paused the UI thread 70-80 ms, the largest frame gaps while retraining.
         self.call_after_refresh(gc.freeze)
-        if self.ws.current() is None:
+        # what the service says (a retrain's progress, a new batch, others working) is polled
+        self.set_interval(0.25, self._poll)
+        if self.ws.current() is None and not self.ws.retraining:
             self.start_retrain("the queue is empty")
-        elif self.retrain_in_process and self.ws.config.retrain_every:
+        elif self.ws.retraining:
+            self._retrain_started()
+        elif self.ws.service is not None and self.ws.config.retrain_every:
             # start the training process once the first item is on screen (its imports take a second
             # or two of CPU that start-up should not wait for), so the first retrain finds it ready
-            self.set_timer(1.5, self._training_process)
+            self.set_timer(1.5, self._warm_up)
 
     # -- rendering --------------------------------------------------------------
     def show_item(self, started: float | None = None) -> None:
@@ -143,8 +126,10 @@ class LabelApp(App):
         self.toggled = []
         text_w = self.query_one("#item-text", Static)
         if item is None:
-            text_w.update(Text("No items in the queue." + (" Retraining to fill it…" if self.retraining else
-                                                          " Press t to retrain and fill it."), style="italic"))
+            text_w.update(Text("No items for you in the queue." + (
+                " A new batch is being prepared…" if self.retraining else
+                " Press t to retrain and fill it.") + (
+                f" ({self.ws.others} others are working.)" if self.ws.others else ""), style="italic"))
             self.query_one("#meta", Static).update("")
             self.query_one("#suggestion", Static).update("")
             self.query_one("#why", Static).update("")
@@ -179,13 +164,13 @@ class LabelApp(App):
 
     def _suggestion(self, item: QueueItem) -> Text:
         t = Text()
-        if not item.probs:
-            t.append("No model yet", style="bold")
-            t.append("\nlabel from the text alone (cold start)", style="dim")
-            return t
         if item.suggestion_hidden:
             t.append("Suggestion hidden", style="bold")
             t.append("\n(blind item: your label measures anchoring)", style="dim")
+            return t
+        if not item.probs:
+            t.append("No model yet", style="bold")
+            t.append("\nlabel from the text alone (cold start)", style="dim")
             return t
         t.append(f"Model v{item.model_version} suggests\n", style="dim")
         ranked = sorted(item.probs.items(), key=lambda kv: -kv[1])[:5]
@@ -235,6 +220,8 @@ class LabelApp(App):
             parts.append(f"model v{self.last_report.model_version}: acc {m['accuracy']:.3f}{base}, ECE {m['ece']:.3f}")
         if self.retraining:
             parts.append("retraining…")
+        if p.others:
+            parts.append(f"{p.others} other{'s' if p.others != 1 else ''} working")
         self.query_one("#progress", Static).update(Text(" · ".join(parts)))
 
     # -- decisions -----------------------------------------------------------------
@@ -255,18 +242,26 @@ class LabelApp(App):
             return True
         except StoreError as exc:
             self.fail_store(exc)
+        except ApiError as exc:
+            if exc.code == "server_gone":
+                self.fail_store(exc, title="The labelloop server stopped")
+            elif exc.code == "not_leased":  # e.g. the lease expired and someone else took the item
+                self.toast(str(exc), severity="warning", timeout=4)
+                self.ws.refresh()
+                self.show_item()
+            else:
+                self.toast(str(exc), severity="warning", timeout=3)
         except LabelloopError as exc:
             self.toast(str(exc), severity="warning", timeout=3)
         return False
 
-    def fail_store(self, exc: StoreError) -> None:
+    def fail_store(self, exc: Exception, title: str = "The project store failed") -> None:
         if self.store_failed is not None:
             return
         self.store_failed = exc
-        self.workers.cancel_group(self, "retrain")
         while len(self.screen_stack) > 1:
             self.pop_screen()
-        self.push_screen(FatalScreen("The project store failed", str(exc) +
+        self.push_screen(FatalScreen(title, str(exc) +
                                      " The workstation will close; press any key (exit code 3)."),
                          lambda _r: self.exit(return_code=EXIT_STORE_FAILED))
 
@@ -275,11 +270,8 @@ class LabelApp(App):
 
     def _decided(self, started: float) -> None:
         self.show_item(started)
-        every = self.ws.config.retrain_every
-        if every and self.ws.decisions_since_train >= every and not self.retraining:
-            self.start_retrain(f"auto-retrain after {every} labels")
-        elif self.ws.current() is None and not self.retraining:
-            self.start_retrain("the queue is empty")
+        if self.ws.retraining and not self.retraining:  # the service started one (its cadence, or an empty queue)
+            self._retrain_started()
 
     def on_key(self, event) -> None:
         if self.screen is not self.screen_stack[0] or self.store_failed:
@@ -396,120 +388,96 @@ class LabelApp(App):
 
     # -- retraining in the background ---------------------------------------------------
     def start_retrain(self, why: str) -> None:
+        try:
+            self.ws.retrain_start(why)
+        except StoreError as exc:
+            self.fail_store(exc)
+            return
+        except LabelloopError as exc:
+            self.toast(f"Retrain refused: {exc}", severity="warning", timeout=5)
+            return
+        self._retrain_started()
+
+    def _retrain_started(self) -> None:
+        job = self.ws.job or {}
         self.retraining = True
-        self.ws.decisions_since_train = 0
+        self._watched_job = job.get("id")
         bar = self.query_one("#retrain-bar", ProgressBar)
         bar.display = True
-        bar.update(progress=0.0)
-        self.toast(f"Retraining ({why}); keep labelling.", timeout=2)
+        bar.update(progress=job.get("fraction", 0.0))
+        self.toast(f"Retraining ({job.get('why', 'asked for')}); keep labelling.", timeout=2)
         self.update_progress()
-        self.retrain_worker()
 
-    @work(thread=True, exclusive=True, group="retrain", exit_on_error=False)
-    def retrain_worker(self) -> None:
-        worker = get_current_worker()
-        project = self.ws.worker_project()
+    def _warm_up(self) -> None:
+        if self.ws.service is not None and not self.store_failed:
+            self.ws.service.warm_up()
+            gc.freeze()  # the executor's machinery lives as long as the app too
 
-        def progress(fraction: float, step: str) -> None:
-            if worker.is_cancelled:
-                raise _Cancelled()
-            self.post_message(RetrainProgress(fraction, step))
+    def _poll(self) -> None:
+        """Every quarter second: a retrain's progress, its end, and what changed meanwhile."""
+        if self.store_failed or (not self.retraining and self._poll_skip()):
+            return
+        had_item = self.ws.current() is not None
         try:
-            executor = self._training_process() if self.retrain_in_process else None
-            report = self.ws.retrain(project=project, progress=progress, executor=executor)
-            queue = self.ws.load_queue(project.store)
-        except _Cancelled:
+            self.ws.poll()
+        except StoreError as exc:
+            self.fail_store(exc)
             return
-        except Exception as exc:  # shown, not raised: labelling goes on, unless the store itself failed
-            store_failure = as_store_error(exc)
-            from concurrent.futures.process import BrokenProcessPool
-            if isinstance(exc, BrokenProcessPool):  # the training process died (e.g. out of memory)
-                self._executor = None
-                exc = LabelloopError("the training process stopped unexpectedly; press t to try again")
-            text = str(exc) if isinstance(exc, LabelloopError) else f"{type(exc).__name__}: {exc}"
-            self.post_message(RetrainFailed(text, store_failure))
+        except ApiError as exc:
+            if exc.code == "server_gone":
+                self.fail_store(exc, title="The labelloop server stopped")
             return
-        self.post_message(RetrainDone(report, queue))
+        job = self.ws.job or {}
+        if self.ws.retraining:
+            if not self.retraining:
+                self._retrain_started()
+            self.query_one("#retrain-bar", ProgressBar).update(progress=job.get("fraction", 0.0))
+        elif self.retraining:
+            self._retrain_finished(job)
+        if not had_item and self.ws.current() is not None:
+            self.show_item()
+        else:
+            self.update_progress()
 
-    @on(RetrainProgress)
-    def _on_retrain_progress(self, msg: RetrainProgress) -> None:
-        self.query_one("#retrain-bar", ProgressBar).update(progress=msg.fraction)
+    _poll_count = 0
 
-    @on(RetrainDone)
-    def _on_retrain_done(self, msg: RetrainDone) -> None:
+    def _poll_skip(self) -> bool:
+        """While no retrain runs, poll every 2 s (others working, a retrain someone else started)."""
+        self._poll_count += 1
+        return self._poll_count % 8 != 0
+
+    def _retrain_finished(self, job: dict) -> None:
         self.retraining = False
-        if self.store_failed:
-            return
-        self.last_report = msg.report
         self.query_one("#retrain-bar", ProgressBar).display = False
-        before = self.ws.current()
-        changed = self.ws.set_queue(msg.queue)
-        r = msg.report
-        # the item on screen stays until it is decided; what comes after it changed
-        stays = " The item on screen stays; the queue after it changed." if before is not None and changed else ""
-        if r.model_version and r.metrics.get("accuracy") is not None:
+        if job.get("error"):
+            if job["error"] != "cancelled":
+                self.toast(f"Retrain failed: {job['error']}", severity="error", timeout=8)
+            self.update_progress()
+            return
+        r = Report(job.get("report") or {})
+        if not r:
+            return
+        self.last_report = r
+        # the item on screen stays until it is decided (it is leased to this annotator)
+        if r.get("model_version") and (r.get("metrics") or {}).get("accuracy") is not None:
             m = r.metrics
             base = f" (majority baseline {m['majority_baseline']:.3f})" if m.get("majority_baseline") is not None else ""
             self.toast(f"Model v{r.model_version}: test accuracy {m['accuracy']:.3f}{base}, "
-                       f"ECE {m['ece']:.3f}; new batch of {r.batch_size}.{stays}", timeout=4)
+                       f"ECE {m['ece']:.3f}; new batch of {r.batch_size}.", timeout=4)
         else:
-            self.toast(f"New batch of {r.batch_size} ({r.strategy}).{stays}", timeout=3)
-        for w in r.warnings[:2]:
+            self.toast(f"New batch of {r.batch_size} ({safe_line(r.strategy, 40)}).", timeout=3)
+        for w in (r.get("warnings") or [])[:2]:
             self.toast(w, severity="warning", timeout=6)
-        after = self.ws.current()
-        if before is None or after is None or before.item_id != after.item_id:
+        if self.ws.current() is None:
+            self.ws.refresh()
             self.show_item()
         else:
             self.query_one("#labelbar", Static).update(self._labelbar())
             self.update_progress()
 
-    @on(RetrainFailed)
-    def _on_retrain_failed(self, msg: RetrainFailed) -> None:
-        self.retraining = False
-        if msg.store_failure is not None:
-            self.fail_store(msg.store_failure)
-            return
-        self.query_one("#retrain-bar", ProgressBar).display = False
-        self.toast(f"Retrain failed: {msg.error}", severity="error", timeout=8)
-        self.update_progress()
-
-    def _training_process(self):
-        """The one worker process for training and scoring (started on first use, then reused, so the
-        features stay loaded in it between retrains)."""
-        if self._executor is None:
-            import multiprocessing
-            import sys
-            from concurrent.futures import ProcessPoolExecutor
-
-            from labelloop.core.loop import warm_up, worker_quiet
-            # multiprocessing hands sys.stderr's file descriptor to the processes it starts (the
-            # resource tracker when the executor is made, the worker on the first submit): Textual's
-            # print capture has none (-1), and the terminal must not receive their output, so they get
-            # /dev/null (and the worker sends its stdout there too: worker_quiet).
-            captured = sys.stderr
-            with open(os.devnull, "w") as devnull:
-                try:
-                    sys.stderr = devnull
-                    executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                   initializer=worker_quiet)
-                    executor.submit(warm_up)
-                finally:
-                    sys.stderr = captured
-            self._executor = executor
-            gc.freeze()  # the executor's machinery lives as long as the app too
-        return self._executor
-
     def on_unmount(self) -> None:
-        self.workers.cancel_group(self, "retrain")
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            # a retrain still computing is abandoned: nothing of it was stored
-            for proc in list(getattr(executor, "_processes", {}).values()):
-                try:
-                    proc.terminate()
-                except Exception:
-                    pass
-            executor.shutdown(wait=False, cancel_futures=True)
+        if self._own_ws:
+            self.ws.close()
 
 
 def run_app(project_dir: Path) -> int:

@@ -36,6 +36,12 @@ def _project(path: str, read_only: bool = False):
     return Project.open(path, read_only=read_only)
 
 
+def _client(path: str, compute: str = "thread"):
+    """The project API: through the project's server when one runs, else in this process."""
+    from labelloop.core.client import connect
+    return connect(path, compute=compute)
+
+
 def cmd_init(args) -> int:
     from labelloop.core.project import init_project, parse_labels
     labels = parse_labels(args.labels)
@@ -46,46 +52,87 @@ def cmd_init(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from labelloop.core.importer import import_file
+    from labelloop.core.client import SocketClient
+    from labelloop.core.errors import InputFileError, LabelloopError
     meta = None if args.meta_cols is None else [c.strip() for c in args.meta_cols.split(",") if c.strip()]
-    with _project(args.dir) as project:
-        r = import_file(project, args.file, text_col=args.text_col, id_col=args.id_col, label_col=args.label_col,
-                        split_col=args.split_col, meta_cols=meta, skip_invalid=args.skip_invalid,
-                        label_sep=args.label_sep, dedupe=args.dedupe, rejects_path=args.rejects)
-    splits = ", ".join(f"{k} {v:,}" for k, v in r.splits.items()) or "none"
-    say(f"Imported {r.rows_imported:,} of {r.rows_read:,} rows from {r.source} ({splits}; {r.labelled:,} with labels) in {r.seconds:.2f} s.")
-    if r.rows_rejected:
-        say(f"Rejected {r.rows_rejected:,} rows; reasons in {r.rejects_file}.")
-    for line in r.duplicate_lines():
+    opts = dict(text_col=args.text_col, id_col=args.id_col, label_col=args.label_col, split_col=args.split_col,
+                meta_cols=meta, skip_invalid=args.skip_invalid, label_sep=args.label_sep, dedupe=args.dedupe)
+    with _client(args.dir) as client:
+        if isinstance(client, SocketClient):
+            # the server reads the file through a descriptor opened here, with this user's rights
+            if args.rejects:
+                raise LabelloopError("--rejects is not available while the project's server runs (the server "
+                                     "writes rejected rows into the project folder and says where)")
+            try:
+                f = open(args.file, "rb")
+            except FileNotFoundError:
+                raise InputFileError(f"{args.file} does not exist.") from None
+            with f:
+                r = client.call("import", _fds=[f.fileno()], source_name=str(Path(args.file).resolve()), **opts)
+        else:
+            r = client.call("import", path=args.file, rejects=args.rejects, **opts)
+    splits = ", ".join(f"{k} {v:,}" for k, v in r["splits"].items()) or "none"
+    say(f"Imported {r['rows_imported']:,} of {r['rows_read']:,} rows from {r['source']} ({splits}; "
+        f"{r['labelled']:,} with labels) in {r['seconds']:.2f} s.")
+    if r["rows_rejected"]:
+        say(f"Rejected {r['rows_rejected']:,} rows; reasons in {r['rejects_file']}.")
+    for line in r["duplicate_lines"]:
         say(line)
     return 0
 
 
 def cmd_export(args) -> int:
-    from labelloop.core.exporter import export_parquet
-    with _project(args.dir) as project:
-        r = export_parquet(project, args.out, what=args.what)
-    say(f"Wrote {r.rows:,} rows ({r.what}) to {r.path} in {r.seconds:.2f} s.")
+    from labelloop.core.client import SocketClient
+    with _client(args.dir) as client:
+        if isinstance(client, SocketClient):
+            r = _export_through_server(client, Path(args.out), args.what)
+        else:
+            r = client.call("export", path=args.out, what=args.what)
+    say(f"Wrote {r['rows']:,} rows ({r['what']}) to {args.out} in {r['seconds']:.2f} s.")
     return 0
 
 
+def _export_through_server(client, out: Path, what: str) -> dict:
+    """The server writes into a file created here (this user's rights, this user's folder), which is
+    then renamed over ``out``: the server never opens a path a client names."""
+    from labelloop.core.errors import LabelloopError
+    from labelloop.core.safeio import atomic_write
+    if out.suffix.lower() not in (".parquet", ".pq"):
+        raise LabelloopError(f"{out}: the export is Parquet; name the file .parquet.")
+    if not out.parent.exists():
+        raise LabelloopError(f"{out.parent} does not exist; create the folder first.")
+    if out.is_dir():
+        raise LabelloopError(f"{out} is a folder; name a file.")
+    answer: list[dict] = []
+    atomic_write(out, lambda f: answer.append(client.call("export", _fds=[f.fileno()], path=str(out), what=what)))
+    return answer[0]
+
+
 def cmd_status(args) -> int:
-    from labelloop.core.status import format_status, project_status
-    with _project(args.dir) as project:
-        st = project_status(project)
+    from labelloop.core.status import format_status
+    with _client(args.dir) as client:
+        st = client.call("status")
     print(safe_json(st, indent=2, default=str)) if args.json else say(format_status(st))
     return 0
 
 
 def cmd_train(args) -> int:
-    from labelloop.core.loop import train_and_queue
-    with _project(args.dir) as project:
-        r = train_and_queue(project, strategy=args.strategy, batch_size=args.batch, seed=args.seed)
+    import time
+
+    from labelloop.core.errors import LabelloopError
+    from labelloop.core.workspace import Report
+    with _client(args.dir) as client:
+        opts = {k: v for k, v in (("strategy", args.strategy), ("batch", args.batch), ("seed", args.seed))
+                if v is not None}
+        job = client.call("retrain_start", why="labelloop train", **opts)["job"]
+        while job["running"]:
+            time.sleep(0.1)
+            job = client.call("retrain_poll", job=job["id"])["job"]
+    if job["error"]:
+        raise LabelloopError(job["error"])
+    r = Report(job["report"])
     if args.json:
-        print(safe_json({"model_version": r.model_version, "batch_id": r.batch_id, "batch_size": r.batch_size,
-                         "strategy": r.strategy, "n_train": r.n_train, "metrics": r.metrics, "adequacy": r.adequacy,
-                         "signals": r.signals, "warnings": r.warnings, "notes": r.notes, "seconds": r.seconds},
-                        indent=2, default=str))
+        print(safe_json(dict(r), indent=2, default=str))
         return 0
     if r.metrics:
         m = r.metrics
@@ -111,9 +158,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_next(args) -> int:
-    from labelloop.core.loop import queued_items
-    with _project(args.dir) as project:
-        items = queued_items(project, args.n)
+    with _client(args.dir) as client:
+        items = client.call("next_items", n=args.n)["items"]
     if args.json:
         print(safe_json(items, indent=2, default=str))
         return 0
@@ -125,7 +171,7 @@ def cmd_next(args) -> int:
             why += f", rank {it['rank']}"
         if it["percentile"] is not None:
             why += f", pool percentile {it['percentile']:.1f}"
-        probs = json.loads(it["probs"]) if it["probs"] else {}
+        probs = it["probs"] or {}
         top = max(probs, key=probs.get) if probs else None
         sugg = f"  suggestion {top} ({probs[top]:.2f})" if top else ""
         say(f"{safe_line(it['item_id'], 40):<14} [{why}]{sugg}\n    {safe_line(it['text'], 150)}")
@@ -282,7 +328,41 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("label", help="open the annotator's workstation")
     s.add_argument("dir")
     s.set_defaults(func=cmd_label)
+
+    s = sub.add_parser("serve", help="serve the project to several annotators (a Unix socket in the folder)")
+    s.add_argument("dir")
+    s.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP for users with tokens (off by default)")
+    s.add_argument("--train-in-thread", action="store_true",
+                   help="train in a thread of the server instead of a separate process")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("token", help="manage tokens for the server's optional TCP listener")
+    s.add_argument("action", choices=["add"])
+    s.add_argument("dir")
+    s.add_argument("user")
+    s.set_defaults(func=cmd_token)
     return p
+
+
+def cmd_serve(args) -> int:
+    from labelloop.core.errors import LabelloopError
+    from labelloop.core.server import serve
+    tcp = None
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not host or not port.isdigit():
+            raise LabelloopError(f"--tcp {args.tcp!r}: give it as HOST:PORT, e.g. 127.0.0.1:7420")
+        tcp = (host, int(port))
+    return serve(args.dir, compute="thread" if args.train_in_thread else "process", tcp=tcp,
+                 log=lambda msg: say(msg, file=sys.stderr))
+
+
+def cmd_token(args) -> int:
+    from labelloop.core.server import add_token
+    token = add_token(args.dir, args.user)
+    say(f"Token for {args.user} (shown once; give it to them over a safe channel):")
+    print(token)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

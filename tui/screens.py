@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 from rich.text import Text
+from textual.worker import get_current_worker
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -222,15 +223,19 @@ class MetricsScreen(Screen):
 
     @work(thread=True, exclusive=True, group="metrics", exit_on_error=False)
     def load(self) -> None:
-        from labelloop.core.metrics import arm_comparison, metrics_snapshot
-        project = self.ws.worker_project()
-        snap = metrics_snapshot(project)
-        self.app.call_from_thread(self.draw, snap, None)
-        try:
-            arms = arm_comparison(project)
-        except Exception as exc:  # e.g. no labels yet: the rest of the pane still stands
-            arms = {"error": str(exc)}
-        self.app.call_from_thread(self.draw, snap, arms)
+        """The snapshot first; the learning curves by arm train small models in the service, so they
+        are asked for until they are ready."""
+        import time
+        worker = get_current_worker()
+        answer = self.ws.metrics(arms=True)
+        snap = answer["snapshot"]
+        self.app.call_from_thread(self.draw, snap, answer["arms"])
+        deadline = time.monotonic() + 120
+        while answer["arms_pending"] and not worker.is_cancelled and time.monotonic() < deadline:
+            time.sleep(0.3)
+            answer = self.ws.metrics(arms=True)
+        if not answer["arms_pending"]:
+            self.app.call_from_thread(self.draw, answer["snapshot"], answer["arms"])
 
     def draw(self, snap: dict, arms: dict | None) -> None:
         latest = snap.get("latest") or {}

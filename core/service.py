@@ -1,0 +1,723 @@
+"""The project API: every command and the workstation go through ``Service.handle(actor, op, args)``.
+
+Requests and answers are plain dicts of JSON types, the same in both transports: in-process (one
+user, no server; ``core.client.LocalClient``) and the Unix socket of ``labelloop serve``
+(``core.server``). The service owns the project's store, the assignment of items to annotators
+(``core.assign``), the client message ids that make a resent decision count once, and the retrain job
+(one at a time; the training runs in a child process or a thread, reading and writing the store
+through its own cursor).
+
+What the client says is checked, never trusted: the actor comes from the transport (the peer's OS
+user on the socket), an item must be leased to the actor before they decide it, and the provenance
+of a decision (batch, strategy, score, rank, audit, model version, the probabilities shown) is read
+from the service's own queue.
+
+Ops (args) -> answer:
+  open_session(client)                 -> {session, actor, roles, config_toml, config_path, project_dir, item, ...}
+  close_session(session)               -> {}
+  next(session)                        -> {item, left, batch, retraining, others}
+  decide(item_id, action, msg_id, labels, reason, note, duration_ms, session)
+                                       -> {event_id, duplicate, item, left, ...}   action: label|accept|correct|skip|flag
+  undo(msg_id, session)                -> {undone: item_id | None, item, ...}
+  progress(session) / poll(session)    -> {done_session, left, per_hour, batch, retraining, job, others}
+  guidelines()                         -> {text}
+  metrics(arms)                        -> {snapshot, arms | None, arms_pending}
+  status()                             -> project_status dict
+  next_items(n, session)               -> {items}
+  retrain_start(why, strategy, batch, seed) -> {job}
+  retrain_poll(job)                    -> {job}
+  export(path, what)                   -> {path, what, rows, seconds}
+  import(path, ... importer options)   -> import report dict
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import inspect
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import duckdb
+
+from labelloop.core.assign import Assignment
+from labelloop.core.config import CONFIG_NAME
+from labelloop.core.errors import LabelloopError, StoreError
+from labelloop.core.project import Project, current_actor
+from labelloop.core.store import Store, store_error_text
+
+UNSPECIFIED = "unspecified"   # the reason of a correction made with a label key, when none is asked for
+_STORE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT}
+SESSION_IDLE_SECONDS = 120     # a session not heard from for this long no longer counts as working
+MAX_NEXT_ITEMS = 1000
+
+# What each role may do. Admins may do everything; reviewers annotate and export.
+ANNOTATOR_OPS = frozenset({"open_session", "close_session", "next", "decide", "undo", "progress", "poll",
+                           "guidelines", "metrics", "status", "next_items", "retrain_start", "retrain_poll", "ping"})
+REVIEWER_OPS = ANNOTATOR_OPS | {"export"}
+ADMIN_OPS = REVIEWER_OPS | {"import", "retrain_options"}
+ROLE_OPS = {"annotator": ANNOTATOR_OPS, "reviewer": REVIEWER_OPS, "admin": ADMIN_OPS}
+
+
+class ApiError(LabelloopError):
+    """An answer of the API that is an error: a code a program can test and one sentence for people.
+
+    Codes: bad_request, unknown_op, unknown_item, not_leased, unknown_user, denied, store_failed,
+    too_large, busy, server_gone, internal."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+
+class StoreFailed(ApiError, StoreError):
+    """The project store failed: every decision before it is saved; nothing more is taken."""
+
+    def __init__(self, message: str):
+        ApiError.__init__(self, "store_failed", message)
+
+
+def as_store_error(exc: BaseException) -> StoreError | None:
+    """A StoreError for failures of the project store or its disk (DuckDB errors, a full disk, an I/O
+    error); None for anything else."""
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, duckdb.Error) or (isinstance(exc, OSError) and exc.errno in _STORE_ERRNOS):
+        return StoreError(f"the project store failed ({store_error_text(exc)}); every decision before it is saved.")
+    return None
+
+
+def jsonable(value):
+    """The same value in JSON types (dates become ISO strings): what the socket would carry."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def training_executor():
+    """One spawned worker process for training and scoring (its imports warm up in the background).
+    Its stderr is /dev/null: under the workstation the terminal must not receive its output, and
+    Textual's print capture has no file descriptor to hand on."""
+    import multiprocessing
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+
+    from labelloop.core.loop import warm_up, worker_quiet
+    captured = sys.stderr
+    with open(os.devnull, "w") as devnull:
+        try:
+            sys.stderr = devnull
+            executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=worker_quiet)
+            executor.submit(warm_up)
+        finally:
+            sys.stderr = captured
+    return executor
+
+
+def stop_executor(executor) -> None:
+    """Abandon a training process (a retrain still computing stores nothing)."""
+    for proc in list(getattr(executor, "_processes", {}).values()):
+        try:
+            proc.terminate()
+        except Exception:
+            pass
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _retrain_in_process(executor, project: Project, progress, kw: dict):
+    """plan (here) -> compute (in the executor's process) -> commit (here). A feature cache the worker
+    cannot read is rebuilt here once and the round retried."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from labelloop.core.features import FeatureCacheError, invalidate_feature_cache
+    from labelloop.core.loop import commit_round, compute_round, plan_round
+    for attempt in range(2):
+        progress(0.05, "reading the store")
+        inp = plan_round(project, keep_features=False, **kw)
+        inp.feats = None  # the worker reads the cache itself; never ship the matrix through a pipe
+        future = executor.submit(compute_round, inp)
+        progress(0.2, "training in a separate process")
+        try:
+            while True:
+                try:
+                    out = future.result(timeout=0.1)
+                    break
+                except FutureTimeout:
+                    try:
+                        progress(0.5, "training in a separate process")
+                    except BaseException:
+                        future.cancel()
+                        raise
+        except FeatureCacheError:
+            if attempt:
+                raise
+            invalidate_feature_cache(Path(inp.cache_dir))
+            continue
+        progress(0.9, "queueing")
+        return commit_round(project, inp, out)
+
+
+def report_dict(r) -> dict:
+    """A TrainReport as the API gives it."""
+    return jsonable({"model_version": r.model_version, "batch_id": r.batch_id, "batch_size": r.batch_size,
+                     "strategy": r.strategy, "n_train": r.n_train, "metrics": r.metrics, "adequacy": r.adequacy,
+                     "signals": r.signals, "warnings": r.warnings, "notes": r.notes, "seconds": r.seconds})
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class Job:
+    """One retrain: plan, compute (child process or thread), commit, then the new batch is served."""
+
+    def __init__(self, job_id: int, why: str, kw: dict):
+        self.id = job_id
+        self.why = why
+        self.kw = kw
+        self.started = time.time()
+        self.finished: float | None = None
+        self.fraction = 0.0
+        self.step = "starting"
+        self.report: dict | None = None
+        self.error: str | None = None
+        self.cancel = False
+        self.thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.finished is None
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "why": self.why, "running": self.running, "fraction": self.fraction,
+                "step": self.step, "report": self.report, "error": self.error,
+                "seconds": round((self.finished or time.time()) - self.started, 2)}
+
+
+class Session:
+    def __init__(self, session_id: str, actor: str, client: str, now: float, conn: object | None):
+        self.id = session_id
+        self.actor = actor
+        self.client = client
+        self.started = now
+        self.last_seen = now
+        self.decisions = 0
+        self.conn = conn
+
+
+class Service:
+    """The project behind the API. Requests are served one at a time (``handle`` holds the service
+    lock); a retrain job works beside them on its own cursor and takes the lock only to hand over its
+    new batch."""
+
+    def __init__(self, project_dir: Path | str, *, owner: str | None = None, compute: str = "process",
+                 clock=time.time):
+        if compute not in ("process", "thread"):
+            raise ValueError(f"compute must be process or thread, got {compute!r}")
+        self.project = Project.open(project_dir)
+        self.dir = self.project.dir
+        self.config = self.project.config
+        self.store = self.project.store
+        self.owner = owner or current_actor()
+        self.compute = compute
+        self.clock = clock
+        self._lock = threading.RLock()
+        self.sessions: dict[str, Session] = {}
+        self.store_failure: StoreError | None = None
+        self.job: Job | None = None
+        self._job_ids = 0
+        self._executor = None
+        self._arms: dict | None = None        # {"version": v, "arms": {...}} cached learning curves by arm
+        self._arms_thread: threading.Thread | None = None
+        self.labels_since_train = 0
+        cfg = self.config
+        self.assign = Assignment(share=cfg.overlap_share, per_item=cfg.annotators_per_item,
+                                 lease_seconds=cfg.lease_minutes * 60, skip_hides=cfg.skip_hides,
+                                 flag_hides=cfg.flag_hides)
+        self._msgs: dict[tuple[str, str], int] = {(a, m): e for a, m, e, _k in self.store.client_messages()}
+        self.batch_id = self.store.latest_batch_id()
+        self._load_assignment(self.store)
+        self._ops = {name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")}
+        self._signatures = {op: inspect.signature(fn) for op, fn in self._ops.items()}
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            job = self.job
+            if job is not None and job.running:
+                job.cancel = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            stop_executor(executor)
+        if job is not None and job.thread is not None:
+            job.thread.join(timeout=30)
+        if self._arms_thread is not None:
+            self._arms_thread.join(timeout=30)
+        self.project.close()
+
+    def warm_up(self) -> None:
+        """Start the training process now (its imports take a second or two of CPU)."""
+        if self.compute == "process":
+            with self._lock:
+                self._training_process()
+
+    def _training_process(self):
+        if self._executor is None:
+            self._executor = training_executor()
+        return self._executor
+
+    # -- roles -------------------------------------------------------------------------
+    def roles_of(self, actor: str) -> list[str]:
+        cfg = self.config
+        listed = cfg.admins or cfg.reviewers or cfg.annotators
+        roles = []
+        if actor == self.owner or actor in cfg.admins:
+            roles.append("admin")
+        if actor in cfg.reviewers:
+            roles.append("reviewer")
+        if actor in cfg.annotators or not listed:
+            roles.append("annotator")
+        return roles
+
+    def allowed(self, actor: str, op: str) -> bool:
+        return any(op in ROLE_OPS[r] for r in self.roles_of(actor))
+
+    def _deny(self, actor: str, code: str, message: str, op: str) -> ApiError:
+        try:
+            self.store.append_event("", "denied", actor, note=f"{op}: {message}"[:500])
+        except Exception:  # a refusal is answered even when it cannot be logged
+            pass
+        return ApiError(code, message)
+
+    # -- the one entry point -------------------------------------------------------------
+    def handle(self, actor: str, op: str, args: dict | None = None, *, conn: object | None = None) -> dict:
+        """Serve one request of ``actor`` (established by the transport). Raises ApiError."""
+        args = args or {}
+        if not isinstance(op, str) or op not in self._ops:
+            raise ApiError("unknown_op", f"unknown operation {str(op)[:40]!r}")
+        if not isinstance(args, dict) or "conn" in args or "actor" in args:
+            raise ApiError("bad_request", "args must be an object of the operation's arguments")
+        with self._lock:
+            if self.store_failure is not None:
+                raise StoreFailed(str(self.store_failure))
+            roles = self.roles_of(actor)
+            if not roles:
+                raise self._deny(actor, "unknown_user",
+                                 f"{actor} is not a member of this project; an admin can add them under [roles] "
+                                 f"in {self.dir / CONFIG_NAME}.", op)
+            if not self.allowed(actor, op):
+                need = next(r for r in ("annotator", "reviewer", "admin") if op in ROLE_OPS[r])
+                raise self._deny(actor, "denied", f"{actor} may not {op.replace('_', ' ')} in this project "
+                                 f"(it needs the {need} role; {actor} has {', '.join(roles)}).", op)
+            try:
+                bound = self._signatures[op].bind(actor, **args)
+            except TypeError as exc:
+                raise ApiError("bad_request", f"{op}: {exc}") from None
+            try:
+                result = self._ops[op](*bound.args, **bound.kwargs, **({"conn": conn} if op == "open_session" else {}))
+            except ApiError:
+                raise
+            except LabelloopError as exc:
+                err = as_store_error(exc)
+                if err is None:
+                    raise ApiError("bad_request", str(exc)) from exc
+                self.store_failure = err
+                raise StoreFailed(str(err)) from exc
+            except Exception as exc:
+                err = as_store_error(exc)
+                if err is None:
+                    raise
+                self.store_failure = err
+                raise StoreFailed(str(err)) from exc
+            return result
+
+    def disconnected(self, conn: object) -> None:
+        """A transport connection closed: its sessions end and their leases may go to others."""
+        with self._lock:
+            now = self.clock()
+            for sid in [s.id for s in self.sessions.values() if s.conn is conn]:
+                s = self.sessions.pop(sid)
+                if not any(o.actor == s.actor for o in self.sessions.values()):
+                    self.assign.release(s.actor, now)
+
+    # -- assignment ---------------------------------------------------------------------
+    def _load_assignment(self, store: Store) -> None:
+        """From the store: items owed labels (started, not complete), then the latest batch."""
+        decisions = store.decisions_on(None)
+        per_item: dict[str, list] = {}
+        for d in decisions:
+            per_item.setdefault(d[0], []).append(d)
+        owed = []
+        for item_id, ds in per_item.items():
+            labelled = {a for _i, a, k in ds if k == "label"}
+            kinds = {k for _i, _a, k in ds if k != "label"}
+            hidden = ("flag" in kinds and self.config.flag_hides) or ("skip" in kinds and self.config.skip_hides)
+            if len(labelled) < self.assign.need(item_id) and not hidden:
+                owed.append(item_id)
+        rows = store.queue_rows(item_ids=owed)
+        rows.sort(key=lambda r: (r["batch_id"], r["position"]))
+        if self.batch_id is not None:
+            rows += store.queue_rows(batch_id=self.batch_id)
+        ids = {r["item_id"] for r in rows}
+        self.assign.load(rows, [d for d in decisions if d[0] in ids])
+
+    def _new_batch(self, store: Store) -> None:
+        batch = store.latest_batch_id()
+        if batch == self.batch_id:
+            return
+        rows = store.queue_rows(batch_id=batch)
+        self.assign.new_batch(rows, store.decisions_on([r["item_id"] for r in rows]), self.clock())
+        self.batch_id = batch
+
+    def _blind(self, actor: str, item_id: str) -> bool:
+        """A stable share of items (per annotator) is shown without the suggestion, to measure anchoring."""
+        share = self.config.blind_share
+        if share <= 0:
+            return False
+        h = hashlib.sha1(f"{actor}\0{item_id}".encode("utf-8", "surrogatepass")).digest()
+        return int.from_bytes(h[:8], "big") / 2 ** 64 < share
+
+    def _item(self, actor: str, row: dict) -> dict:
+        """An item as its annotator sees it: text, why it was chosen and the model's view (none of
+        it when the item is blind for them, and never anyone else's label)."""
+        probs = json.loads(row["probs"]) if row.get("probs") else {}
+        meta = json.loads(row["metadata"]) if row.get("metadata") else {}
+        hidden = bool(probs) and self._blind(actor, row["item_id"])
+        return {"item_id": row["item_id"], "text": row["text"],
+                "metadata": meta if isinstance(meta, dict) else {"value": meta},
+                "batch_id": row.get("batch_id"), "position": row.get("position"), "strategy": row.get("strategy"),
+                "score": row.get("score"), "rank": row.get("rank"), "percentile": row.get("percentile"),
+                "audit": bool(row.get("audit")), "model_version": row.get("model_version"),
+                "probs": {} if hidden else probs, "suggestion_hidden": hidden,
+                "multi_label": self.config.multi_label}
+
+    def _suggested(self, actor: str, row: dict) -> list[str]:
+        """The labels the annotator saw suggested ([] when none was shown)."""
+        if not row.get("probs") or self._blind(actor, row["item_id"]):
+            return []
+        probs = json.loads(row["probs"])
+        if self.config.multi_label:
+            return sorted(k for k, p in probs.items() if p >= 0.5)
+        return [max(probs, key=probs.get)] if probs else []
+
+    def _session(self, actor: str, session: str | None) -> Session | None:
+        s = self.sessions.get(session) if session else None
+        if s is not None and s.actor != actor:
+            raise ApiError("bad_request", "that session belongs to someone else")
+        if s is not None:
+            s.last_seen = self.clock()
+        return s
+
+    def _others(self, actor: str) -> int:
+        now = self.clock()
+        return len({s.actor for s in self.sessions.values()
+                    if s.actor != actor and now - s.last_seen < SESSION_IDLE_SECONDS})
+
+    def _serve(self, actor: str) -> dict | None:
+        slot = self.assign.next_for(actor, self.clock())
+        if slot is None:
+            self._maybe_refill()
+            return None
+        return self._item(actor, slot.row)
+
+    def _state(self, actor: str, sess: Session | None) -> dict:
+        job = self.job
+        return {"left": self.assign.left_for(actor, self.clock()), "batch": self.batch_id,
+                "retraining": bool(job and job.running), "job": job.to_dict() if job else None,
+                "others": self._others(actor), "done_session": sess.decisions if sess else 0}
+
+    def _maybe_refill(self) -> None:
+        """Nothing left to hand out: queue a new batch if the pool still has items."""
+        if self.job is not None and self.job.running:
+            return
+        if self.assign.open_count(self.clock()) == 0 and self.store.unlabelled_pool() > 0:
+            self._start_job("the queue is empty", {})
+
+    # -- ops -------------------------------------------------------------------------------
+    def op_ping(self, actor: str) -> dict:
+        return {"actor": actor}
+
+    def op_open_session(self, actor: str, client: str = "cli", conn: object | None = None) -> dict:
+        now = self.clock()
+        sid = uuid.uuid4().hex[:12]
+        sess = Session(sid, actor, str(client)[:40], now, conn)
+        self.sessions[sid] = sess
+        cfg_path = self.dir / CONFIG_NAME
+        return {"session": sid, "actor": actor, "roles": self.roles_of(actor),
+                "config_toml": cfg_path.read_text(encoding="utf-8"), "config_path": str(cfg_path),
+                "project_dir": str(self.dir), **self._state(actor, sess)}
+
+    def op_close_session(self, actor: str, session: str | None = None) -> dict:
+        s = self._session(actor, session)
+        if s is not None:
+            del self.sessions[s.id]
+            if not any(o.actor == actor for o in self.sessions.values()):
+                self.assign.release(actor, self.clock())
+        return {}
+
+    def op_next(self, actor: str, session: str | None = None) -> dict:
+        sess = self._session(actor, session)
+        return {"item": self._serve(actor), **self._state(actor, sess)}
+
+    def op_decide(self, actor: str, item_id: str, action: str, msg_id: str, labels: list | None = None,
+                  reason: str | None = None, note: str | None = None, duration_ms: float | None = None,
+                  session: str | None = None) -> dict:
+        sess = self._session(actor, session)
+        if not isinstance(msg_id, str) or not 8 <= len(msg_id) <= 64:
+            raise ApiError("bad_request", "every decision needs a client message id (msg_id, 8-64 characters)")
+        done = self._msgs.get((actor, msg_id))
+        if done is not None:  # a resend of a decision already stored: answer as before, store nothing
+            return {"event_id": done, "duplicate": True, "item": self._serve(actor), **self._state(actor, sess)}
+        if not isinstance(item_id, str):
+            raise ApiError("bad_request", "item_id must be a string")
+        if action not in ("label", "accept", "correct", "skip", "flag"):
+            raise ApiError("bad_request", f"unknown action {str(action)[:20]!r} (label, accept, correct, skip, flag)")
+        if note is not None and not isinstance(note, str) or reason is not None and not isinstance(reason, str):
+            raise ApiError("bad_request", "reason and note must be strings")
+        if duration_ms is not None and (isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float))):
+            raise ApiError("bad_request", "duration_ms must be a number")
+        slot = self.assign.slots.get(item_id)
+        if slot is None or not self.assign.holds(actor, item_id):
+            if slot is None and not self.store.item_exists(item_id):
+                raise ApiError("unknown_item", f"there is no item {item_id[:60]!r} in this project")
+            raise ApiError("not_leased", f"item {item_id[:60]!r} is not in your hands (ask for the next item); "
+                           "nothing was stored")
+        row = slot.row
+        suggested = self._suggested(actor, row)
+        fields: dict = {}
+        kind = "label"
+        if action in ("skip", "flag"):
+            kind = action
+        elif action == "accept":
+            if not suggested:
+                raise ApiError("bad_request", "there is no suggestion to accept for this item; press a label key")
+            labels, fields["via"] = suggested, "accept"
+        else:
+            labels = self._check_labels(labels)
+            if action == "correct" or (suggested and sorted(labels) != suggested):
+                if reason is None and action == "label" and self.config.ask_reason:
+                    raise ApiError("bad_request", "this project asks for a reason with every correction "
+                                   "([labels] ask_reason)")
+                reason = reason or UNSPECIFIED
+                if reason not in self.config.taxonomy and reason != UNSPECIFIED:
+                    raise ApiError("bad_request", f"'{reason[:60]}' is not in the project's error taxonomy")
+                fields.update(via="correction", error_category=reason)
+            else:
+                fields["via"] = "key-agrees" if suggested else "key"
+        probs = json.loads(row["probs"]) if row.get("probs") else None
+        hidden = bool(probs) and self._blind(actor, item_id)
+        event_id = self.store.append_event(
+            item_id, kind, actor, labels=labels if kind == "label" else None, note=(note or None),
+            duration_ms=float(duration_ms) if duration_ms is not None else None,
+            model_version=row.get("model_version"), batch_id=row.get("batch_id"), strategy=row.get("strategy"),
+            score=row.get("score"), rank=row.get("rank"), percentile=row.get("percentile"), audit=bool(row.get("audit")),
+            suggestion="|".join(suggested) or None, shown_probs=probs if (probs and not hidden) else None,
+            suggestion_hidden=hidden if probs else None, session_id=sess.id if sess else None,
+            client_msg_id=msg_id, **fields)
+        self._msgs[(actor, msg_id)] = event_id
+        self.assign.record(actor, item_id, kind)
+        if sess is not None:
+            sess.decisions += 1
+        if kind == "label":
+            self.labels_since_train += 1
+            every = self.config.retrain_every
+            if every and self.labels_since_train >= every and not (self.job and self.job.running):
+                self._start_job(f"auto-retrain after {every} labels", {})
+        return {"event_id": event_id, "duplicate": False, "item": self._serve(actor), **self._state(actor, sess)}
+
+    def _check_labels(self, labels) -> list[str]:
+        if not isinstance(labels, list) or not all(isinstance(l, str) for l in labels):
+            raise ApiError("bad_request", "labels must be a list of label names")
+        unknown = [l for l in labels if l not in self.config.labels]
+        if unknown:
+            raise ApiError("bad_request", f"unknown label(s) {', '.join(l[:40] for l in unknown)}")
+        if not labels:
+            raise ApiError("bad_request", "choose at least one label")
+        if len(labels) > 1 and not self.config.multi_label:
+            raise ApiError("bad_request", "this project takes one label per item")
+        return sorted(set(labels))
+
+    def op_undo(self, actor: str, msg_id: str, session: str | None = None) -> dict:
+        """Take back this actor's latest decision still standing (any depth, across sessions). The
+        undo is itself an event; the item comes back to this actor first."""
+        sess = self._session(actor, session)
+        if not isinstance(msg_id, str) or not 8 <= len(msg_id) <= 64:
+            raise ApiError("bad_request", "an undo needs a client message id (msg_id, 8-64 characters)")
+        if (actor, msg_id) in self._msgs:
+            return {"undone": None, "duplicate": True, "item": self._serve(actor), **self._state(actor, sess)}
+        last = self.store.latest_decision(actor)
+        if last is None:
+            return {"undone": None, "duplicate": False, "item": self._serve(actor), **self._state(actor, sess)}
+        event_id = self.store.append_event(last["item_id"], "undo", actor, target_event=last["event_id"],
+                                           session_id=sess.id if sess else None, client_msg_id=msg_id)
+        self._msgs[(actor, msg_id)] = event_id
+        rows = self.store.queue_rows(item_ids=[last["item_id"]]) if last["item_id"] not in self.assign.slots else []
+        row = next((r for r in rows if r["batch_id"] == last["batch_id"]), rows[0] if rows else None)
+        self.assign.unrecord(actor, last["item_id"], last["kind"], row, self.clock())
+        if sess is not None:
+            sess.decisions = max(0, sess.decisions - 1)
+        if last["kind"] == "label":
+            self.labels_since_train = max(0, self.labels_since_train - 1)
+        return {"undone": last["item_id"], "duplicate": False, "item": self._serve(actor), **self._state(actor, sess)}
+
+    def op_progress(self, actor: str, session: str | None = None) -> dict:
+        sess = self._session(actor, session)
+        st = self._state(actor, sess)
+        per_hour = None
+        if sess is not None:
+            elapsed_h = (self.clock() - sess.started) / 3600
+            per_hour = sess.decisions / elapsed_h if elapsed_h > 1 / 120 and sess.decisions else None
+        return {**st, "per_hour": per_hour}
+
+    op_poll = op_progress
+
+    def op_guidelines(self, actor: str) -> dict:
+        path = self.dir / self.config.guidelines
+        try:
+            return {"text": path.read_text(encoding="utf-8")}
+        except (OSError, UnicodeDecodeError):
+            return {"text": f"(no readable guidelines file at {path})"}
+
+    def op_metrics(self, actor: str, arms: bool = False) -> dict:
+        from labelloop.core.metrics import metrics_snapshot
+        snap = jsonable(metrics_snapshot(self.project))
+        out = {"snapshot": snap, "arms": None, "arms_pending": False}
+        if arms:
+            version = (snap.get("latest") or {}).get("version")
+            cached = self._arms
+            if cached is not None and cached["version"] == version:
+                out["arms"] = cached["arms"]
+            else:
+                out["arms_pending"] = True
+                if self._arms_thread is None or not self._arms_thread.is_alive():
+                    self._arms_thread = threading.Thread(target=self._compute_arms, args=(version,), daemon=True,
+                                                         name="labelloop-arms")
+                    self._arms_thread.start()
+        return out
+
+    def _compute_arms(self, version) -> None:
+        """Learning curves per arm train small models: off the request thread, on its own cursor."""
+        from labelloop.core.metrics import arm_comparison
+        try:
+            project = Project(self.dir, self.config, Store(self.store.cursor(), self.store.path))
+            arms = jsonable(arm_comparison(project))
+        except Exception as exc:  # e.g. no labels yet: the rest of the pane still stands
+            arms = {"error": str(exc)}
+        with self._lock:
+            self._arms = {"version": version, "arms": arms}
+
+    def op_status(self, actor: str) -> dict:
+        from labelloop.core.status import project_status
+        st = jsonable(project_status(self.project))
+        st["team"] = {"sessions": len({s.actor for s in self.sessions.values()}),
+                      "working": sorted({s.actor for s in self.sessions.values()
+                                         if self.clock() - s.last_seen < SESSION_IDLE_SECONDS}),
+                      "open_items": self.assign.open_count(self.clock()),
+                      "retraining": bool(self.job and self.job.running)}
+        return st
+
+    def op_next_items(self, actor: str, n: int = 20, session: str | None = None) -> dict:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ApiError("bad_request", f"n must be a whole number of at least 1, got {n!r}")
+        slots = self.assign.upcoming(actor, self.clock(), min(n, MAX_NEXT_ITEMS))
+        return {"items": [self._item(actor, s.row) for s in slots]}
+
+    # -- retraining ------------------------------------------------------------------------
+    def op_retrain_start(self, actor: str, why: str = "asked for", strategy: str | None = None,
+                         batch: int | None = None, seed: int | None = None) -> dict:
+        kw = {k: v for k, v in (("strategy", strategy), ("batch_size", batch), ("seed", seed)) if v is not None}
+        if kw and not self.allowed(actor, "retrain_options"):
+            raise self._deny(actor, "denied", f"{actor} may retrain but not choose the strategy, batch or seed "
+                             "(admins only)", "retrain_start")
+        if self.job is not None and self.job.running:
+            return {"job": self.job.to_dict(), "started": False}
+        return {"job": self._start_job(str(why)[:80], kw).to_dict(), "started": True}
+
+    def op_retrain_poll(self, actor: str, job: int | None = None) -> dict:
+        j = self.job
+        if j is None or (job is not None and j.id != job):
+            raise ApiError("bad_request", f"no retrain job {job}")
+        return {"job": j.to_dict(), "batch": self.batch_id}
+
+    def _start_job(self, why: str, kw: dict) -> Job:
+        self._job_ids += 1
+        job = Job(self._job_ids, why, kw)
+        self.job = job
+        self.labels_since_train = 0
+        executor = self._training_process() if self.compute == "process" else None
+        job.thread = threading.Thread(target=self._run_job, args=(job, executor), daemon=True,
+                                      name=f"labelloop-retrain-{job.id}")
+        job.thread.start()
+        return job
+
+    def _run_job(self, job: Job, executor) -> None:
+        from labelloop.core.loop import train_and_queue
+        project = Project(self.dir, self.config, Store(self.store.cursor(), self.store.path))
+
+        def progress(fraction: float, step: str) -> None:
+            if job.cancel:
+                raise _Cancelled()
+            job.fraction, job.step = fraction, step
+
+        try:
+            if executor is None:
+                report = train_and_queue(project, progress=progress, **job.kw)
+            else:
+                report = _retrain_in_process(executor, project, progress, job.kw)
+            if job.cancel:
+                raise _Cancelled()
+            with self._lock:
+                self._new_batch(project.store)
+                job.report = report_dict(report)
+                job.fraction, job.step = 1.0, "done"
+        except _Cancelled:
+            job.error = "cancelled"
+        except Exception as exc:
+            from concurrent.futures.process import BrokenProcessPool
+            store_failure = as_store_error(exc)
+            with self._lock:
+                if store_failure is not None:
+                    self.store_failure = store_failure
+                    job.error = str(store_failure)
+                elif isinstance(exc, BrokenProcessPool):  # the training process died (e.g. out of memory)
+                    self._executor = None
+                    job.error = "the training process stopped unexpectedly; retrain again to try once more"
+                else:
+                    job.error = str(exc) if isinstance(exc, LabelloopError) else f"{type(exc).__name__}: {exc}"
+        finally:
+            job.finished = time.time()
+
+    def wait_job(self, timeout: float = 600) -> Job | None:
+        """Block until the running retrain (if any) has finished (scripts and tests)."""
+        job = self.job
+        if job is not None and job.thread is not None:
+            job.thread.join(timeout)
+        return job
+
+    # -- files -----------------------------------------------------------------------------
+    def op_export(self, actor: str, path: str, what: str = "final") -> dict:
+        from labelloop.core.exporter import export_parquet
+        if not isinstance(path, str):
+            raise ApiError("bad_request", "path must be a string")
+        return jsonable(asdict(export_parquet(self.project, path, what=what)))
+
+    def op_import(self, actor: str, path: str, text_col: str = "text", id_col: str | None = None,
+                  label_col: str | None = None, split_col: str | None = None, meta_cols: list | None = None,
+                  skip_invalid: bool = False, label_sep: str = "|", dedupe: bool = False,
+                  rejects: str | None = None, source_name: str | None = None) -> dict:
+        from labelloop.core.importer import import_file
+        if not isinstance(path, str):
+            raise ApiError("bad_request", "path must be a string")
+        r = import_file(self.project, path, text_col=text_col, id_col=id_col, label_col=label_col,
+                        split_col=split_col, meta_cols=meta_cols, skip_invalid=skip_invalid, label_sep=label_sep,
+                        dedupe=dedupe, rejects_path=rejects, actor=actor, source_name=source_name)
+        self._msgs.update({(a, m): e for a, m, e, _k in self.store.client_messages()})
+        return {**jsonable(asdict(r)), "duplicate_lines": r.duplicate_lines()}
