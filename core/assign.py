@@ -83,10 +83,9 @@ class Assignment:
 
     # -- serving -------------------------------------------------------------------------
     def _lease(self, slot: Slot, actor: str, now: float) -> Slot:
-        # expired leases of others give way to the taker
+        # expired leases of others end when someone takes the item (their holder may ask for it again)
         for a in [a for a, exp in slot.leases.items() if a != actor and exp <= now]:
-            if len(slot.labelled) + sum(1 for b, e in slot.leases.items() if b != actor and e > now) + 1 > slot.need:
-                del slot.leases[a]
+            del slot.leases[a]
         slot.leases[actor] = now + self.lease_seconds
         return slot
 

@@ -551,7 +551,8 @@ class _Importer:
                      self.now, self.actor, deduped])
         rejects_file = self._write_rejects() if rejected and self.problem_total else None
         fault_point("import-before-commit")
-        return ImportReport(str(self.path), self.fmt, rows_read, imported, rejected, labelled, splits, rejects_file)
+        return ImportReport(self.source_name or str(self.path), self.fmt, rows_read, imported, rejected, labelled,
+                            splits, rejects_file)
 
     def _insert_rows(self, con, valid: str, base_ord: int) -> None:
         # Pool rows that arrive with labels are pre-labelled: each gets an import event whose actor names

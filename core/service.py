@@ -231,6 +231,8 @@ class Service:
         self.clock = clock
         self._lock = threading.RLock()
         self.sessions: dict[str, Session] = {}
+        self._conns: dict[int, tuple[object, str]] = {}   # live transport connections and their users
+        self._request_conn: object | None = None
         self.store_failure: StoreError | None = None
         self.job: Job | None = None
         self._job_ids = 0
@@ -317,6 +319,9 @@ class Service:
                 need = next(r for r in ("annotator", "reviewer", "admin") if op in ROLE_OPS[r])
                 raise self._deny(actor, "denied", f"{actor} may not {op.replace('_', ' ')} in this project "
                                  f"(it needs the {need} role; {actor} has {', '.join(roles)}).", op)
+            if conn is not None:
+                self._conns[id(conn)] = (conn, actor)
+            self._request_conn = conn
             try:
                 bound = self._signatures[op].bind(actor, **args)
             except TypeError as exc:
@@ -340,13 +345,15 @@ class Service:
             return result
 
     def disconnected(self, conn: object) -> None:
-        """A transport connection closed: its sessions end and their leases may go to others."""
+        """A transport connection closed: its sessions end, and unless the same user is still connected
+        otherwise, others may take the items they held."""
         with self._lock:
-            now = self.clock()
-            for sid in [s.id for s in self.sessions.values() if s.conn is conn]:
-                s = self.sessions.pop(sid)
-                if not any(o.actor == s.actor for o in self.sessions.values()):
-                    self.assign.release(s.actor, now)
+            _c, actor = self._conns.pop(id(conn), (None, None))
+            for s in self.sessions.values():
+                if s.conn is conn:  # kept, detached: a client that reconnects carries on with it
+                    s.conn, actor = None, s.actor
+            if actor is not None and not any(a == actor for _c, a in self._conns.values()):
+                self.assign.release(actor, self.clock())
 
     # -- assignment ---------------------------------------------------------------------
     def _load_assignment(self, store: Store) -> None:
@@ -414,12 +421,14 @@ class Service:
             raise ApiError("bad_request", "that session belongs to someone else")
         if s is not None:
             s.last_seen = self.clock()
+            if s.conn is None:
+                s.conn = self._request_conn
         return s
 
     def _others(self, actor: str) -> int:
         now = self.clock()
         return len({s.actor for s in self.sessions.values()
-                    if s.actor != actor and now - s.last_seen < SESSION_IDLE_SECONDS})
+                    if s.actor != actor and s.conn is not None and now - s.last_seen < SESSION_IDLE_SECONDS})
 
     def _serve(self, actor: str) -> dict | None:
         slot = self.assign.next_for(actor, self.clock())
@@ -447,6 +456,8 @@ class Service:
 
     def op_open_session(self, actor: str, client: str = "cli", conn: object | None = None) -> dict:
         now = self.clock()
+        for old in [k for k, o in self.sessions.items() if o.conn is None and now - o.last_seen > 3600]:
+            del self.sessions[old]
         sid = uuid.uuid4().hex[:12]
         sess = Session(sid, actor, str(client)[:40], now, conn)
         self.sessions[sid] = sess
@@ -459,8 +470,6 @@ class Service:
         s = self._session(actor, session)
         if s is not None:
             del self.sessions[s.id]
-            if not any(o.actor == actor for o in self.sessions.values()):
-                self.assign.release(actor, self.clock())
         return {}
 
     def op_next(self, actor: str, session: str | None = None) -> dict:
@@ -617,9 +626,8 @@ class Service:
     def op_status(self, actor: str) -> dict:
         from labelloop.core.status import project_status
         st = jsonable(project_status(self.project))
-        st["team"] = {"sessions": len({s.actor for s in self.sessions.values()}),
-                      "working": sorted({s.actor for s in self.sessions.values()
-                                         if self.clock() - s.last_seen < SESSION_IDLE_SECONDS}),
+        st["team"] = {"working": sorted({s.actor for s in self.sessions.values() if s.conn is not None
+                                         and self.clock() - s.last_seen < SESSION_IDLE_SECONDS}),
                       "open_items": self.assign.open_count(self.clock()),
                       "retraining": bool(self.job and self.job.running)}
         return st
@@ -716,8 +724,14 @@ class Service:
         from labelloop.core.importer import import_file
         if not isinstance(path, str):
             raise ApiError("bad_request", "path must be a string")
-        r = import_file(self.project, path, text_col=text_col, id_col=id_col, label_col=label_col,
-                        split_col=split_col, meta_cols=meta_cols, skip_invalid=skip_invalid, label_sep=label_sep,
-                        dedupe=dedupe, rejects_path=rejects, actor=actor, source_name=source_name)
+        try:
+            r = import_file(self.project, path, text_col=text_col, id_col=id_col, label_col=label_col,
+                            split_col=split_col, meta_cols=meta_cols, skip_invalid=skip_invalid, label_sep=label_sep,
+                            dedupe=dedupe, rejects_path=rejects, actor=actor, source_name=source_name)
+        except LabelloopError as exc:
+            if source_name and path in str(exc) and as_store_error(exc) is None:
+                # the server imports a private copy: the message names the user's file
+                raise ApiError("bad_request", str(exc).replace(path, source_name)) from None
+            raise
         self._msgs.update({(a, m): e for a, m, e, _k in self.store.client_messages()})
         return {**jsonable(asdict(r)), "duplicate_lines": r.duplicate_lines()}

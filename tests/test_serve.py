@@ -1,0 +1,287 @@
+"""``labelloop serve``: the project API over the Unix socket, identity from the socket, commands that
+work while others label, hostile clients, a server killed with -9, and two real OS users."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from labelloop.core.client import MAX_LINE, SOCKET_NAME, SocketClient, connect
+from labelloop.core.project import Project, current_actor
+from labelloop.core.server import Server
+from labelloop.core.service import ApiError
+from tests.conftest import ROOT, run_cli, write_csv
+from tests.tui_helpers import TRUTH, project_copy
+
+
+def _events(d, where="TRUE"):
+    with Project.open(d) as p:
+        return p.store.dicts(f"SELECT * FROM event_log WHERE actor <> 'seed-annotator' AND {where} ORDER BY event_id")
+
+
+@pytest.fixture
+def served(tmp_path):
+    d = project_copy(tmp_path)
+    srv = Server(d, compute="thread")
+    srv.start()
+    yield d, srv
+    srv.stop()
+
+
+def _server_process(d: Path, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "labelloop.tui.cli", "serve", str(d), "--train-in-thread", *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for _ in range(300):
+        try:
+            SocketClient(d / SOCKET_NAME, reconnect_seconds=0).close()
+            return proc
+        except (OSError, ApiError):
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read().decode())
+            time.sleep(0.05)
+    raise AssertionError("the server did not start")
+
+
+def _label(c, item, msg=None):
+    return c.call("decide", item_id=item["item_id"], action="label", labels=[TRUTH[item["item_id"]]],
+                  msg_id=msg or uuid.uuid4().hex)
+
+
+def test_the_actor_is_the_sockets_peer_never_the_request(served):
+    d, srv = served
+    c = SocketClient(d / SOCKET_NAME)
+    assert c.actor == current_actor()
+    with pytest.raises(ApiError) as e:
+        c.call("next", actor="bob")
+    assert e.value.code == "bad_request"
+    item = c.call("next")["item"]
+    _label(c, item)
+    c.close()
+    # LOGNAME and USER do not change who a command acts as
+    env = {**os.environ, "LOGNAME": "alice", "USER": "alice"}
+    r = run_cli("status", str(d), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert [a["actor"] for a in json.loads(r.stdout)["annotators"] if a["actor"] != "seed-annotator"] == [current_actor()]
+    assert [e["actor"] for e in _events(d)] == [current_actor()]
+
+
+def test_socket_file_is_private_to_the_folder_group(served):
+    d, srv = served
+    st = (d / SOCKET_NAME).stat()
+    assert oct(st.st_mode & 0o777) == "0o660" and st.st_gid == d.stat().st_gid
+
+
+def test_commands_work_while_someone_labels(served, tmp_path):
+    d, srv = served
+    ws_client = SocketClient(d / SOCKET_NAME)
+    item = ws_client.call("next")["item"]
+    _label(ws_client, item)
+    # every command goes through the server (the DuckDB file is the server's alone)
+    for args in (("status", str(d)), ("next", str(d), "--n", "3", "--json")):
+        r = run_cli(*args)
+        assert r.returncode == 0, r.stderr
+    nxt = json.loads(run_cli("next", str(d), "--n", "3", "--json").stdout)
+    assert len(nxt) == 3 and all("probs" in i for i in nxt)
+    out = tmp_path / "out.parquet"
+    r = run_cli("export", str(d), str(out))
+    assert r.returncode == 0, r.stderr
+    import polars as pl
+    df = pl.read_parquet(out)
+    assert item["item_id"] in df["item_id"].to_list()
+    f = write_csv(tmp_path / "more.csv", ["id", "text"], [["new-1", "a brand new message"], ["new-2", "another one"]])
+    r = run_cli("import", str(d), str(f), "--id-col", "id")
+    assert r.returncode == 0, r.stderr
+    assert "Imported 2 of 2 rows" in r.stdout and str(f.resolve()) in r.stdout
+    r = run_cli("train", str(d), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["model_version"] == 2
+    ws_client.close()
+
+
+def test_hostile_clients_do_not_stop_the_server(served):
+    d, srv = served
+    good = SocketClient(d / SOCKET_NAME)
+    raw = socket.socket(socket.AF_UNIX)
+    raw.connect(str(d / SOCKET_NAME))
+    f = raw.makefile("rb")
+    raw.sendall(b"this is not json\n")
+    assert json.loads(f.readline())["error"]["code"] == "bad_request"
+    raw.sendall(b'{"id": 7, "op": "format_disk", "args": {}}\n')
+    ans = json.loads(f.readline())
+    assert ans["id"] == 7 and ans["error"]["code"] == "unknown_op"
+    raw.sendall(b'[1, 2]\n{"id": 8, "op": "ping"}\n')
+    assert json.loads(f.readline())["error"]["code"] == "bad_request"
+    assert json.loads(f.readline())["data"]["actor"] == current_actor()
+    assert good.call("ping")["actor"] == current_actor()
+    # an oversized line: answered once, that connection closed, the others go on
+    big = socket.socket(socket.AF_UNIX)
+    big.connect(str(d / SOCKET_NAME))
+    try:
+        big.sendall(b"x" * (MAX_LINE + 10))
+    except OSError:
+        pass
+    bf = big.makefile("rb")
+    assert json.loads(bf.readline())["error"]["code"] == "too_large"
+    assert bf.readline() == b""
+    # a client killed half-way through a request
+    code = (f"import socket, os; s = socket.socket(socket.AF_UNIX); s.connect({str(d / SOCKET_NAME)!r}); "
+            "s.sendall(b'{\"id\": 1, \"op\": \"ne'); os.kill(os.getpid(), 9)")
+    subprocess.run([sys.executable, "-c", code], timeout=30)
+    item = good.call("next")["item"]
+    assert _label(good, item)["event_id"]
+    good.close()
+    raw.close()
+    big.close()
+    assert len(_events(d)) == 1
+
+
+def test_workspace_over_the_socket_is_the_same_api(served):
+    from labelloop.core.workspace import Workspace
+    d, srv = served
+    ws = Workspace(d)
+    assert ws.transport == "socket" and ws.service is None
+    first = ws.current()
+    ws.label(first, [TRUTH[first.item_id]])
+    second = ws.current()
+    assert second.item_id != first.item_id
+    assert ws.undo().item_id == first.item_id
+    ws.label(ws.current(), [TRUTH[first.item_id]])
+    r = ws.retrain(seed=4)
+    assert r.model_version == 2
+    assert ws.current().item_id == second.item_id       # the item in hand stays over a new batch
+    ws.close()
+    assert [e["kind"] for e in _events(d)] == ["label", "undo", "label"]
+
+
+def test_kill_9_loses_no_acknowledged_decision_and_clients_reconnect(tmp_path):
+    d = project_copy(tmp_path)
+    proc = _server_process(d)
+    c = SocketClient(d / SOCKET_NAME, reconnect_seconds=20)
+    acked = []
+    for _ in range(10):
+        item = c.call("next")["item"]
+        acked.append(_label(c, item)["event_id"])
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (d / SOCKET_NAME).exists()          # left behind by the dead server
+    # with no server, commands open the project in-process (the stale socket is recognised)
+    r = run_cli("status", str(d), "--json")
+    assert r.returncode == 0, r.stderr
+    proc = _server_process(d)                   # the new server replaces the stale socket
+    try:
+        item = c.call("next")["item"]           # the same client reconnects by itself
+        acked.append(_label(c, item)["event_id"])
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert not (d / SOCKET_NAME).exists()
+    assert sorted(e["event_id"] for e in _events(d)) == sorted(acked)
+
+
+def test_a_second_server_is_refused(served):
+    d, srv = served
+    r = run_cli("serve", str(d))
+    assert r.returncode == 2 and "already runs" in r.stderr
+
+
+def test_import_and_export_through_the_server_never_open_client_paths(served, tmp_path):
+    """The server reads and writes only descriptors the client opened: a path the client cannot read
+    is refused by the client's own open, not read by the server for it."""
+    d, srv = served
+    c = SocketClient(d / SOCKET_NAME)
+    with pytest.raises(ApiError) as e:        # a bare path, without a descriptor, is not opened
+        c.call("import", path="/etc/shadow", source_name="/etc/shadow")
+    assert e.value.code == "bad_request"
+    assert "handed over" in e.value.message
+    with pytest.raises(ApiError) as e:
+        c.call("export", path=str(tmp_path / "x.parquet"))
+    assert "handed over" in e.value.message and not (tmp_path / "x.parquet").exists()
+    c.close()
+
+
+# -- two real OS users ---------------------------------------------------------------------------------
+def _can_make_users() -> bool:
+    return os.geteuid() == 0 and shutil.which("useradd") and shutil.which("runuser") and shutil.which("groupadd")
+
+
+@pytest.fixture
+def request_cleanup():
+    folders: list[Path] = []
+    yield folders
+    for f in folders:
+        shutil.rmtree(f, ignore_errors=True)
+
+
+# What a user's own process runs: the wire protocol with nothing but the standard library (the test
+# users cannot read this checkout's virtualenv, and the protocol needs none of it).
+RAW_CLIENT = """
+import json, socket, sys, uuid
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile('rb')
+def call(op, **args):
+    s.sendall((json.dumps({'id': 1, 'op': op, 'args': args}) + '\\n').encode())
+    a = json.loads(f.readline())
+    if not a['ok']:
+        raise SystemExit(a['error']['code'] + ': ' + a['error']['message'])
+    return a['data']
+for _ in range(5):
+    it = call('next')['item']
+    call('decide', item_id=it['item_id'], action='label', labels=['ham'], msg_id=uuid.uuid4().hex)
+print(call('ping')['actor'])
+"""
+
+
+@pytest.mark.skipif(not _can_make_users(), reason="needs root with useradd, groupadd and runuser")
+def test_two_real_users_label_at_once_with_identities_from_the_socket(request_cleanup):
+    group = "llteam"
+    users = ["llalice", "llbob"]
+    subprocess.run(["groupadd", "-f", group], check=True)
+    for u in users:
+        if subprocess.run(["id", u], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "-M", "-G", group, "-s", "/bin/sh", u], check=True)
+    python = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin")
+    if python is None or subprocess.run(["runuser", "-u", users[0], "--", python, "-c", "pass"]).returncode != 0:
+        pytest.skip("no system python3 the test users may run")
+    import tempfile
+    top = Path(tempfile.mkdtemp(prefix="labelloop-team-"))   # pytest's own tmp folders are private to root
+    request_cleanup.append(top)
+    os.chmod(top, 0o755)
+    base = top / "shared"
+    base.mkdir()
+    d = project_copy(base)
+    for p in [top, *top.parents]:
+        if p.stat().st_mode & 0o001 == 0:
+            pytest.skip(f"the test users cannot reach {p}")
+    shutil.chown(base, group=group)
+    os.chmod(base, 0o2770)
+    shutil.chown(d, group=group)   # the project folder's group decides who may use the socket
+    os.chmod(d, 0o2770)
+    srv = Server(d, compute="thread")   # run by root, the project's owner; the folder's group is the team
+    srv.start()
+    try:
+        procs = [subprocess.Popen(["runuser", "-u", u, "--", "env", "LOGNAME=root", "USER=root", python,
+                                   "-c", RAW_CLIENT, str(d / SOCKET_NAME)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for u in users]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        assert sorted(o[0].strip() for o in outs) == users
+        # someone outside the group cannot connect at all
+        r = subprocess.run(["runuser", "-u", "nobody", "--", python, "-c",
+                            f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(d / SOCKET_NAME)!r})"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "Permission denied" in r.stderr
+    finally:
+        srv.stop()
+    evs = _events(d)
+    assert sorted({e["actor"] for e in evs}) == users and len(evs) == 10
+    assert len({e["item_id"] for e in evs}) == 10     # nobody got the other's item

@@ -1,0 +1,294 @@
+"""Team mode, part 1: the project API's rules (leases, overlap, provenance, message ids, roles), read
+back from the store. The socket transport and real OS users are in tests/test_serve.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from labelloop.core.client import LocalClient
+from labelloop.core.config import CONFIG_NAME
+from labelloop.core.project import Project
+from labelloop.core.service import ApiError, Service
+from tests.tui_helpers import TRUTH, build_project
+
+TEAM_EDITS = (("overlap_share = 0.0", "overlap_share = 1.0"),)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1_000_000.0
+
+    def __call__(self):
+        return self.t
+
+
+def _project(tmp_path, *edits, trained=True, n_pool=300):
+    return build_project(tmp_path / "proj", n_pool=n_pool, n_test=100, trained=trained, cfg_edits=edits)
+
+
+def _events(d, where="TRUE"):
+    with Project.open(d) as p:
+        return p.store.dicts(f"SELECT * FROM event_log WHERE actor <> 'seed-annotator' AND {where} ORDER BY event_id")
+
+
+def _seeded(d) -> list[str]:
+    with Project.open(d) as p:
+        return [r[0] for r in p.store.rows("SELECT item_id FROM event_log WHERE actor = 'seed-annotator'")]
+
+
+def _label(c: LocalClient, item: dict, msg: str | None = None, **kw) -> dict:
+    import uuid
+    return c.call("decide", item_id=item["item_id"], action="label", labels=[TRUTH[item["item_id"]]],
+                  msg_id=msg or uuid.uuid4().hex, **kw)
+
+
+@pytest.fixture
+def team(tmp_path):
+    """A new project (a cold-start batch, nothing labelled) where every item needs two annotators."""
+    d = _project(tmp_path, *TEAM_EDITS, trained=False)
+    clock = Clock()
+    svc = Service(d, compute="thread", owner="admin", clock=clock)
+    yield d, svc, clock
+    svc.close()
+
+
+def test_provenance_comes_from_the_queue_never_from_the_client(tmp_path):
+    d = _project(tmp_path)
+    svc = Service(d, compute="thread", owner="admin")
+    alice = LocalClient(svc, "alice")
+    item = alice.call("next")["item"]
+    with pytest.raises(ApiError) as e:   # a forged provenance field is refused, nothing stored
+        alice.call("decide", item_id=item["item_id"], action="label", labels=["ham"], msg_id="m" * 12,
+                   model_version=999, strategy="forged")
+    assert e.value.code == "bad_request"
+    with pytest.raises(ApiError) as e:
+        alice.call("decide", item_id="no-such-item", action="label", labels=["ham"], msg_id="x" * 12)
+    assert e.value.code == "unknown_item"
+    other = svc.store.rows("SELECT item_id FROM queue WHERE item_id <> ? LIMIT 1", [item["item_id"]])[0][0]
+    with pytest.raises(ApiError) as e:   # an item that exists but was not handed to alice
+        alice.call("decide", item_id=other, action="label", labels=["ham"], msg_id="y" * 12)
+    assert e.value.code == "not_leased"
+    assert _events(d) == []
+    _label(alice, item)
+    (ev,) = _events(d)
+    q = svc.store.dicts("SELECT * FROM queue WHERE item_id = ? AND batch_id = ?", [item["item_id"], item["batch_id"]])[0]
+    assert (ev["model_version"], ev["strategy"], ev["rank"], ev["audit"], ev["batch_id"]) == \
+        (q["model_version"], q["strategy"], q["rank"], q["audit"], q["batch_id"]) and ev["model_version"] == 1
+    assert json.loads(ev["shown_probs"]) == json.loads(q["probs"]) and ev["client_msg_id"]
+    svc.close()
+
+
+def test_a_resent_decision_is_stored_once_even_after_a_restart(tmp_path):
+    d = _project(tmp_path)
+    svc = Service(d, compute="thread", owner="alice")
+    alice = LocalClient(svc, "alice")
+    item = alice.call("next")["item"]
+    first = _label(alice, item, msg="resend-0001")
+    again = _label(alice, item, msg="resend-0001")
+    assert again["duplicate"] and again["event_id"] == first["event_id"]
+    svc.close()
+    svc = Service(d, compute="thread", owner="alice")  # a server restarted between send and resend
+    alice = LocalClient(svc, "alice")
+    assert _label(alice, item, msg="resend-0001")["duplicate"]
+    undo = alice.call("undo", msg_id="undo-0000001")
+    assert alice.call("undo", msg_id="undo-0000001")["duplicate"]   # a resent undo takes back nothing more
+    svc.close()
+    evs = _events(d)
+    assert [e["kind"] for e in evs] == ["label", "undo"] and undo["undone"] == item["item_id"]
+
+
+def test_two_annotators_never_get_the_same_single_item_and_overlap_items_get_two(tmp_path):
+    d = _project(tmp_path, ("overlap_share = 0.0", "overlap_share = 0.3"))
+    svc = Service(d, compute="thread", owner="admin")
+    a, b = LocalClient(svc, "alice"), LocalClient(svc, "bob")
+    ia, ib = a.call("next")["item"], b.call("next")["item"]
+    need = {i: svc.assign.need(i) for i in svc.assign.slots}
+    if need[ia["item_id"]] == 1:
+        assert ia["item_id"] != ib["item_id"]
+    # label everything served (the seed annotator's overlap items first, then batch 2), alternating
+    for _ in range(300):
+        moved = False
+        for c in (a, b):
+            it = c.call("next")["item"]
+            if it is not None and it["batch_id"] in (1, 2):
+                _label(c, it)
+                moved = True
+        if not moved:
+            break
+    svc.close()
+    per_item: dict[str, list[str]] = {}
+    for e in _events(d.parent / "proj" if False else d, "kind = 'label'") + [
+            {"item_id": i, "actor": "seed-annotator"} for i in _seeded(d)]:
+        per_item.setdefault(e["item_id"], []).append(e["actor"])
+    assert per_item
+    for item_id, actors in per_item.items():
+        assert len(actors) == len(set(actors)), f"{item_id} labelled twice by one annotator"
+        assert len(actors) <= need.get(item_id, 1)
+    doubles = [i for i, n in need.items() if n == 2]
+    assert doubles and all(len(per_item.get(i, [])) == 2 for i in doubles)   # overlap reached on every one
+
+
+def test_an_annotator_never_sees_another_annotators_label(team):
+    d, svc, _ = team
+    a, b = LocalClient(svc, "alice"), LocalClient(svc, "bob")
+    item = a.call("next")["item"]
+    _label(a, item)
+    got = b.call("next")["item"]
+    assert got["item_id"] == item["item_id"]        # the item needs bob's label too
+    assert set(got) >= {"text", "probs"} and not any(k in got for k in ("labels", "annotations", "annotators"))
+    assert got["probs"] == item["probs"]            # the model's view only, the same for both
+
+
+def test_no_starvation_a_fast_annotator_gets_every_item_others_do_not_hold(tmp_path):
+    d = _project(tmp_path)
+    svc = Service(d, compute="thread", owner="admin")
+    slow = [LocalClient(svc, f"slow{i}") for i in range(3)]
+    held = {c.call("next")["item"]["item_id"] for c in slow}
+    fast = LocalClient(svc, "fast")
+    seen = []
+    while (it := fast.call("next")["item"]) is not None and it["batch_id"] == 2:
+        seen.append(it["item_id"])
+        _label(fast, it)
+    batch = {r[0] for r in svc.store.rows("SELECT item_id FROM queue WHERE batch_id = 2")}
+    assert set(seen) == batch - held and len(seen) == len(batch) - 3
+    for c in slow:   # the slow ones still finish their own
+        it = c.call("next")["item"]
+        assert it["item_id"] in held
+        _label(c, it)
+    svc.close()
+    assert {e["item_id"] for e in _events(d, "kind = 'label'")} == batch
+
+
+def test_leases_expire_and_a_closed_session_returns_its_item(team):
+    d, svc, clock = team
+    svc.assign.per_item = 1
+    for s in svc.assign.slots.values():
+        s.need = 1
+    a, b = LocalClient(svc, "alice"), LocalClient(svc, "bob")
+    item = a.call("next")["item"]
+    assert b.call("next")["item"]["item_id"] != item["item_id"]
+    b.call("decide", item_id=b.call("next")["item"]["item_id"], action="skip", msg_id="bob-skip-01")
+    clock.t += svc.config.lease_minutes * 60 + 1      # alice walked away
+    # bob has not decided anything he holds; the next free item for him is alice's expired one at some point
+    got = []
+    while (it := b.call("next")["item"]) is not None and it["item_id"] != item["item_id"] and len(got) < 100:
+        got.append(it["item_id"])
+        b.call("decide", item_id=it["item_id"], action="skip", msg_id=f"bob-{len(got):08d}")
+    assert it is not None and it["item_id"] == item["item_id"]
+    with pytest.raises(ApiError) as e:   # alice comes back: bob has it now
+        _label(a, item)
+    assert e.value.code == "not_leased"
+    # a closed connection lets others take its items at once
+    c = LocalClient(svc, "carol")
+    held = c.call("next")["item"]
+    c.close()
+    dave = LocalClient(svc, "dave")
+    assert dave.call("next")["item"]["item_id"] == held["item_id"]
+
+
+def test_skip_does_not_hide_an_item_from_others_flag_does(team):
+    d, svc, _ = team
+    for s in svc.assign.slots.values():
+        s.need = 1
+    a, b = LocalClient(svc, "alice"), LocalClient(svc, "bob")
+    first = a.call("next")["item"]
+    a.call("decide", item_id=first["item_id"], action="skip", msg_id="alice-skip1")
+    second = a.call("next")["item"]
+    a.call("decide", item_id=second["item_id"], action="flag", note="broken text", msg_id="alice-flag1")
+    ups = [i["item_id"] for i in b.call("next_items", n=500)["items"]]
+    assert first["item_id"] in ups and second["item_id"] not in ups
+    assert first["item_id"] not in [i["item_id"] for i in a.call("next_items", n=500)["items"]]
+
+
+def test_undo_gives_the_item_back_to_its_annotator_first(team):
+    d, svc, _ = team
+    a = LocalClient(svc, "alice")
+    item = a.call("next")["item"]
+    nxt = _label(a, item)["item"]
+    back = a.call("undo", msg_id="undo-alice-1")
+    assert back["undone"] == item["item_id"] and back["item"]["item_id"] == item["item_id"]
+    assert _label(a, back["item"])["item"]["item_id"] == nxt["item_id"]
+
+
+def test_owed_labels_are_carried_over_a_new_batch(tmp_path):
+    d = _project(tmp_path, ("overlap_share = 0.0", "overlap_share = 1.0"), trained=False)
+    svc = Service(d, compute="thread", owner="admin")
+    a, b = LocalClient(svc, "alice"), LocalClient(svc, "bob")
+    done = []
+    for _ in range(5):
+        it = a.call("next")["item"]
+        _label(a, it)
+        done.append(it["item_id"])
+    job = svc.handle("admin", "retrain_start", {"seed": 5})["job"]
+    svc.wait_job()
+    assert svc.job.error is None and svc.batch_id == 2
+    ids = [b.call("next")["item"]["item_id"]]
+    assert ids[0] in done          # bob is served what alice started before the new batch
+    svc.close()
+    svc = Service(d, compute="thread", owner="admin")   # and after a restart
+    b = LocalClient(svc, "bob")
+    assert b.call("next")["item"]["item_id"] in done
+    svc.close()
+    assert job["id"] == 1
+
+
+def test_retrain_cadence_counts_every_annotators_labels(tmp_path):
+    d = _project(tmp_path, ("retrain_every = 0", "retrain_every = 6"))
+    svc = Service(d, compute="thread", owner="admin")
+    a, b = LocalClient(svc, "alice"), LocalClient(svc, "bob")
+    for i in range(3):
+        _label(a, a.call("next")["item"])
+        _label(b, b.call("next")["item"])
+    assert svc.job is not None and svc.job.why.startswith("auto-retrain after 6")
+    svc.wait_job()
+    st = a.call("poll")
+    assert st["batch"] == 3 and not st["retraining"] and st["job"]["report"]["model_version"] == 2
+    svc.close()
+
+
+def test_roles_unknown_users_and_denied_actions_are_refused_and_logged(tmp_path):
+    d = _project(tmp_path)
+    cfg = d / CONFIG_NAME
+    text = cfg.read_text().replace("annotators = []", 'annotators = ["alice"]').replace("reviewers = []", 'reviewers = ["rita"]')
+    cfg.write_text(text)
+    svc = Service(d, compute="thread", owner="owner")
+    with pytest.raises(ApiError) as e:
+        svc.handle("mallory", "next", {})
+    assert e.value.code == "unknown_user" and "mallory is not a member" in e.value.message
+    with pytest.raises(ApiError) as e:
+        svc.handle("alice", "export", {"path": str(tmp_path / "x.parquet")})
+    assert e.value.code == "denied" and "reviewer" in e.value.message
+    with pytest.raises(ApiError) as e:
+        svc.handle("alice", "retrain_start", {"strategy": "random"})
+    assert e.value.code == "denied"
+    assert not (tmp_path / "x.parquet").exists()
+    svc.handle("rita", "export", {"path": str(tmp_path / "x.parquet")})
+    assert (tmp_path / "x.parquet").exists()
+    with pytest.raises(ApiError) as e:
+        svc.handle("rita", "import", {"path": str(tmp_path / "x.parquet")})
+    assert e.value.code == "denied"
+    assert svc.roles_of("owner") == ["admin"] and svc.roles_of("alice") == ["annotator"]
+    svc.close()
+    denied = _events(d, "kind = 'denied'")
+    assert [(e["actor"], e["note"].split(":")[0]) for e in denied] == [
+        ("mallory", "next"), ("alice", "export"), ("alice", "retrain_start"), ("rita", "import")]
+
+
+def test_bad_requests_get_a_code_not_a_crash(team):
+    d, svc, _ = team
+    a = LocalClient(svc, "alice")
+    item = a.call("next")["item"]
+    cases = [("nope", {}), ("decide", {"item_id": item["item_id"]}),
+             ("decide", {"item_id": item["item_id"], "action": "label", "labels": "ham", "msg_id": "z" * 12}),
+             ("decide", {"item_id": item["item_id"], "action": "label", "labels": ["nolabel"], "msg_id": "z" * 12}),
+             ("decide", {"item_id": item["item_id"], "action": "burn", "msg_id": "z" * 12}),
+             ("decide", {"item_id": 5, "action": "label", "labels": ["ham"], "msg_id": "z" * 12}),
+             ("decide", {"item_id": item["item_id"], "action": "label", "labels": ["ham"], "msg_id": "short"}),
+             ("next_items", {"n": -1}), ("next", {"conn": 1}), ("next", {"actor": "bob"})]
+    for op, args in cases:
+        with pytest.raises(ApiError) as e:
+            svc.handle("alice", op, args)
+        assert e.value.code in ("bad_request", "unknown_op"), (op, args)
+    assert _events(d) == []
