@@ -8,7 +8,7 @@ import pytest
 
 from labelloop.core.project import Project
 from tests.conftest import write_csv
-from tests.tui_helpers import TRUTH, build_project, project_copy
+from tests.tui_helpers import TRUTH, build_project, open_app, project_copy  # noqa: F401 (open_app: a fixture)
 from labelloop.tui.app import LabelApp
 
 
@@ -31,8 +31,8 @@ def proj(tmp_path):
     return project_copy(tmp_path)
 
 
-async def test_label_key_records_the_label_with_context(proj):
-    app = LabelApp(proj, actor="alice")
+async def test_label_key_records_the_label_with_context(proj, open_app):
+    app = open_app(proj)
     async with app.run_test(size=(120, 40)) as pilot:
         first = app.ws.current()
         assert first.probs and first.model_version == 1
@@ -43,15 +43,15 @@ async def test_label_key_records_the_label_with_context(proj):
     ev = events(proj)
     assert len(ev) == 1
     e = ev[0]
-    assert (e["item_id"], e["kind"], e["labels"], e["actor"]) == (first.item_id, "label", ["spam"], "alice")
+    assert (e["item_id"], e["kind"], e["labels"], e["actor"]) == (first.item_id, "label", ["spam"], open_app.actor)
     assert e["via"] in ("key", "key-agrees") and e["duration_ms"] > 0
     assert e["model_version"] == 1 and e["batch_id"] == first.batch_id and e["strategy"] == first.strategy
     assert json.loads(e["shown_probs"]) == pytest.approx(first.probs) and e["suggestion"] == first.suggestion
     assert e["suggestion_hidden"] is False and e["rank"] == first.rank
 
 
-async def test_accept_takes_the_suggestion(proj):
-    app = LabelApp(proj, actor="alice")
+async def test_accept_takes_the_suggestion(proj, open_app):
+    app = open_app(proj)
     async with app.run_test(size=(120, 40)) as pilot:
         item = app.ws.current()
         await pilot.press("enter")
@@ -60,8 +60,8 @@ async def test_accept_takes_the_suggestion(proj):
     assert (e["item_id"], e["via"], e["labels"]) == (item.item_id, "accept", [item.suggestion])
 
 
-async def test_reject_with_reason_in_two_keys_and_with_a_note(proj):
-    app = LabelApp(proj, actor="alice")
+async def test_reject_with_reason_in_two_keys_and_with_a_note(proj, open_app):
+    app = open_app(proj)
     async with app.run_test(size=(120, 40)) as pilot:
         a = app.ws.current()
         await pilot.press("x", "4")                      # binary: the right label is the other one
@@ -77,8 +77,8 @@ async def test_reject_with_reason_in_two_keys_and_with_a_note(proj):
         b.item_id, [other[b.suggestion]], "wrong class", "spam words")
 
 
-async def test_escape_cancels_a_correction(proj):
-    app = LabelApp(proj, actor="alice")
+async def test_escape_cancels_a_correction(proj, open_app):
+    app = open_app(proj)
     async with app.run_test(size=(120, 40)) as pilot:
         a = app.ws.current()
         await pilot.press("x", "escape")
@@ -87,8 +87,8 @@ async def test_escape_cancels_a_correction(proj):
     assert events(proj) == []
 
 
-async def test_skip_and_flag(proj):
-    app = LabelApp(proj, actor="alice")
+async def test_skip_and_flag(proj, open_app):
+    app = open_app(proj)
     async with app.run_test(size=(120, 40)) as pilot:
         a = app.ws.current()
         await pilot.press("s", *"unclear", "enter")
@@ -100,8 +100,8 @@ async def test_skip_and_flag(proj):
     assert (e2["item_id"], e2["kind"], e2["note"]) == (b.item_id, "flag", None)
 
 
-async def test_undo_several_deep(proj):
-    app = LabelApp(proj, actor="alice")
+async def test_undo_several_deep(proj, open_app):
+    app = open_app(proj)
     async with app.run_test(size=(120, 40)) as pilot:
         shown = []
         for key in ("1", "2", "enter"):
@@ -122,14 +122,14 @@ async def test_undo_several_deep(proj):
     assert final == {shown[0]: ["spam"]}                # only the relabel stands
 
 
-async def test_resume_after_restart(proj):
-    app = LabelApp(proj, actor="alice")
+async def test_resume_after_restart(proj, open_app):
+    app = open_app(proj)
     async with app.run_test(size=(120, 40)) as pilot:
         for _ in range(3):
             await pilot.press("1")
         nxt = app.ws.current().item_id
     app.ws.close()
-    app2 = LabelApp(proj, actor="alice")
+    app2 = open_app(proj)
     async with app2.run_test(size=(120, 40)):
         assert app2.ws.current().item_id == nxt
         assert app2.ws.queue_length() == app.ws.queue_length()
@@ -173,11 +173,11 @@ async def test_retrain_while_labelling(proj, monkeypatch, tmp_path):
         assert p.store.scalar("SELECT n_train FROM models WHERE version = 2") >= 40
 
 
-async def test_auto_retrain_every_n_decisions(tmp_path):
+async def test_auto_retrain_every_n_decisions(tmp_path, open_app):
     d = project_copy(tmp_path, "auto", cfg_edits=(), trained=True)
     text = (d / "labelloop.toml").read_text().replace("retrain_every = 0", "retrain_every = 3")
     (d / "labelloop.toml").write_text(text)
-    app = LabelApp(d, actor="alice")
+    app = open_app(d)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("1", "1")
         assert not app.retraining and app.last_report is None
@@ -189,9 +189,9 @@ async def test_auto_retrain_every_n_decisions(tmp_path):
         assert p.store.scalar("SELECT max(version) FROM models") == 2
 
 
-async def test_blind_items_hide_the_suggestion(tmp_path):
+async def test_blind_items_hide_the_suggestion(tmp_path, open_app):
     d = project_copy(tmp_path, "blind", cfg_edits=(("blind_share = 0.0", "blind_share = 1.0"),))
-    app = LabelApp(d, actor="alice")
+    app = open_app(d)
     async with app.run_test(size=(120, 40)) as pilot:
         item = app.ws.current()
         assert item.suggestion_hidden
@@ -205,9 +205,9 @@ async def test_blind_items_hide_the_suggestion(tmp_path):
     assert e["labels"] == ["ham"]
 
 
-async def test_remapped_keys(tmp_path):
+async def test_remapped_keys(tmp_path, open_app):
     d = project_copy(tmp_path, "remap", cfg_edits=(("[keys]\n", '[keys]\nreject = "r"\nskip = "k"\n'),))
-    app = LabelApp(d, actor="alice")
+    app = open_app(d)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("r", "2")
         await pilot.press("k", "enter")
@@ -226,10 +226,10 @@ HOSTILE = [
 ]
 
 
-async def test_hostile_text_is_shown_not_interpreted(tmp_path):
+async def test_hostile_text_is_shown_not_interpreted(tmp_path, open_app):
     d = build_project(tmp_path / "hostile", n_pool=0, n_test=20, trained=False, extra_rows=HOSTILE,
                       cfg_edits=(("max_text_chars = 100000", "max_text_chars = 2000000"),))
-    app = LabelApp(d, actor="alice")
+    app = open_app(d)
     seen = {}
     async with app.run_test(size=(80, 24)) as pilot:
         for _ in range(len(HOSTILE)):
@@ -249,7 +249,7 @@ async def test_hostile_text_is_shown_not_interpreted(tmp_path):
         assert p.store.scalar("SELECT text FROM items WHERE id = 'h-ansi'") == HOSTILE[0][1]
 
 
-async def test_multi_label_toggle_then_enter(tmp_path):
+async def test_multi_label_toggle_then_enter(tmp_path, open_app):
     from labelloop.core.importer import import_file
     from labelloop.core.loop import train_and_queue
     from labelloop.core.project import init_project
@@ -258,7 +258,7 @@ async def test_multi_label_toggle_then_enter(tmp_path):
     with Project.open(d) as p:
         import_file(p, tmp_path / "ml.csv", id_col="id")
         train_and_queue(p, seed=0)
-    app = LabelApp(d, actor="alice")
+    app = open_app(d)
     async with app.run_test(size=(120, 40)) as pilot:
         item = app.ws.current()
         await pilot.press("1", "3", "1", "2", "enter")   # sports on, tech on, sports off, politics on
@@ -267,8 +267,8 @@ async def test_multi_label_toggle_then_enter(tmp_path):
     assert (e["item_id"], e["labels"]) == (item.item_id, ["politics", "tech"])
 
 
-async def test_help_and_metrics_screens_open(proj):
-    app = LabelApp(proj, actor="alice")
+async def test_help_and_metrics_screens_open(proj, open_app):
+    app = open_app(proj)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("question_mark")
         assert type(app.screen).__name__ == "HelpScreen"
@@ -310,9 +310,9 @@ def test_workspace_api_for_scripts(tmp_path):
     ws.close()
 
 
-async def test_no_color_is_respected(proj, monkeypatch):
+async def test_no_color_is_respected(proj, monkeypatch, open_app):
     monkeypatch.setenv("NO_COLOR", "1")
-    app = LabelApp(proj, actor="alice")
+    app = open_app(proj)
     async with app.run_test(size=(80, 24)) as pilot:
         assert app.no_color
         await pilot.press("1")

@@ -21,7 +21,7 @@ from labelloop.core.importer import import_file
 from labelloop.core.loop import train_and_queue
 from labelloop.core.project import Project, init_project
 from tests.conftest import ROOT, write_csv
-from tests.tui_helpers import SAMPLE, TRUTH, project_copy
+from tests.tui_helpers import SAMPLE, TRUTH, project_copy, open_app  # noqa: F401 (a fixture)
 from labelloop.tui.app import EXIT_STORE_FAILED, LabelApp
 from labelloop.tui.screens import CorrectionScreen, FatalScreen
 
@@ -58,9 +58,9 @@ def default_project(tmp_path: Path, n_pool: int = 900) -> Path:
 
 # --- acceptance: the control arm gets its share, through the real workstation ------------------------
 
-async def test_two_hundred_items_at_default_settings_give_the_audit_arm_its_share(tmp_path):
+async def test_two_hundred_items_at_default_settings_give_the_audit_arm_its_share(tmp_path, open_app):
     d = default_project(tmp_path)
-    app = LabelApp(d, actor="alice")
+    app = open_app(d)
     async with app.run_test(size=(120, 40)) as pilot:
         for _ in range(200):
             item = app.ws.current()
@@ -81,9 +81,9 @@ async def test_two_hundred_items_at_default_settings_give_the_audit_arm_its_shar
         assert arms["audit"] == sum(bool(e["audit"]) for e in ev) and arms["total"] == 200
 
 
-async def test_the_item_on_screen_does_not_change_when_a_retrain_lands(tmp_path):
+async def test_the_item_on_screen_does_not_change_when_a_retrain_lands(tmp_path, open_app):
     d = project_copy(tmp_path)
-    app = LabelApp(d, actor="alice")
+    app = open_app(d)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("1", "2")
         shown = app.ws.current()

@@ -6,6 +6,8 @@ import csv
 import shutil
 from pathlib import Path
 
+import pytest
+
 from labelloop.core.config import CONFIG_NAME
 from labelloop.core.importer import import_file
 from labelloop.core.loop import train_and_queue
@@ -59,3 +61,26 @@ def project_copy(tmp_path: Path, key: str = "default", **kw) -> Path:
     dst = tmp_path / "proj"
     shutil.copytree(_TEMPLATES[key], dst)
     return dst
+
+
+@pytest.fixture(params=["in-process", "socket"])
+def open_app(request):
+    """The workstation over either transport: the project in this process (as alice), or a
+    ``labelloop serve`` server for the project (as the OS user, whom the socket names)."""
+    servers = {}
+
+    def make(d, **kw):
+        from labelloop.core.server import Server
+        from labelloop.tui.app import LabelApp
+        if request.param == "socket":
+            if d not in servers:
+                servers[d] = Server(d, compute="thread")
+                servers[d].start()
+            return LabelApp(d, **kw)
+        return LabelApp(d, actor="alice", **kw)
+    from labelloop.core.project import current_actor
+    make.actor = "alice" if request.param == "in-process" else current_actor()
+    make.transport = request.param
+    yield make
+    for srv in servers.values():
+        srv.stop()
