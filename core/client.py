@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from labelloop.core.errors import LabelloopError
-from labelloop.core.service import ApiError, Service, StoreFailed
+from labelloop.core.service import ApiError, Service, StoreFailed, _InProcess
 
 SOCKET_NAME = "labelloop.sock"
 MAX_LINE = 1 << 20           # requests and answers are one JSON line of at most 1 MiB (answers: 64 MiB)
@@ -56,7 +56,7 @@ class Client:
         self.close()
 
 
-class LocalClient(Client):
+class LocalClient(Client, _InProcess):
     """The service in this process. ``own``: close the service with the client."""
 
     transport = "in-process"

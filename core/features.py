@@ -178,9 +178,9 @@ class FeatureSet:
         return rows
 
 
-def items_fingerprint(store) -> str:
-    n, max_ord, last_import = store.rows(
-        "SELECT count(*), coalesce(max(ord), 0), coalesce(max(import_id), 0) FROM items")[0]
+def items_fingerprint(items_state: tuple) -> str:
+    """The cache key of the features: item count, highest ord and latest import (``Store.items_state``)."""
+    n, max_ord, last_import = items_state
     return f"v{FEATURIZER_VERSION}-{n}-{max_ord}-{last_import}"
 
 
@@ -211,16 +211,20 @@ def invalidate_feature_cache(cache_dir: Path) -> None:
         pass
 
 
-def load_or_build_features(store, cache_dir: Path, *, hashing_above: int = 500_000,
+def load_or_build_features(items_state: tuple, read_items, cache_dir: Path, *, hashing_above: int = 500_000,
                            featurizer: TextFeaturizer | None = None, check_only: bool = False) -> FeatureSet | str:
     """Features for every item, from the cache when no item was added since it was built.
+
+    ``items_state``: (count, highest ord, latest import) of the items; ``read_items()``: their arrays
+    (ids, ords, splits, texts, text hashes) in ord order, called only when the cache must be built.
+    Features know arrays, not the store (``Store.items_state`` and ``Store.item_arrays`` give both).
 
     ``featurizer``: an already fitted featurizer to reuse (an imported model's); otherwise one is
     fitted on the pool texts (unsupervised). Nothing in the cache is unpickled: a damaged or
     foreign cache file is rebuilt, and the FeatureSet's ``note`` says so. ``check_only``: when the
     cache is current, return its fingerprint without loading it."""
     cache_dir = Path(cache_dir)
-    fp = items_fingerprint(store)
+    fp = items_fingerprint(items_state)
     if featurizer is not None:
         fp += "-" + featurizer.digest()
     meta_path = cache_dir / "features.json"
@@ -234,13 +238,7 @@ def load_or_build_features(store, cache_dir: Path, *, hashing_above: int = 500_0
                 return _load_cache(cache_dir, fp)
         except Exception as exc:  # truncated, damaged or planted files: rebuild, never trust
             note = f"the feature cache in {cache_dir} was damaged ({type(exc).__name__}) and has been rebuilt"
-    rows = store.rows("SELECT id, ord, split, text, hash(text) FROM items ORDER BY ord")
-    ids = np.array([r[0] for r in rows], dtype=object)
-    ords = np.array([r[1] for r in rows], dtype=np.int64)
-    splits = np.array([r[2] for r in rows], dtype=object)
-    texts = [r[3] for r in rows]
-    text_hash = np.array([r[4] for r in rows], dtype=np.uint64)
-    del rows
+    ids, ords, splits, texts, text_hash = read_items()
     if featurizer is None:
         pool_texts = [t for t, s in zip(texts, splits) if s == "pool"] or texts
         kind = "hashing" if len(pool_texts) > hashing_above else "tfidf"

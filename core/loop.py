@@ -66,9 +66,14 @@ class TrainReport:
     notes: list[str] = field(default_factory=list)
 
 
+def store_features(store, cache_dir, **kw):
+    """``load_or_build_features`` for the items of ``store``."""
+    return load_or_build_features(store.items_state(), store.item_arrays, cache_dir, **kw)
+
+
 def features_for(project: Project, featurizer=None) -> FeatureSet:
     cache = project.cache_dir if featurizer is None else project.cache_dir / "imported"
-    return load_or_build_features(project.store, cache, hashing_above=project.config.hashing_above,
+    return store_features(project.store, cache, hashing_above=project.config.hashing_above,
                                   featurizer=featurizer)
 
 
@@ -333,7 +338,7 @@ def plan_round(project: Project, *, strategy: str | None = None, batch_size: int
                 imported, featurizer = (row[0][0], art["model"]), art["featurizer"]
     cache = project.cache_dir if featurizer is None else project.cache_dir / "imported"
     t_features = time.perf_counter()
-    feats = load_or_build_features(s, cache, hashing_above=cfg.hashing_above, featurizer=featurizer,
+    feats = store_features(s, cache, hashing_above=cfg.hashing_above, featurizer=featurizer,
                                    check_only=not keep_features)
     t_features = time.perf_counter() - t_features
     keyword = None

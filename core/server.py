@@ -271,7 +271,7 @@ class Server:
                 return req_id, False, {"code": "unknown_user", "message": "unknown user or wrong token"}
             return req_id, "auth", user
         try:
-            if op in ("import", "export"):
+            if op in self.FILE_OPS:
                 data = self._file_op(op, args, actor, conn, fds, tcp)
             else:
                 data = self.db.submit(self.service.handle, actor, op, args, conn=conn).result()
@@ -285,33 +285,38 @@ class Server:
             return req_id, False, {"code": "internal", "message": f"the server failed on {str(op)[:40]!r}: "
                                    f"{type(exc).__name__}"}
 
+    # ops that read a file the client opened (in) or write into one it created (out)
+    FILE_OPS = {"import": "in", "model_import": "in", "export": "out", "model_export": "out"}
+
     def _file_op(self, op: str, args, actor: str, conn, fds: list[int], tcp: bool) -> dict:
         if not isinstance(args, dict):
             raise ApiError("bad_request", "args must be an object")
         if tcp or len(fds) != 1:
             raise ApiError("bad_request", f"{op} through the server needs the file handed over the Unix socket "
-                           "(labelloop import/export do this)")
+                           "(labelloop import, export and model do this)")
         if not self.service.allowed(actor, op):
             # the refusal (and its event) comes from the service, before any file is touched
             return self.db.submit(self.service.handle, actor, op, {**args, "path": ""}, conn=conn).result()
         private = self.dir / "cache"
         private.mkdir(exist_ok=True)
-        if op == "import":
+        if self.FILE_OPS[op] == "in":
             name = str(args.get("source_name") or "upload.csv")
             suffix = "".join(Path(name).suffixes[-2:])[:20] or ".csv"
             fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=suffix, dir=private)
             try:
                 with os.fdopen(fd, "wb") as out, os.fdopen(os.dup(fds[0]), "rb") as src:
                     shutil.copyfileobj(src, out, 1 << 20)
+                extra = {"rejects": None} if op == "import" else {}
                 # rejected rows are written next to the private copy, never to a path the client names
-                return self.db.submit(self.service.handle, actor, "import",
-                                      {**args, "path": tmp, "source_name": name, "rejects": None}, conn=conn).result()
+                return self.db.submit(self.service.handle, actor, op,
+                                      {**args, "path": tmp, "source_name": name, **extra}, conn=conn).result()
             finally:
                 os.unlink(tmp)
+        suffix = Path(str(args.get("path") or "x.parquet")).suffix[:10] or ".out"
         tmpdir = tempfile.mkdtemp(prefix=".export-", dir=private)
-        tmp = os.path.join(tmpdir, "export.parquet")
+        tmp = os.path.join(tmpdir, "export" + suffix)
         try:
-            data = self.db.submit(self.service.handle, actor, "export", {**args, "path": tmp}, conn=conn).result()
+            data = self.db.submit(self.service.handle, actor, op, {**args, "path": tmp}, conn=conn).result()
             with open(tmp, "rb") as src, os.fdopen(os.dup(fds[0]), "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
                 out.flush()

@@ -60,7 +60,7 @@ MAX_NEXT_ITEMS = 1000
 ANNOTATOR_OPS = frozenset({"open_session", "close_session", "next", "decide", "undo", "progress", "poll",
                            "guidelines", "metrics", "status", "next_items", "retrain_start", "retrain_poll", "ping"})
 REVIEWER_OPS = ANNOTATOR_OPS | {"export"}
-ADMIN_OPS = REVIEWER_OPS | {"import", "retrain_options"}
+ADMIN_OPS = REVIEWER_OPS | {"import", "retrain_options", "model_export", "model_import"}
 ROLE_OPS = {"annotator": ANNOTATOR_OPS, "reviewer": REVIEWER_OPS, "admin": ADMIN_OPS}
 
 
@@ -174,6 +174,10 @@ def report_dict(r) -> dict:
 
 class _Cancelled(Exception):
     pass
+
+
+class _InProcess:
+    """Marks the connection of an in-process client (core.client.LocalClient)."""
 
 
 class Job:
@@ -735,3 +739,19 @@ class Service:
             raise
         self._msgs.update({(a, m): e for a, m, e, _k in self.store.client_messages()})
         return {**jsonable(asdict(r)), "duplicate_lines": r.duplicate_lines()}
+
+    def op_model_export(self, actor: str, path: str, version: int | None = None) -> dict:
+        from labelloop.core.transfer import export_model
+        if not isinstance(path, str):
+            raise ApiError("bad_request", "path must be a string")
+        out, v = export_model(self.project, path, version)
+        return {"path": str(out), "version": v}
+
+    def op_model_import(self, actor: str, path: str, trust: bool = False, source_name: str | None = None) -> dict:
+        from labelloop.core.transfer import import_model
+        if not isinstance(path, str):
+            raise ApiError("bad_request", "path must be a string")
+        if trust and self._request_conn is not None and not isinstance(self._request_conn, _InProcess):
+            raise ApiError("denied", "--trust loads a pickle, which can run code: not through the server. Stop "
+                           "the server and run labelloop model import --trust as the project's owner.")
+        return {"version": import_model(self.project, path, trust=trust)}

@@ -606,6 +606,23 @@ class Store:
         return self.scalar("""SELECT count(*) FROM items i ANTI JOIN decided_items d ON d.item_id = i.id
                               WHERE i.split = 'pool'""")
 
+    # -- what the features are built from (core/features.py takes these arrays) ---------------
+    def items_state(self) -> tuple[int, int, int]:
+        """(count, highest ord, latest import): changes whenever items are added."""
+        return tuple(self.rows("SELECT count(*), coalesce(max(ord), 0), coalesce(max(import_id), 0) FROM items")[0])
+
+    def item_arrays(self) -> tuple:
+        """Every item in ord order: ids, ords, splits (object arrays and int64), texts (a list) and
+        DuckDB's hash of each text (uint64)."""
+        import numpy as np
+        rows = self.rows("SELECT id, ord, split, text, hash(text) FROM items ORDER BY ord")
+        ids = np.array([r[0] for r in rows], dtype=object)
+        ords = np.array([r[1] for r in rows], dtype=np.int64)
+        splits = np.array([r[2] for r in rows], dtype=object)
+        texts = [r[3] for r in rows]
+        text_hash = np.array([r[4] for r in rows], dtype=np.uint64)
+        return ids, ords, splits, texts, text_hash
+
     def invalidate_caches(self) -> None:
         """Called after bulk writes (import) so per-process caches are rebuilt."""
         self._next_event_id = None

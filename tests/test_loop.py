@@ -8,7 +8,7 @@ import pytest
 
 from labelloop.core.config import CONFIG_NAME
 from labelloop.core.errors import LabelloopError
-from labelloop.core.features import load_or_build_features
+from labelloop.core.loop import store_features
 from labelloop.core.importer import import_file
 from labelloop.core.loop import queued_items, train_and_queue
 from labelloop.core.project import Project, init_project
@@ -43,20 +43,20 @@ def label_queue(p, n=None, actor="oracle"):
 
 def test_features_are_cached_until_items_are_added(tmp_path):
     p = make_project(tmp_path)
-    a = load_or_build_features(p.store, p.cache_dir)
-    b = load_or_build_features(p.store, p.cache_dir)
+    a = store_features(p.store, p.cache_dir)
+    b = store_features(p.store, p.cache_dir)
     assert not a.from_cache and b.from_cache
     assert (a.X != b.X).nnz == 0 and list(a.ids) == list(b.ids)
     assert a.X.shape[0] == 1200 and a.featurizer.kind == "tfidf"
     write_csv(tmp_path / "more.csv", ["id", "text"], [["new1", "a brand new message"]])
     import_file(p, tmp_path / "more.csv", id_col="id")
-    c = load_or_build_features(p.store, p.cache_dir)
+    c = store_features(p.store, p.cache_dir)
     assert not c.from_cache and c.X.shape[0] == 1201
 
 
 def test_hashing_featurizer_above_threshold(tmp_path):
     p = make_project(tmp_path, n_pool=200, n_test=50)
-    f = load_or_build_features(p.store, p.cache_dir, hashing_above=100)
+    f = store_features(p.store, p.cache_dir, hashing_above=100)
     assert f.featurizer.kind == "hashing" and f.X.shape == (250, 2 * 2 ** 18)
     assert np.allclose(np.asarray(f.X.multiply(f.X).sum(1)).ravel(), 1.0, atol=1e-5)
 

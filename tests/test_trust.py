@@ -133,7 +133,7 @@ def test_exported_model_round_trips_and_crafted_bundles_are_refused(tmp_path):
     r = run_cli("model", "import", str(other), str(out))
     assert r.returncode == 0, r.stderr
     with Project.open(d) as p1, Project.open(other) as p2:
-        from labelloop.core.features import load_or_build_features
+        from labelloop.core.loop import store_features
         from labelloop.core.loop import load_model
         a, b = load_model(p1, 1), load_model(p2, 2 if p2.store.scalar("SELECT max(version) FROM models") == 2 else 1)
         texts = ["WIN a free prize now", "see you at lunch"]

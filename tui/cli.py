@@ -93,23 +93,28 @@ def cmd_export(args) -> int:
 
 
 def _export_through_server(client, out: Path, what: str) -> dict:
+    from labelloop.core.errors import LabelloopError
+    if out.suffix.lower() not in (".parquet", ".pq"):
+        raise LabelloopError(f"{out}: the export is Parquet; name the file .parquet.")
+    return _write_through_server(client, "export", out, what=what)
+
+
+def _write_through_server(client, op: str, out: Path, **args) -> dict:
     """The server writes into a file created here (this user's rights, this user's folder), which is
     then renamed over ``out``: the server never opens a path a client names."""
     from labelloop.core.errors import LabelloopError
     from labelloop.core.safeio import atomic_write
-    if out.suffix.lower() not in (".parquet", ".pq"):
-        raise LabelloopError(f"{out}: the export is Parquet; name the file .parquet.")
     if not out.parent.exists():
         raise LabelloopError(f"{out.parent} does not exist; create the folder first.")
     if out.is_dir():
         raise LabelloopError(f"{out} is a folder; name a file.")
     answer: list[dict] = []
-    atomic_write(out, lambda f: answer.append(client.call("export", _fds=[f.fileno()], path=str(out), what=what)))
+    atomic_write(out, lambda f: answer.append(client.call(op, _fds=[f.fileno()], path=str(out), **args)))
     return answer[0]
 
 
 def cmd_status(args) -> int:
-    from labelloop.core.status import format_status
+    from labelloop.core.status_text import format_status
     with _client(args.dir) as client:
         st = client.call("status")
     print(safe_json(st, indent=2, default=str)) if args.json else say(format_status(st))
@@ -202,15 +207,28 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_model(args) -> int:
-    from labelloop.core.transfer import export_model, import_model
-    with _project(args.dir) as project:
+    from labelloop.core.client import SocketClient
+    from labelloop.core.errors import LabelloopError
+    with _client(args.dir) as client:
+        through_server = isinstance(client, SocketClient)
         if args.action == "export":
-            out, v = export_model(project, args.file, args.version)
-            say(f"Exported model v{v} with its featurizer to {out}.")
+            if through_server:
+                r = _write_through_server(client, "model_export", Path(args.file), version=args.version)
+            else:
+                r = client.call("model_export", path=args.file, version=args.version)
+            say(f"Exported model v{r['version']} with its featurizer to {args.file}.")
         else:
-            v = import_model(project, args.file, trust=args.trust)
-            say(f"Imported {args.file} as model v{v}; it ranks the queue until this project trains its own "
-                  "(run labelloop train).")
+            if through_server:
+                path = Path(args.file)
+                if not path.is_file():
+                    raise LabelloopError(f"{path} does not exist or is not a file.")
+                with open(path, "rb") as f:
+                    r = client.call("model_import", _fds=[f.fileno()], source_name=str(path.resolve()),
+                                    trust=args.trust)
+            else:
+                r = client.call("model_import", path=args.file, trust=args.trust)
+            say(f"Imported {args.file} as model v{r['version']}; it ranks the queue until this project trains its "
+                "own (run labelloop train).")
     return 0
 
 

@@ -1,0 +1,58 @@
+"""``labelloop status`` in words: formats the status the project API returns (no store access)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_status(st: dict[str, Any]) -> str:
+    lines = [f"Project {st['project']}  (labels: {', '.join(st['labels'])})", ""]
+    it = st["items"]
+    lines.append(f"Items        {it['total']:>10,}   pool {it['pool']:,}  test {it['test']:,}  gold {it['gold']:,}")
+    lines.append(f"Unlabelled   {st['pool_unlabelled']:>10,}   (pool items with no final label)")
+    lines.append(f"Queue        {st['queue']:>10,}   items waiting in the current batch ({st['queue_audit']:,} random audit)")
+    lines.append(f"Events       {st['events']:>10,}")
+    lines.append("")
+    lines.append("Final labels")
+    if st["final_labels"]:
+        width = max(len(k) for k in st["final_labels"])
+        for k, v in st["final_labels"].items():
+            lines.append(f"  {k:<{width}}  {v:>10,}")
+        lines.append("  decided by: " + ", ".join(f"{k} {v:,}" for k, v in st["decided_by"].items()))
+    else:
+        lines.append("  (none yet)")
+    if st["gold_labels"]:
+        lines.append("Reference labels (test/gold)")
+        for g in st["gold_labels"]:
+            lines.append(f"  {g['split']:<5} {g['label']:<20} {g['count']:>8,}")
+    a = st["arms"]
+    lines.append("")
+    lines.append("Arms         human decisions by why the item was queued")
+    lines.append(f"  AL strategy   {a['al']:>8,}   ({a['al_labels']:,} labels)")
+    lines.append(f"  random audit  {a['audit']:>8,}   ({a['audit_labels']:,} labels; {a['audit_share']:.1%} of decisions, "
+                 f"target {st['audit_share_target']:.0%})")
+    lines.append(f"  cold start    {a['cold_start']:>8,}")
+    if st["corrections"]:
+        total = sum(st["corrections"].values())
+        lines.append(f"Corrections  {total:>10,}   " + ", ".join(f"{k} {v:,}" for k, v in st["corrections"].items()))
+    lines.append("")
+    lines.append("Annotators")
+    if st["annotators"]:
+        lines.append(f"  {'who':<16} {'labels':>7} {'skips':>6} {'flags':>6} {'undone':>7} {'median s':>9}  last")
+        for a in st["annotators"]:
+            med = f"{a['median_ms'] / 1000:.1f}" if a["median_ms"] is not None else "-"
+            lines.append(f"  {a['actor']:<16} {a['labels']:>7,} {a['skips']:>6,} {a['flags']:>6,} {a['undone']:>7,} {med:>9}  {a['last_at'] or '-'}")
+    else:
+        lines.append("  (no human decisions yet)")
+    lines.append("")
+    m = st["latest_model"]
+    if m:
+        lines.append(f"Model v{m['version']}  trained on {m['n_train']:,} labels, {m['calibration']} calibration, {m['created_at']}")
+        tm = m["test_metrics"] or {}
+        if tm:
+            parts = [f"{k} {tm[k]:.3f}" for k in ("accuracy", "majority_baseline", "macro_f1", "ece", "brier", "nll")
+                     if isinstance(tm.get(k), (int, float))]
+            lines.append("  test: " + ", ".join(parts) + (f" (n={tm['n_test']:,})" if tm.get("n_test") else ""))
+    else:
+        lines.append("Model        none trained yet (labelloop train DIR)")
+    return "\n".join(lines)
