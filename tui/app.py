@@ -61,6 +61,7 @@ class LabelApp(App):
                                          compute="process" if retrain_in_process else "thread")
         self.retrain_in_process = retrain_in_process
         self._watched_job: int | None = None
+        self._seen_batch = self.ws.batch
 
         cfg = self.ws.config
         self.key_to_label = {self._key_name(k): lab for lab, k in cfg.label_keys.items()}
@@ -432,8 +433,10 @@ class LabelApp(App):
             if not self.retraining:
                 self._retrain_started()
             self.query_one("#retrain-bar", ProgressBar).update(progress=job.get("fraction", 0.0))
-        elif self.retraining:
+        elif self.retraining or self.ws.batch != self._seen_batch:
+            # our retrain ended, or another session's came and went between two polls: say so
             self._retrain_finished(job)
+        self._seen_batch = self.ws.batch
         if not had_item and self.ws.current() is not None:
             self.show_item()
         else:
