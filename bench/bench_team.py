@@ -61,122 +61,21 @@ def build(dst: Path) -> tuple[Path, dict]:
     return d, truth
 
 
-class Wire:
-    """The protocol with nothing but the standard library (what an annotator's process speaks)."""
-
-    def __init__(self, path: Path):
-        self.path = str(path)
-        self.sock = None
-        self.f = None
-        self.reconnects = 0
-
-    def connect(self, deadline: float) -> None:
-        while True:
-            try:
-                s = socket.socket(socket.AF_UNIX)
-                s.settimeout(30)
-                s.connect(self.path)
-                self.sock, self.f = s, s.makefile("rb")
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def call(self, op: str, **args) -> tuple[dict, float]:
-        line = (json.dumps({"id": 1, "op": op, "args": args}) + "\n").encode()
-        waited_since = None
-        while True:
-            try:
-                if self.sock is None:
-                    self.connect(time.monotonic() + 60)
-                t = time.perf_counter()
-                self.sock.sendall(line)
-                raw = self.f.readline()
-                if not raw:
-                    raise ConnectionResetError()
-                dt = (time.perf_counter() - t) * 1000
-                ans = json.loads(raw)
-                if not ans["ok"]:
-                    raise RuntimeError(f"{ans['error']['code']}: {ans['error']['message']}")
-                return ans["data"], dt
-            except (OSError, ConnectionError):
-                self.sock = None
-                self.reconnects += 1
-                waited_since = waited_since or time.monotonic()
-                if time.monotonic() - waited_since > 60:
-                    raise
-                time.sleep(0.1)
-
-
-class Annotator(threading.Thread):
-    def __init__(self, name: str, sock: Path, truth: dict, stop: threading.Event, rng: random.Random):
-        super().__init__(daemon=True, name=name)
-        self.wire, self.truth, self.stop, self.rng = Wire(sock), truth, stop, rng
-        self.acked: list[tuple[str, str, int]] = []   # (msg_id, item_id, event_id)
-        self.latencies: list[float] = []
-        self.waits = 0
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        try:
-            item = self.wire.call("next")[0]["item"]
-            while not self.stop.is_set():
-                if item is None:
-                    self.waits += 1
-                    time.sleep(0.5)
-                    item = self.wire.call("next")[0]["item"]
-                    continue
-                time.sleep(self.rng.uniform(0.3, 1.5))
-                msg = uuid.uuid4().hex
-                try:
-                    ans, dt = self.wire.call("decide", item_id=item["item_id"], action="label",
-                                             labels=[self.truth[item["item_id"]]], msg_id=msg)
-                except RuntimeError as exc:   # e.g. not_leased after a restart: ask again
-                    self.errors.append(str(exc)[:80])
-                    item = self.wire.call("next")[0]["item"]
-                    continue
-                self.latencies.append(dt)
-                self.acked.append((msg, item["item_id"], ans["event_id"]))
-                item = ans["item"]
-        except Exception as exc:  # reported, not hidden
-            self.errors.append(f"stopped: {type(exc).__name__}: {exc}"[:120])
-
-
-class Reviewer(threading.Thread):
-    def __init__(self, name: str, sock: Path, stop: threading.Event):
-        super().__init__(daemon=True, name=name)
-        self.wire, self.stop = Wire(sock), stop
-        self.latencies: dict[str, list[float]] = {"status": [], "metrics": [], "next_items": []}
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                for op, args in (("status", {}), ("metrics", {}), ("next_items", {"n": 20})):
-                    self.latencies[op].append(self.wire.call(op, **args)[1])
-            except Exception as exc:
-                self.errors.append(f"{type(exc).__name__}: {exc}"[:120])
-            self.stop.wait(2.0)
-
-
 def hostile(sock: Path, stop: threading.Event, report: dict) -> None:
-    """Garbage, an oversized line, unknown ops and a client that vanishes mid-request, every 5 s."""
+    """Garbage, an unknown op, an oversized line and a client that vanishes mid-request, every 5 s."""
     n = 0
     while not stop.wait(5.0):
-        try:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(str(sock))
-            s.sendall(b"garbage\n{\"id\": 1, \"op\": \"rm_rf\"}\n")
-            s.sendall(b"x" * (1 << 20 + 1))
-            s.close()
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(str(sock))
-            s.sendall(b'{"id": 2, "op": "dec')   # and gone
-            s.close()
-            n += 1
-        except OSError:
-            pass
+        for payload in (b"garbage\n{\"id\": 1, \"op\": \"rm_rf\"}\n", b"x" * ((1 << 20) + 100),
+                        b'{"id": 2, "op": "dec'):
+            try:
+                s = socket.socket(socket.AF_UNIX)
+                s.settimeout(5)
+                s.connect(str(sock))
+                s.sendall(payload)
+                s.close()
+            except OSError:
+                pass
+        n += 1
     report["hostile_rounds"] = n
 
 
@@ -190,13 +89,52 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def start_server(d: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "labelloop.tui.cli", "serve", str(d)], cwd=ROOT,
+def _wait_socket(path: Path, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(path))
+            s.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def start_server(d: Path, tcp: str | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "labelloop.tui.cli", "serve", str(d),
+                             *(["--tcp", tcp] if tcp else [])], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    w = Wire(d / "labelloop.sock")
-    w.connect(time.monotonic() + 60)
-    w.sock.close()
+    _wait_socket(d / "labelloop.sock")
     return proc
+
+
+# -- the team: one OS user per person when we may create users (root), else TCP tokens ----------------
+GROUP = "llbench"
+
+
+def can_make_users() -> bool:
+    return os.geteuid() == 0 and all(shutil.which(c) for c in ("useradd", "groupadd", "runuser")) \
+        and os.path.exists("/usr/bin/python3")
+
+
+def make_users(n: int) -> list[str]:
+    subprocess.run(["groupadd", "-f", GROUP], check=True)
+    users = [f"llb{i:02d}" for i in range(n)]
+    for u in users:
+        if subprocess.run(["id", u], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "-M", "-G", GROUP, "-s", "/bin/sh", u], check=True)
+    return users
+
+
+def team_folder(name: str) -> Path:
+    """A project folder the team can reach: mode 2770, group llbench, under a 0755 folder."""
+    import tempfile
+    top = Path(tempfile.mkdtemp(prefix=f"labelloop-{name}-"))
+    os.chmod(top, 0o755)
+    return top
 
 
 def in_process_baseline(d: Path, truth: dict, n: int = 200) -> list[float]:
@@ -212,7 +150,11 @@ def in_process_baseline(d: Path, truth: dict, n: int = 200) -> list[float]:
     item = c.call("next")["item"]
     for _ in range(n):
         if item is None:
-            break
+            svc.handle("bench", "retrain_start", {})
+            svc.wait_job()
+            item = c.call("next")["item"]
+            if item is None:
+                break
         t = time.perf_counter()
         ans = c.call("decide", item_id=item["item_id"], action="label", labels=[truth[item["item_id"]]],
                      msg_id=uuid.uuid4().hex)
@@ -244,17 +186,40 @@ def verify(d: Path, acked: list[tuple[str, str, int]], annotators: list[str] | N
             "items_with_two_labels": sum(len(a) >= 2 for a in per_item.values())}
 
 
-def run_load(d: Path, truth: dict, seconds: float, n_annotators: int, *, kill_at: float | None = None) -> dict:
+def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, kill_at: float | None = None) -> dict:
     sock = d / "labelloop.sock"
-    proc = start_server(d)
+    people = n_annotators + 2
+    client = str(ROOT / "bench" / "team_client.py")
+    if can_make_users():
+        users = make_users(people)
+        shutil.chown(d, group=GROUP)
+        os.chmod(d, 0o2770)
+        transport, tcp = "unix socket, one OS user per person (runuser)", None
+        cmds = [["runuser", "-u", u, "--", "/usr/bin/python3", client] for u in users]
+        tails = [[] for _ in users]
+    else:
+        from labelloop.core.server import add_token
+        users = [f"user{i:02d}" for i in range(people)]
+        port = 7420 + random.Random().randrange(500)
+        tcp = f"127.0.0.1:{port}"
+        transport = f"TCP with tokens ({tcp}): not root, cannot create OS users"
+        cmds = [[sys.executable, client] for _ in users]
+        tails = [["tcp", "127.0.0.1", str(port), u, add_token(d, u)] for u in users]
+    cfg = d / "labelloop.toml"
+    cfg.write_text(cfg.read_text().replace("annotators = []", f"annotators = {json.dumps(users[:n_annotators])}")
+                   .replace("reviewers = []", f"reviewers = {json.dumps(users[n_annotators:])}"))
+    proc = start_server(d, tcp)
+    if tcp:
+        time.sleep(0.5)
     stop = threading.Event()
-    rng = random.Random(7)
-    ann = [Annotator(f"a{i}", sock, truth, stop, random.Random(rng.random())) for i in range(n_annotators)]
-    rev = [Reviewer(f"r{i}", sock, stop) for i in range(2)]
     report: dict = {}
     h = threading.Thread(target=hostile, args=(sock, stop, report), daemon=True)
-    for t in ann + rev + [h]:
-        t.start()
+    procs = []
+    for i, (cmd, tail) in enumerate(zip(cmds, tails)):
+        role = "annotator" if i < n_annotators else "reviewer"
+        procs.append(subprocess.Popen([*cmd, role, str(sock), str(seconds), str(i), str(truth_path), *tail],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    h.start()
     t0 = time.monotonic()
     rss = []
     restarted = None
@@ -269,30 +234,46 @@ def run_load(d: Path, truth: dict, seconds: float, n_annotators: int, *, kill_at
             proc.wait()
             killed = True
             k = time.monotonic()
-            proc = start_server(d)
+            proc = start_server(d, tcp)
             restarted = time.monotonic() - k
     stop.set()
-    for t in ann + rev:
-        t.join(timeout=90)
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        if p.returncode != 0:
+            results.append({"errors": [f"client exited {p.returncode}: {err.strip()[-200:]}"]})
+        else:
+            results.append(json.loads(out.strip().splitlines()[-1]))
     h.join(timeout=10)
-    # every open item can still be handed out: a fresh client drains what is left of the batch
-    w = Wire(sock)
-    left = w.call("status")[0]["team"]["open_items"]
+    import sys as _s
+    _s.path.insert(0, str(ROOT))
+    from labelloop.core.client import SocketClient
+    c = SocketClient(sock)
+    left = c.call("status")["team"]["open_items"]
+    c.close()
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
-    acked = [a for t in ann for a in t.acked]
-    lat = np.array([x for t in ann for x in t.latencies])
-    out = {"seconds": seconds, "annotators": n_annotators, "reviewers": len(rev),
-           "decide_ms": {"n": int(lat.size), "p50": round(float(np.percentile(lat, 50)), 1),
-                         "p99": round(float(np.percentile(lat, 99)), 1), "max": round(float(lat.max()), 1)},
-           "reviewer_ms_p99": {op: round(float(np.percentile([x for r in rev for x in r.latencies[op]], 99)), 1)
+    ann, rev = results[:n_annotators], results[n_annotators:]
+    acked = [m for r in ann for m in r.get("acked", [])]
+    lat = np.array([x for r in ann for x in r.get("latencies", [])])
+
+    def p99(xs):
+        return round(float(np.percentile(xs, 99)), 1) if len(xs) else None
+    out = {"transport": transport, "seconds": seconds, "annotators": n_annotators, "reviewers": len(rev),
+           "actors_seen": len({r.get("actor") for r in results}),
+           "decide_ms": {"n": int(lat.size), "p50": round(float(np.percentile(lat, 50)), 1), "p99": p99(lat),
+                         "max": round(float(lat.max()), 1)},
+           "reviewer_ms_p99": {op: p99([x for r in rev for x in r.get("latencies", {}).get(op, [])])
                                for op in ("status", "metrics", "next_items")},
-           "empty_queue_waits": sum(t.waits for t in ann), "reconnects": sum(t.wire.reconnects for t in ann),
-           "client_errors": sorted({e for t in ann + rev for e in t.errors})[:8],
-           "server_rss_mib": rss, "open_items_at_end": left, **report, **verify(d, acked)}
+           "empty_queue_waits": sum(r.get("waits", 0) for r in ann),
+           "reconnects": sum(r.get("reconnects", 0) for r in results),
+           "longest_client_wait_s": max(r.get("waited_s", 0) for r in results),
+           "client_errors": sorted({e for r in results for e in r.get("errors", [])})[:6],
+           "server_rss_mib": " ".join(f"{t}s:{r:.0f}" for t, r in rss), "open_items_at_end": left, **report,
+           **verify(d, [(m, None, None) for m in acked])}
     if kill_at is not None:
         out["killed_at_s"], out["restart_s"] = kill_at, round(restarted or -1, 2)
     return out
@@ -304,25 +285,33 @@ def main() -> None:
     ap.add_argument("--annotators", type=int, default=20)
     ap.add_argument("--skip-fault", action="store_true")
     args = ap.parse_args()
-    d, truth = build(OUT / "team_bench" / "proj")
-    base = np.array(in_process_baseline(d, truth))
-    print(f"baseline (in-process decide, same project, same run): p50 {np.percentile(base, 50):.1f} ms, "
-          f"p99 {np.percentile(base, 99):.1f} ms over {base.size}")
-    load = run_load(d, truth, args.seconds, args.annotators)
-    from labelloop.core.project import Project
-    with Project.open(d) as p:
-        load["retrains"] = p.store.scalar("SELECT count(*) FROM models") - 1
-    print("load:", json.dumps(load, indent=1))
-    rss = [r for _t, r in load["server_rss_mib"]]
-    if rss:
-        half = len(rss) // 2
-        print(f"server RSS: first half max {max(rss[:half] or rss):.0f} MiB, second half max {max(rss[half:]):.0f} MiB")
-    print(f"decide p99 over the socket {load['decide_ms']['p99']} ms = "
-          f"{load['decide_ms']['p99'] / max(np.percentile(base, 99), 1e-3):.1f}x the in-process p99 (target <= 100 ms)")
-    if not args.skip_fault:
-        d2, _ = build(OUT / "team_bench_fault" / "proj")
-        fault = run_load(d2, truth, max(30.0, args.seconds / 2), args.annotators, kill_at=15)
-        print("fault:", json.dumps(fault, indent=1))
+    top = team_folder("team-bench")
+    try:
+        d, truth = build(top / "load" / "proj")
+        truth_path = top / "truth.json"
+        truth_path.write_text(json.dumps(truth))
+        os.chmod(truth_path, 0o644)
+        base = np.array(in_process_baseline(d, truth))
+        print(f"baseline (in-process decide, same project, same run): p50 {np.percentile(base, 50):.1f} ms, "
+              f"p99 {np.percentile(base, 99):.1f} ms over {base.size}")
+        load = run_load(d, truth_path, args.seconds, args.annotators)
+        from labelloop.core.project import Project
+        with Project.open(d) as p:
+            load["retrains"] = p.store.scalar("SELECT count(*) FROM models") - 1
+        print("load:", json.dumps(load, indent=1))
+        rss = [float(x.split(":")[1]) for x in load["server_rss_mib"].split()]
+        if rss:
+            q = max(1, len(rss) // 4)
+            print(f"server RSS: first quarter max {max(rss[:q]):.0f} MiB, last quarter max {max(rss[-q:]):.0f} MiB")
+        print(f"decide p99 over the socket {load['decide_ms']['p99']} ms = "
+              f"{load['decide_ms']['p99'] / max(np.percentile(base, 99), 1e-3):.1f}x the in-process p99 "
+              "(target <= 100 ms)")
+        if not args.skip_fault:
+            d2, _ = build(top / "fault" / "proj")
+            fault = run_load(d2, truth_path, max(30.0, args.seconds / 2), args.annotators, kill_at=15)
+            print("fault (server killed with SIGKILL at 15 s, restarted):", json.dumps(fault, indent=1))
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from pathlib import Path
 from labelloop.core.client import MAX_LINE, SOCKET_NAME
 from labelloop.core.errors import LabelloopError
 from labelloop.core.safeio import atomic_write_text
-from labelloop.core.service import ApiError, Service
+from labelloop.core.service import READ_OPS, ApiError, Service
 
 TOKENS_NAME = "tokens.json"
 MAX_FDS = 4
@@ -105,6 +105,8 @@ class Server:
         self._check_not_running()
         self.service = Service(self.dir, compute=compute)
         self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-db")
+        # status and metrics scan the whole project: their own thread and cursor, so decisions never wait
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-read")
         self.tcp = tcp
         self._stop = threading.Event()
         self._listeners: list[socket.socket] = []
@@ -178,6 +180,7 @@ class Server:
         except OSError:
             pass
         self.db.shutdown(wait=True)
+        self.reader.shutdown(wait=True)
         self.service.close()
 
     # -- connections --------------------------------------------------------------------------
@@ -274,7 +277,8 @@ class Server:
             if op in self.FILE_OPS:
                 data = self._file_op(op, args, actor, conn, fds, tcp)
             else:
-                data = self.db.submit(self.service.handle, actor, op, args, conn=conn).result()
+                pool = self.reader if op in READ_OPS else self.db
+                data = pool.submit(self.service.handle, actor, op, args, conn=conn).result()
             return req_id, True, data
         except ApiError as exc:
             return req_id, False, exc.to_dict()

@@ -62,6 +62,9 @@ ANNOTATOR_OPS = frozenset({"open_session", "close_session", "next", "decide", "u
 REVIEWER_OPS = ANNOTATOR_OPS | {"export"}
 ADMIN_OPS = REVIEWER_OPS | {"import", "retrain_options", "model_export", "model_import"}
 ROLE_OPS = {"annotator": ANNOTATOR_OPS, "reviewer": REVIEWER_OPS, "admin": ADMIN_OPS}
+# Reads that scan the whole project (status, metrics): served on a cursor of their own, outside the
+# service lock, so they never hold up decisions (the server runs them on its reader thread).
+READ_OPS = frozenset({"status", "metrics"})
 
 
 class ApiError(LabelloopError):
@@ -176,6 +179,17 @@ class _Cancelled(Exception):
     pass
 
 
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_LOCK = _NoLock()
+
+
 class _InProcess:
     """Marks the connection of an in-process client (core.client.LocalClient)."""
 
@@ -237,6 +251,7 @@ class Service:
         self.sessions: dict[str, Session] = {}
         self._conns: dict[int, tuple[object, str]] = {}   # live transport connections and their users
         self._request_conn: object | None = None
+        self._readers = threading.local()
         self.store_failure: StoreError | None = None
         self.job: Job | None = None
         self._job_ids = 0
@@ -268,6 +283,13 @@ class Service:
         if self._arms_thread is not None:
             self._arms_thread.join(timeout=30)
         self.project.close()
+
+    def _reader(self) -> Project:
+        """A Project on this thread's own cursor, for the READ_OPS."""
+        local = self._readers
+        if getattr(local, "project", None) is None:
+            local.project = Project(self.dir, self.config, Store(self.store.cursor(), self.store.path))
+        return local.project
 
     def warm_up(self) -> None:
         """Start the training process now (its imports take a second or two of CPU)."""
@@ -330,6 +352,14 @@ class Service:
                 bound = self._signatures[op].bind(actor, **args)
             except TypeError as exc:
                 raise ApiError("bad_request", f"{op}: {exc}") from None
+            if op not in READ_OPS:
+                return self._run(op, bound, conn)
+        return self._run(op, bound, conn)
+
+    def _run(self, op: str, bound, conn) -> dict:
+        with self._lock if op not in READ_OPS else _NO_LOCK:
+            if self.store_failure is not None:
+                raise StoreFailed(str(self.store_failure))
             try:
                 result = self._ops[op](*bound.args, **bound.kwargs, **({"conn": conn} if op == "open_session" else {}))
             except ApiError:
@@ -601,9 +631,11 @@ class Service:
 
     def op_metrics(self, actor: str, arms: bool = False) -> dict:
         from labelloop.core.metrics import metrics_snapshot
-        snap = jsonable(metrics_snapshot(self.project))
+        snap = jsonable(metrics_snapshot(self._reader()))
         out = {"snapshot": snap, "arms": None, "arms_pending": False}
-        if arms:
+        if not arms:
+            return out
+        with self._lock:
             version = (snap.get("latest") or {}).get("version")
             cached = self._arms
             if cached is not None and cached["version"] == version:
@@ -629,12 +661,16 @@ class Service:
 
     def op_status(self, actor: str) -> dict:
         from labelloop.core.status import project_status
-        st = jsonable(project_status(self.project))
-        st["team"] = {"working": sorted({s.actor for s in self.sessions.values() if s.conn is not None
-                                         and self.clock() - s.last_seen < SESSION_IDLE_SECONDS}),
-                      "open_items": self.assign.open_count(self.clock()),
-                      "retraining": bool(self.job and self.job.running)}
+        st = jsonable(project_status(self._reader()))
+        with self._lock:
+            st["team"] = self._team()
         return st
+
+    def _team(self) -> dict:
+        return {"working": sorted({s.actor for s in self.sessions.values() if s.conn is not None
+                                   and self.clock() - s.last_seen < SESSION_IDLE_SECONDS}),
+                "open_items": self.assign.open_count(self.clock()),
+                "retraining": bool(self.job and self.job.running)}
 
     def op_next_items(self, actor: str, n: int = 20, session: str | None = None) -> dict:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
