@@ -259,15 +259,28 @@ class Service:
         self._arms: dict | None = None        # {"version": v, "arms": {...}} cached learning curves by arm
         self._arms_thread: threading.Thread | None = None
         self.labels_since_train = 0
-        cfg = self.config
-        self.assign = Assignment(share=cfg.overlap_share, per_item=cfg.annotators_per_item,
-                                 lease_seconds=cfg.lease_minutes * 60, skip_hides=cfg.skip_hides,
-                                 flag_hides=cfg.flag_hides)
-        self._msgs: dict[tuple[str, str], int] = {(a, m): e for a, m, e, _k in self.store.client_messages()}
+        self._assign: Assignment | None = None                  # built on first use (see assign)
+        self._msg_ids: dict[tuple[str, str], int] | None = None  # (actor, client message id) -> event id
         self.batch_id = self.store.latest_batch_id()
-        self._load_assignment(self.store)
         self._ops = {name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")}
         self._signatures = {op: inspect.signature(fn) for op, fn in self._ops.items()}
+
+    @property
+    def assign(self) -> Assignment:
+        """Who labels what: read from the store on first use (a one-off ``status`` never needs it)."""
+        if self._assign is None:
+            cfg = self.config
+            self._assign = Assignment(share=cfg.overlap_share, per_item=cfg.annotators_per_item,
+                                      lease_seconds=cfg.lease_minutes * 60, skip_hides=cfg.skip_hides,
+                                      flag_hides=cfg.flag_hides)
+            self._load_assignment(self.store)
+        return self._assign
+
+    @property
+    def _msgs(self) -> dict[tuple[str, str], int]:
+        if self._msg_ids is None:
+            self._msg_ids = {(a, m): e for a, m, e, _k in self.store.client_messages()}
+        return self._msg_ids
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
@@ -386,8 +399,9 @@ class Service:
             for s in self.sessions.values():
                 if s.conn is conn:  # kept, detached: a client that reconnects carries on with it
                     s.conn, actor = None, s.actor
-            if actor is not None and not any(a == actor for _c, a in self._conns.values()):
-                self.assign.release(actor, self.clock())
+            if actor is not None and self._assign is not None \
+                    and not any(a == actor for _c, a in self._conns.values()):
+                self._assign.release(actor, self.clock())
 
     # -- assignment ---------------------------------------------------------------------
     def _load_assignment(self, store: Store) -> None:
@@ -401,18 +415,21 @@ class Service:
             labelled = {a for _i, a, k in ds if k == "label"}
             kinds = {k for _i, _a, k in ds if k != "label"}
             hidden = ("flag" in kinds and self.config.flag_hides) or ("skip" in kinds and self.config.skip_hides)
-            if len(labelled) < self.assign.need(item_id) and not hidden:
+            if len(labelled) < self._assign.need(item_id) and not hidden:
                 owed.append(item_id)
         rows = store.queue_rows(item_ids=owed)
         rows.sort(key=lambda r: (r["batch_id"], r["position"]))
         if self.batch_id is not None:
             rows += store.queue_rows(batch_id=self.batch_id)
         ids = {r["item_id"] for r in rows}
-        self.assign.load(rows, [d for d in decisions if d[0] in ids])
+        self._assign.load(rows, [d for d in decisions if d[0] in ids])
 
     def _new_batch(self, store: Store) -> None:
         batch = store.latest_batch_id()
         if batch == self.batch_id:
+            return
+        if self._assign is None:  # nobody asked for work yet: the first request reads the new batch
+            self.batch_id = batch
             return
         rows = store.queue_rows(batch_id=batch)
         self.assign.new_batch(rows, store.decisions_on([r["item_id"] for r in rows]), self.clock())
@@ -651,11 +668,13 @@ class Service:
     def _compute_arms(self, version) -> None:
         """Learning curves per arm train small models: off the request thread, on its own cursor."""
         from labelloop.core.metrics import arm_comparison
+        project = Project(self.dir, self.config, Store(self.store.cursor(), self.store.path))
         try:
-            project = Project(self.dir, self.config, Store(self.store.cursor(), self.store.path))
             arms = jsonable(arm_comparison(project))
         except Exception as exc:  # e.g. no labels yet: the rest of the pane still stands
             arms = {"error": str(exc)}
+        finally:
+            project.store.close()
         with self._lock:
             self._arms = {"version": version, "arms": arms}
 
@@ -669,7 +688,7 @@ class Service:
     def _team(self) -> dict:
         return {"working": sorted({s.actor for s in self.sessions.values() if s.conn is not None
                                    and self.clock() - s.last_seen < SESSION_IDLE_SECONDS}),
-                "open_items": self.assign.open_count(self.clock()),
+                "open_items": self.assign.open_count(self.clock()) if self._assign is not None else None,
                 "retraining": bool(self.job and self.job.running)}
 
     def op_next_items(self, actor: str, n: int = 20, session: str | None = None) -> dict:
@@ -742,6 +761,7 @@ class Service:
                     job.error = str(exc) if isinstance(exc, LabelloopError) else f"{type(exc).__name__}: {exc}"
         finally:
             job.finished = time.time()
+            project.store.close()  # this job's cursor (one per job: never left open)
 
     def wait_job(self, timeout: float = 600) -> Job | None:
         """Block until the running retrain (if any) has finished (scripts and tests)."""
@@ -773,7 +793,7 @@ class Service:
                 # the server imports a private copy: the message names the user's file
                 raise ApiError("bad_request", str(exc).replace(path, source_name)) from None
             raise
-        self._msgs.update({(a, m): e for a, m, e, _k in self.store.client_messages()})
+        self._msg_ids = None  # re-read on next use
         return {**jsonable(asdict(r)), "duplicate_lines": r.duplicate_lines()}
 
     def op_model_export(self, actor: str, path: str, version: int | None = None) -> dict:

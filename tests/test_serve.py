@@ -285,3 +285,115 @@ def test_two_real_users_label_at_once_with_identities_from_the_socket(request_cl
     evs = _events(d)
     assert sorted({e["actor"] for e in evs}) == users and len(evs) == 10
     assert len({e["item_id"] for e in evs}) == 10     # nobody got the other's item
+
+
+# -- the optional TCP listener, and a short team load through it ------------------------------------------
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class _Tcp:
+    def __init__(self, port: int):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.f = self.s.makefile("rb")
+
+    def call(self, op: str, **args) -> dict:
+        self.s.sendall((json.dumps({"id": 1, "op": op, "args": args}) + "\n").encode())
+        return json.loads(self.f.readline())
+
+
+def test_tcp_listener_is_off_by_default_and_takes_token_users_only(tmp_path):
+    d = project_copy(tmp_path)
+    r = run_cli("token", "add", str(d), "tess")
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip().splitlines()[-1]
+    tokens = d / "tokens.json"
+    assert oct(tokens.stat().st_mode & 0o777) == "0o600" and token not in tokens.read_text()
+    port = _free_port()
+    srv = Server(d, compute="thread")            # no --tcp: nothing listens
+    srv.start()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    srv.stop()
+    srv = Server(d, compute="thread", tcp=("127.0.0.1", port))
+    srv.start()
+    try:
+        c = _Tcp(port)
+        assert c.call("next")["error"]["code"] == "unknown_user"                       # sign in first
+        assert c.call("auth", user="tess", token="wrong")["error"]["code"] == "unknown_user"
+        assert c.call("auth", user="root", token=token)["error"]["code"] == "unknown_user"  # tess's token only
+        assert c.call("auth", user="tess", token=token)["data"]["actor"] == "tess"
+        item = c.call("next")["data"]["item"]
+        ans = c.call("decide", item_id=item["item_id"], action="label", labels=[TRUTH[item["item_id"]]],
+                     msg_id=uuid.uuid4().hex)
+        assert ans["ok"]
+        assert c.call("export", path=str(tmp_path / "x.parquet"))["error"]["code"] == "bad_request"  # no files
+    finally:
+        srv.stop()
+    assert [(e["actor"], e["item_id"]) for e in _events(d)] == [("tess", item["item_id"])]
+
+
+def test_a_short_team_load_loses_nothing_and_never_over_assigns(tmp_path):
+    """Eight people (token users over TCP, so no root is needed) label for a few seconds at full speed
+    with overlap on; the store is read back. bench/bench_team.py runs the full 22-person, 60 s version."""
+    import threading
+    d = project_copy(tmp_path)
+    cfg = d / "labelloop.toml"
+    cfg.write_text(cfg.read_text().replace("overlap_share = 0.0", "overlap_share = 0.3")
+                   .replace("retrain_every = 0", "retrain_every = 20"))
+    from labelloop.core.server import add_token
+    users = [f"u{i}" for i in range(8)]
+    tokens = {u: add_token(d, u) for u in users}
+    port = _free_port()
+    srv = Server(d, compute="thread", tcp=("127.0.0.1", port))
+    srv.start()
+    acked: dict[str, list[str]] = {u: [] for u in users}
+    errors: list = []
+
+    def person(u: str) -> None:
+        try:
+            c = _Tcp(port)
+            c.call("auth", user=u, token=tokens[u])
+            end = time.monotonic() + 4
+            item = c.call("next")["data"]["item"]
+            while time.monotonic() < end:
+                if item is None:
+                    time.sleep(0.1)
+                    item = c.call("next")["data"]["item"]
+                    continue
+                msg = uuid.uuid4().hex
+                ans = c.call("decide", item_id=item["item_id"], action="label", labels=[TRUTH[item["item_id"]]],
+                             msg_id=msg)
+                if not ans["ok"]:
+                    errors.append(ans["error"])
+                    item = c.call("next")["data"]["item"]
+                    continue
+                acked[u].append(msg)
+                item = ans["data"]["item"]
+        except Exception as exc:   # pragma: no cover - reported by the assertion below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=person, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    srv.stop()
+    assert not errors, errors[:3]
+    from labelloop.core.assign import overlap_need
+    with Project.open(d) as p:
+        rows = p.store.rows("SELECT client_msg_id, item_id, actor FROM event_log WHERE client_msg_id IS NOT NULL")
+        retrains = p.store.scalar("SELECT count(*) FROM models")
+    stored = {m for m, _i, _a in rows}
+    sent = {m for ms in acked.values() for m in ms}
+    assert len(sent) > 100 and sent == stored and len(rows) == len(stored)   # nothing lost, nothing twice
+    per_item: dict = {}
+    for _m, item_id, actor in rows:
+        per_item.setdefault(item_id, []).append(actor)
+    assert all(len(a) == len(set(a)) for a in per_item.values())               # nobody twice on an item
+    assert all(len(a) <= overlap_need(i, 0.3, 2) for i, a in per_item.items())  # never above the needed count
+    assert sum(len(a) == 2 for a in per_item.values()) > 5 and retrains > 2

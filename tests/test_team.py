@@ -292,3 +292,18 @@ def test_bad_requests_get_a_code_not_a_crash(team):
             svc.handle("alice", op, args)
         assert e.value.code in ("bad_request", "unknown_op"), (op, args)
     assert _events(d) == []
+
+
+def test_each_session_sees_how_many_others_work(team):
+    d, svc, clock = team
+    a, b, c = LocalClient(svc, "alice"), LocalClient(svc, "bob"), LocalClient(svc, "carol")
+    sa = a.call("open_session", client="workstation")["session"]
+    sb = b.call("open_session", client="workstation")["session"]
+    b.call("open_session", client="workstation")          # bob in a second terminal counts once
+    assert a.call("poll", session=sa)["others"] == 1
+    c.call("open_session", client="workstation")
+    assert a.call("poll", session=sa)["others"] == 2 and b.call("poll", session=sb)["others"] == 2
+    b.close()                                               # bob's SSH session closed
+    assert a.call("poll", session=sa)["others"] == 1
+    clock.t += 3600                                         # carol went quiet an hour ago
+    assert a.call("poll", session=sa)["others"] == 0
