@@ -54,7 +54,7 @@ def main() -> None:
     proj.parent.mkdir(parents=True)
     setup = run_child(
         "from labelloop.core.project import init_project, Project\n"
-        "from labelloop.core.importer import import_file\n"
+        "from labelloop.core.store.imports import import_file\n"
         "from labelloop.core.loop import features_for\n"
         "import time\n"
         f"d = init_project(r'{proj}', ['ham', 'spam'])\n"

@@ -50,7 +50,7 @@ def main() -> None:
         run_child(f"from labelloop.core.project import init_project; init_project(r'{work}/proj{i}', ['ham', 'spam'])")
     ll_import = best(lambda i: run_child(
         "from labelloop.core.project import Project\n"
-        "from labelloop.core.importer import import_file\n"
+        "from labelloop.core.store.imports import import_file\n"
         f"with Project.open(r'{work}/proj{i}') as p:\n"
         f"    r = import_file(p, r'{src}', id_col='id', label_col='label')\n"
         "    print(r.rows_imported, r.labelled)\n"))
@@ -91,7 +91,7 @@ def main() -> None:
     for src, dst in ((project, flat), (mixed, flat_mixed)):
         run_child(
             "import duckdb\n"
-            "from labelloop.core.exporter import FINAL_SQL\n"
+            "from labelloop.core.store.exports import FINAL_SQL\n"
             f"con = duckdb.connect(r'{dst}')\n"
             f"con.execute(\"ATTACH '{src}/project.duckdb' AS proj (READ_ONLY)\")\n"
             "con.execute('USE proj')\n"
@@ -105,7 +105,7 @@ def main() -> None:
             f"con.execute(\"COPY t TO '{work}/bare_{tag}{i}.parquet' (FORMAT parquet, COMPRESSION zstd)\")\n"))
         ours = best(lambda i: run_child(
             "from labelloop.core.project import Project\n"
-            "from labelloop.core.exporter import export_parquet\n"
+            "from labelloop.core.store.exports import export_parquet\n"
             f"with Project.open(r'{proj}') as p:\n"
             f"    print(export_parquet(p, r'{work}/out_{tag}{i}.parquet').rows)\n"))
         return bare, ours
@@ -116,7 +116,7 @@ def main() -> None:
     status_inproc = run_child(
         "import time\n"
         "from labelloop.core.project import Project\n"
-        "from labelloop.core.status import project_status\n"
+        "from labelloop.core.store.reports import project_status\n"
         f"p = Project.open(r'{project}')\n"
         "t = time.perf_counter(); project_status(p); print(time.perf_counter() - t)\n")
     status_cli = best(lambda i: run_child(f"from labelloop.tui.cli import main; main(['status', r'{project}'])"))

@@ -43,7 +43,7 @@ SAMPLE = ROOT / "sample_data" / "sms_spam.csv"
 def build(dst: Path) -> tuple[Path, dict]:
     import csv
 
-    from labelloop.core.importer import import_file
+    from labelloop.core.store.imports import import_file
     from labelloop.core.loop import train_and_queue
     from labelloop.core.project import Project, init_project
     shutil.rmtree(dst.parent, ignore_errors=True)

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from labelloop.core.config import CONFIG_NAME
-from labelloop.core.importer import import_file
+from labelloop.core.store.imports import import_file
 from labelloop.core.project import Project, init_project
 from labelloop.core.safeio import atomic_write_text
 

@@ -25,7 +25,7 @@ from labelloop.core.model import CalibratedModel, MultiLabelModel, evaluate, eva
 from labelloop.core.modelfile import read_model_file, save_model_file
 from labelloop.core.project import Project
 from labelloop.core.safeio import atomic_write_text
-from labelloop.core.store import utcnow
+from labelloop.core.store import rounds
 from labelloop.core.strategies import (ML_STRATEGIES, ML_UNCERTAINTY, UNCERTAINTY, Selection, assemble_batch, bald,
                              cal_scores, check_strategy, n_audit_for, select_batch, vote_entropy)
 
@@ -78,19 +78,15 @@ def features_for(project: Project, featurizer=None) -> FeatureSet:
 
 
 def _labelled(store) -> list:
-    """(ord, labels, strategy, audit) of every labelled pool item, in deciding order."""
-    return [(o, list(l), st, a) for o, l, st, a in store.rows(
-        """SELECT i.ord, f.labels, f.strategy, f.audit FROM final_decisions f JOIN items i ON i.id = f.item_id
-           WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")]
+    return rounds.labelled(store)
 
 
 def _test_split(store) -> list:
-    return [(o, list(l)) for o, l in store.rows(
-        "SELECT ord, gold_label FROM items WHERE split = 'test' AND gold_label IS NOT NULL ORDER BY ord")]
+    return rounds.test_split(store)
 
 
 def _decided_ords(store) -> list:
-    return [r[0] for r in store.rows("SELECT i.ord FROM decided_items d JOIN items i ON i.id = d.item_id")]
+    return rounds.decided_ords(store)
 
 
 def pool_state(project: Project, feats: FeatureSet) -> PoolState:
@@ -221,16 +217,11 @@ def batch_similarity(X, rows: np.ndarray) -> float:
     return float((S.sum() - np.trace(S)) / (n * (n - 1)))
 
 
-def _next_id(store, table: str, col: str) -> int:
-    return int(store.scalar(f"SELECT coalesce(max({col}), 0) + 1 FROM {table}"))
-
-
 def load_model(project: Project, version: int) -> dict:
     """{"model", "featurizer", "meta"} of a stored model version, from its safe artifact file."""
-    row = project.store.rows("SELECT artifact FROM models WHERE version = ?", [version])
-    if not row:
+    name = rounds.model_artifact(project.store, version)
+    if name is None:
         raise LabelloopError(f"model version {version} does not exist.")
-    name = row[0][0] or ""
     if "/" in name or "\\" in name or name in ("", ".", ".."):
         raise ArtifactError(f"model v{version}: its artifact name {name!r} is not a file in {project.models_dir}.")
     if name.endswith(".pkl"):
@@ -240,7 +231,7 @@ def load_model(project: Project, version: int) -> dict:
 
 
 def latest_model_version(project: Project) -> int | None:
-    return project.store.scalar("SELECT max(version) FROM models")
+    return rounds.latest_model_version(project.store)
 
 
 _STOP_SET_MEMO: dict = {}
@@ -250,13 +241,10 @@ def stop_set_ords(project: Project) -> np.ndarray:
     """A fixed sample of pool items (by a hash of the id) whose predictions are compared between models.
     It changes only when items are added, so it is computed once per item set (sorting a million hashes
     at every retrain took CPU the screen needed)."""
-    key = (str(project.store.path), *project.store.rows(
-        "SELECT count(*), coalesce(max(ord), 0), coalesce(max(import_id), 0) FROM items")[0])
+    key = (str(project.store.path), *project.store.items_state())
     if key not in _STOP_SET_MEMO:
-        rows = project.store.rows(
-            f"SELECT ord FROM items WHERE split = 'pool' ORDER BY hash(id), id LIMIT {STOP_SET_SIZE}")
         _STOP_SET_MEMO.clear()
-        _STOP_SET_MEMO[key] = np.array(sorted(r[0] for r in rows), dtype=np.int64)
+        _STOP_SET_MEMO[key] = rounds.stop_set_ords(project.store, STOP_SET_SIZE)
     return _STOP_SET_MEMO[key]
 
 
@@ -332,10 +320,10 @@ def plan_round(project: Project, *, strategy: str | None = None, batch_size: int
             if v is not None:
                 latest = (v, load_model(project, v)["model"])
         else:
-            row = s.rows("SELECT version FROM models WHERE origin = 'imported' ORDER BY version DESC LIMIT 1")
-            if row:
-                art = load_model(project, row[0][0])
-                imported, featurizer = (row[0][0], art["model"]), art["featurizer"]
+            v = rounds.latest_imported_version(s)
+            if v is not None:
+                art = load_model(project, v)
+                imported, featurizer = (v, art["model"]), art["featurizer"]
     cache = project.cache_dir if featurizer is None else project.cache_dir / "imported"
     t_features = time.perf_counter()
     feats = store_features(s, cache, hashing_above=cfg.hashing_above, featurizer=featurizer,
@@ -344,19 +332,16 @@ def plan_round(project: Project, *, strategy: str | None = None, batch_size: int
     keyword = None
     if cfg.cold_start == "keyword" and not labelled:
         query = coldstart.check_seed_query(cfg.seed_query)
-        keyword = [r[0] for r in s.rows("SELECT ord FROM items WHERE split = 'pool' AND regexp_matches(text, ?, 'i')",
-                                        [query])]
-    prev = s.scalar("SELECT max(version) FROM models WHERE origin = 'trained'")
-    kappas = [json.loads(m).get("stop_kappa") if m else None for (m,) in s.rows(
-        "SELECT metrics FROM models WHERE origin = 'trained' ORDER BY version DESC LIMIT ?", [STOP_ROUNDS])]
+        keyword = rounds.keyword_ords(s, query)
+    prev = rounds.latest_trained_version(s)
+    kappas = rounds.recent_stop_kappas(s, STOP_ROUNDS)
     return RoundInput(
         config=cfg, cache_dir=str(cache), fingerprint=feats.fingerprint if isinstance(feats, FeatureSet) else feats,
         strategy=strategy, batch_size=batch_size,
         seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"), retrain=retrain,
         labelled=labelled,
         test=_test_split(s), taken_ords=_decided_ords(s),
-        open_audit_ords=[r[0] for r in s.rows(
-            "SELECT i.ord FROM open_queue q JOIN items i ON i.id = q.item_id WHERE q.audit ORDER BY q.position")],
+        open_audit_ords=rounds.open_audit_ords(s),
         keyword_ords=keyword, stop_ords=stop_set_ords(project),
         prev_stop=_read_stop_set(project, prev) if prev is not None else None, prev_version=prev,
         prev_kappas=kappas, latest=latest, imported=imported,
@@ -611,7 +596,7 @@ def _stop_signal(inp: RoundInput, feats: FeatureSet, model, out: RoundOutput) ->
 def _store_model(project: Project, out: RoundOutput, inp: RoundInput) -> int:
     s = project.store
     model, report = out.model, out.report
-    version = _next_id(s, "models", "version")
+    version = rounds.next_model_version(s)
     project.models_dir.mkdir(exist_ok=True)
     artifact = f"model_v{version}.npz"
     save_model_file(project.models_dir / artifact, model, out.featurizer,
@@ -619,14 +604,14 @@ def _store_model(project: Project, out: RoundOutput, inp: RoundInput) -> int:
     atomic_write_text(project.models_dir / f"stopset_v{version}.json",
                       json.dumps({"ords": [int(o) for o in inp.stop_ords], "predictions": out.stop_predictions},
                                  ensure_ascii=False))
-    n_audit = s.scalar("SELECT count(*) FROM final_decisions WHERE audit AND labels IS NOT NULL")
+    n_audit = rounds.audit_label_count(s)
     stored = {**report.metrics, "n_train": report.n_train, "n_audit_labels": int(n_audit or 0),
               "label_counts": report.adequacy["per_class"], "fit_seconds": model.fit_seconds_,
               "calibration_n": model.info.get("calibration_n")}
-    s.con.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  [version, utcnow(), report.n_train, model.classes_, model.calibration,
-                   model.temperature_ if model.calibration == "temperature" else None,
-                   report.seconds.get("train"), None, json.dumps(stored), artifact, "trained"])
+    rounds.insert_model(s, version, n_train=report.n_train, classes=list(model.classes_),
+                        calibration=model.calibration,
+                        temperature=model.temperature_ if model.calibration == "temperature" else None,
+                        train_seconds=report.seconds.get("train"), metrics=stored, artifact=artifact, origin="trained")
     report.metrics = stored
     return version
 
@@ -683,33 +668,21 @@ def warnings_for(report: TrainReport) -> list[str]:
 
 
 def _write_batch(project: Project, out: RoundOutput, model_version: int | None) -> int:
-    s = project.store
     sel, report = out.selection, out.report
     classes = list(out.scorer.classes_) if out.scorer is not None else None
-    with s.transaction() as con:
-        batch_id = con.execute("SELECT coalesce(max(batch_id), 0) + 1 FROM batches").fetchone()[0]
-        con.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [batch_id, utcnow(), model_version, report.strategy, len(sel), int(sel.audit.sum()),
-                     out.pool_size, json.dumps(report.signals)])
-        values = []
-        for pos, item_id in enumerate(out.selected_ids):
-            p = None
-            if out.selected_probs is not None and classes is not None:
-                p = json.dumps({c: round(float(v), 6) for c, v in zip(classes, out.selected_probs[pos])})
-            values.append([batch_id, pos, item_id, sel.strategy[pos],
-                           None if np.isnan(sel.score[pos]) else float(sel.score[pos]),
-                           int(sel.rank[pos]) if sel.rank[pos] else None,
-                           None if np.isnan(sel.percentile[pos]) else float(sel.percentile[pos]),
-                           bool(sel.audit[pos]), model_version, p])
-        if values:
-            # one statement over column lists: executemany binds row by row, holding the interpreter
-            # lock for about 0.2 s per 600 rows (measured), which the workstation's screen felt
-            cols = list(zip(*values))
-            con.execute("""INSERT INTO queue SELECT unnest($1::INTEGER[]), unnest($2::INTEGER[]),
-                               unnest($3::VARCHAR[]), unnest($4::VARCHAR[]), unnest($5::DOUBLE[]),
-                               unnest($6::INTEGER[]), unnest($7::DOUBLE[]), unnest($8::BOOLEAN[]),
-                               unnest($9::INTEGER[]), unnest($10::VARCHAR[])""", [list(c) for c in cols])
-    return batch_id
+    rows = []
+    for pos, item_id in enumerate(out.selected_ids):
+        p = None
+        if out.selected_probs is not None and classes is not None:
+            p = json.dumps({c: round(float(v), 6) for c, v in zip(classes, out.selected_probs[pos])})
+        rows.append([pos, item_id, sel.strategy[pos],
+                     None if np.isnan(sel.score[pos]) else float(sel.score[pos]),
+                     int(sel.rank[pos]) if sel.rank[pos] else None,
+                     None if np.isnan(sel.percentile[pos]) else float(sel.percentile[pos]),
+                     bool(sel.audit[pos]), model_version, p])
+    return rounds.insert_batch(project.store, model_version=model_version, strategy=report.strategy, size=len(sel),
+                               n_audit=int(sel.audit.sum()), pool_size=out.pool_size, signals=report.signals,
+                               queue_columns=[list(c) for c in zip(*rows)] if rows else [])
 
 
 def queued_items(project: Project, n: int | None = None) -> list[dict]:

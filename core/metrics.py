@@ -11,14 +11,14 @@ import numpy as np
 from labelloop.core.loop import STOP_KAPPA, STOP_ROUNDS, features_for, pool_state, warnings_for, TrainReport
 from labelloop.core.model import evaluate, fit_model
 from labelloop.core.project import Project
-from labelloop.core.status import arm_counts  # noqa: F401  (re-exported: the metrics pane shows it too)
+from labelloop.core.store import reports
+from labelloop.core.store.reports import arm_counts  # noqa: F401  (re-exported: the metrics pane shows it too)
 
 
 def metrics_snapshot(project: Project) -> dict:
     """Cheap: read what the store already holds (no training)."""
-    s = project.store
-    models = s.dicts("""SELECT version, n_train, metrics, created_at FROM models
-                        WHERE origin = 'trained' ORDER BY version""")
+    r = reports.metrics_rows(project.store)
+    models = r["models"]
     curve = []
     latest = None
     for m in models:
@@ -27,18 +27,9 @@ def metrics_snapshot(project: Project) -> dict:
             curve.append({"version": m["version"], "n_train": m["n_train"], "accuracy": mm["accuracy"],
                           "macro_f1": mm["macro_f1"], "ece": mm["ece"]})
         latest = {"version": m["version"], **mm}
-    distribution = dict(s.rows("""SELECT coalesce(array_to_string(labels, '|'), '(unresolved)'), count(*)
-                                  FROM final_labels GROUP BY 1 ORDER BY 1"""))
-    throughput = s.dicts("""
-        SELECT actor, count(*) AS decisions,
-               count(*) FILTER (WHERE ts > now() - INTERVAL 1 HOUR) AS last_hour,
-               median(duration_ms) AS median_ms
-        FROM effective_events WHERE kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'
-        GROUP BY actor ORDER BY decisions DESC""")
-    corrections = dict(s.rows("""SELECT error_category, count(*) FROM effective_events
-                                 WHERE error_category IS NOT NULL GROUP BY 1 ORDER BY 2 DESC"""))
+    distribution, throughput, corrections = r["distribution"], r["throughput"], r["corrections"]
     arms = arm_counts(project)
-    batch = s.dicts("SELECT batch_id, strategy, size, n_audit, signals FROM batches ORDER BY batch_id DESC LIMIT 1")
+    batch = r["batch"]
     signals = json.loads(batch[0]["signals"]) if batch and batch[0]["signals"] else {}
     counts = {c: 0 for c in project.config.labels}
     for k, v in distribution.items():
@@ -52,10 +43,7 @@ def metrics_snapshot(project: Project) -> dict:
                          metrics=latest or {}, adequacy=adequacy, signals=signals)
     # Anchoring: how often the human label equals the model's top label, with and without seeing it.
     anchoring: dict[str, dict] = {}
-    for hidden, label, probs in s.rows("""
-            SELECT e.suggestion_hidden, e.labels[1], q.probs FROM effective_events e
-            JOIN queue q ON q.batch_id = e.batch_id AND q.item_id = e.item_id
-            WHERE e.kind = 'label' AND e.suggestion_hidden IS NOT NULL AND q.probs IS NOT NULL"""):
+    for hidden, label, probs in r["anchoring"]:
         p = json.loads(probs)
         a = anchoring.setdefault("hidden" if hidden else "shown", {"n": 0, "agree": 0})
         a["n"] += 1
@@ -78,10 +66,7 @@ def arm_comparison(project: Project, checkpoints: int = 5, seed: int = 0) -> dic
     state = pool_state(project, feats)
     if len(state.test_rows) == 0:
         return {"al": [], "random": [], "note": "no test split"}
-    rows = project.store.rows("""
-        SELECT i.ord, f.labels[1], coalesce(e.audit, false), e.strategy
-        FROM final_labels f JOIN items i ON i.id = f.item_id JOIN events e ON e.event_id = f.deciding_event
-        WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")
+    rows = reports.arm_label_rows(project.store)
     arms = {"al": [(o, l) for o, l, audit, strat in rows if not audit and strat and not strat.startswith("cold start")],
             "random": [(o, l) for o, l, audit, _s in rows if audit]}
     X_test = feats.X[state.test_rows]

@@ -679,7 +679,7 @@ class Service:
             self._arms = {"version": version, "arms": arms}
 
     def op_status(self, actor: str) -> dict:
-        from labelloop.core.status import project_status
+        from labelloop.core.store.reports import project_status
         st = jsonable(project_status(self._reader()))
         with self._lock:
             st["team"] = self._team()
@@ -772,7 +772,7 @@ class Service:
 
     # -- files -----------------------------------------------------------------------------
     def op_export(self, actor: str, path: str, what: str = "final") -> dict:
-        from labelloop.core.exporter import export_parquet
+        from labelloop.core.store.exports import export_parquet
         if not isinstance(path, str):
             raise ApiError("bad_request", "path must be a string")
         return jsonable(asdict(export_parquet(self.project, path, what=what)))
@@ -781,7 +781,7 @@ class Service:
                   label_col: str | None = None, split_col: str | None = None, meta_cols: list | None = None,
                   skip_invalid: bool = False, label_sep: str = "|", dedupe: bool = False,
                   rejects: str | None = None, source_name: str | None = None) -> dict:
-        from labelloop.core.importer import import_file
+        from labelloop.core.store.imports import import_file
         if not isinstance(path, str):
             raise ApiError("bad_request", "path must be a string")
         try:

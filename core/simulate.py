@@ -70,7 +70,7 @@ class SimReport:
 def read_labelled(path: Path, text_col: str, label_col: str, split_col: str | None = None):
     """(texts, labels, splits or None) from CSV/TSV/JSONL/Parquet, with clear errors."""
     import duckdb
-    from labelloop.core.importer import detect_format
+    from labelloop.core.store.imports import detect_format
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path} does not exist.")

@@ -12,7 +12,6 @@ converted to the safe format on the way in, and nothing is ever unpickled again.
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 
@@ -20,15 +19,14 @@ from labelloop.core.artifacts import ArtifactError
 from labelloop.core.errors import LabelloopError
 from labelloop.core.modelfile import read_model_file, save_model_file
 from labelloop.core.project import Project
-from labelloop.core.store import utcnow
+from labelloop.core.store import rounds
 
 MAGIC = "labelloop-model/1"
 
 
 def export_model(project: Project, out: Path | str, version: int | None = None) -> tuple[Path, int]:
     from labelloop.core.loop import latest_model_version, load_model
-    version = version or project.store.scalar("SELECT max(version) FROM models WHERE origin = 'trained'") \
-        or latest_model_version(project)
+    version = version or rounds.latest_trained_version(project.store) or latest_model_version(project)
     if version is None:
         raise LabelloopError("the project has no model yet; run labelloop train first.")
     art = load_model(project, version)
@@ -37,10 +35,9 @@ def export_model(project: Project, out: Path | str, version: int | None = None) 
         raise LabelloopError(f"{out.parent} does not exist.")
     if out.is_dir():
         raise LabelloopError(f"{out} is a folder; give a file name, e.g. model.npz.")
-    metrics = project.store.scalar("SELECT metrics FROM models WHERE version = ?", [version])
     save_model_file(out, art["model"], art["featurizer"],
                     {"magic": MAGIC, "labels": project.config.labels, "source_project": project.config.name,
-                     "version": version, "test_metrics": json.loads(metrics) if metrics else None})
+                     "version": version, "test_metrics": rounds.model_metrics(project.store, version)})
     return out, version
 
 
@@ -81,15 +78,14 @@ def import_model(project: Project, path: Path | str, *, trust: bool = False) -> 
         raise LabelloopError(f"{path}: the model predicts label(s) {', '.join(unknown)} that this project does not have "
                              f"(project labels: {', '.join(project.config.labels)}).")
     s = project.store
-    version = int(s.scalar("SELECT coalesce(max(version), 0) + 1 FROM models"))
+    version = rounds.next_model_version(s)
     project.models_dir.mkdir(exist_ok=True)
     artifact = f"model_v{version}.npz"
     save_model_file(project.models_dir / artifact, model, art["featurizer"],
                     {"labels": meta.get("labels"), "features_fingerprint": None, "version": version})
-    s.con.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  [version, utcnow(), 0, classes, model.calibration,
-                   model.temperature_ if model.calibration == "temperature" else None, None, None,
-                   json.dumps({"imported_from": str(path), "source_project": meta.get("source_project"),
-                               "source_version": meta.get("version"), "source_test_metrics": meta.get("test_metrics")}),
-                   artifact, "imported"])
+    rounds.insert_model(s, version, n_train=0, classes=classes, calibration=model.calibration,
+                        temperature=model.temperature_ if model.calibration == "temperature" else None,
+                        train_seconds=None, artifact=artifact, origin="imported",
+                        metrics={"imported_from": str(path), "source_project": meta.get("source_project"),
+                                 "source_version": meta.get("version"), "source_test_metrics": meta.get("test_metrics")})
     return version

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labelloop.core.errors import LabelloopError
-from labelloop.core.exporter import export_parquet
-from labelloop.core.importer import import_file
+from labelloop.core.store.exports import export_parquet
+from labelloop.core.store.imports import import_file
 from labelloop.core.project import Project, init_project
 from tests.conftest import ROOT, write_csv, write_jsonl
 

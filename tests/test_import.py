@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from labelloop.core.errors import InputFileError, ValidationError
-from labelloop.core.importer import import_file
+from labelloop.core.store.imports import import_file
 from labelloop.core.project import Project
 from tests.conftest import ROOT, store_fingerprint, write_csv, write_jsonl
 

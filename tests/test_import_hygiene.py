@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_core_imports_no_textual():
-    modules = sorted(p.stem for p in (ROOT / "core").glob("*.py") if p.stem != "__init__")
+    modules = sorted(".".join(p.relative_to(ROOT / "core").with_suffix("").parts) for p in (ROOT / "core").rglob("*.py")
+                     if p.stem != "__init__")
     assert len(modules) >= 8
     code = (
         "import importlib, sys\n"
@@ -27,7 +28,7 @@ def test_core_source_never_imports_ui_modules():
     # this one checks that core's own code never imports it, nor Textual or tui.)
     import re
     pattern = re.compile(r"^\s*(from|import)\s+(textual|rich|tui|textual_plotext)\b", re.M)
-    offenders = [p.name for p in (ROOT / "core").glob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
+    offenders = [p.name for p in (ROOT / "core").rglob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
 
 

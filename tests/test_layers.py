@@ -39,3 +39,22 @@ def test_a_workstation_module_that_opens_the_store_breaks_a_contract(tmp_path):
     r = subprocess.run([str(exe), str(cfg), "--no-cache"], capture_output=True, text=True, cwd=pkg, timeout=300,
                        env={"PYTHONPATH": str(pkg), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 1 and "BROKEN" in r.stdout and "labelloop.tui.cli -> labelloop.core.store" in r.stdout
+
+
+def test_sql_lives_in_the_store_package():
+    """Every query of the project database is in core/store/ (one module per concern: the schema and
+    events, imports, exports, a round's reads and writes, the status and metrics read models).
+    simulate.py is the one other DuckDB user: it reads the user's labelled file in a private
+    in-memory database and never opens a project."""
+    import re
+    sql = re.compile(r"\.(rows|dicts|scalar|execute|sql)\(")
+    offenders = []
+    for path in (ROOT / "core").glob("*.py"):
+        if path.name == "simulate.py":
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if sql.search(line) and not line.lstrip().startswith("#"):
+                offenders.append(f"{path.name}:{n}: {line.strip()[:80]}")
+    assert offenders == []
+    assert {p.stem for p in (ROOT / "core" / "store").glob("*.py")} >= {"__init__", "imports", "exports", "rounds",
+                                                                         "reports"}

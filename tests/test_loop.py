@@ -9,7 +9,7 @@ import pytest
 from labelloop.core.config import CONFIG_NAME
 from labelloop.core.errors import LabelloopError
 from labelloop.core.loop import store_features
-from labelloop.core.importer import import_file
+from labelloop.core.store.imports import import_file
 from labelloop.core.loop import queued_items, train_and_queue
 from labelloop.core.project import Project, init_project
 from labelloop.core.transfer import export_model, import_model

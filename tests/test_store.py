@@ -11,8 +11,8 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labelloop.core.exporter import export_parquet
-from labelloop.core.importer import import_file
+from labelloop.core.store.exports import export_parquet
+from labelloop.core.store.imports import import_file
 from labelloop.core.project import Project, init_project
 from labelloop.core.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
 

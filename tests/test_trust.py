@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 from labelloop.core.config import CONFIG_NAME
-from labelloop.core.importer import import_file
+from labelloop.core.store.imports import import_file
 from labelloop.core.loop import queued_items, train_and_queue
 from labelloop.core.project import Project, init_project
 from tests.conftest import ROOT, run_cli, write_csv, write_jsonl
@@ -446,7 +446,7 @@ def test_repeated_header_column_is_refused(tmp_path, project_dir):
 
 def test_one_definition_of_undecided(tmp_path):
     """status, next and the workstation's queue agree, with skips and flags among the decisions."""
-    from labelloop.core.status import project_status
+    from labelloop.core.store.reports import project_status
     from labelloop.core.workspace import Workspace
     d = trained(tmp_path)
     ws = Workspace(d, actor="alice")
@@ -468,7 +468,7 @@ def test_one_definition_of_undecided(tmp_path):
 
 def test_label_that_differs_from_the_suggestion_is_a_counted_correction(tmp_path):
     from labelloop.core.metrics import metrics_snapshot
-    from labelloop.core.status import project_status
+    from labelloop.core.store.reports import project_status
     from labelloop.core.workspace import Workspace
     d = trained(tmp_path)
     ws = Workspace(d, actor="alice")

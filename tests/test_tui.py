@@ -250,7 +250,7 @@ async def test_hostile_text_is_shown_not_interpreted(tmp_path, open_app):
 
 
 async def test_multi_label_toggle_then_enter(tmp_path, open_app):
-    from labelloop.core.importer import import_file
+    from labelloop.core.store.imports import import_file
     from labelloop.core.loop import train_and_queue
     from labelloop.core.project import init_project
     d = init_project(tmp_path / "ml", ["sports", "politics", "tech"], multi_label=True)

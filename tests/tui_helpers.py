@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from labelloop.core.config import CONFIG_NAME
-from labelloop.core.importer import import_file
+from labelloop.core.store.imports import import_file
 from labelloop.core.loop import train_and_queue
 from labelloop.core.project import Project, init_project
 from tests.conftest import ROOT, write_csv

@@ -1,4 +1,5 @@
-"""``labelloop status``: what is in the project, as a dict (for --json) and as text."""
+"""Read models of the store: what ``labelloop status`` shows (a dict; core/status_text.py words it) and
+what the metrics pane reads (core/metrics.py computes from it)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,36 @@ def project_status(project: Project) -> dict[str, Any]:
         "events": s.scalar("SELECT count(*) FROM events"),
         "latest_model": latest,
     }
+
+
+def metrics_rows(store) -> dict:
+    """What the metrics pane reads from the store (core/metrics.py computes the rest)."""
+    return {
+        "models": store.dicts("""SELECT version, n_train, metrics, created_at FROM models
+                                 WHERE origin = 'trained' ORDER BY version"""),
+        "distribution": dict(store.rows("""SELECT coalesce(array_to_string(labels, '|'), '(unresolved)'), count(*)
+                                           FROM final_labels GROUP BY 1 ORDER BY 1""")),
+        "throughput": store.dicts("""
+            SELECT actor, count(*) AS decisions,
+                   count(*) FILTER (WHERE ts > now() - INTERVAL 1 HOUR) AS last_hour,
+                   median(duration_ms) AS median_ms
+            FROM effective_events WHERE kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'
+            GROUP BY actor ORDER BY decisions DESC"""),
+        "corrections": dict(store.rows("""SELECT error_category, count(*) FROM effective_events
+                                          WHERE error_category IS NOT NULL GROUP BY 1 ORDER BY 2 DESC""")),
+        "batch": store.dicts("SELECT batch_id, strategy, size, n_audit, signals FROM batches "
+                             "ORDER BY batch_id DESC LIMIT 1"),
+        # anchoring: the human label against the model's top label, with and without seeing it
+        "anchoring": store.rows("""
+            SELECT e.suggestion_hidden, e.labels[1], q.probs FROM effective_events e
+            JOIN queue q ON q.batch_id = e.batch_id AND q.item_id = e.item_id
+            WHERE e.kind = 'label' AND e.suggestion_hidden IS NOT NULL AND q.probs IS NOT NULL"""),
+    }
+
+
+def arm_label_rows(store) -> list[tuple]:
+    """(ord, first label, audit, strategy) of every labelled pool item, in deciding order."""
+    return store.rows("""
+        SELECT i.ord, f.labels[1], coalesce(e.audit, false), e.strategy
+        FROM final_labels f JOIN items i ON i.id = f.item_id JOIN events e ON e.event_id = f.deciding_event
+        WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")
