@@ -110,6 +110,8 @@ class Server:
         self.tcp = tcp
         self._stop = threading.Event()
         self._listeners: list[socket.socket] = []
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
         self.connections = 0
 
     def _check_not_running(self) -> None:
@@ -163,7 +165,7 @@ class Server:
 
     def serve_forever(self) -> None:
         self.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: self._stop.set())
         self._stop.wait()
         self.stop()
@@ -173,6 +175,13 @@ class Server:
         for s in self._listeners:
             try:
                 s.close()
+            except OSError:
+                pass
+        with self._open_lock:
+            open_conns = list(self._open)
+        for c in open_conns:  # clients see the connection close and reconnect to the next server
+            try:
+                c.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
         try:
@@ -194,6 +203,8 @@ class Server:
 
     def _connection(self, conn: socket.socket, tcp: bool) -> None:
         self.connections += 1
+        with self._open_lock:
+            self._open.add(conn)
         actor = None
         fds: list[int] = []
         try:
@@ -241,6 +252,8 @@ class Server:
                     os.close(fd)
                 except OSError:
                     pass
+            with self._open_lock:
+                self._open.discard(conn)
             try:
                 conn.close()
             except OSError:

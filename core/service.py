@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import hmac
 import inspect
 import json
 import os
@@ -49,6 +50,7 @@ from labelloop.core.assign import Assignment
 from labelloop.core.config import CONFIG_NAME
 from labelloop.core.errors import LabelloopError, StoreError
 from labelloop.core.project import Project, current_actor
+from labelloop.core.safeio import atomic_write_bytes
 from labelloop.core.store import Store, store_error_text
 
 UNSPECIFIED = "unspecified"   # the reason of a correction made with a label key, when none is asked for
@@ -262,6 +264,8 @@ class Service:
         self._assign: Assignment | None = None                  # built on first use (see assign)
         self._msg_ids: dict[tuple[str, str], int] | None = None  # (actor, client message id) -> event id
         self.batch_id = self.store.latest_batch_id()
+        self.started = clock()
+        self._key: bytes | None = None
         self._ops = {name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")}
         self._signatures = {op: inspect.signature(fn) for op, fn in self._ops.items()}
 
@@ -449,13 +453,37 @@ class Service:
         probs = json.loads(row["probs"]) if row.get("probs") else {}
         meta = json.loads(row["metadata"]) if row.get("metadata") else {}
         hidden = bool(probs) and self._blind(actor, row["item_id"])
-        return {"item_id": row["item_id"], "text": row["text"],
+        return {"item_id": row["item_id"], "text": row["text"], "lease": self._lease_proof(actor, row["item_id"]),
                 "metadata": meta if isinstance(meta, dict) else {"value": meta},
                 "batch_id": row.get("batch_id"), "position": row.get("position"), "strategy": row.get("strategy"),
                 "score": row.get("score"), "rank": row.get("rank"), "percentile": row.get("percentile"),
                 "audit": bool(row.get("audit")), "model_version": row.get("model_version"),
                 "probs": {} if hidden else probs, "suggestion_hidden": hidden,
                 "multi_label": self.config.multi_label}
+
+    def _lease_proof(self, actor: str, item_id: str) -> str:
+        """Proof that this project's server handed ``item_id`` to ``actor``: a keyed hash whose key
+        (cache/lease.key, readable by the owner only) survives a restart, unlike the leases."""
+        msg = f"{actor}\0{item_id}".encode("utf-8", "surrogatepass")
+        return hmac.new(self._lease_key, msg, hashlib.sha256).hexdigest()[:32]
+
+    def _lease_proof_ok(self, actor: str, item_id: str, proof) -> bool:
+        return isinstance(proof, str) and hmac.compare_digest(proof, self._lease_proof(actor, item_id))
+
+    @property
+    def _lease_key(self) -> bytes:
+        if self._key is None:
+            path = self.project.cache_dir / "lease.key"
+            try:
+                key = path.read_bytes()
+            except FileNotFoundError:
+                key = b""
+            if len(key) != 32:
+                key = os.urandom(32)
+                path.parent.mkdir(exist_ok=True)
+                atomic_write_bytes(path, key, mode=0o600)
+            self._key = key
+        return self._key
 
     def _suggested(self, actor: str, row: dict) -> list[str]:
         """The labels the annotator saw suggested ([] when none was shown)."""
@@ -467,7 +495,12 @@ class Service:
         return [max(probs, key=probs.get)] if probs else []
 
     def _session(self, actor: str, session: str | None) -> Session | None:
-        s = self.sessions.get(session) if session else None
+        s = self.sessions.get(session) if isinstance(session, str) else None
+        if s is None and isinstance(session, str) and 8 <= len(session) <= 40:
+            # a session of a server that restarted: carry on with it (its count is in the store)
+            s = Session(session, actor, "reconnected", self.clock(), self._request_conn)
+            s.decisions = self.store.session_decisions(session, actor)
+            self.sessions[session] = s
         if s is not None and s.actor != actor:
             raise ApiError("bad_request", "that session belongs to someone else")
         if s is not None:
@@ -529,7 +562,7 @@ class Service:
 
     def op_decide(self, actor: str, item_id: str, action: str, msg_id: str, labels: list | None = None,
                   reason: str | None = None, note: str | None = None, duration_ms: float | None = None,
-                  session: str | None = None) -> dict:
+                  session: str | None = None, lease: str | None = None) -> dict:
         sess = self._session(actor, session)
         if not isinstance(msg_id, str) or not 8 <= len(msg_id) <= 64:
             raise ApiError("bad_request", "every decision needs a client message id (msg_id, 8-64 characters)")
@@ -545,6 +578,12 @@ class Service:
         if duration_ms is not None and (isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float))):
             raise ApiError("bad_request", "duration_ms must be a number")
         slot = self.assign.slots.get(item_id)
+        now = self.clock()
+        if slot is not None and not self.assign.holds(actor, item_id) and self._lease_proof_ok(actor, item_id, lease) \
+                and self.assign.may_take(slot, actor, now) and not any(e > now for e in slot.leases.values()):
+            # the item was handed to this actor (the proof says so) by a server that has restarted since
+            # (leases live in memory); nobody holds it now, so the resent decision stands
+            slot.leases[actor] = now + self.assign.lease_seconds
         if slot is None or not self.assign.holds(actor, item_id):
             if slot is None and not self.store.item_exists(item_id):
                 raise ApiError("unknown_item", f"there is no item {item_id[:60]!r} in this project")

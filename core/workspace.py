@@ -39,6 +39,7 @@ class QueueItem:
     probs: dict[str, float] = field(default_factory=dict)
     suggestion_hidden: bool = False
     multi_label: bool = False
+    lease: str | None = field(default=None, compare=False, repr=False)  # the server's proof it was handed out
 
     @property
     def suggested_labels(self) -> list[str]:
@@ -93,7 +94,7 @@ def _item(d: dict | None) -> QueueItem | None:
     return QueueItem(d["item_id"], d["text"], d.get("metadata") or {}, d.get("batch_id"), d.get("position"),
                      d.get("strategy"), d.get("score"), d.get("rank"), d.get("percentile"), bool(d.get("audit")),
                      d.get("model_version"), d.get("probs") or {}, bool(d.get("suggestion_hidden")),
-                     bool(d.get("multi_label")))
+                     bool(d.get("multi_label")), d.get("lease"))
 
 
 class Workspace:
@@ -186,7 +187,8 @@ class Workspace:
     # -- decisions -----------------------------------------------------------------------------------
     def _decide(self, item: QueueItem, action: str, **args) -> int:
         answer = self.call("decide", item_id=item.item_id, action=action, msg_id=uuid.uuid4().hex,
-                           session=self.session_id, **{k: v for k, v in args.items() if v is not None})
+                           session=self.session_id, lease=item.lease,
+                           **{k: v for k, v in args.items() if v is not None})
         self._update(answer)
         return answer["event_id"]
 

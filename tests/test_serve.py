@@ -397,3 +397,36 @@ def test_a_short_team_load_loses_nothing_and_never_over_assigns(tmp_path):
     assert all(len(a) == len(set(a)) for a in per_item.values())               # nobody twice on an item
     assert all(len(a) <= overlap_need(i, 0.3, 2) for i, a in per_item.items())  # never above the needed count
     assert sum(len(a) == 2 for a in per_item.values()) > 5 and retrains > 2
+
+
+def test_a_decision_in_hand_survives_a_server_restart(tmp_path):
+    """Leases live in the server's memory; the item an annotator holds carries the server's keyed proof,
+    so the decision they send after a restart is stored (once), while an item nobody handed them, or
+    a forged proof, is still refused."""
+    from labelloop.core.workspace import Workspace
+    d = project_copy(tmp_path)
+    srv = Server(d, compute="thread")
+    srv.start()
+    ws = Workspace(d)
+    first = ws.current()
+    ws.label(first, [TRUTH[first.item_id]])
+    held = ws.current()
+    srv.stop()                                   # (kill -9 loses the same: the leases)
+    srv = Server(d, compute="thread")
+    srv.start()
+    try:
+        ws.label(held, [TRUTH[held.item_id]])    # reconnects, resends, proves the lease
+        assert ws.progress().done_session == 2   # the session carried on, its count read from the store
+        raw = SocketClient(d / SOCKET_NAME)
+        other = [i for i in raw.call("next_items", n=50)["items"] if i["item_id"] not in (first.item_id, held.item_id)]
+        with pytest.raises(ApiError) as e:
+            raw.call("decide", item_id=other[-1]["item_id"], action="label", labels=["ham"], msg_id=uuid.uuid4().hex,
+                     lease="0" * 32)
+        assert e.value.code == "not_leased"
+        raw.close()
+        ws.close()
+    finally:
+        srv.stop()
+    assert [e["item_id"] for e in _events(d)] == [first.item_id, held.item_id]
+    key = d / "cache" / "lease.key"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"

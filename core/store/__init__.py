@@ -598,6 +598,11 @@ class Store:
             ORDER BY e.event_id DESC LIMIT 1""", [actor])
         return rows[0] if rows else None
 
+    def session_decisions(self, session_id: str, actor: str) -> int:
+        """Labels, skips and flags standing from one workstation session."""
+        return int(self.scalar("""SELECT count(*) FROM effective_events WHERE session_id = ? AND actor = ?
+                                  AND kind IN ('label', 'skip', 'flag')""", [session_id, actor]) or 0)
+
     def item_exists(self, item_id: str) -> bool:
         return bool(self.scalar("SELECT count(*) FROM items WHERE id = ?", [item_id]))
 
