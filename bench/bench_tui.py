@@ -100,7 +100,7 @@ def cli_startup(project: Path) -> float | None:
     session = f"llb-{uuid.uuid4().hex[:6]}"
     started = time.perf_counter()
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40",
-                    f"{sys.executable} -m tui.cli label {project}"], check=True, cwd=Path(__file__).parent.parent)
+                    f"{sys.executable} -m labelloop.tui.cli label {project}"], check=True, cwd=Path(__file__).parent.parent)
     try:
         while time.perf_counter() - started < 30:
             screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout

@@ -128,7 +128,14 @@ class Assignment:
         return out[:n]
 
     def left_for(self, actor: str, now: float) -> int:
-        return sum(1 for s in self.slots.values() if self.holds(actor, s.item_id) or self.may_take(s, actor, now))
+        """How many items this actor may still get (asked after every decision: kept cheap)."""
+        n = 0
+        for s in self.slots.values():
+            if not s.labelled and not s.passed and not s.leases:
+                n += 1   # untouched: anyone may take it
+            elif self.holds(actor, s.item_id) or self.may_take(s, actor, now):
+                n += 1
+        return n
 
     def open_count(self, now: float) -> int:
         """Items somebody could still be given (not complete)."""

@@ -429,15 +429,18 @@ class Service:
         self._assign.load(rows, [d for d in decisions if d[0] in ids])
 
     def _new_batch(self, store: Store) -> None:
+        """Serve the batch a retrain queued. Its rows (the slow read: a join with every item) are read
+        before taking the lock; the decisions on them under it, so none made meanwhile is missed."""
         batch = store.latest_batch_id()
         if batch == self.batch_id:
             return
-        if self._assign is None:  # nobody asked for work yet: the first request reads the new batch
-            self.batch_id = batch
-            return
         rows = store.queue_rows(batch_id=batch)
-        self.assign.new_batch(rows, store.decisions_on([r["item_id"] for r in rows]), self.clock())
-        self.batch_id = batch
+        with self._lock:
+            if self._assign is None:  # nobody asked for work yet: the first request reads the new batch
+                self.batch_id = batch
+                return
+            self.assign.new_batch(rows, store.decisions_on([r["item_id"] for r in rows]), self.clock())
+            self.batch_id = batch
 
     def _blind(self, actor: str, item_id: str) -> bool:
         """A stable share of items (per annotator) is shown without the suggestion, to measure anchoring."""
@@ -780,8 +783,8 @@ class Service:
                 report = _retrain_in_process(executor, project, progress, job.kw)
             if job.cancel:
                 raise _Cancelled()
+            self._new_batch(project.store)
             with self._lock:
-                self._new_batch(project.store)
                 job.report = report_dict(report)
                 job.fraction, job.step = 1.0, "done"
         except _Cancelled:

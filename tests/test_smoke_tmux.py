@@ -31,7 +31,7 @@ def _wait_for(session, needle, timeout=60):
 def test_label_20_items_in_tmux(tmp_path):
     d = project_copy(tmp_path)
     session = f"ll-{uuid.uuid4().hex[:8]}"
-    cmd = f"{sys.executable} -m tui.cli label {d}"
+    cmd = f"{sys.executable} -m labelloop.tui.cli label {d}"
     from tests.conftest import ROOT
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", "-c", str(ROOT), cmd], check=True)
     try:
