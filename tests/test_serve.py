@@ -246,7 +246,7 @@ def test_two_real_users_label_at_once_with_identities_from_the_socket(request_cl
     group = "llteam"
     users = ["llalice", "llbob"]
     subprocess.run(["groupadd", "-f", group], check=True)
-    for u in users:
+    for u in [*users, "llcarol"]:
         if subprocess.run(["id", u], capture_output=True).returncode != 0:
             subprocess.run(["useradd", "-M", "-G", group, "-s", "/bin/sh", u], check=True)
     python = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin")
@@ -266,6 +266,8 @@ def test_two_real_users_label_at_once_with_identities_from_the_socket(request_cl
     os.chmod(base, 0o2770)
     shutil.chown(d, group=group)   # the project folder's group decides who may use the socket
     os.chmod(d, 0o2770)
+    cfg = d / "labelloop.toml"       # roles name alice and bob; carol is in the group but not in the project
+    cfg.write_text(cfg.read_text().replace("annotators = []", 'annotators = ["llalice", "llbob"]'))
     srv = Server(d, compute="thread")   # run by root, the project's owner; the folder's group is the team
     srv.start()
     try:
@@ -275,6 +277,10 @@ def test_two_real_users_label_at_once_with_identities_from_the_socket(request_cl
         outs = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outs
         assert sorted(o[0].strip() for o in outs) == users
+        # carol reaches the socket (same group) but is not a member: one sentence, and a denied event
+        r = subprocess.run(["runuser", "-u", "llcarol", "--", python, "-c", RAW_CLIENT, str(d / SOCKET_NAME)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "unknown_user: llcarol is not a member of this project" in r.stderr
         # someone outside the group cannot connect at all
         r = subprocess.run(["runuser", "-u", "nobody", "--", python, "-c",
                             f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(d / SOCKET_NAME)!r})"],
@@ -282,7 +288,8 @@ def test_two_real_users_label_at_once_with_identities_from_the_socket(request_cl
         assert r.returncode != 0 and "Permission denied" in r.stderr
     finally:
         srv.stop()
-    evs = _events(d)
+    evs = _events(d, "kind <> 'denied'")
+    assert [e["actor"] for e in _events(d, "kind = 'denied'")] == ["llcarol"]
     assert sorted({e["actor"] for e in evs}) == users and len(evs) == 10
     assert len({e["item_id"] for e in evs}) == 10     # nobody got the other's item
 
