@@ -271,6 +271,7 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
            "empty_queue_waits": sum(r.get("waits", 0) for r in ann),
            "reconnects": sum(r.get("reconnects", 0) for r in results),
            "longest_client_wait_s": max(r.get("waited_s", 0) for r in results),
+           "refused_after_restart": sum(e.startswith("not_leased") for r in results for e in r.get("errors", [])),
            "client_errors": sorted({e for r in results for e in r.get("errors", [])})[:6],
            "server_rss_mib": " ".join(f"{t}s:{r:.0f}" for t, r in rss), "open_items_at_end": left, **report,
            **verify(d, [(m, None, None) for m in acked])}

@@ -80,7 +80,7 @@ def annotate(wire, seconds, rng, truth):
         msg = uuid.uuid4().hex
         try:
             ans, ms = wire.call("decide", item_id=item["item_id"], action="label",
-                                labels=[truth[item["item_id"]]], msg_id=msg)
+                                labels=[truth[item["item_id"]]], msg_id=msg, lease=item.get("lease"))
         except RuntimeError as exc:   # e.g. not_leased after the server restarted: ask again
             out["errors"].append(str(exc)[:80])
             item = wire.call("next")[0]["item"]
