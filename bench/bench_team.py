@@ -224,6 +224,7 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
     rss = []
     restarted = None
     killed = False
+    killed_wall = 0.0
     while time.monotonic() - t0 < seconds:
         time.sleep(1.0)
         r = rss_mib(proc.pid)
@@ -234,6 +235,7 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
             proc.wait()
             killed = True
             k = time.monotonic()
+            killed_wall = time.time()
             proc = start_server(d, tcp)
             restarted = time.monotonic() - k
     stop.set()
@@ -277,6 +279,12 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
            **verify(d, [(m, None, None) for m in acked])}
     if kill_at is not None:
         out["killed_at_s"], out["restart_s"] = kill_at, round(restarted or -1, 2)
+        # decisions answered more than 5 s after the restart: the steady state again
+        later = [ms for r in ann for ms, at in zip(r.get("latencies", []), r.get("at", [])) if at > killed_wall + 5]
+        resent = [ms for r in ann for ms, at in zip(r.get("latencies", []), r.get("at", []))
+                  if killed_wall <= at <= killed_wall + 5]
+        out["decide_ms_within_5s_of_restart"] = {"n": len(resent), "max": round(max(resent), 1) if resent else None}
+        out["decide_ms_after"] = {"n": len(later), "p99": p99(later)}
     return out
 
 

@@ -67,7 +67,7 @@ class Wire:
 
 
 def annotate(wire, seconds, rng, truth):
-    out = {"acked": [], "latencies": [], "waits": 0, "errors": []}
+    out = {"acked": [], "latencies": [], "at": [], "waits": 0, "errors": []}
     end = time.monotonic() + seconds
     item = wire.call("next")[0]["item"]
     while time.monotonic() < end:
@@ -86,6 +86,7 @@ def annotate(wire, seconds, rng, truth):
             item = wire.call("next")[0]["item"]
             continue
         out["latencies"].append(round(ms, 2))
+        out["at"].append(round(time.time(), 2))
         out["acked"].append(msg)
         item = ans["item"]
     return out

@@ -146,7 +146,9 @@ class Server:
         return s
 
     def start(self) -> None:
-        """Bind and start accepting (in background threads)."""
+        """Bind and start accepting (in background threads). The assignment is read from the store
+        first, so clients reconnecting after a restart find it ready."""
+        self.db.submit(lambda: self.service.assign).result()
         unix = self._bind_unix()
         self._listeners.append(unix)
         threading.Thread(target=self._accept, args=(unix, False), daemon=True, name="labelloop-accept").start()
@@ -155,7 +157,7 @@ class Server:
             self._listeners.append(t)
             threading.Thread(target=self._accept, args=(t, True), daemon=True, name="labelloop-accept-tcp").start()
         if self.service.compute == "process":
-            self.db.submit(self.service.warm_up)
+            threading.Thread(target=self.service.warm_up, daemon=True, name="labelloop-warm-up").start()
         try:
             group = grp.getgrgid(self.dir.stat().st_gid).gr_name
         except KeyError:

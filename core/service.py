@@ -309,10 +309,16 @@ class Service:
         return local.project
 
     def warm_up(self) -> None:
-        """Start the training process now (its imports take a second or two of CPU)."""
-        if self.compute == "process":
-            with self._lock:
-                self._training_process()
+        """Start the training process now (its imports take a second or two of CPU), without holding
+        up requests meanwhile."""
+        if self.compute != "process" or self._executor is not None:
+            return
+        executor = training_executor()
+        with self._lock:
+            if self._executor is None:
+                self._executor, executor = executor, None
+        if executor is not None:  # a retrain started one meanwhile
+            stop_executor(executor)
 
     def _training_process(self):
         if self._executor is None:

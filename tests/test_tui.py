@@ -318,3 +318,31 @@ async def test_no_color_is_respected(proj, monkeypatch, open_app):
         await pilot.press("1")
     app.ws.close()
     assert len(events(proj)) == 1
+
+
+async def test_a_new_batch_from_someone_elses_retrain_is_announced(tmp_path):
+    """Team mode: another session (here a script on the socket) retrains; the workstation says so
+    and keeps the item in hand."""
+    from labelloop.core.client import SOCKET_NAME, SocketClient
+    from labelloop.core.server import Server
+    d = project_copy(tmp_path)
+    srv = Server(d, compute="thread")
+    srv.start()
+    try:
+        app = LabelApp(d)
+        async with app.run_test(size=(120, 40)) as pilot:
+            shown = app.ws.current()
+            other = SocketClient(d / SOCKET_NAME)
+            job = other.call("retrain_start", why="someone else")["job"]
+            while other.call("retrain_poll", job=job["id"])["job"]["running"]:
+                await pilot.pause(0.1)
+            for _ in range(60):                      # the workstation polls every 2 s while idle
+                if app.last_report is not None:
+                    break
+                await pilot.pause(0.1)
+            assert app.last_report is not None and app.last_report.model_version == 2
+            assert app.ws.current() is shown and not app.retraining
+            other.close()
+        app.ws.close()
+    finally:
+        srv.stop()
