@@ -695,8 +695,13 @@ class Service:
             return {"text": f"(no readable guidelines file at {path})"}
 
     def op_metrics(self, actor: str, arms: bool = False) -> dict:
+        from labelloop.core.agreement import agreement_report
         from labelloop.core.metrics import metrics_snapshot
-        snap = jsonable(metrics_snapshot(self._reader()))
+        from labelloop.core.store.reports import annotation_ratings
+        reader = self._reader()
+        snap = jsonable(metrics_snapshot(reader))
+        ratings, audit = annotation_ratings(reader.store)
+        snap["agreement"] = agreement_report(ratings, categories=self._scale(ratings), audit_items=audit)
         out = {"snapshot": snap, "arms": None, "arms_pending": False}
         if not arms:
             return out
@@ -713,6 +718,11 @@ class Service:
                     self._arms_thread.start()
         return out
 
+    def _scale(self, ratings: dict) -> list[str] | None:
+        """The categories agreement is measured on: the project's labels (single-label), or the label
+        sets that occur (multi-label: each set is one nominal category)."""
+        return None if self.config.multi_label else list(self.config.labels)
+
     def _compute_arms(self, version) -> None:
         """Learning curves per arm train small models: off the request thread, on its own cursor."""
         from labelloop.core.metrics import arm_comparison
@@ -727,8 +737,14 @@ class Service:
             self._arms = {"version": version, "arms": arms}
 
     def op_status(self, actor: str) -> dict:
-        from labelloop.core.store.reports import project_status
-        st = jsonable(project_status(self._reader()))
+        from labelloop.core.agreement import agreement_report
+        from labelloop.core.store.reports import annotation_ratings, project_status
+        reader = self._reader()
+        st = jsonable(project_status(reader))
+        ratings, audit = annotation_ratings(reader.store)
+        full = agreement_report(ratings, categories=self._scale(ratings), audit_items=audit, bootstrap=500)
+        st["agreement"] = {k: full[k] for k in ("n_items_rated", "n_items_overlap", "annotators", "prevalence",
+                                                "overall", "by_arm")}
         with self._lock:
             st["team"] = self._team()
         return st

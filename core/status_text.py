@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from labelloop.core.agreement import NAMES  # pure numbers; no store
+
 
 def format_status(st: dict[str, Any]) -> str:
     lines = [f"Project {st['project']}  (labels: {', '.join(st['labels'])})", ""]
@@ -44,6 +46,13 @@ def format_status(st: dict[str, Any]) -> str:
             lines.append(f"  {a['actor']:<16} {a['labels']:>7,} {a['skips']:>6,} {a['flags']:>6,} {a['undone']:>7,} {med:>9}  {a['last_at'] or '-'}")
     else:
         lines.append("  (no human decisions yet)")
+    lines.extend(agreement_lines(st.get("agreement")))
+    if st.get("team") and st["team"].get("working"):
+        t = st["team"]
+        working = ", ".join(t["working"]) or "nobody"
+        lines.append(f"Team         working now: {working}"
+                     + (f"; {t['open_items']:,} items open" if t.get("open_items") is not None else "")
+                     + ("; retraining" if t.get("retraining") else ""))
     lines.append("")
     m = st["latest_model"]
     if m:
@@ -56,3 +65,33 @@ def format_status(st: dict[str, Any]) -> str:
     else:
         lines.append("Model        none trained yet (labelloop train DIR)")
     return "\n".join(lines)
+
+
+
+
+def _stat(r: dict) -> str:
+    if r.get("value") is None:
+        return f"undefined ({r.get('reason')})"
+    ci = f" [{r['low']:.3f}, {r['high']:.3f}]" if r.get("low") is not None else ""
+    return f"{r['value']:.3f}{ci}"
+
+
+def agreement_lines(ag: dict | None) -> list[str]:
+    """Agreement between annotators with 95 % bootstrap intervals over items, and AL vs audit items."""
+    if not ag:
+        return []
+    lines = ["", f"Agreement    {ag['n_items_overlap']:,} items labelled by two or more annotators"
+             + (" (95 % bootstrap intervals over items)" if ag["n_items_overlap"] else "")]
+    if not ag["n_items_overlap"]:
+        lines.append("  none yet: items get a second annotator at [team] overlap_share")
+        return lines
+    for k, r in ag["overall"].items():
+        lines.append(f"  {NAMES.get(k, k):<22} {_stat(r)}")
+    prev = ", ".join(f"{c} {p:.1%}" for c, p in ag["prevalence"].items())
+    lines.append(f"  class prevalence       {prev}")
+    arms = ag.get("by_arm") or {}
+    if arms:
+        al, au = arms["al"]["percent"], arms["audit"]["percent"]
+        lines.append(f"  AL-selected items      {_stat(al)} (n={al['n_items']})")
+        lines.append(f"  random-audit items     {_stat(au)} (n={au['n_items']})")
+    return lines

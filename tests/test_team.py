@@ -307,3 +307,32 @@ def test_each_session_sees_how_many_others_work(team):
     assert a.call("poll", session=sa)["others"] == 1
     clock.t += 3600                                         # carol went quiet an hour ago
     assert a.call("poll", session=sa)["others"] == 0
+
+
+def test_status_shows_agreement_with_intervals_and_al_against_audit(team):
+    """Two annotators on the same items (overlap 1.0): status gives percent agreement, kappa, AC1 and
+    alpha with intervals, read back from the events; bob disagrees on every fourth item."""
+    d, svc, _ = team
+    a, b = LocalClient(svc, "alice"), LocalClient(svc, "bob")
+    done = []
+    for k in range(16):
+        it = a.call("next")["item"]
+        _label(a, it)
+        got = b.call("next")["item"]
+        assert got["item_id"] == it["item_id"]
+        wrong = {"ham": "spam", "spam": "ham"}[TRUTH[it["item_id"]]]
+        b.call("decide", item_id=it["item_id"], action="label", msg_id=f"bob-{k:08d}",
+               labels=[wrong if k % 4 == 0 else TRUTH[it["item_id"]]])
+        done.append(it)
+    ag = svc.handle("alice", "status", {})["agreement"]
+    assert ag["n_items_overlap"] == 16 and ag["annotators"] == ["alice", "bob"]
+    pa = ag["overall"]["percent"]
+    assert pa["value"] == pytest.approx(12 / 16) and pa["low"] <= pa["value"] <= pa["high"]
+    for m in ("fleiss_kappa", "gwet_ac1", "krippendorff_alpha"):
+        assert ag["overall"][m]["value"] is not None or ag["overall"][m]["reason"]
+    n_audit = sum(bool(i["audit"]) for i in done)
+    assert ag["by_arm"]["audit"]["percent"]["n_items"] == n_audit
+    assert ag["by_arm"]["al"]["percent"]["n_items"] == 16 - n_audit
+    from labelloop.core.status_text import format_status
+    text = format_status(ag and svc.handle("alice", "status", {}))
+    assert "percent agreement      0.750 [" in text and "random-audit items" in text

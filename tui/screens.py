@@ -321,6 +321,14 @@ class MetricsScreen(Screen):
         if snap.get("anchoring"):
             t.append("\nAgree with model: ", style="bold")
             t.append(", ".join(f"{k} {v['agree_with_model']:.0%} (n={v['n']})" for k, v in snap["anchoring"].items()))
+        ag = snap.get("agreement")
+        if ag and ag.get("n_items_overlap"):
+            from labelloop.core.status_text import agreement_lines
+            t.append("\n" + "\n".join(safe_line(x, None) for x in agreement_lines(ag)[1:]))
+            worst = sorted(((a, r["agree_with_others"]) for a, r in ag["per_annotator"].items()
+                            if r["agree_with_others"]["value"] is not None), key=lambda x: x[1]["value"])
+            if worst:
+                t.append("\n  per annotator: " + ", ".join(f"{safe_line(a, 12)} {r['value']:.2f}" for a, r in worst[:4]))
         if arms is None:
             t.append("\nAL vs random audit: computing…", style="dim")
         elif arms.get("error"):

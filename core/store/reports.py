@@ -118,3 +118,18 @@ def arm_label_rows(store) -> list[tuple]:
         SELECT i.ord, f.labels[1], coalesce(e.audit, false), e.strategy
         FROM final_labels f JOIN items i ON i.id = f.item_id JOIN events e ON e.event_id = f.deciding_event
         WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")
+
+
+def annotation_ratings(store) -> tuple[dict, set]:
+    """Each annotator's current label of each pool item they labelled (imports excluded), as
+    ``{item_id: {annotator: "label|label"}}``, and the items queued as random audit."""
+    ratings: dict = {}
+    audit: set = set()
+    for item_id, actor, labels, is_audit in store.rows("""
+            SELECT a.item_id, a.actor, array_to_string(a.labels, '|'), coalesce(a.audit, false)
+            FROM annotations a JOIN items i ON i.id = a.item_id
+            WHERE i.split = 'pool' AND coalesce(a.via, '') <> 'import' AND a.labels IS NOT NULL"""):
+        ratings.setdefault(item_id, {})[actor] = labels
+        if is_audit:
+            audit.add(item_id)
+    return ratings, audit
