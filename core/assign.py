@@ -38,13 +38,15 @@ class Slot:
     item_id: str
     row: dict                                  # the queue row (provenance) with the item's text
     need: int
-    labelled: set = field(default_factory=set)  # actors whose label stands
+    labelled: dict = field(default_factory=dict)  # actor -> label ("a|b" for several) of the labels standing
     passed: dict = field(default_factory=dict)  # actor -> 'skip' | 'flag'
     leases: dict = field(default_factory=dict)  # actor -> expiry (clock seconds)
 
 
 class Assignment:
-    def __init__(self, *, share: float, per_item: int, lease_seconds: float, skip_hides: bool, flag_hides: bool):
+    def __init__(self, *, share: float, per_item: int, lease_seconds: float, skip_hides: bool, flag_hides: bool,
+                 tie_breaker: bool = False):
+        self.tie_breaker = tie_breaker
         self.share = share
         self.per_item = per_item
         self.lease_seconds = lease_seconds
@@ -56,6 +58,12 @@ class Assignment:
     # -- state -------------------------------------------------------------------------
     def need(self, item_id: str) -> int:
         return overlap_need(item_id, self.share, self.per_item)
+
+    def adjust_need(self, slot: Slot) -> None:
+        """With ``tie_breaker``, an overlap item whose annotators disagree asks one more annotator."""
+        base = self.need(slot.item_id)
+        split = len(slot.labelled) >= base and len(set(slot.labelled.values())) > 1
+        slot.need = base + 1 if (self.tie_breaker and base > 1 and split) else base
 
     def hidden(self, slot: Slot) -> bool:
         kinds = set(slot.passed.values())
@@ -142,12 +150,13 @@ class Assignment:
         return sum(1 for s in self.slots.values() if not self.complete(s))
 
     # -- decisions -------------------------------------------------------------------------
-    def record(self, actor: str, item_id: str, kind: str) -> None:
+    def record(self, actor: str, item_id: str, kind: str, label: str | None = None) -> None:
         slot = self.slots.get(item_id)
         if slot is None:
             return
         if kind == "label":
-            slot.labelled.add(actor)
+            slot.labelled[actor] = label
+            self.adjust_need(slot)
         else:
             slot.passed[actor] = kind
         slot.leases.pop(actor, None)
@@ -165,7 +174,8 @@ class Assignment:
             # an undone item goes to the front of the serving order
             self.slots = {item_id: slot, **self.slots}
         if kind == "label":
-            slot.labelled.discard(actor)
+            slot.labelled.pop(actor, None)
+            self.adjust_need(slot)
         else:
             slot.passed.pop(actor, None)
         self.front.setdefault(actor, []).append(item_id)
@@ -185,14 +195,18 @@ class Assignment:
         for r in rows:
             if r["item_id"] not in self.slots:
                 self.slots[r["item_id"]] = Slot(r["item_id"], r, self.need(r["item_id"]))
-        for item_id, actor, kind in decisions:
+        touched = set()
+        for item_id, actor, kind, *label in decisions:
             slot = self.slots.get(item_id)
             if slot is None:
                 continue
             if kind == "label":
-                slot.labelled.add(actor)
+                slot.labelled[actor] = label[0] if label else None
+                touched.add(item_id)
             elif actor not in slot.labelled:
                 slot.passed[actor] = kind
+        for item_id in touched:
+            self.adjust_need(self.slots[item_id])
         if first:
             head = {i: self.slots[i] for i in first if i in self.slots}
             self.slots = {**head, **{k: v for k, v in self.slots.items() if k not in head}}

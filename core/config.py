@@ -76,6 +76,9 @@ class ProjectConfig:
     lease_minutes: float = 10.0      # an item handed to an annotator returns to the others after this long
     skip_hides: bool = False         # a skip by one annotator hides the item from everyone
     flag_hides: bool = True          # a flag by one annotator hides the item from everyone (it waits for review)
+    tie_breaker: bool = False        # overlap annotators disagree: ask one more before review
+    review_unanimous: bool = False   # also send items every annotator agreed on to review
+    dissent_threshold: float = 0.9   # annotators agree, the model says otherwise this surely: review
     admins: list[str] = field(default_factory=list)
     reviewers: list[str] = field(default_factory=list)
     annotators: list[str] = field(default_factory=list)
@@ -161,6 +164,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "lease_minutes": ("lease_minutes", _float_range(0.1, 24 * 60)),
         "skip_hides": ("skip_hides", _bool),
         "flag_hides": ("flag_hides", _bool),
+        "tie_breaker": ("tie_breaker", _bool),
+        "review_unanimous": ("review_unanimous", _bool),
+        "dissent_threshold": ("dissent_threshold", _float_range(0.5, 1)),
     },
     "roles": {
         "admins": ("admins", _str_list),
@@ -345,6 +351,9 @@ annotators_per_item = 2
 lease_minutes = 10                # an item handed out and not decided returns to the others after this
 skip_hides = false                # true: one annotator's skip hides the item from everyone
 flag_hides = true                 # true: one annotator's flag hides the item from everyone (review decides)
+tie_breaker = false               # true: when overlap annotators disagree, one more annotator labels first
+review_unanimous = false          # true: items every annotator agreed on go to review too
+dissent_threshold = 0.9           # annotators agree but the model is this sure of another label: review
 
 [roles]
 # Login names (the SSH user, read from the socket). All empty: everyone who can reach the project

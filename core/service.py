@@ -46,7 +46,7 @@ from pathlib import Path
 
 import duckdb
 
-from labelloop.core.assign import Assignment
+from labelloop.core.assign import Assignment, Slot
 from labelloop.core.config import CONFIG_NAME
 from labelloop.core.errors import LabelloopError, StoreError
 from labelloop.core.project import Project, current_actor
@@ -61,7 +61,7 @@ MAX_NEXT_ITEMS = 1000
 # What each role may do. Admins may do everything; reviewers annotate and export.
 ANNOTATOR_OPS = frozenset({"open_session", "close_session", "next", "decide", "undo", "progress", "poll",
                            "guidelines", "metrics", "status", "next_items", "retrain_start", "retrain_poll", "ping"})
-REVIEWER_OPS = ANNOTATOR_OPS | {"export"}
+REVIEWER_OPS = ANNOTATOR_OPS | {"export", "review_queue", "review_item", "adjudicate"}
 ADMIN_OPS = REVIEWER_OPS | {"import", "retrain_options", "model_export", "model_import"}
 ROLE_OPS = {"annotator": ANNOTATOR_OPS, "reviewer": REVIEWER_OPS, "admin": ADMIN_OPS}
 # Reads that scan the whole project (status, metrics): served on a cursor of their own, outside the
@@ -276,7 +276,7 @@ class Service:
             cfg = self.config
             self._assign = Assignment(share=cfg.overlap_share, per_item=cfg.annotators_per_item,
                                       lease_seconds=cfg.lease_minutes * 60, skip_hides=cfg.skip_hides,
-                                      flag_hides=cfg.flag_hides)
+                                      flag_hides=cfg.flag_hides, tie_breaker=cfg.tie_breaker)
             self._load_assignment(self.store)
         return self._assign
 
@@ -422,10 +422,14 @@ class Service:
             per_item.setdefault(d[0], []).append(d)
         owed = []
         for item_id, ds in per_item.items():
-            labelled = {a for _i, a, k in ds if k == "label"}
-            kinds = {k for _i, _a, k in ds if k != "label"}
-            hidden = ("flag" in kinds and self.config.flag_hides) or ("skip" in kinds and self.config.skip_hides)
-            if len(labelled) < self._assign.need(item_id) and not hidden:
+            probe = Slot(item_id, {}, self._assign.need(item_id))
+            for _i, a, k, lab in ds:
+                if k == "label":
+                    probe.labelled[a] = lab
+                else:
+                    probe.passed[a] = k
+            self._assign.adjust_need(probe)
+            if not self._assign.complete(probe):
                 owed.append(item_id)
         rows = store.queue_rows(item_ids=owed)
         rows.sort(key=lambda r: (r["batch_id"], r["position"]))
@@ -631,7 +635,7 @@ class Service:
             suggestion_hidden=hidden if probs else None, session_id=sess.id if sess else None,
             client_msg_id=msg_id, **fields)
         self._msgs[(actor, msg_id)] = event_id
-        self.assign.record(actor, item_id, kind)
+        self.assign.record(actor, item_id, kind, "|".join(labels) if kind == "label" else None)
         if sess is not None:
             sess.decisions += 1
         if kind == "label":
@@ -745,6 +749,9 @@ class Service:
         full = agreement_report(ratings, categories=self._scale(ratings), audit_items=audit, bootstrap=500)
         st["agreement"] = {k: full[k] for k in ("n_items_rated", "n_items_overlap", "annotators", "prevalence",
                                                 "overall", "by_arm")}
+        with self._lock:
+            rq = self.op_review_queue(actor)
+        st["review"] = {"waiting": len(rq["items"]), "by_reason": rq["counts"]}
         with self._lock:
             st["team"] = self._team()
         return st
@@ -875,3 +882,71 @@ class Service:
             raise ApiError("denied", "--trust loads a pickle, which can run code: not through the server. Stop "
                            "the server and run labelloop model import --trust as the project's owner.")
         return {"version": import_model(self.project, path, trust=trust)}
+
+    # -- review (issue: agreement and review) ------------------------------------------------------
+    def _review_reasons(self, c: dict) -> list[str]:
+        """Why an item needs a reviewer (empty: it does not): annotators disagree once everyone it needs
+        has labelled (with the tie-breaker too, when configured), they agree against a confident model,
+        or someone flagged it."""
+        reasons = []
+        labels = c["labels"]
+        if len(labels) >= 2:
+            probe = Slot(c["item_id"], {}, self.assign.need(c["item_id"]))
+            probe.labelled = dict(zip(c["actors"], labels))
+            self.assign.adjust_need(probe)
+            distinct = set(labels)
+            if len(distinct) > 1 and len(labels) >= probe.need:
+                reasons.append("disagreement")
+            elif len(distinct) == 1:
+                probs = json.loads(c["probs"]) if c.get("probs") else {}
+                top = max(probs, key=probs.get) if probs else None
+                if top is not None and not self.config.multi_label and top != labels[0] \
+                        and probs[top] >= self.config.dissent_threshold:
+                    reasons.append(f"model dissent ({top} {probs[top]:.2f})")
+                elif self.config.review_unanimous:
+                    reasons.append("unanimous (review_unanimous = true)")
+        if c["n_flags"]:
+            reasons.append("flagged")
+        return reasons
+
+    def op_review_queue(self, actor: str, include_decided: bool = False) -> dict:
+        """Items waiting for a reviewer, with why, and the counts by reason."""
+        from labelloop.core.store import review
+        items, counts = [], {}
+        for c in review.candidates(self.store):
+            reasons = self._review_reasons(c)
+            if not reasons or (c["adjudicated"] and not include_decided):
+                continue
+            for r in reasons:
+                key = r.split(" (")[0]
+                counts[key] = counts.get(key, 0) + 1
+            items.append({"item_id": c["item_id"], "reasons": reasons, "annotators": c["actors"],
+                          "labels": c["labels"], "n_flags": c["n_flags"], "audit": bool(c["audit"]),
+                          "adjudicated": bool(c["adjudicated"])})
+        return {"items": items, "counts": counts}
+
+    def op_review_item(self, actor: str, item_id: str) -> dict:
+        from labelloop.core.store import review
+        if not isinstance(item_id, str):
+            raise ApiError("bad_request", "item_id must be a string")
+        v = review.versions(self.store, item_id)
+        if v is None:
+            raise ApiError("unknown_item", f"there is no item {item_id[:60]!r} in this project")
+        return jsonable(v)
+
+    def op_adjudicate(self, actor: str, item_id: str, labels: list, msg_id: str, rationale: str | None = None) -> dict:
+        """The reviewer's decision: the final labels of the item and why (an ``adjudicate`` event)."""
+        if not isinstance(msg_id, str) or not 8 <= len(msg_id) <= 64:
+            raise ApiError("bad_request", "an adjudication needs a client message id (msg_id, 8-64 characters)")
+        done = self._msgs.get((actor, msg_id))
+        if done is not None:
+            return {"event_id": done, "duplicate": True}
+        if not isinstance(item_id, str) or not self.store.item_exists(item_id):
+            raise ApiError("unknown_item", f"there is no item {str(item_id)[:60]!r} in this project")
+        if rationale is not None and not isinstance(rationale, str):
+            raise ApiError("bad_request", "rationale must be a string")
+        labels = self._check_labels(labels)
+        event_id = self.store.append_event(item_id, "adjudicate", actor, via="review", labels=labels,
+                                           note=rationale or None, client_msg_id=msg_id)
+        self._msgs[(actor, msg_id)] = event_id
+        return {"event_id": event_id, "duplicate": False}

@@ -47,6 +47,10 @@ def format_status(st: dict[str, Any]) -> str:
     else:
         lines.append("  (no human decisions yet)")
     lines.extend(agreement_lines(st.get("agreement")))
+    rv = st.get("review")
+    if rv and rv["waiting"]:
+        lines.append(f"Review       {rv['waiting']:,} items wait for a reviewer ("
+                     + ", ".join(f"{k} {v:,}" for k, v in rv["by_reason"].items()) + ")")
     if st.get("team") and st["team"].get("working"):
         t = st["team"]
         working = ", ".join(t["working"]) or "nobody"

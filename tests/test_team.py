@@ -4,6 +4,7 @@ back from the store. The socket transport and real OS users are in tests/test_se
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -336,3 +337,95 @@ def test_status_shows_agreement_with_intervals_and_al_against_audit(team):
     from labelloop.core.status_text import format_status
     text = format_status(ag and svc.handle("alice", "status", {}))
     assert "percent agreement      0.750 [" in text and "random-audit items" in text
+
+
+def _two_annotators_label(svc, n, bob_wrong_every=4, actors=("alice", "bob")):
+    """alice labels the truth; bob the other label on every 4th item. Returns the items."""
+    clients = [LocalClient(svc, a) for a in actors]
+    items = []
+    for k in range(n):
+        it = clients[0].call("next")["item"]
+        _label(clients[0], it)
+        got = clients[1].call("next")["item"]
+        assert got["item_id"] == it["item_id"]
+        wrong = {"ham": "spam", "spam": "ham"}[TRUTH[it["item_id"]]]
+        clients[1].call("decide", item_id=it["item_id"], action="label", msg_id=uuid.uuid4().hex,
+                        labels=[wrong if k % bob_wrong_every == 0 else TRUTH[it["item_id"]]])
+        items.append(it)
+    return items
+
+
+def test_review_queue_holds_exactly_the_disagreeing_and_flagged_items(team):
+    d, svc, _ = team
+    items = _two_annotators_label(svc, 12)
+    carol = LocalClient(svc, "carol")
+    flagged = carol.call("next")["item"]
+    carol.call("decide", item_id=flagged["item_id"], action="flag", note="not English", msg_id="carol-flag-1")
+    with pytest.raises(ApiError) as e:          # annotators do not review
+        svc.handle("alice", "review_queue", {})
+    assert e.value.code == "denied"
+    q = svc.handle("admin", "review_queue", {})
+    disagreeing = {items[k]["item_id"] for k in range(0, 12, 4)}
+    assert {i["item_id"] for i in q["items"] if "disagreement" in i["reasons"]} == disagreeing
+    assert {i["item_id"] for i in q["items"] if "flagged" in i["reasons"]} == {flagged["item_id"]}
+    assert q["counts"] == {"disagreement": 3, "flagged": 1}
+    st = svc.handle("alice", "status", {})
+    assert st["review"] == {"waiting": 4, "by_reason": {"disagreement": 3, "flagged": 1}}
+    from labelloop.core.status_text import format_status
+    assert "4 items wait for a reviewer (disagreement 3, flagged 1)" in format_status(st)
+    one = sorted(disagreeing)[0]
+    view = svc.handle("admin", "review_item", {"item_id": one})
+    assert [(e["actor"], e["kind"]) for e in view["events"]] == [("alice", "label"), ("bob", "label")]
+    assert view["text"] and "labels" in view["events"][0]
+    r = svc.handle("admin", "adjudicate", {"item_id": one, "labels": [TRUTH[one]], "rationale": "guideline 2",
+                                          "msg_id": "adjudicate-01"})
+    assert not r["duplicate"]
+    assert svc.handle("admin", "adjudicate", {"item_id": one, "labels": [TRUTH[one]], "msg_id": "adjudicate-01"})["duplicate"]
+    assert one not in {i["item_id"] for i in svc.handle("admin", "review_queue", {})["items"]}
+    final = svc.store.dicts("SELECT labels, decided_by FROM final_labels WHERE item_id = ?", [one])[0]
+    assert final == {"labels": [TRUTH[one]], "decided_by": "adjudication"}
+    (ev,) = _events(d, "kind = 'adjudicate'")
+    assert (ev["actor"], ev["note"], ev["via"]) == ("admin", "guideline 2", "review")
+
+
+def test_tie_breaker_asks_a_third_annotator_before_review(tmp_path):
+    d = _project(tmp_path, *TEAM_EDITS, ("tie_breaker = false", "tie_breaker = true"), trained=False)
+    svc = Service(d, compute="thread", owner="admin")
+    items = _two_annotators_label(svc, 4)
+    split = items[0]["item_id"]                       # bob disagreed on the first
+    assert split not in {i["item_id"] for i in svc.handle("admin", "review_queue", {})["items"]}
+    carol = LocalClient(svc, "carol")
+    got = carol.call("next")["item"]
+    assert got["item_id"] == split                    # the tie-breaker is served first (owed)
+    _label(carol, got)
+    q = svc.handle("admin", "review_queue", {})
+    assert [i["item_id"] for i in q["items"]] == [split] and len(q["items"][0]["labels"]) == 3
+    agreed = items[1]["item_id"]
+    assert carol.call("next")["item"]["item_id"] != agreed   # agreed items need no third label
+    svc.close()
+
+
+def test_annotators_agreeing_against_a_confident_model_go_to_review(tmp_path):
+    d = _project(tmp_path, *TEAM_EDITS, ("dissent_threshold = 0.9", "dissent_threshold = 0.5"))
+    svc = Service(d, compute="thread", owner="admin")
+    a, b = LocalClient(svc, "alice"), LocalClient(svc, "bob")
+    dissent = None
+    for _ in range(80):
+        it = a.call("next")["item"]
+        if it["probs"] and dissent is None:
+            top = max(it["probs"], key=it["probs"].get)
+            other = {"ham": "spam", "spam": "ham"}[top]
+            a.call("decide", item_id=it["item_id"], action="label", labels=[other], msg_id=uuid.uuid4().hex)
+            got = b.call("next")["item"]
+            while got["item_id"] != it["item_id"]:       # bob finishes the seed items owed a second label
+                _label(b, got)
+                got = b.call("next")["item"]
+            b.call("decide", item_id=it["item_id"], action="label", labels=[other], msg_id=uuid.uuid4().hex)
+            dissent = it["item_id"]
+            break
+        _label(a, it)
+    q = svc.handle("admin", "review_queue", {})
+    mine = [i for i in q["items"] if i["item_id"] == dissent]
+    assert dissent and mine and mine[0]["reasons"][0].startswith("model dissent")
+    assert all(not r.startswith("model dissent") for i in q["items"] if i["item_id"] != dissent for r in i["reasons"])
+    svc.close()

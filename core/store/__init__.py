@@ -571,19 +571,20 @@ class Store:
                   GROUP BY item_id) latest USING (item_id, batch_id)""", [item_ids])
 
     def decisions_on(self, item_ids: list[str] | None = None) -> list[tuple]:
-        """(item_id, actor, kind) of every effective label, skip and flag on ``item_ids``; with None, on
+        """(item_id, actor, kind, labels) of every effective label, skip and flag on ``item_ids``; with None, on
         every item that was ever queued (the assignment state a server rebuilds when it starts)."""
         if item_ids is None:
             return self.rows("""
-                SELECT e.item_id, e.actor, e.kind FROM effective_events e SEMI JOIN (SELECT DISTINCT item_id FROM queue) q
-                    ON q.item_id = e.item_id
-                WHERE e.kind IN ('label', 'skip', 'flag') AND coalesce(e.via, '') <> 'import'""")
+                SELECT e.item_id, e.actor, e.kind, array_to_string(e.labels, '|') FROM effective_events e
+                    SEMI JOIN (SELECT DISTINCT item_id FROM queue) q ON q.item_id = e.item_id
+                WHERE e.kind IN ('label', 'skip', 'flag') AND coalesce(e.via, '') <> 'import'
+                ORDER BY e.event_id""")
         if not item_ids:
             return []
         return self.rows("""
-            SELECT item_id, actor, kind FROM effective_events
+            SELECT item_id, actor, kind, array_to_string(labels, '|') FROM effective_events
             WHERE kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'
-              AND item_id IN (SELECT unnest(?::VARCHAR[]))""", [item_ids])
+              AND item_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY event_id""", [item_ids])
 
     def client_messages(self) -> list[tuple]:
         """(actor, client_msg_id, event_id, kind) of every event written through the project API."""

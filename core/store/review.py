@@ -1,0 +1,53 @@
+"""What review reads and writes: every annotator's version of an item, the flags, the model's view
+when the item was queued, and whether a reviewer has decided it (issue: agreement and review)."""
+
+from __future__ import annotations
+
+import json
+
+from labelloop.core.store import Store
+
+
+def candidates(store: Store) -> list[dict]:
+    """Items that may need a reviewer: labelled by two or more annotators, or flagged; with each
+    annotator's current label, the flags, the model's probabilities at queue time, and whether an
+    adjudication stands."""
+    return store.dicts("""
+        WITH ann AS (
+            SELECT item_id, list(actor ORDER BY event_id) AS actors,
+                   list(array_to_string(labels, '|') ORDER BY event_id) AS labels, max(event_id) AS last_event
+            FROM annotations WHERE coalesce(via, '') <> 'import' AND labels IS NOT NULL GROUP BY item_id
+        ),
+        flags AS (SELECT item_id, n_flags, notes FROM skips_and_flags WHERE n_flags > 0),
+        adj AS (SELECT item_id, max(event_id) AS event_id FROM effective_events WHERE kind = 'adjudicate'
+                GROUP BY item_id),
+        cand AS (SELECT item_id FROM ann WHERE len(actors) >= 2 UNION SELECT item_id FROM flags),
+        q AS (SELECT item_id, arg_max(probs, batch_id) AS probs, bool_or(audit) AS audit FROM queue
+              SEMI JOIN cand USING (item_id) GROUP BY item_id)
+        SELECT c.item_id, coalesce(a.actors, []) AS actors, coalesce(a.labels, []) AS labels,
+               coalesce(f.n_flags, 0) AS n_flags, f.notes AS flag_notes, q.probs, coalesce(q.audit, false) AS audit,
+               j.event_id IS NOT NULL AND j.event_id > coalesce(a.last_event, 0) AS adjudicated
+        FROM cand c LEFT JOIN ann a USING (item_id) LEFT JOIN flags f USING (item_id)
+        LEFT JOIN q USING (item_id) LEFT JOIN adj j USING (item_id)
+        ORDER BY c.item_id""")
+
+
+def versions(store: Store, item_id: str) -> dict | None:
+    """One item as a reviewer sees it: its text, every standing label, skip, flag and adjudication
+    (who, what, reason, note, when, whether the suggestion was shown), and the model's view."""
+    item = store.dicts("SELECT id, text, metadata, split FROM items WHERE id = ?", [item_id])
+    if not item:
+        return None
+    events = store.dicts("""
+        SELECT event_id, actor, kind, via, array_to_string(labels, '|') AS labels, error_category, note, ts,
+               suggestion, suggestion_hidden, model_version, audit, strategy
+        FROM effective_events WHERE item_id = ? AND kind IN ('label', 'skip', 'flag', 'adjudicate')
+          AND coalesce(via, '') <> 'import'
+        ORDER BY event_id""", [item_id])
+    q = store.rows("SELECT probs, model_version FROM queue WHERE item_id = ? ORDER BY batch_id DESC LIMIT 1", [item_id])
+    for e in events:
+        e["ts"] = e["ts"].isoformat() if e["ts"] is not None else None
+    return {"item_id": item_id, "text": item[0]["text"], "split": item[0]["split"],
+            "metadata": json.loads(item[0]["metadata"]) if item[0]["metadata"] else {},
+            "events": events, "model_probs": json.loads(q[0][0]) if q and q[0][0] else None,
+            "model_version": q[0][1] if q else None}
