@@ -61,7 +61,7 @@ MAX_NEXT_ITEMS = 1000
 # What each role may do. Admins may do everything; reviewers annotate and export.
 ANNOTATOR_OPS = frozenset({"open_session", "close_session", "next", "decide", "undo", "progress", "poll",
                            "guidelines", "metrics", "status", "next_items", "retrain_start", "retrain_poll", "ping"})
-REVIEWER_OPS = ANNOTATOR_OPS | {"export", "review_queue", "review_item", "adjudicate"}
+REVIEWER_OPS = ANNOTATOR_OPS | {"export", "review_queue", "review_item", "adjudicate", "undo_adjudication"}
 ADMIN_OPS = REVIEWER_OPS | {"import", "retrain_options", "model_export", "model_import"}
 ROLE_OPS = {"annotator": ANNOTATOR_OPS, "reviewer": REVIEWER_OPS, "admin": ADMIN_OPS}
 # Reads that scan the whole project (status, metrics): served on a cursor of their own, outside the
@@ -950,3 +950,19 @@ class Service:
                                            note=rationale or None, client_msg_id=msg_id)
         self._msgs[(actor, msg_id)] = event_id
         return {"event_id": event_id, "duplicate": False}
+
+    def op_undo_adjudication(self, actor: str, msg_id: str) -> dict:
+        """Take back this reviewer's latest adjudication still standing (any depth); the item returns
+        to the review queue."""
+        from labelloop.core.store import review
+        if not isinstance(msg_id, str) or not 8 <= len(msg_id) <= 64:
+            raise ApiError("bad_request", "an undo needs a client message id (msg_id, 8-64 characters)")
+        if (actor, msg_id) in self._msgs:
+            return {"undone": None, "duplicate": True}
+        last = review.latest_adjudication(self.store, actor)
+        if last is None:
+            return {"undone": None, "duplicate": False}
+        event_id = self.store.append_event(last["item_id"], "undo", actor, target_event=last["event_id"],
+                                           client_msg_id=msg_id)
+        self._msgs[(actor, msg_id)] = event_id
+        return {"undone": last["item_id"], "duplicate": False}

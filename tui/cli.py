@@ -347,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.set_defaults(func=cmd_label)
 
+    s = sub.add_parser("review", help="the reviewer's screen: adjudicate disagreements, model dissent and flags")
+    s.add_argument("dir")
+    s.set_defaults(func=cmd_review)
+
     s = sub.add_parser("serve", help="serve the project to several annotators (a Unix socket in the folder)")
     s.add_argument("dir")
     s.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP for users with tokens (off by default)")
@@ -360,6 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("user")
     s.set_defaults(func=cmd_token)
     return p
+
+
+def cmd_review(args) -> int:
+    if not sys.stdin.isatty() or not sys.stdout.isatty():
+        from labelloop.core.errors import LabelloopError
+        raise LabelloopError("the review screen needs a terminal; run it in an interactive shell (or over ssh -t).")
+    from labelloop.tui.review import run_review  # Textual is imported only here
+    return run_review(Path(args.dir))
 
 
 def cmd_serve(args) -> int:

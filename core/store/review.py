@@ -51,3 +51,10 @@ def versions(store: Store, item_id: str) -> dict | None:
             "metadata": json.loads(item[0]["metadata"]) if item[0]["metadata"] else {},
             "events": events, "model_probs": json.loads(q[0][0]) if q and q[0][0] else None,
             "model_version": q[0][1] if q else None}
+
+
+def latest_adjudication(store: Store, actor: str) -> dict | None:
+    """``actor``'s latest adjudication still standing (what a reviewer's undo takes back)."""
+    rows = store.dicts("""SELECT event_id, item_id FROM effective_events WHERE actor = ? AND kind = 'adjudicate'
+                          ORDER BY event_id DESC LIMIT 1""", [actor])
+    return rows[0] if rows else None

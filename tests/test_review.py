@@ -1,0 +1,80 @@
+"""The reviewer's screen (labelloop review) driven by keys, read back from the store."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from labelloop.core.client import LocalClient
+from labelloop.core.project import Project
+from labelloop.core.service import Service
+from labelloop.tui.review import ReviewApp
+from tests.tui_helpers import TRUTH, build_project
+
+
+@pytest.fixture
+def disputed(tmp_path):
+    """alice and bob labelled 8 items each (every item needs both); bob disagrees on every 4th."""
+    d = build_project(tmp_path / "proj", n_pool=200, n_test=60, trained=False,
+                      cfg_edits=(("overlap_share = 0.0", "overlap_share = 1.0"),))
+    svc = Service(d, compute="thread", owner="lead")
+    a, b = LocalClient(svc, "alice"), LocalClient(svc, "bob")
+    split = []
+    for k in range(8):
+        it = a.call("next")["item"]
+        a.call("decide", item_id=it["item_id"], action="label", labels=[TRUTH[it["item_id"]]], msg_id=uuid.uuid4().hex)
+        b.call("next")
+        wrong = {"ham": "spam", "spam": "ham"}[TRUTH[it["item_id"]]]
+        b.call("decide", item_id=it["item_id"], action="label", msg_id=uuid.uuid4().hex,
+               labels=[wrong if k % 4 == 0 else TRUTH[it["item_id"]]])
+        if k % 4 == 0:
+            split.append(it["item_id"])
+    svc.close()
+    return d, sorted(split)
+
+
+def adjudications(d):
+    with Project.open(d) as p:
+        return p.store.dicts("""SELECT e.item_id, e.actor, e.labels, e.note, e.kind, e.target_event FROM event_log e
+                                WHERE kind IN ('adjudicate', 'undo') ORDER BY event_id""")
+
+
+async def test_pick_a_version_then_a_digit_with_rationale_and_undo(disputed):
+    d, split = disputed
+    app = ReviewApp(d, actor="rita")
+    async with app.run_test(size=(120, 40)) as pilot:
+        assert [i["item_id"] for i in app.queue] == split
+        first = app.current["item_id"]
+        assert len(app.versions) == 2 and {v["actor"] for v in app.versions} == {"alice", "bob"}
+        alice_label = next(v["labels"] for v in app.versions if v["actor"] == "alice")
+        letter = "a" if app.versions[0]["actor"] == "alice" else "b"
+        await pilot.press(letter, *"per guideline 3", "enter")
+        second = app.current["item_id"]
+        assert second != first and len(app.queue) == 1
+        await pilot.press("2", "enter")                 # a digit: the project's second label, no rationale
+        assert app.current is None
+        await pilot.press("u")                          # the latest adjudication comes back
+        assert app.current["item_id"] == second
+    rows = adjudications(d)
+    assert [(r["item_id"], r["kind"], r["actor"]) for r in rows] == [
+        (first, "adjudicate", "rita"), (second, "adjudicate", "rita"), (second, "undo", "rita")]
+    assert rows[0]["labels"] == [alice_label] and rows[0]["note"] == "per guideline 3"
+    assert rows[1]["labels"] == ["spam"] and rows[1]["note"] is None
+    with Project.open(d) as p:
+        final = dict(p.store.rows("SELECT item_id, decided_by FROM final_labels WHERE item_id IN (?, ?)", [first, second]))
+    assert final == {first: "adjudication", second: "unresolved"}
+
+
+async def test_escape_stores_nothing_and_n_moves_on(disputed):
+    d, split = disputed
+    app = ReviewApp(d, actor="rita")
+    async with app.run_test(size=(120, 40)) as pilot:
+        first = app.current["item_id"]
+        await pilot.press("a", "escape")
+        assert app.current["item_id"] == first
+        await pilot.press("n")
+        assert app.current["item_id"] != first
+        screen = str(app.query_one("#detail").render())
+        assert "why here: disagreement" in screen and "alice" in screen and "bob" in screen
+    assert adjudications(d) == []
