@@ -79,6 +79,9 @@ class ProjectConfig:
     tie_breaker: bool = False        # overlap annotators disagree: ask one more before review
     review_unanimous: bool = False   # also send items every annotator agreed on to review
     dissent_threshold: float = 0.9   # annotators agree, the model says otherwise this surely: review
+    gold_share: float = 0.05         # share of each annotator's items that are gold (when gold items exist)
+    gold_min_accuracy: float = 0.8   # annotators below this on gold are shown to reviewers
+    gold_tier_key: str = "tier"      # metadata column with a gold item's difficulty tier
     admins: list[str] = field(default_factory=list)
     reviewers: list[str] = field(default_factory=list)
     annotators: list[str] = field(default_factory=list)
@@ -167,6 +170,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "tie_breaker": ("tie_breaker", _bool),
         "review_unanimous": ("review_unanimous", _bool),
         "dissent_threshold": ("dissent_threshold", _float_range(0.5, 1)),
+        "gold_share": ("gold_share", _float_range(0, 0.5)),
+        "gold_min_accuracy": ("gold_min_accuracy", _float_range(0, 1)),
+        "gold_tier_key": ("gold_tier_key", _str),
     },
     "roles": {
         "admins": ("admins", _str_list),
@@ -354,6 +360,9 @@ flag_hides = true                 # true: one annotator's flag hides the item fr
 tie_breaker = false               # true: when overlap annotators disagree, one more annotator labels first
 review_unanimous = false          # true: items every annotator agreed on go to review too
 dissent_threshold = 0.9           # annotators agree but the model is this sure of another label: review
+gold_share = 0.05                 # share of each annotator's items drawn, blind, from the gold split
+gold_min_accuracy = 0.8           # annotators below this accuracy on gold are shown to reviewers
+gold_tier_key = "tier"            # the metadata column holding a gold item's difficulty tier
 
 [roles]
 # Login names (the SSH user, read from the socket). All empty: everyone who can reach the project

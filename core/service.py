@@ -266,6 +266,7 @@ class Service:
         self.batch_id = self.store.latest_batch_id()
         self.started = clock()
         self._key: bytes | None = None
+        self._gold_state: dict | None = None
         self._ops = {name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")}
         self._signatures = {op: inspect.signature(fn) for op, fn in self._ops.items()}
 
@@ -527,7 +528,51 @@ class Service:
         return len({s.actor for s in self.sessions.values()
                     if s.actor != actor and s.conn is not None and now - s.last_seen < SESSION_IDLE_SECONDS})
 
+    # -- gold items: a share of every annotator's items, blind, never skipped -------------------------
+    def _gold(self) -> dict:
+        if self._gold_state is None:
+            from labelloop.core.store import review
+            done: dict[str, set] = {}
+            for a, i in review.gold_done(self.store):
+                done.setdefault(a, set()).add(i)
+            self._gold_state = {"items": review.gold_items(self.store), "done": done, "hold": {}, "since": {}}
+        return self._gold_state
+
+    def _gold_for(self, actor: str) -> dict | None:
+        """The gold item this actor holds, or one now due (every 1/gold_share items), or None."""
+        share = self.config.gold_share
+        if share <= 0:
+            return None
+        g = self._gold()
+        if not g["items"]:
+            return None
+        held = g["hold"].get(actor)
+        if held is not None:
+            return held
+        every = max(2, round(1 / share))
+        if g["since"].get(actor, 0) < every - 1:
+            return None
+        done = g["done"].get(actor, set())
+        fresh = [r for r in g["items"] if r["item_id"] not in done]
+        if not fresh:
+            return None
+        pick = fresh[int(hashlib.sha1(f"{actor}\0{len(done)}".encode()).hexdigest(), 16) % len(fresh)]
+        g["hold"][actor] = pick
+        return pick
+
+    def _gold_item(self, actor: str, row: dict) -> dict:
+        """A gold item as the annotator sees it: like any item without a suggestion shown."""
+        meta = json.loads(row["metadata"]) if row.get("metadata") else {}
+        return {"item_id": row["item_id"], "text": row["text"], "lease": self._lease_proof(actor, row["item_id"]),
+                "metadata": meta if isinstance(meta, dict) else {"value": meta}, "batch_id": None, "position": None,
+                "strategy": "random", "score": None, "rank": None, "percentile": None, "audit": False,
+                "model_version": None, "probs": {}, "suggestion_hidden": True, "multi_label": self.config.multi_label}
+
     def _serve(self, actor: str) -> dict | None:
+        front = self.assign.front.get(actor)
+        gold = None if front else self._gold_for(actor)
+        if gold is not None:
+            return self._gold_item(actor, gold)
         slot = self.assign.next_for(actor, self.clock())
         if slot is None:
             self._maybe_refill()
@@ -590,6 +635,9 @@ class Service:
             raise ApiError("bad_request", "reason and note must be strings")
         if duration_ms is not None and (isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float))):
             raise ApiError("bad_request", "duration_ms must be a number")
+        gold = self._gold_state["hold"].get(actor) if self._gold_state else None
+        if gold is not None and gold["item_id"] == item_id:
+            return self._decide_gold(actor, sess, gold, action, labels, note, duration_ms, msg_id)
         slot = self.assign.slots.get(item_id)
         now = self.clock()
         if slot is not None and not self.assign.holds(actor, item_id) and self._lease_proof_ok(actor, item_id, lease) \
@@ -636,6 +684,8 @@ class Service:
             client_msg_id=msg_id, **fields)
         self._msgs[(actor, msg_id)] = event_id
         self.assign.record(actor, item_id, kind, "|".join(labels) if kind == "label" else None)
+        if self._gold_state is not None:
+            self._gold_state["since"][actor] = self._gold_state["since"].get(actor, 0) + 1
         if sess is not None:
             sess.decisions += 1
         if kind == "label":
@@ -643,6 +693,23 @@ class Service:
             every = self.config.retrain_every
             if every and self.labels_since_train >= every and not (self.job and self.job.running):
                 self._start_job(f"auto-retrain after {every} labels", {})
+        return {"event_id": event_id, "duplicate": False, "item": self._serve(actor), **self._state(actor, sess)}
+
+    def _decide_gold(self, actor, sess, gold, action, labels, note, duration_ms, msg_id) -> dict:
+        if action in ("skip", "flag", "accept"):
+            raise ApiError("bad_request", "this item cannot be skipped or flagged; label it as best you can")
+        labels = self._check_labels(labels)
+        event_id = self.store.append_event(
+            gold["item_id"], "label", actor, labels=labels, via="key", note=(note or None), strategy="gold",
+            duration_ms=float(duration_ms) if duration_ms is not None else None,
+            session_id=sess.id if sess else None, client_msg_id=msg_id)
+        self._msgs[(actor, msg_id)] = event_id
+        g = self._gold()
+        g["hold"].pop(actor, None)
+        g["done"].setdefault(actor, set()).add(gold["item_id"])
+        g["since"][actor] = 0
+        if sess is not None:
+            sess.decisions += 1
         return {"event_id": event_id, "duplicate": False, "item": self._serve(actor), **self._state(actor, sess)}
 
     def _check_labels(self, labels) -> list[str]:
@@ -671,6 +738,15 @@ class Service:
         event_id = self.store.append_event(last["item_id"], "undo", actor, target_event=last["event_id"],
                                            session_id=sess.id if sess else None, client_msg_id=msg_id)
         self._msgs[(actor, msg_id)] = event_id
+        g = self._gold()
+        gold = next((r for r in g["items"] if r["item_id"] == last["item_id"]), None)
+        if gold is not None:   # a gold item comes back to this annotator first
+            g["done"].get(actor, set()).discard(gold["item_id"])
+            g["hold"][actor] = gold
+            if sess is not None:
+                sess.decisions = max(0, sess.decisions - 1)
+            return {"undone": last["item_id"], "duplicate": False, "item": self._gold_item(actor, gold),
+                    **self._state(actor, sess)}
         rows = self.store.queue_rows(item_ids=[last["item_id"]]) if last["item_id"] not in self.assign.slots else []
         row = next((r for r in rows if r["batch_id"] == last["batch_id"]), rows[0] if rows else None)
         self.assign.unrecord(actor, last["item_id"], last["kind"], row, self.clock())
@@ -722,6 +798,29 @@ class Service:
                     self._arms_thread.start()
         return out
 
+    def _gold_accuracy(self, store) -> dict:
+        """Accuracy on gold per annotator, with a Wilson 95 % interval, per class and per tier; who is
+        below ``gold_min_accuracy``."""
+        from labelloop.core.store import review
+        per: dict = {}
+        for actor, given, ref, tier in review.gold_answers(store, self.config.gold_tier_key):
+            p = per.setdefault(actor, {"n": 0, "correct": 0, "per_class": {}, "per_tier": {}})
+            ok = given == ref
+            p["n"] += 1
+            p["correct"] += ok
+            for key, group in ((ref, "per_class"), (tier or "(none)", "per_tier")):
+                c = p[group].setdefault(key, {"n": 0, "correct": 0})
+                c["n"] += 1
+                c["correct"] += ok
+        for p in per.values():
+            p["accuracy"], p["low"], p["high"] = _wilson(p["correct"], p["n"])
+            for group in ("per_class", "per_tier"):
+                for c in p[group].values():
+                    c["accuracy"] = c["correct"] / c["n"]
+            p["below_threshold"] = p["high"] < self.config.gold_min_accuracy or (
+                p["n"] >= 10 and p["accuracy"] < self.config.gold_min_accuracy)
+        return per
+
     def _scale(self, ratings: dict) -> list[str] | None:
         """The categories agreement is measured on: the project's labels (single-label), or the label
         sets that occur (multi-label: each set is one nominal category)."""
@@ -752,6 +851,7 @@ class Service:
         with self._lock:
             rq = self.op_review_queue(actor)
         st["review"] = {"waiting": len(rq["items"]), "by_reason": rq["counts"]}
+        st["gold"] = self._gold_accuracy(reader.store)
         with self._lock:
             st["team"] = self._team()
         return st
@@ -966,3 +1066,12 @@ class Service:
                                            client_msg_id=msg_id)
         self._msgs[(actor, msg_id)] = event_id
         return {"undone": last["item_id"], "duplicate": False}
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
+    """A proportion and its Wilson score interval (sound for small n and for 0 or n successes)."""
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    return p, max(0.0, centre - half), min(1.0, centre + half)

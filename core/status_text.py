@@ -47,6 +47,14 @@ def format_status(st: dict[str, Any]) -> str:
     else:
         lines.append("  (no human decisions yet)")
     lines.extend(agreement_lines(st.get("agreement")))
+    gold = st.get("gold") or {}
+    if gold:
+        lines.append("Gold         accuracy on gold items per annotator (95 % Wilson interval)")
+        for actor, g in sorted(gold.items()):
+            flag = "  BELOW THRESHOLD" if g["below_threshold"] else ""
+            tiers = ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in sorted(g["per_tier"].items()))
+            lines.append(f"  {actor:<16} {g['accuracy']:.3f} [{g['low']:.3f}, {g['high']:.3f}] n={g['n']}"
+                         + (f"  tiers: {tiers}" if tiers else "") + flag)
     rv = st.get("review")
     if rv and rv["waiting"]:
         lines.append(f"Review       {rv['waiting']:,} items wait for a reviewer ("

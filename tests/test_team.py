@@ -429,3 +429,47 @@ def test_annotators_agreeing_against_a_confident_model_go_to_review(tmp_path):
     assert dissent and mine and mine[0]["reasons"][0].startswith("model dissent")
     assert all(not r.startswith("model dissent") for i in q["items"] if i["item_id"] != dissent for r in i["reasons"])
     svc.close()
+
+
+def test_gold_items_are_mixed_in_blind_cannot_be_skipped_and_measure_each_annotator(tmp_path):
+    from tests.conftest import write_csv
+    from labelloop.core.store.imports import import_file
+    d = _project(tmp_path, ("gold_share = 0.05", "gold_share = 0.1"), ("batch_size = 50", "batch_size = 150"))
+    sample = [(k, v) for k, v in TRUTH.items()][-40:]            # items not in the project yet
+    write_csv(tmp_path / "gold.csv", ["id", "text", "label", "split", "tier"],
+              [[f"g{k}", f"gold text {k} " + ("win a prize" if v == "spam" else "see you at home"), v, "gold",
+                "hard" if n % 2 else "easy"] for n, (k, v) in enumerate(sample)])
+    with Project.open(d) as p:
+        import_file(p, tmp_path / "gold.csv", id_col="id", label_col="label", split_col="split")
+    gold_truth = {f"g{k}": v for k, v in sample}
+    svc = Service(d, compute="thread", owner="admin")
+    a, b = LocalClient(svc, "alice"), LocalClient(svc, "bob")
+    seen = {"alice": [], "bob": []}
+    for c, name, right in ((a, "alice", True), (b, "bob", False)):
+        for _ in range(40):
+            it = c.call("next")["item"]
+            if it["item_id"] in gold_truth:
+                seen[name].append(it["item_id"])
+                assert it["suggestion_hidden"] and it["strategy"] == "random" and not it["audit"]   # blind
+                with pytest.raises(ApiError) as e:
+                    c.call("decide", item_id=it["item_id"], action="skip", msg_id=uuid.uuid4().hex)
+                assert "cannot be skipped" in e.value.message
+                truth = gold_truth[it["item_id"]]
+                lab = truth if right else {"ham": "spam", "spam": "ham"}[truth]
+                c.call("decide", item_id=it["item_id"], action="label", labels=[lab], msg_id=uuid.uuid4().hex)
+            else:
+                _label(c, it)
+    assert len(seen["alice"]) == 4 and len(set(seen["alice"])) == 4     # every 10th item, never twice
+    gold = svc.handle("admin", "status", {})["gold"]
+    assert gold["alice"]["accuracy"] == 1.0 and not gold["alice"]["below_threshold"]
+    assert gold["bob"]["accuracy"] == 0.0 and gold["bob"]["below_threshold"]
+    assert sum(t["n"] for t in gold["alice"]["per_tier"].values()) == 4
+    arms = svc.handle("admin", "status", {})["arms"]
+    assert arms["total"] == 40 + 72      # the seed labels and the 72 non-gold decisions: gold is no arm
+    evs = _events(d, "strategy = 'gold'")
+    assert len(evs) == 8 and {e["item_id"] for e in evs} <= set(gold_truth)
+    with Project.open(d) as p:                                           # gold never trains the model
+        from labelloop.core.store import rounds
+        assert not {i for i in gold_truth} & {r[0] for r in p.store.rows(
+            "SELECT i.id FROM items i WHERE i.ord IN (SELECT unnest(?::BIGINT[]))", [[o for o, *_ in rounds.labelled(p.store)]])}
+    svc.close()

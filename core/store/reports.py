@@ -21,7 +21,8 @@ def arm_counts(project: Project) -> dict:
                count(*) FILTER (WHERE kind = 'label' AND NOT coalesce(audit, false)
                                 AND coalesce(strategy, '') NOT LIKE 'cold start%')
         FROM effective_events
-        WHERE kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'""")[0]
+        WHERE kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'
+          AND coalesce(strategy, '') <> 'gold'   -- gold items measure annotators, not the arms""")[0]
     audit, cold, al, total, audit_labels, al_labels = (int(x or 0) for x in row)
     return {"al": al, "audit": audit, "cold_start": cold, "total": total,
             "audit_share": audit / total if total else 0.0, "al_labels": al_labels, "audit_labels": audit_labels}

@@ -58,3 +58,23 @@ def latest_adjudication(store: Store, actor: str) -> dict | None:
     rows = store.dicts("""SELECT event_id, item_id FROM effective_events WHERE actor = ? AND kind = 'adjudicate'
                           ORDER BY event_id DESC LIMIT 1""", [actor])
     return rows[0] if rows else None
+
+
+def gold_items(store: Store) -> list[dict]:
+    """Every gold item with its text and metadata (served, blind, among the annotators' items)."""
+    return store.dicts("SELECT id AS item_id, text, metadata FROM items WHERE split = 'gold' ORDER BY ord")
+
+
+def gold_done(store: Store) -> list[tuple]:
+    """(actor, item_id) of every standing label on a gold item."""
+    return store.rows("""SELECT a.actor, a.item_id FROM annotations a JOIN items i ON i.id = a.item_id
+                         WHERE i.split = 'gold' AND coalesce(a.via, '') <> 'import'""")
+
+
+def gold_answers(store: Store, tier_key: str) -> list[tuple]:
+    """(actor, given labels, reference labels, tier) of every standing label on a gold item."""
+    return store.rows("""
+        SELECT a.actor, array_to_string(a.labels, '|'), array_to_string(i.gold_label, '|'),
+               json_extract_string(i.metadata, '$.' || ?)
+        FROM annotations a JOIN items i ON i.id = a.item_id
+        WHERE i.split = 'gold' AND coalesce(a.via, '') <> 'import' AND i.gold_label IS NOT NULL""", [tier_key])
