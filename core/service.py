@@ -692,7 +692,11 @@ class Service:
             self.labels_since_train += 1
             every = self.config.retrain_every
             if every and self.labels_since_train >= every and not (self.job and self.job.running):
+                # labels given while the previous retrain ran count toward the next one (at most one
+                # retrain's worth, so a slow trainer does not retrain back to back forever)
+                carry = min(self.labels_since_train - every, every - 1)
                 self._start_job(f"auto-retrain after {every} labels", {})
+                self.labels_since_train = carry
         return {"event_id": event_id, "duplicate": False, "item": self._serve(actor), **self._state(actor, sess)}
 
     def _decide_gold(self, actor, sess, gold, action, labels, note, duration_ms, msg_id) -> dict:

@@ -21,7 +21,9 @@ def candidates(store: Store) -> list[dict]:
         flags AS (SELECT item_id, n_flags, notes FROM skips_and_flags WHERE n_flags > 0),
         adj AS (SELECT item_id, max(event_id) AS event_id FROM effective_events WHERE kind = 'adjudicate'
                 GROUP BY item_id),
-        cand AS (SELECT item_id FROM ann WHERE len(actors) >= 2 UNION SELECT item_id FROM flags),
+        -- pool items only: gold and test items have reference labels (gold measures the annotators)
+        cand AS (SELECT item_id FROM (SELECT item_id FROM ann WHERE len(actors) >= 2 UNION SELECT item_id FROM flags)
+                 SEMI JOIN (SELECT id AS item_id FROM items WHERE split = 'pool') USING (item_id)),
         q AS (SELECT item_id, arg_max(probs, batch_id) AS probs, bool_or(audit) AS audit FROM queue
               SEMI JOIN cand USING (item_id) GROUP BY item_id)
         SELECT c.item_id, coalesce(a.actors, []) AS actors, coalesce(a.labels, []) AS labels,
