@@ -61,7 +61,8 @@ MAX_NEXT_ITEMS = 1000
 # What each role may do. Admins may do everything; reviewers annotate and export.
 ANNOTATOR_OPS = frozenset({"open_session", "close_session", "next", "decide", "undo", "progress", "poll",
                            "guidelines", "metrics", "status", "next_items", "retrain_start", "retrain_poll", "ping"})
-REVIEWER_OPS = ANNOTATOR_OPS | {"export", "review_queue", "review_item", "adjudicate", "undo_adjudication"}
+REVIEWER_OPS = ANNOTATOR_OPS | {"export", "review_queue", "review_item", "adjudicate", "undo_adjudication",
+                                 "send_back"}
 ADMIN_OPS = REVIEWER_OPS | {"import", "retrain_options", "model_export", "model_import"}
 ROLE_OPS = {"annotator": ANNOTATOR_OPS, "reviewer": REVIEWER_OPS, "admin": ADMIN_OPS}
 # Reads that scan the whole project (status, metrics): served on a cursor of their own, outside the
@@ -432,8 +433,13 @@ class Service:
             self._assign.adjust_need(probe)
             if not self._assign.complete(probe):
                 owed.append(item_id)
-        rows = store.queue_rows(item_ids=owed)
-        rows.sort(key=lambda r: (r["batch_id"], r["position"]))
+        from labelloop.core.store import review
+        back = review.sent_back(store)   # items a reviewer sent back: served first, with the reason
+        rows = store.queue_rows(item_ids=list(back) + owed)
+        for r in rows:
+            if r["item_id"] in back:
+                r["review_note"] = back[r["item_id"]]
+        rows.sort(key=lambda r: (r["item_id"] not in back, r["batch_id"], r["position"]))
         if self.batch_id is not None:
             rows += store.queue_rows(batch_id=self.batch_id)
         ids = {r["item_id"] for r in rows}
@@ -473,7 +479,7 @@ class Service:
                 "score": row.get("score"), "rank": row.get("rank"), "percentile": row.get("percentile"),
                 "audit": bool(row.get("audit")), "model_version": row.get("model_version"),
                 "probs": {} if hidden else probs, "suggestion_hidden": hidden,
-                "multi_label": self.config.multi_label}
+                "multi_label": self.config.multi_label, "review_note": row.get("review_note")}
 
     def _lease_proof(self, actor: str, item_id: str) -> str:
         """Proof that this project's server handed ``item_id`` to ``actor``: a keyed hash whose key
@@ -1070,6 +1076,42 @@ class Service:
                                            client_msg_id=msg_id)
         self._msgs[(actor, msg_id)] = event_id
         return {"undone": last["item_id"], "duplicate": False}
+
+    def op_send_back(self, actor: str, item_id: str, reason: str, msg_id: str) -> dict:
+        """The reviewer returns an item to its annotators with a reason: their labels are taken back
+        (undo events by the reviewer, the reason in each) and the item is served again first, the
+        reason shown with it."""
+        from labelloop.core.store import review
+        if not isinstance(msg_id, str) or not 8 <= len(msg_id) <= 64:
+            raise ApiError("bad_request", "sending back needs a client message id (msg_id, 8-64 characters)")
+        if (actor, msg_id) in self._msgs:
+            return {"item_id": item_id, "duplicate": True}
+        if not isinstance(reason, str) or not reason.strip():
+            raise ApiError("bad_request", "say why the item goes back (the annotators will see it)")
+        if not isinstance(item_id, str) or not self.store.item_exists(item_id):
+            raise ApiError("unknown_item", f"there is no item {str(item_id)[:60]!r} in this project")
+        standing = review.standing_labels(self.store, item_id)
+        if not standing:
+            raise ApiError("bad_request", "nobody's label stands on this item; there is nothing to send back")
+        note = f"sent back: {reason.strip()}"[:500]
+        first = None
+        with self.store.transaction():
+            for k, (event_id, _who, _kind) in enumerate(standing):
+                eid = self.store.append_event(item_id, "undo", actor, target_event=event_id, note=note,
+                                              client_msg_id=msg_id if k == 0 else None)
+                first = first or eid
+        self._msgs[(actor, msg_id)] = first
+        rows = self.store.queue_rows(item_ids=[item_id])
+        slot = self.assign.slots.get(item_id)
+        if slot is None and rows:
+            slot = Slot(item_id, rows[0], self.assign.need(item_id))
+        if slot is not None:
+            for _e, who, kind in standing:
+                slot.labelled.pop(who, None) if kind == "label" else slot.passed.pop(who, None)
+            slot.row = {**slot.row, "review_note": reason.strip()[:300]}
+            self.assign.adjust_need(slot)
+            self.assign.slots = {item_id: slot, **{k: v for k, v in self.assign.slots.items() if k != item_id}}
+        return {"item_id": item_id, "duplicate": False, "undone": len(standing)}
 
 
 def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float, float]:

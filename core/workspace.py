@@ -40,6 +40,7 @@ class QueueItem:
     suggestion_hidden: bool = False
     multi_label: bool = False
     lease: str | None = field(default=None, compare=False, repr=False)  # the server's proof it was handed out
+    review_note: str | None = None      # why a reviewer sent the item back
 
     @property
     def suggested_labels(self) -> list[str]:
@@ -57,6 +58,8 @@ class QueueItem:
     @property
     def why(self) -> str:
         """Why this item was chosen, in words."""
+        if self.review_note:
+            return f"sent back by a reviewer: {self.review_note}"
         if self.audit:
             return "random audit (control arm: picked at random to check AL against random sampling)"
         if not self.strategy:
@@ -94,7 +97,7 @@ def _item(d: dict | None) -> QueueItem | None:
     return QueueItem(d["item_id"], d["text"], d.get("metadata") or {}, d.get("batch_id"), d.get("position"),
                      d.get("strategy"), d.get("score"), d.get("rank"), d.get("percentile"), bool(d.get("audit")),
                      d.get("model_version"), d.get("probs") or {}, bool(d.get("suggestion_hidden")),
-                     bool(d.get("multi_label")), d.get("lease"))
+                     bool(d.get("multi_label")), d.get("lease"), d.get("review_note"))
 
 
 class Workspace:

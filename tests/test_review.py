@@ -78,3 +78,21 @@ async def test_escape_stores_nothing_and_n_moves_on(disputed):
         screen = str(app.query_one("#detail").render())
         assert "why here: disagreement" in screen and "alice" in screen and "bob" in screen
     assert adjudications(d) == []
+
+
+async def test_send_back_returns_the_item_to_its_annotators_with_the_reason(disputed):
+    d, split = disputed
+    app = ReviewApp(d, actor="rita")
+    async with app.run_test(size=(120, 40)) as pilot:
+        first = app.current["item_id"]
+        await pilot.press("z", *"see rule 4 on names", "enter")
+        assert app.current["item_id"] != first
+    with Project.open(d) as p:
+        undos = p.store.dicts("SELECT actor, note, target_event FROM event_log WHERE kind = 'undo' ORDER BY event_id")
+        assert [u["note"] for u in undos] == ["sent back: see rule 4 on names"] * 2 and {u["actor"] for u in undos} == {"rita"}
+        assert p.store.rows("SELECT count(*) FROM final_labels WHERE item_id = ?", [first])[0][0] == 0
+    # alice gets it again first, with the reviewer's reason as the why
+    from labelloop.core.workspace import Workspace
+    ws = Workspace(d, actor="alice")
+    assert ws.current().item_id == first and ws.current().why == "sent back by a reviewer: see rule 4 on names"
+    ws.close()

@@ -386,6 +386,14 @@ def test_review_queue_holds_exactly_the_disagreeing_and_flagged_items(team):
     assert final == {"labels": [TRUTH[one]], "decided_by": "adjudication"}
     (ev,) = _events(d, "kind = 'adjudicate'")
     assert (ev["actor"], ev["note"], ev["via"]) == ("admin", "guideline 2", "review")
+    # the export says how the item was decided, with every annotator's label, the reviewer and why
+    out = d.parent / "final.parquet"
+    svc.handle("admin", "export", {"path": str(out)})
+    import polars as pl
+    row = pl.read_parquet(out).filter(pl.col("item_id") == one).to_dicts()[0]
+    assert (row["decided_by"], row["decided_by_actor"], row["rationale"], row["labels"]) == (
+        "adjudication", "admin", "guideline 2", [TRUTH[one]])
+    assert sorted(row["annotators"]) == ["alice", "bob"] and len(set(row["annotator_labels"])) == 2
 
 
 def test_tie_breaker_asks_a_third_annotator_before_review(tmp_path):

@@ -5,7 +5,7 @@ it) with counts; for the item in front: every version side by side (who, label, 
 time, whether the model's suggestion was shown), the model's calibrated view, the guidelines on `?`.
 A letter picks a version's label, a digit chooses a label; then an optional rationale (Enter) and
 the adjudication is stored. `u` takes back the latest adjudication (again and again), `n` moves on
-without deciding. Over the project's server for a team, in-process for one person; only reviewers
+without deciding, `z` sends the item back to its annotators with a reason. Over the project's server for a team, in-process for one person; only reviewers
 and admins may open it. A client of the project API only.
 """
 
@@ -37,7 +37,7 @@ class ReviewApp(App):
     """
     TITLE = "labelloop review"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [Binding("n", "skip", "Next"), Binding("u", "undo", "Undo"),
+    BINDINGS = [Binding("n", "skip", "Next"), Binding("u", "undo", "Undo"), Binding("z", "send_back", "Send back"),
                 Binding("question_mark", "help", "Help", key_display="?"), Binding("q", "quit", "Quit")]
 
     def __init__(self, project_dir: Path | str, *, actor: str | None = None, client=None):
@@ -157,6 +157,27 @@ class ReviewApp(App):
             self.passed.add(self.current["item_id"])
             self.load_queue()
             self.show()
+
+    def action_send_back(self) -> None:
+        item = self.current
+        if item is None:
+            return
+
+        def done(reason) -> None:
+            if not reason:
+                if reason == "":
+                    self.notify("Say why it goes back (the annotators will see it).", severity="warning", timeout=3)
+                return
+            try:
+                self.client.call("send_back", item_id=item["item_id"], reason=reason, msg_id=uuid.uuid4().hex)
+            except LabelloopError as exc:
+                self.notify(safe_line(str(exc), None), severity="warning", markup=False)
+                return
+            self.decided += 1
+            self.load_queue()
+            self.show()
+        self.push_screen(NoteScreen("Send back to the annotators",
+                                    "Why? They will see it with the item. Enter sends, Escape cancels."), done)
 
     def action_undo(self) -> None:
         r = self.client.call("undo_adjudication", msg_id=uuid.uuid4().hex)

@@ -36,8 +36,10 @@ decided AS (
            f.model_version, f.suggestion, f.shown_probs, f.suggestion_hidden, f.batch_id, f.strategy, f.score,
            f.rank, f.percentile, f.audit,
            coalesce(sf.n_skips, 0) AS n_skips, coalesce(sf.n_flags, 0) AS n_flags, sf.notes AS skip_flag_notes,
-           f.split, f.metadata, f.source_file, f.source_row, f.imported_at
+           f.split, f.metadata, f.source_file, f.source_row, f.imported_at,
+           adj.note AS rationale   -- the reviewer's, when an adjudication decided the item
     FROM final_decisions f LEFT JOIN sf USING (item_id)
+    LEFT JOIN (SELECT event_id, note FROM event_log WHERE kind = 'adjudicate') adj ON adj.event_id = f.deciding_event
 ),
 only_skipped_or_flagged AS (
     SELECT i.id AS item_id, i.text, NULL::VARCHAR AS label, NULL::VARCHAR[] AS labels,
@@ -48,7 +50,7 @@ only_skipped_or_flagged AS (
            e.kind AS deciding_kind, e.actor AS decided_by_actor, e.ts AS decided_at, e.model_version,
            e.suggestion, e.shown_probs, e.suggestion_hidden, e.batch_id, e.strategy, e.score, e.rank, e.percentile,
            e.audit, sf.n_skips, sf.n_flags, sf.notes AS skip_flag_notes,
-           i.split, i.metadata, i.source_file, i.source_row, i.imported_at
+           i.split, i.metadata, i.source_file, i.source_row, i.imported_at, NULL::VARCHAR AS rationale
     FROM sf JOIN items i ON i.id = sf.item_id JOIN event_log e ON e.event_id = sf.last_event
     WHERE NOT EXISTS (SELECT 1 FROM effective_events x WHERE x.item_id = sf.item_id AND x.kind = 'label')
 )

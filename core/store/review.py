@@ -80,3 +80,19 @@ def gold_answers(store: Store, tier_key: str) -> list[tuple]:
                json_extract_string(i.metadata, '$.' || ?)
         FROM annotations a JOIN items i ON i.id = a.item_id
         WHERE i.split = 'gold' AND coalesce(a.via, '') <> 'import' AND i.gold_label IS NOT NULL""", [tier_key])
+
+
+def standing_labels(store: Store, item_id: str) -> list[tuple]:
+    """(event_id, actor, kind) of every annotator's label, skip or flag on the item still standing."""
+    return store.rows("""SELECT event_id, actor, kind FROM effective_events
+                         WHERE item_id = ? AND kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'
+                         ORDER BY event_id""", [item_id])
+
+
+def sent_back(store: Store) -> dict[str, str]:
+    """{item_id: reason} of items a reviewer sent back that nobody has decided since."""
+    return dict(store.rows("""
+        SELECT u.item_id, substr(arg_max(u.note, u.event_id), 12) FROM event_log u
+        ANTI JOIN decided_items d ON d.item_id = u.item_id
+        WHERE u.kind = 'undo' AND u.note LIKE 'sent back: %'
+        GROUP BY u.item_id"""))
