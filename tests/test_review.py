@@ -77,6 +77,7 @@ async def test_escape_stores_nothing_and_n_moves_on(disputed):
         assert app.current["item_id"] != first
         screen = str(app.query_one("#detail").render())
         assert "why here: disagreement" in screen and "alice" in screen and "bob" in screen
+        assert "1 to review, 1 passed over (waiting in all: disagreement 2)" in str(app.query_one("#queue").render())
     assert adjudications(d) == []
 
 

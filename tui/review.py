@@ -56,6 +56,8 @@ class ReviewApp(App):
         self.decided = 0
         self.sub_title = f"{safe_line(self.config.name, 40)} · {safe_line(self.actor, 24)}"
         self.load_queue()                    # refuses annotators before the screen opens
+        gold = self.client.call("status").get("gold") or {}
+        self.below = {a: g for a, g in gold.items() if g["below_threshold"]}
 
     def load_queue(self) -> None:
         q = self.client.call("review_queue")
@@ -78,8 +80,11 @@ class ReviewApp(App):
     def show(self) -> None:
         self.current = self.queue[0] if self.queue else None
         counts = ", ".join(f"{k} {v}" for k, v in self.counts.items()) or "nothing"
+        below = "".join(f" · gold: {safe_line(a, 16)} {g['accuracy']:.2f} (n={g['n']}) below threshold"
+                        for a, g in sorted(self.below.items()))
         self.query_one("#queue", Static).update(Text(
-            f" {len(self.queue)} to review ({counts}) · {self.decided} decided this session", style="bold"))
+            f" {len(self.queue)} to review" + (f", {len(self.passed)} passed over" if self.passed else "")
+            + f" (waiting in all: {counts}) · {self.decided} decided this session{below}", style="bold"))
         if self.current is None:
             self.versions = []
             self.query_one("#text", Static).update(Text("Nothing waits for review.", style="italic"))

@@ -329,6 +329,13 @@ class MetricsScreen(Screen):
                             if r["agree_with_others"]["value"] is not None), key=lambda x: x[1]["value"])
             if worst:
                 t.append("\n  per annotator: " + ", ".join(f"{safe_line(a, 12)} {r['value']:.2f}" for a, r in worst[:4]))
+            per_class = [(c, r["fleiss_kappa"]) for c, r in ag["per_class"].items()]
+            if per_class:
+                t.append("\n  per class (kappa): " + ", ".join(
+                    f"{safe_line(c, 12)} " + (f"{r['value']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
+                                              if r["value"] is not None and r["low"] is not None else
+                                              f"{r['value']:.2f}" if r["value"] is not None else "undefined")
+                    for c, r in per_class[:6]))
         if arms is None:
             t.append("\nAL vs random audit: computing…", style="dim")
         elif arms.get("error"):
