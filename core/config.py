@@ -82,6 +82,7 @@ class ProjectConfig:
     gold_share: float = 0.05         # share of each annotator's items that are gold (when gold items exist)
     gold_min_accuracy: float = 0.8   # annotators below this on gold are shown to reviewers
     gold_tier_key: str = "tier"      # metadata column with a gold item's difficulty tier
+    gold_pause: bool = False         # pause annotators below gold_min_accuracy (after 10 gold items)
     admins: list[str] = field(default_factory=list)
     reviewers: list[str] = field(default_factory=list)
     annotators: list[str] = field(default_factory=list)
@@ -173,6 +174,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "gold_share": ("gold_share", _float_range(0, 0.5)),
         "gold_min_accuracy": ("gold_min_accuracy", _float_range(0, 1)),
         "gold_tier_key": ("gold_tier_key", _str),
+        "gold_pause": ("gold_pause", _bool),
     },
     "roles": {
         "admins": ("admins", _str_list),
@@ -363,6 +365,7 @@ dissent_threshold = 0.9           # annotators agree but the model is this sure 
 gold_share = 0.05                 # share of each annotator's items drawn, blind, from the gold split
 gold_min_accuracy = 0.8           # annotators below this accuracy on gold are shown to reviewers
 gold_tier_key = "tier"            # the metadata column holding a gold item's difficulty tier
+gold_pause = false                # true: an annotator below gold_min_accuracy (10+ gold items) is paused
 
 [roles]
 # Login names (the SSH user, read from the socket). All empty: everyone who can reach the project

@@ -574,7 +574,32 @@ class Service:
                 "strategy": "random", "score": None, "rank": None, "percentile": None, "audit": False,
                 "model_version": None, "probs": {}, "suggestion_hidden": True, "multi_label": self.config.multi_label}
 
+    def _paused(self, actor: str) -> bool:
+        """[team] gold_pause: 10 or more gold answers and an accuracy below gold_min_accuracy."""
+        if not self.config.gold_pause:
+            return False
+        g = self._gold()
+        score = g.setdefault("score", {}).get(actor)
+        if score is None:
+            from labelloop.core.store import review
+            n = k = 0
+            for a, given, ref, _t in review.gold_answers(self.store, self.config.gold_tier_key):
+                if a == actor:
+                    n, k = n + 1, k + (given == ref)
+            score = g["score"][actor] = (n, k)
+        n, k = score
+        return n >= 10 and k / n < self.config.gold_min_accuracy
+
+    def _pause_text(self, actor: str) -> str | None:
+        if not self._paused(actor):
+            return None
+        n, k = self._gold()["score"][actor]
+        return (f"{actor} is paused: {k} of {n} check items right, below the project's "
+                f"{self.config.gold_min_accuracy:.0%} ([team] gold_pause); talk to a reviewer.")
+
     def _serve(self, actor: str) -> dict | None:
+        if self._paused(actor):
+            return None   # (the answer's "paused" says why; a decision already made stays stored)
         front = self.assign.front.get(actor)
         gold = None if front else self._gold_for(actor)
         if gold is not None:
@@ -588,6 +613,7 @@ class Service:
     def _state(self, actor: str, sess: Session | None) -> dict:
         job = self.job
         return {"left": self.assign.left_for(actor, self.clock()), "batch": self.batch_id,
+                "paused": self._pause_text(actor) if self.config.gold_pause else None,
                 "retraining": bool(job and job.running), "job": job.to_dict() if job else None,
                 "others": self._others(actor), "done_session": sess.decisions if sess else 0}
 
@@ -622,6 +648,9 @@ class Service:
 
     def op_next(self, actor: str, session: str | None = None) -> dict:
         sess = self._session(actor, session)
+        paused = self._pause_text(actor)
+        if paused:
+            raise self._deny(actor, "denied", paused, "next")
         return {"item": self._serve(actor), **self._state(actor, sess)}
 
     def op_decide(self, actor: str, item_id: str, action: str, msg_id: str, labels: list | None = None,
@@ -718,6 +747,7 @@ class Service:
         g["hold"].pop(actor, None)
         g["done"].setdefault(actor, set()).add(gold["item_id"])
         g["since"][actor] = 0
+        g.get("score", {}).pop(actor, None)   # re-read on the next request
         if sess is not None:
             sess.decisions += 1
         return {"event_id": event_id, "duplicate": False, "item": self._serve(actor), **self._state(actor, sess)}

@@ -121,6 +121,7 @@ class Workspace:
         self.job: dict | None = None
         self.others = 0
         self.decisions_session = 0
+        self.paused: str | None = None      # [team] gold_pause: why this annotator gets no more items
         self.session_started = time.time()
         self._update(self.client.call("next", session=self.session_id))
 
@@ -169,6 +170,7 @@ class Workspace:
         self.job = answer.get("job", self.job)
         self.others = answer.get("others", self.others)
         self.decisions_session = answer.get("done_session", self.decisions_session)
+        self.paused = answer.get("paused")
         return answer
 
     # -- queue -------------------------------------------------------------------------------------
@@ -233,7 +235,7 @@ class Workspace:
     def poll(self) -> dict:
         """Refresh what the service says (retrain running, new batch, others working)."""
         answer = self._update(self.call("poll", session=self.session_id))
-        if self._current is None and not self.retraining:
+        if self._current is None and not self.retraining and not self.paused:
             self.refresh()
         return answer
 

@@ -481,3 +481,33 @@ def test_gold_items_are_mixed_in_blind_cannot_be_skipped_and_measure_each_annota
         assert not {i for i in gold_truth} & {r[0] for r in p.store.rows(
             "SELECT i.id FROM items i WHERE i.ord IN (SELECT unnest(?::BIGINT[]))", [[o for o, *_ in rounds.labelled(p.store)]])}
     svc.close()
+
+
+def test_gold_pause_stops_an_annotator_below_the_bar(tmp_path):
+    from tests.conftest import write_csv
+    from labelloop.core.store.imports import import_file
+    d = _project(tmp_path, ("gold_share = 0.05", "gold_share = 0.5"), ("gold_pause = false", "gold_pause = true"),
+                 ("batch_size = 50", "batch_size = 150"))
+    sample = list(TRUTH.items())[-30:]
+    write_csv(tmp_path / "gold.csv", ["id", "text", "label", "split"],
+              [[f"g{k}", f"gold {k} " + ("win now" if v == "spam" else "home soon"), v, "gold"] for k, v in sample])
+    with Project.open(d) as p:
+        import_file(p, tmp_path / "gold.csv", id_col="id", label_col="label", split_col="split")
+    gold_truth = {f"g{k}": v for k, v in sample}
+    svc = Service(d, compute="thread", owner="admin")
+    bob = LocalClient(svc, "bob")
+    wrong_gold = 0
+    with pytest.raises(ApiError) as e:
+        for _ in range(60):
+            it = bob.call("next")["item"]
+            if it["item_id"] in gold_truth:
+                wrong_gold += 1
+                bob.call("decide", item_id=it["item_id"], action="label", msg_id=uuid.uuid4().hex,
+                         labels=[{"ham": "spam", "spam": "ham"}[gold_truth[it["item_id"]]]])
+            else:
+                _label(bob, it)
+    assert e.value.code == "denied" and "bob is paused: 0 of 10 check items right" in e.value.message
+    assert wrong_gold == 10
+    assert len(_events(d, "strategy = 'gold'")) == 10           # the tenth answer was stored, then the pause
+    assert _events(d, "kind = 'denied'")[-1]["actor"] == "bob"
+    svc.close()

@@ -127,7 +127,7 @@ class LabelApp(App):
         self.toggled = []
         text_w = self.query_one("#item-text", Static)
         if item is None:
-            text_w.update(Text("No items for you in the queue." + (
+            text_w.update(Text(self.ws.paused or "No items for you in the queue." + (
                 " A new batch is being prepared…" if self.retraining else
                 " Press t to retrain and fill it.") + (
                 f" ({self.ws.others} others are working.)" if self.ws.others else ""), style="italic"))
