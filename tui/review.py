@@ -141,21 +141,25 @@ class ReviewApp(App):
         def done(rationale) -> None:
             if rationale is None:
                 return
-            try:
-                self.client.call("adjudicate", item_id=item["item_id"], labels=labels, rationale=rationale or None,
-                                 msg_id=uuid.uuid4().hex)
-            except StoreError as exc:
-                self.notify(safe_line(str(exc), None), severity="error", markup=False)
-                self.exit(return_code=3)
-                return
-            except LabelloopError as exc:
-                self.notify(safe_line(str(exc), None), severity="warning", markup=False)
-                return
-            self.decided += 1
-            self.load_queue()
-            self.show()
+            self._record("adjudicate", item_id=item["item_id"], labels=labels, rationale=rationale or None)
         self.push_screen(NoteScreen(f"Final label: {' | '.join(labels)}",
                                     "Rationale for the record (optional). Enter stores it, Escape cancels."), done)
+
+    def _record(self, op: str, **args) -> None:
+        """Store one review decision (a fresh message id, so a resend counts once), then the next item.
+        A store failure ends the session (exit 3); any other refusal is shown and changes nothing."""
+        try:
+            self.client.call(op, msg_id=uuid.uuid4().hex, **args)
+        except StoreError as exc:
+            self.notify(safe_line(str(exc), None), severity="error", markup=False)
+            self.exit(return_code=3)
+            return
+        except LabelloopError as exc:
+            self.notify(safe_line(str(exc), None), severity="warning", markup=False)
+            return
+        self.decided += 1
+        self.load_queue()
+        self.show()
 
     def action_skip(self) -> None:
         if self.current is not None:
@@ -173,14 +177,7 @@ class ReviewApp(App):
                 if reason == "":
                     self.notify("Say why it goes back (the annotators will see it).", severity="warning", timeout=3)
                 return
-            try:
-                self.client.call("send_back", item_id=item["item_id"], reason=reason, msg_id=uuid.uuid4().hex)
-            except LabelloopError as exc:
-                self.notify(safe_line(str(exc), None), severity="warning", markup=False)
-                return
-            self.decided += 1
-            self.load_queue()
-            self.show()
+            self._record("send_back", item_id=item["item_id"], reason=reason)
         self.push_screen(NoteScreen("Send back to the annotators",
                                     "Why? They will see it with the item. Enter sends, Escape cancels."), done)
 
