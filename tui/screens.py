@@ -328,7 +328,9 @@ class MetricsScreen(Screen):
             worst = sorted(((a, r["agree_with_others"]) for a, r in ag["per_annotator"].items()
                             if r["agree_with_others"]["value"] is not None), key=lambda x: x[1]["value"])
             if worst:
-                t.append("\n  per annotator: " + ", ".join(f"{safe_line(a, 12)} {r['value']:.2f}" for a, r in worst[:4]))
+                t.append("\n  per annotator (agreement with the others): " + ", ".join(
+                    f"{safe_line(a, 12)} {r['value']:.2f}"
+                    + (f" [{r['low']:.2f}, {r['high']:.2f}]" if r["low"] is not None else "") for a, r in worst[:4]))
             per_class = [(c, r["fleiss_kappa"]) for c, r in ag["per_class"].items()]
             if per_class:
                 t.append("\n  per class (kappa): " + ", ".join(
