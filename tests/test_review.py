@@ -97,3 +97,21 @@ async def test_send_back_returns_the_item_to_its_annotators_with_the_reason(disp
     ws = Workspace(d, actor="alice")
     assert ws.current().item_id == first and ws.current().why == "sent back by a reviewer: see rule 4 on names"
     ws.close()
+
+
+async def test_metrics_pane_shows_agreement_with_intervals(disputed):
+    from labelloop.tui.app import LabelApp
+    d, _split = disputed
+    app = LabelApp(d, actor="carol", retrain_in_process=False)
+    async with app.run_test(size=(140, 50)) as pilot:
+        await pilot.press("m")
+        text = ""
+        for _ in range(100):
+            await pilot.pause(0.1)
+            text = str(app.screen.query_one("#numbers").render())
+            if "Fleiss" in text:
+                break
+        assert "8 items labelled by two or more annotators" in text
+        assert "percent agreement 0.750 [0.500, 1.000]" in text and "per class (kappa): ham" in text
+        assert "per annotator (agreement with the others): alice 0.75 [" in text
+        assert "random-audit items" in text
