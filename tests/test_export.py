@@ -24,7 +24,8 @@ FINAL_COLUMNS = ["item_id", "text", "label", "labels", "decision", "decided_by",
                  "annotator_labels", "labelled_at", "durations_ms", "decision_kinds", "error_categories", "notes",
                  "deciding_kind", "decided_by_actor", "decided_at", "model_version", "suggestion", "shown_probs",
                  "suggestion_hidden", "batch_id", "strategy", "score", "rank", "percentile", "audit", "n_skips",
-                 "n_flags", "skip_flag_notes", "split", "metadata", "source_file", "source_row", "imported_at"]
+                 "n_flags", "skip_flag_notes", "split", "metadata", "source_file", "source_row", "imported_at",
+                 "rationale"]
 
 
 def _setup(project, tmp_path):
