@@ -178,8 +178,7 @@ def agreement_report(ratings: dict, *, categories: list[str] | None = None, audi
     out["per_class"] = {}
     for j, c in enumerate(cats):
         binary = np.stack([R[:, j], R.sum(-1) - R[:, j]], -1)   # this class against the rest
-        out["per_class"][c] = {"fleiss_kappa": measure(binary, "fleiss_kappa", seed=seed, bootstrap=bootstrap),
-                               "percent": measure(binary, "percent", seed=seed, bootstrap=bootstrap)}
+        out["per_class"][c] = {m: measure(binary, m, seed=seed, bootstrap=bootstrap) for m in MEASURES}
     annotators = out["annotators"]
     out["pairs"] = {}
     for x, y in itertools.combinations(annotators, 2):

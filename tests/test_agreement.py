@@ -149,3 +149,7 @@ def test_report_splits_al_and_audit_items_and_names_each_annotator():
     assert per["d"]["agree_with_others"]["value"] < min(per[a]["agree_with_others"]["value"] for a in "abc")
     assert set(rep["pairs"]) == {"a & b", "a & c", "a & d", "b & c", "b & d", "c & d"}
     assert set(rep["per_class"]) == {"x", "y", "z"}
+    for c in "xyz":   # every measure per class (this class against the rest), each with its interval
+        assert set(rep["per_class"][c]) == {"percent", "fleiss_kappa", "gwet_ac1", "krippendorff_alpha"}
+        r = rep["per_class"][c]["gwet_ac1"]
+        assert r["low"] <= r["value"] <= r["high"]
