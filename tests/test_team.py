@@ -511,3 +511,15 @@ def test_gold_pause_stops_an_annotator_below_the_bar(tmp_path):
     assert len(_events(d, "strategy = 'gold'")) == 10           # the tenth answer was stored, then the pause
     assert _events(d, "kind = 'denied'")[-1]["actor"] == "bob"
     svc.close()
+
+
+def test_unanimous_items_skip_review_unless_configured(tmp_path):
+    for setting, expected in (("false", set()), ("true", {"unanimous (review_unanimous = true)"})):
+        d = _project(tmp_path / setting, *TEAM_EDITS, ("review_unanimous = false", f"review_unanimous = {setting}"),
+                     trained=False)
+        svc = Service(d, compute="thread", owner="admin")
+        items = _two_annotators_label(svc, 4, bob_wrong_every=99)   # bob agrees except on the first
+        q = svc.handle("admin", "review_queue", {})
+        reasons = {r for i in q["items"] if i["item_id"] != items[0]["item_id"] for r in i["reasons"]}
+        assert reasons == expected
+        svc.close()
