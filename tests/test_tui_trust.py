@@ -74,8 +74,13 @@ async def test_two_hundred_items_at_default_settings_give_the_audit_arm_its_shar
     share = sum(bool(e["audit"]) for e in ev) / len(ev)
     assert 0.05 <= share <= 0.15, share
     with Project.open(d) as p:
+        # the background retrains really ran, every 25 decisions: 8 cadence points in 200 labels, each a
+        # new batch; the first (25 labels, inside the random cold start of 50) trains no model, so a
+        # quiet machine gives 9 batches and 7 models (n_train 50, 75, ..., 200). One point may land
+        # after the last read on a loaded machine (seen once in CI under load): allow one.
+        batches = p.store.scalar("SELECT count(*) FROM batches")
         retrains = p.store.scalar("SELECT count(*) FROM models")
-        assert retrains >= 7  # the background retrains really ran (every 25 decisions)
+        assert batches >= 8 and retrains >= 6, (batches, retrains)
         from labelloop.core.metrics import arm_counts
         arms = arm_counts(p)
         assert arms["audit"] == sum(bool(e["audit"]) for e in ev) and arms["total"] == 200
