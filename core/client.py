@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import abc
 import array
 import errno
 import itertools
@@ -39,12 +40,15 @@ def raise_error(err: dict) -> None:
     raise ApiError(code, message)
 
 
-class Client:
+class Client(abc.ABC):
+    """What the workstation and the CLI hold: ``call(op, **args) -> dict`` and ``close()``."""
+
     transport = "?"
     actor: str | None = None
 
+    @abc.abstractmethod
     def call(self, op: str, **args) -> dict:
-        raise NotImplementedError
+        """Run one operation of the project API (see core/service.py); raises ApiError."""
 
     def close(self) -> None:
         pass

@@ -115,3 +115,20 @@ async def test_metrics_pane_shows_agreement_with_intervals(disputed):
         assert "percent agreement 0.750 [0.500, 1.000]" in text and "per class (kappa): ham" in text
         assert "per annotator (agreement with the others): alice 0.75 [" in text
         assert "random-audit items" in text
+
+
+async def test_a_hostile_send_back_reason_reaches_the_annotator_as_text(disputed):
+    """A reviewer's reason is data: an OSC 52 (clipboard) sequence and markup in it are shown, not acted on."""
+    from labelloop.tui.app import LabelApp
+    d, split = disputed
+    svc = Service(d, compute="thread", owner="rita")
+    svc.handle("rita", "send_back", {"item_id": split[0], "reason": "\x1b]52;c;SGk=\x07 [@click=app.quit]x[/] rule 4",
+                                     "msg_id": "hostile-back"})
+    svc.close()
+    app = LabelApp(d, actor="alice", retrain_in_process=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        assert app.ws.current().item_id == split[0]
+        why = str(app.query_one("#why").render())
+        assert "\x1b" not in why and "\x07" not in why and "␛]52;c;SGk=" in why and "[@click=app.quit]x[/]" in why
+        await pilot.press("1")
+        assert app.is_running                         # the markup did not quit the app

@@ -192,7 +192,7 @@ class LabelApp(App):
             t.append("uncertainty ", style="dim")
             t.append(f"{item.score:.3f}\n")
         t.append("why: ", style="dim")
-        t.append(item.why)
+        t.append(safe_line(item.why, None))   # a reviewer's reason is text from a person
         return t
 
     def _labelbar(self) -> Text:
