@@ -1,6 +1,6 @@
 """Agreement statistics (core/agreement.py) against reference implementations (scikit-learn,
-statsmodels, krippendorff, irrCAC) on random and hand-made ratings, against published worked
-examples, and on the edge cases where the libraries give NaN or raise."""
+statsmodels, krippendorff, and values produced by irrCAC) on random and hand-made ratings, against
+published worked examples, and on the edge cases where the libraries give NaN or raise."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from labelloop.core.agreement import agreement_report, cohen_kappa, count_matrix
 
 krippendorff = pytest.importorskip("krippendorff")
 statsmodels_irr = pytest.importorskip("statsmodels.stats.inter_rater")
-irr = pytest.importorskip("irrCAC.raw")
 pd = pytest.importorskip("pandas")
 
 
@@ -46,15 +45,44 @@ def test_krippendorff_alpha_matches_the_krippendorff_package_with_missing_rating
     assert ours == pytest.approx(ref, abs=1e-9)
 
 
+# irrCAC 0.4.4 (Gwet's own package, ported to Python) pins scipy==1.12, which cannot be installed beside
+# numpy 2 (needed by wordllama), so it cannot sit in the test environment. Its results on these six
+# rating sets were produced with it in a separate environment (irrcac 0.4.4, numpy 1.26.4, pandas 2):
+#   df = pd.DataFrame({a: [r[i].get(a) for i in r] for a in "abcd"}); c = irrCAC.raw.CAC(df)
+#   (c.fleiss()["est"]["coefficient_value"], c.gwet()["est"]["coefficient_value"], c.fleiss()["est"]["pa"])
+# irrCAC rounds to five decimals. numpy's default_rng stream is the same under numpy 1.26 and 2.x.
+IRRCAC = {
+    0: (0.40619, 0.44095, 0.61988),
+    1: (0.37571, 0.39527, 0.59259),
+    2: (0.35109, 0.36522, 0.57372),
+    3: (0.4463, 0.45444, 0.6345),
+    4: (0.51742, 0.53787, 0.6875),
+    5: (0.46528, 0.47485, 0.6478),
+}
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_fleiss_and_ac1_match_irrcac_with_unequal_raters_per_item(seed):
     ratings = random_ratings(seed)
     R, _c, _i = count_matrix(ratings)
-    df = pd.DataFrame({a: [ratings[i].get(a) for i in ratings] for a in "abcd"})
-    cac = irr.CAC(df)
-    assert measure(R, "fleiss_kappa", bootstrap=0)["value"] == pytest.approx(cac.fleiss()["est"]["coefficient_value"], abs=1e-4)
-    assert measure(R, "gwet_ac1", bootstrap=0)["value"] == pytest.approx(cac.gwet()["est"]["coefficient_value"], abs=1e-4)
-    assert measure(R, "percent", bootstrap=0)["value"] == pytest.approx(cac.fleiss()["est"]["pa"], abs=1e-4)
+    fleiss, ac1, pa = IRRCAC[seed]
+    assert measure(R, "fleiss_kappa", bootstrap=0)["value"] == pytest.approx(fleiss, abs=1e-4)
+    assert measure(R, "gwet_ac1", bootstrap=0)["value"] == pytest.approx(ac1, abs=1e-4)
+    assert measure(R, "percent", bootstrap=0)["value"] == pytest.approx(pa, abs=1e-4)
+
+
+def test_fleiss_and_ac1_on_krippendorffs_data_match_irrcac():
+    """The 4-observer, 12-unit data of Krippendorff (2011) with missing ratings ("cac.raters" in the R
+    irrCAC package): irrCAC gives Fleiss 0.76117, AC1 0.77544, percent agreement 0.81818."""
+    nan = np.nan
+    data = [[1, 2, 3, 3, 2, 1, 4, 1, 2, nan, nan, nan], [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, nan, 3],
+            [nan, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, nan], [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, nan]]
+    ratings = {f"u{j}": {f"o{k}": str(int(data[k][j])) for k in range(4) if not np.isnan(data[k][j])}
+               for j in range(12)}
+    R, _c, _i = count_matrix(ratings)
+    assert measure(R, "fleiss_kappa", bootstrap=0)["value"] == pytest.approx(0.76117, abs=1e-4)
+    assert measure(R, "gwet_ac1", bootstrap=0)["value"] == pytest.approx(0.77544, abs=1e-4)
+    assert measure(R, "percent", bootstrap=0)["value"] == pytest.approx(0.81818, abs=1e-4)
 
 
 @pytest.mark.parametrize("seed", range(6))
