@@ -71,6 +71,7 @@ class ProjectConfig:
     retrain_every: int = 25
     blind_share: float = 0.0
     hashing_above: int = 500_000
+    features: str = "auto"           # tfidf, embed, tfidf+embed, or auto (chosen by cross-validation)
     overlap_share: float = 0.10
     annotators_per_item: int = 2
     lease_minutes: float = 10.0      # an item handed to an annotator returns to the others after this long
@@ -161,6 +162,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "retrain_every": ("retrain_every", _int_range(0)),
         "blind_share": ("blind_share", _float_range(0, 1)),
         "hashing_above": ("hashing_above", _int_range(1)),
+    },
+    "features": {
+        "kind": ("features", _choice(("auto", "tfidf", "embed", "tfidf+embed"))),
     },
     "team": {
         "overlap_share": ("overlap_share", _float_range(0, 1)),
@@ -352,6 +356,13 @@ class_weight = "none"             # none, balanced
 retrain_every = 25                # decisions between automatic retrains (0 = never)
 blind_share = 0.0                 # share of items shown without the model's suggestion
 hashing_above = 500000            # pool size above which features are hashed (leaner, bounded memory)
+
+[features]
+# tfidf (word 1-2 + char 2-5 n-grams), embed (static sentence embeddings, WordLlama 256-d, shipped
+# inside the wordllama wheel), tfidf+embed (both; the embeddings' weight chosen by cross-validation),
+# or auto: each is cross-validated on the labels so far, the best is used and re-decided as labels
+# double. The choice and its evidence are stored with each model version (labelloop status).
+kind = "auto"
 
 [team]
 overlap_share = 0.10              # share of items labelled by more than one annotator

@@ -1,11 +1,16 @@
-"""Featurizers: TF-IDF over word 1-2-grams and character n-grams, fitted once on the pool.
+"""Featurizers: TF-IDF over word 1-2-grams and character n-grams, fitted once on the pool, and
+static sentence embeddings (core/embed.py), used alone or beside TF-IDF (``FEATURE_MODES``).
 
 Character n-grams (within word boundaries) make the features work for Arabic and
 other scripts without a tokenizer. Above ``hashing_above`` pool items the
 vocabulary is hashed instead (no vocabulary to hold; idf weights still fitted).
 The hashed variant keeps fewer character n-grams (4-grams only) so that a pool of a
 million items fits in about 1 GB. A project's matrix is cached in its ``cache/`` folder with the item order and is
-reused until items are added, so a retrain never re-tokenizes.
+reused until items are added, so a retrain never re-tokenizes. Embeddings are computed once per
+item too and cached as float16 ``.npy`` (read with ``allow_pickle=False``, memory-mapped).
+
+Which features a model uses (its *mode*) is chosen per model version from the labels
+(core/featuresel.py); the cache holds both blocks and ``FeatureSet.use(mode, weight)`` selects.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 
+from labelloop.core.embed import CHUNK as EMBED_CHUNK, EMBED_DIM, EMBED_MODEL, embed_texts
 from labelloop.core.artifacts import ArtifactError, array_to_strings, load_bundle, require, save_bundle, strings_to_array
 from labelloop.core.safeio import atomic_write, atomic_write_text
 
-FEATURIZER_VERSION = 3
+FEATURIZER_VERSION = 4   # 4: features.json names the items' fingerprint (the embeddings' cache key)
+FEATURE_MODES = ("tfidf", "embed", "tfidf+embed")
 SPLIT_CODES = ("pool", "test", "gold")
 IDF_SAMPLE = 200_000
 
@@ -44,9 +51,27 @@ class TextFeaturizer:
         self.max_char_features = max_char_features
         self.hash_bits = hash_bits
         self.min_df = min_df
+        self.mode = "tfidf"        # which blocks transform() gives: see with_mode
+        self.embed_weight = 1.0
 
     def __str__(self) -> str:
-        return f"{self.kind}(word 1-2, char 2-5)" if self.kind == "tfidf" else f"hashing(2^{self.hash_bits}, word 1-2, char 4)"
+        text = (f"{self.kind}(word 1-2, char 2-5)" if self.kind == "tfidf"
+                else f"hashing(2^{self.hash_bits}, word 1-2, char 4)")
+        if self.mode == "embed":
+            return EMBED_MODEL
+        if self.mode == "tfidf+embed":
+            return f"{text} + {EMBED_MODEL} x{self.embed_weight:g}"
+        return text
+
+    def with_mode(self, mode: str, weight: float = 1.0) -> "TextFeaturizer":
+        """A copy whose ``transform`` gives the features of ``mode`` (the fitted TF-IDF part is shared)."""
+        if mode not in FEATURE_MODES:
+            raise ValueError(f"unknown features mode {mode!r}")
+        import copy
+        fz = copy.copy(self)
+        fz.mode, fz.embed_weight = mode, float(weight)
+        fz.n_features_ = _width(mode, self.n_text_features_)
+        return fz
 
     def _word(self, min_df: int):
         return TfidfVectorizer(analyzer="word", ngram_range=(1, 2), min_df=min_df, sublinear_tf=True,
@@ -76,13 +101,24 @@ class TextFeaturizer:
             hw, hc = self._hashers()
             self.idf_word_ = TfidfTransformer(sublinear_tf=True).fit(_chunked(hw.transform, texts))
             self.idf_char_ = TfidfTransformer(sublinear_tf=True).fit(_chunked(hc.transform, texts))
-        self.n_features_ = self.transform(texts[:1]).shape[1]
+        self.n_text_features_ = self.transform_text(texts[:1]).shape[1]
+        self.n_features_ = _width(self.mode, self.n_text_features_)
         return self
 
-    def transform(self, texts: list[str], chunk: int = 50_000) -> sp.csr_matrix:
-        """Chunk by chunk, so the temporary matrices of one chunk are all that exists besides the result."""
+    def transform(self, texts: list[str], chunk: int = 50_000):
+        """The features of this featurizer's mode for new texts (TF-IDF CSR; embeddings as a dense
+        float32 array; both as one CSR matrix, like ``FeatureMatrix``)."""
+        if self.mode == "tfidf":
+            return self.transform_text(texts, chunk)
+        E = embed_texts(list(texts))
+        T = self.transform_text(texts, chunk) if self.mode == "tfidf+embed" else None
+        return combine(T, E, np.arange(len(texts)), self.mode, self.embed_weight)
+
+    def transform_text(self, texts: list[str], chunk: int = 50_000) -> sp.csr_matrix:
+        """TF-IDF, chunk by chunk, so the temporary matrices of one chunk are all that exists besides
+        the result."""
         if len(texts) > chunk:
-            return sp.vstack([self.transform(texts[i:i + chunk], chunk) for i in range(0, len(texts), chunk)],
+            return sp.vstack([self.transform_text(texts[i:i + chunk], chunk) for i in range(0, len(texts), chunk)],
                              format="csr")
         if self.kind == "tfidf":
             parts = [self.word_.transform(texts), self.char_.transform(texts)]
@@ -96,7 +132,8 @@ class TextFeaturizer:
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         meta = {"kind": self.kind, "max_word_features": self.max_word_features,
                 "max_char_features": self.max_char_features, "hash_bits": self.hash_bits, "min_df": self.min_df,
-                "n_features": int(self.n_features_)}
+                "n_features": int(self.n_features_), "mode": self.mode, "embed_weight": float(self.embed_weight),
+                "embed_model": EMBED_MODEL if self.mode != "tfidf" else None}
         if self.kind == "tfidf":
             arrays = {}
             for name, vec in (("word", self.word_), ("char", self.char_)):
@@ -138,7 +175,19 @@ class TextFeaturizer:
                 t = TfidfTransformer(sublinear_tf=True)
                 t.idf_ = idf
                 setattr(fz, f"idf_{name}_", t)
-        fz.n_features_ = fz.transform(["x"]).shape[1]
+        fz.n_text_features_ = fz.transform_text(["x"]).shape[1]
+        mode = meta.get("mode", "tfidf")            # files written before embeddings existed: TF-IDF
+        require(mode in FEATURE_MODES, where, f"unknown features mode {mode!r}")
+        if mode != "tfidf":
+            require(meta.get("embed_model") == EMBED_MODEL, where,
+                    f"the model was trained on embeddings of {meta.get('embed_model')!r}; this install has {EMBED_MODEL}")
+        try:
+            weight = float(meta.get("embed_weight", 1.0))
+        except (TypeError, ValueError):
+            weight = float("nan")
+        require(np.isfinite(weight) and 0 < weight <= 100, where, "the embedding weight is not a positive number")
+        fz.mode, fz.embed_weight = mode, weight
+        fz.n_features_ = _width(mode, fz.n_text_features_)
         require(fz.n_features_ == meta.get("n_features"), where, "the featurizer's size does not match")
         return fz
 
@@ -157,10 +206,48 @@ def _chunked(fn, texts: list[str], size: int = 50_000) -> sp.csr_matrix:
     return sp.vstack([fn(texts[i:i + size]) for i in range(0, len(texts), size)], format="csr")
 
 
+def _width(mode: str, n_text: int) -> int:
+    return (n_text if mode != "embed" else 0) + (EMBED_DIM if mode != "tfidf" else 0)
+
+
+def combine(T, E, rows: np.ndarray, mode: str, weight: float):
+    """Rows of the features of ``mode``: TF-IDF rows (CSR), embedding rows (dense float32) or both side
+    by side, the embedding block scaled by ``weight`` and each row divided by sqrt(1 + weight^2) so
+    that unit rows stay unit rows (cosine similarity is still a dot product)."""
+    if mode == "tfidf":
+        return T[rows]
+    e = np.asarray(E[rows], dtype=np.float32)
+    if mode == "embed":
+        return e
+    scale = 1.0 / np.sqrt(1.0 + weight * weight)
+    X = sp.hstack([T[rows], sp.csr_matrix(e * np.float32(weight))], format="csr", dtype=np.float32)
+    X.data *= np.float32(scale)
+    return X
+
+
+class FeatureMatrix:
+    """Row access to the features of one mode (what ``FeatureSet.X`` is when embeddings are used):
+    ``M[rows]`` gives those rows (see ``combine``), ``M.shape`` the full size. Nothing of the full
+    combined matrix is ever built, so a million-item pool costs its TF-IDF matrix plus 512 MB of
+    float16 embeddings."""
+
+    def __init__(self, T, E, mode: str, weight: float):
+        self.T, self.E, self.mode, self.weight = T, E, mode, float(weight)
+        n = E.shape[0] if E is not None else T.shape[0]
+        self.shape = (n, _width(mode, T.shape[1] if T is not None else 0))
+
+    def __getitem__(self, rows):
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(self.shape[0]))
+        return combine(self.T, self.E, np.asarray(rows), self.mode, self.weight)
+
+
 @dataclass
 class FeatureSet:
-    """The project's feature matrix: row i is the item ``ids[i]`` (items in ``ord`` order)."""
-    X: sp.csr_matrix
+    """The project's features: row i is the item ``ids[i]`` (items in ``ord`` order). ``T`` is the
+    TF-IDF matrix, ``E`` the embeddings (None until ``attach_embeddings``), ``X`` the rows of the
+    mode in use (``use``)."""
+    T: sp.csr_matrix
     ids: np.ndarray            # item ids, object array
     ords: np.ndarray           # item ord, sorted ascending: rows_for_ords maps ord -> row
     splits: np.ndarray         # 'pool' | 'test' | 'gold'
@@ -169,6 +256,38 @@ class FeatureSet:
     from_cache: bool = False
     text_hash: np.ndarray | None = None   # 64-bit hash of each item's exact text (duplicates share one)
     note: str | None = None               # e.g. why the cache was rebuilt
+    items_fp: str | None = None           # the items' fingerprint (the embeddings cache key)
+    E: np.ndarray | None = None           # (n, 256) float16 embeddings, memory-mapped from the cache
+    mode: str = "tfidf"
+    embed_weight: float = 1.0
+
+    @property
+    def X(self):
+        if self.mode == "tfidf":
+            return self.T
+        return FeatureMatrix(self.T, self.E, self.mode, self.embed_weight)
+
+    def use(self, mode: str, weight: float = 1.0) -> "FeatureSet":
+        """Select the features rows are read from (this FeatureSet, changed in place, is returned)."""
+        if mode not in FEATURE_MODES:
+            raise ValueError(f"unknown features mode {mode!r}")
+        if mode != "tfidf" and self.E is None:
+            raise RuntimeError("embeddings are not loaded; call attach_embeddings first")
+        self.mode, self.embed_weight = mode, float(weight)
+        return self
+
+    @property
+    def neighbour_X(self):
+        """Rows for similarity between items (nearest neighbours, clusters, typicality): the
+        embeddings when they are loaded (meaningful across wording), else the TF-IDF rows."""
+        if self.E is not None:
+            return FeatureMatrix(None, self.E, "embed", 1.0)
+        return self.T
+
+    @property
+    def featurizer_in_use(self) -> "TextFeaturizer":
+        """The fitted featurizer, set to the mode in use (what a model file stores)."""
+        return self.featurizer.with_mode(self.mode, self.embed_weight)
 
     def rows_for_ords(self, ords) -> np.ndarray:
         ords = np.asarray(ords, dtype=np.int64)
@@ -212,7 +331,8 @@ def invalidate_feature_cache(cache_dir: Path) -> None:
 
 
 def load_or_build_features(items_state: tuple, read_items, cache_dir: Path, *, hashing_above: int = 500_000,
-                           featurizer: TextFeaturizer | None = None, check_only: bool = False) -> FeatureSet | str:
+                           featurizer: TextFeaturizer | None = None, check_only: bool = False,
+                           embeddings: bool = False) -> FeatureSet | str:
     """Features for every item, from the cache when no item was added since it was built.
 
     ``items_state``: (count, highest ord, latest import) of the items; ``read_items()``: their arrays
@@ -222,9 +342,10 @@ def load_or_build_features(items_state: tuple, read_items, cache_dir: Path, *, h
     ``featurizer``: an already fitted featurizer to reuse (an imported model's); otherwise one is
     fitted on the pool texts (unsupervised). Nothing in the cache is unpickled: a damaged or
     foreign cache file is rebuilt, and the FeatureSet's ``note`` says so. ``check_only``: when the
-    cache is current, return its fingerprint without loading it."""
+    cache is current, return its fingerprint without loading it. ``embeddings``: make sure the
+    embeddings are cached too (and attached), computing them once when they are not."""
     cache_dir = Path(cache_dir)
-    fp = items_fingerprint(items_state)
+    fp = items_fp = items_fingerprint(items_state)
     if featurizer is not None:
         fp += "-" + featurizer.digest()
     meta_path = cache_dir / "features.json"
@@ -234,8 +355,15 @@ def load_or_build_features(items_state: tuple, read_items, cache_dir: Path, *, h
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             if meta.get("fingerprint") == fp:
                 if check_only:  # the caller (a worker process) loads it itself: just say which
+                    if embeddings or (featurizer is not None and featurizer.mode != "tfidf"):
+                        ensure_embeddings(cache_dir, meta.get("items"), items_state[0], lambda: read_items()[3])
                     return fp
-                return _load_cache(cache_dir, fp)
+                feats = _load_cache(cache_dir, fp)
+                if embeddings or feats.featurizer.mode != "tfidf":
+                    attach_embeddings(feats, cache_dir, lambda: read_items()[3])
+                if feats.featurizer.mode != "tfidf":
+                    feats.use(feats.featurizer.mode, feats.featurizer.embed_weight)
+                return feats
         except Exception as exc:  # truncated, damaged or planted files: rebuild, never trust
             note = f"the feature cache in {cache_dir} was damaged ({type(exc).__name__}) and has been rebuilt"
     ids, ords, splits, texts, text_hash = read_items()
@@ -243,7 +371,7 @@ def load_or_build_features(items_state: tuple, read_items, cache_dir: Path, *, h
         pool_texts = [t for t, s in zip(texts, splits) if s == "pool"] or texts
         kind = "hashing" if len(pool_texts) > hashing_above else "tfidf"
         featurizer = TextFeaturizer(kind).fit(pool_texts)
-    X = featurizer.transform(texts)
+    X = featurizer.transform_text(texts)
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Each file is written to a fresh temporary file and renamed; the json (fingerprint) last, so a
     # crash leaves a stale or absent fingerprint and the cache is rebuilt, never a mismatched one.
@@ -256,13 +384,19 @@ def load_or_build_features(items_state: tuple, read_items, cache_dir: Path, *, h
     fz_meta, fz_arrays = featurizer.state()
     save_bundle(cache_dir / "featurizer.npz", {"featurizer": fz_meta}, fz_arrays)
     atomic_write_text(cache_dir / "features.json", json.dumps(
-        {"fingerprint": fp, "featurizer": str(featurizer), "shape": list(X.shape)}))
-    return FeatureSet(X, ids, ords, splits, featurizer, fp, text_hash=text_hash, note=note)
+        {"fingerprint": fp, "items": items_fp, "featurizer": str(featurizer), "shape": list(X.shape)}))
+    feats = FeatureSet(X, ids, ords, splits, featurizer, fp, text_hash=text_hash, note=note, items_fp=items_fp)
+    if embeddings or featurizer.mode != "tfidf":
+        attach_embeddings(feats, cache_dir, lambda: texts)
+    if featurizer.mode != "tfidf":
+        feats.use(featurizer.mode, featurizer.embed_weight)
+    return feats
 
 
 def _load_cache(cache_dir: Path, fp: str) -> FeatureSet:
     where = str(cache_dir)
     X = sp.load_npz(cache_dir / "features.npz").tocsr()          # scipy reads it with allow_pickle=False
+    items_fp = json.loads((cache_dir / "features.json").read_text(encoding="utf-8")).get("items")
     ids = json.loads((cache_dir / "feature_ids.json").read_text(encoding="utf-8"))
     ords = np.load(cache_dir / "feature_ords.npy", allow_pickle=False)
     codes = np.load(cache_dir / "feature_splits.npy", allow_pickle=False)
@@ -276,4 +410,70 @@ def _load_cache(cache_dir: Path, fp: str) -> FeatureSet:
     require(bool(np.all((codes >= 0) & (codes < len(SPLIT_CODES)))), where, "unknown split codes")
     require(X.shape[1] == fz.n_features_, where, "the matrix does not match the featurizer")
     splits = np.array(SPLIT_CODES, dtype=object)[codes]
-    return FeatureSet(X, np.array(ids, dtype=object), ords, splits, fz, fp, from_cache=True, text_hash=text_hash)
+    feats = FeatureSet(X, np.array(ids, dtype=object), ords, splits, fz, fp, from_cache=True, text_hash=text_hash,
+                       items_fp=items_fp if isinstance(items_fp, str) else None)
+    _attach_cached_embeddings(feats, cache_dir)
+    return feats
+
+
+# -- embeddings: computed once per item, cached as float16 .npy beside the TF-IDF matrix ---------------
+
+def _embeddings_current(cache_dir: Path, items_fp: str | None, n: int) -> bool:
+    try:
+        meta = json.loads((cache_dir / "embeddings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (items_fp is not None and meta.get("items") == items_fp and meta.get("model") == EMBED_MODEL
+            and meta.get("shape") == [n, EMBED_DIM])
+
+
+def _attach_cached_embeddings(feats: FeatureSet, cache_dir: Path) -> bool:
+    """Attach the cached embeddings when they are current (memory-mapped, nothing unpickled)."""
+    n = feats.T.shape[0]
+    if not _embeddings_current(cache_dir, feats.items_fp, n):
+        return False
+    try:
+        E = np.load(cache_dir / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return False
+    if E.shape != (n, EMBED_DIM) or E.dtype != np.float16:
+        return False
+    feats.E = E
+    return True
+
+
+def attach_embeddings(feats: FeatureSet, cache_dir: Path, read_texts, progress=None) -> FeatureSet:
+    """Give ``feats`` its embeddings: from the cache when current, else computed (once, for every
+    item, in ord order) and cached. ``read_texts()`` is called only when they must be computed."""
+    cache_dir = Path(cache_dir)
+    if feats.E is not None or _attach_cached_embeddings(feats, cache_dir):
+        return feats
+    ensure_embeddings(cache_dir, feats.items_fp, feats.T.shape[0], read_texts, progress)
+    if not _attach_cached_embeddings(feats, cache_dir):
+        raise FeatureCacheError(f"the embeddings cache in {cache_dir} could not be read back")
+    return feats
+
+
+def ensure_embeddings(cache_dir: Path, items_fp: str | None, n: int, read_texts, progress=None) -> None:
+    """Compute and cache the embeddings of the ``n`` items unless the cache is current. Written to a
+    temporary file and renamed, the json (the key) last: a crash leaves a cache that is rebuilt."""
+    cache_dir = Path(cache_dir)
+    if items_fp is None:
+        raise FeatureCacheError(f"the feature cache in {cache_dir} has no item fingerprint; it will be rebuilt")
+    if _embeddings_current(cache_dir, items_fp, n):
+        return
+    texts = read_texts()
+    if len(texts) != n:
+        raise FeatureCacheError("the items changed while their embeddings were computed; try again")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    def write(f):   # the .npy header, then the rows chunk by chunk: one chunk in memory at a time
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f2")),
+                                                 "fortran_order": False, "shape": (n, EMBED_DIM)})
+        for start in range(0, n, EMBED_CHUNK):
+            part = embed_texts(texts[start:start + EMBED_CHUNK])
+            f.write(np.ascontiguousarray(part, dtype="<f2").tobytes())
+            if progress:
+                progress(min(1.0, (start + EMBED_CHUNK) / n))
+    atomic_write(cache_dir / "embeddings.npy", write)
+    atomic_write_text(cache_dir / "embeddings.json", json.dumps(
+        {"items": items_fp, "model": EMBED_MODEL, "shape": [n, EMBED_DIM]}))

@@ -74,7 +74,38 @@ def store_features(store, cache_dir, **kw):
 def features_for(project: Project, featurizer=None) -> FeatureSet:
     cache = project.cache_dir if featurizer is None else project.cache_dir / "imported"
     return store_features(project.store, cache, hashing_above=project.config.hashing_above,
-                                  featurizer=featurizer)
+                          featurizer=featurizer, embeddings=project.config.features != "tfidf")
+
+
+def use_latest_features(project: Project, feats: FeatureSet) -> dict | None:
+    """Set ``feats`` to the features of the latest trained model (what its numbers were measured on)."""
+    v = rounds.latest_trained_version(project.store)
+    choice = (rounds.model_metrics(project.store, v) or {}).get("features") if v is not None else None
+    if isinstance(choice, dict) and choice.get("mode") in ("tfidf", "embed", "tfidf+embed"):
+        if choice["mode"] == "tfidf" or feats.E is not None:
+            feats.use(choice["mode"], float(choice.get("weight", 1.0)))
+            return choice
+    return None
+
+
+def decide_features(cfg, feats: FeatureSet, rows: np.ndarray, y: list, prev: dict | None, seed: int) -> dict:
+    """The features of the next model: ``[features] kind`` when fixed (the embedding weight and C still
+    cross-validated), or the best by cross-validation for ``auto``. A decision is kept until the labels
+    double (or the setting changes), so a retrain does not pay for it every time."""
+    from labelloop.core.featuresel import C_DEFAULT, choose_features
+    kind = cfg.features
+    if cfg.multi_label:   # one-vs-rest models: the selection is not evaluated there
+        mode = "tfidf" if kind == "auto" else kind
+        return {"kind": kind, "mode": mode, "weight": 1.0, "C": 100.0, "name": mode, "n": len(rows),
+                "evidence": {}, "reason": "multi-label project: the setting is used as it is (auto means tfidf)"}
+    if (prev and prev.get("kind") == kind and prev.get("mode") and prev.get("folds")
+            and len(rows) < 2 * int(prev.get("decided_at", prev.get("n", 0)) or 0)
+            and (prev["mode"] == "tfidf" or feats.E is not None)):
+        return {**prev, "reused": True}
+    choice = choose_features(feats.T, feats.E, rows, y, kind=kind, seed=seed)
+    choice["decided_at"] = int(len(rows))
+    choice.setdefault("C", C_DEFAULT)
+    return choice
 
 
 def _labelled(store) -> list:
@@ -160,8 +191,9 @@ def prior_correction(y: list[str], origins: list[str], min_random: int = 5) -> n
 
 
 def score_pool(model: CalibratedModel, X, rows: np.ndarray, strategy: str, *, committee=None,
-               X_lab=None, p_lab=None, chunk: int = SCORE_CHUNK) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, calibrated probabilities) for the given pool rows, in vectorised chunks."""
+               X_lab=None, p_lab=None, N=None, chunk: int = SCORE_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, calibrated probabilities) for the given pool rows, in vectorised chunks. ``N``: the
+    rows CAL's nearest neighbours are found in (``X_lab`` in the same space); default ``X``."""
     n = len(rows)
     probs = np.empty((n, len(model.classes_)), dtype=np.float32)
     scores = np.empty(n, dtype=np.float64)
@@ -181,7 +213,8 @@ def score_pool(model: CalibratedModel, X, rows: np.ndarray, strategy: str, *, co
             stack = np.stack([m.predict_proba(Xc) for m in committee])
             scores[start:start + chunk] = bald(stack) if base == "bald" else vote_entropy(stack)
         elif base == "cal":
-            scores[start:start + chunk] = cal_scores(Xc, p, X_lab, p_lab)
+            Nc = Xc if N is None else N[rows[start:start + chunk]]
+            scores[start:start + chunk] = cal_scores(Nc, p, X_lab, p_lab)
     return scores, probs
 
 
@@ -272,6 +305,7 @@ class RoundInput:
     imported: tuple | None = None   # (version, model) of an imported first scorer
     feats: FeatureSet | None = None  # in-process only: the features plan_round already has
     features_seconds: float = 0.0    # what loading (or building) them took in plan_round
+    prev_features: dict | None = None  # the latest trained model's feature choice (re-decided as labels double)
 
 
 @dataclass
@@ -327,7 +361,7 @@ def plan_round(project: Project, *, strategy: str | None = None, batch_size: int
     cache = project.cache_dir if featurizer is None else project.cache_dir / "imported"
     t_features = time.perf_counter()
     feats = store_features(s, cache, hashing_above=cfg.hashing_above, featurizer=featurizer,
-                                   check_only=not keep_features)
+                           check_only=not keep_features, embeddings=cfg.features != "tfidf")
     t_features = time.perf_counter() - t_features
     keyword = None
     if cfg.cold_start == "keyword" and not labelled:
@@ -335,6 +369,7 @@ def plan_round(project: Project, *, strategy: str | None = None, batch_size: int
         keyword = rounds.keyword_ords(s, query)
     prev = rounds.latest_trained_version(s)
     kappas = rounds.recent_stop_kappas(s, STOP_ROUNDS)
+    prev_features = (rounds.model_metrics(s, prev) or {}).get("features") if prev is not None else None
     return RoundInput(
         config=cfg, cache_dir=str(cache), fingerprint=feats.fingerprint if isinstance(feats, FeatureSet) else feats,
         strategy=strategy, batch_size=batch_size,
@@ -345,7 +380,8 @@ def plan_round(project: Project, *, strategy: str | None = None, batch_size: int
         keyword_ords=keyword, stop_ords=stop_set_ords(project),
         prev_stop=_read_stop_set(project, prev) if prev is not None else None, prev_version=prev,
         prev_kappas=kappas, latest=latest, imported=imported,
-        feats=feats if isinstance(feats, FeatureSet) else None, features_seconds=t_features)
+        feats=feats if isinstance(feats, FeatureSet) else None, features_seconds=t_features,
+        prev_features=prev_features if isinstance(prev_features, dict) else None)
 
 
 def _trainable(cfg, y_lists: list[list[str]]) -> bool:
@@ -422,6 +458,12 @@ def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
     model = None
     trainable = _trainable(cfg, state.y_lists)
     if inp.retrain and trainable:
+        step(0.15, "choosing features")
+        t = time.perf_counter()
+        choice = decide_features(cfg, feats, state.labelled_rows, state.y if not cfg.multi_label else [],
+                                 inp.prev_features, int(rng.integers(1 << 30)))
+        feats.use(choice["mode"], choice["weight"])
+        timings["choose_features"] = time.perf_counter() - t
         step(0.2, "training")
         t = time.perf_counter()
         X_lab = feats.X[state.labelled_rows]
@@ -430,7 +472,7 @@ def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
                                    class_weight=cfg.class_weight, seed=int(rng.integers(1 << 30)))
         else:
             weights = prior_correction(state.y, state.origins) if cfg.class_weight == "none" else None
-            model = fit_model(X_lab, state.y, cfg.labels, calibration=cfg.calibration,
+            model = fit_model(X_lab, state.y, cfg.labels, calibration=cfg.calibration, C=float(choice["C"]),
                               class_weight=cfg.class_weight, seed=int(rng.integers(1 << 30)), sample_weight=weights)
             if weights is not None:
                 model.info["prior_correction"] = json.dumps(
@@ -447,13 +489,19 @@ def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
             metrics = evaluate_multilabel(model, X_test, state.y_test_lists, cfg.labels)
         else:
             metrics = evaluate(model, X_test, state.y_test, cfg.labels)
+        metrics["features"] = choice
         report.metrics = metrics
-        out.model, out.featurizer = model, feats.featurizer
+        model.info["features_mode"], model.info["embed_weight"] = feats.mode, feats.embed_weight
+        out.model, out.featurizer = model, feats.featurizer_in_use
         _stop_signal(inp, feats, model, out)
     elif trainable:
         if inp.latest is not None:
             v, model = inp.latest
             report.model_version = v
+            mode = model.info.get("features_mode", "tfidf")
+            if mode != "tfidf" and feats.E is None:
+                raise ModelError(f"model v{v} uses sentence embeddings but they are not loaded; retrain instead.")
+            feats.use(mode, float(model.info.get("embed_weight", 1.0)))
             if feats.X.shape[1] != _model_width(model):
                 raise ModelError(f"model v{v} was trained on other features than the project's current ones; "
                                  "retrain (labelloop train) instead of reusing it.")
@@ -487,12 +535,12 @@ def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
         if strategy in ("bald", "qbc"):
             committee = fit_committee(feats.X[state.labelled_rows], state.y, cfg.labels, model, rng,
                                       class_weight=cfg.class_weight)
-        if strategy == "cal":
-            X_lab_c = feats.X[state.labelled_rows]
-            p_lab = model.predict_proba(X_lab_c)
+        if strategy == "cal":   # neighbours found in embedding space when embeddings are loaded
+            X_lab_c = feats.neighbour_X[state.labelled_rows]
+            p_lab = model.predict_proba(feats.X[state.labelled_rows])
         scores, probs = score_pool(model, feats.X, state.candidate_rows, strategy, committee=committee,
-                                   X_lab=X_lab_c, p_lab=p_lab)
-        pool_X = feats.X[state.candidate_rows] if strategy == "diversity" else None
+                                   X_lab=X_lab_c, p_lab=p_lab, N=feats.neighbour_X)
+        pool_X = feats.neighbour_X[state.candidate_rows] if strategy == "diversity" else None
         selection = select_batch(strategy, len(state.candidate_rows), batch_size, rng=rng,
                                  audit_share=cfg.audit_share, scores=scores, X_pool=pool_X, carry_audit=carry)
     timings["score_select"] = time.perf_counter() - t
@@ -553,7 +601,7 @@ def _cold_start_batch(cfg, feats: FeatureSet, state: PoolState, k: int, rng, car
         order = rng.permutation(len(picked))
         picked, flags = picked[order], flags[order]
     elif method == "typicality":
-        picked = coldstart.typicality_seed(feats.X[rows[eligible]], want, rng)
+        picked = coldstart.typicality_seed(feats.neighbour_X[rows[eligible]], want, rng)
     else:  # random; and stratified or model when no model exists yet to stratify or rank with
         picked = coldstart.random_seed(len(eligible), want, rng)
         if method in ("stratified", "model"):
@@ -633,8 +681,8 @@ def _signals(feats: FeatureSet, state: PoolState, sel: Selection, rng, report: T
              inp: RoundInput) -> dict:
     main = state.candidate_rows[sel.index[~sel.audit]]
     sample = rng.choice(state.candidate_rows, size=min(len(main), len(state.candidate_rows)), replace=False)
-    sim = batch_similarity(feats.X, main)
-    base = batch_similarity(feats.X, sample)
+    sim = batch_similarity(feats.neighbour_X, main)
+    base = batch_similarity(feats.neighbour_X, sample)
     kappas = list(inp.prev_kappas)
     if "stop_kappa" in report.metrics:  # this round trained a model: its kappa is the newest
         kappas = [report.metrics["stop_kappa"], *kappas]

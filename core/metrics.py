@@ -8,7 +8,8 @@ import json
 
 import numpy as np
 
-from labelloop.core.loop import STOP_KAPPA, STOP_ROUNDS, features_for, pool_state, warnings_for, TrainReport
+from labelloop.core.loop import (STOP_KAPPA, STOP_ROUNDS, features_for, pool_state, use_latest_features,
+                                 warnings_for, TrainReport)
 from labelloop.core.model import evaluate, fit_model
 from labelloop.core.project import Project
 from labelloop.core.store import reports
@@ -63,6 +64,7 @@ def arm_comparison(project: Project, checkpoints: int = 5, seed: int = 0) -> dic
     if project.config.multi_label:
         return {"al": [], "random": [], "note": "not computed for multi-label projects"}
     feats = features_for(project)
+    choice = use_latest_features(project, feats)
     state = pool_state(project, feats)
     if len(state.test_rows) == 0:
         return {"al": [], "random": [], "note": "no test split"}
@@ -81,7 +83,7 @@ def arm_comparison(project: Project, checkpoints: int = 5, seed: int = 0) -> dic
                 if len(set(y)) < 2:
                     continue
                 m = fit_model(feats.X[feats.rows_for_ords(ords[:n])], y, project.config.labels,
-                              calibration="none", seed=seed)
+                              calibration="none", seed=seed, C=float((choice or {}).get("C", 100.0)))
                 ev = evaluate(m, X_test, state.y_test, project.config.labels)
                 points.append({"n": n, "accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"]})
         out[arm] = points

@@ -163,7 +163,7 @@ def cal_scores(X_pool, p_pool: np.ndarray, X_lab, p_lab: np.ndarray, k_neighbour
         return np.zeros(X_pool.shape[0])
     kn = min(k_neighbours, n_lab)
     out = np.empty(X_pool.shape[0])
-    XlT = X_lab.T.tocsc()
+    XlT = X_lab.T.tocsc() if hasattr(X_lab, "tocsc") else np.ascontiguousarray(X_lab.T)
     logp_lab = np.log(np.clip(p_lab, 1e-12, 1))
     for start in range(0, X_pool.shape[0], chunk):
         sims = (X_pool[start:start + chunk] @ XlT)
