@@ -39,10 +39,15 @@ def _logreg(class_weight: str | None, C: float, seed: int, tol: float = 1e-4) ->
                               random_state=seed, tol=tol)
 
 
-def _fit_lr(X, y, class_weight, C, seed, sample_weight=None) -> LogisticRegression:
+def _fit_lr(X, y, class_weight, C, seed, sample_weight=None, init=None) -> LogisticRegression:
     """Fit, and never return the all-zero model lbfgs stops at when the starting gradient is already
-    below tol (it happened with balanced, margin-selected batches of 1,000+ labels: n_iter_ == 0)."""
-    clf = _logreg(class_weight, C, seed).fit(X, y, sample_weight=sample_weight)
+    below tol (it happened with balanced, margin-selected batches of 1,000+ labels: n_iter_ == 0).
+    ``init``: (coef, intercept) to start from (a warm start; same classes and width required)."""
+    clf = _logreg(class_weight, C, seed)
+    if init is not None:
+        clf.set_params(warm_start=True)
+        clf.coef_, clf.intercept_ = np.array(init[0], dtype=np.float64), np.array(init[1], dtype=np.float64)
+    clf = clf.fit(X, y, sample_weight=sample_weight)
     if int(np.max(clf.n_iter_)) == 0 or not np.any(clf.coef_):
         clf = _logreg(class_weight, C, seed, tol=1e-10).fit(X, y, sample_weight=sample_weight)
     return clf
@@ -154,9 +159,16 @@ def check_trainable(y_names: list[str]) -> None:
 
 def fit_model(X, y_names: list[str], classes: list[str], *, calibration: str = "temperature",
               class_weight: str | None = None, C: float = 100.0, seed: int = 0, folds: int = 5,
-              sample_weight: np.ndarray | None = None) -> CalibratedModel:
+              sample_weight: np.ndarray | None = None, held_out: str = "crossfit",
+              warm_from: "CalibratedModel | None" = None) -> CalibratedModel:
     """Fit the classifier on all labelled rows and a calibration map on held-out predictions.
-    ``sample_weight`` (e.g. the loop's class-prior correction) weights the fit and the calibration."""
+    ``sample_weight`` (e.g. the loop's class-prior correction) weights the fit and the calibration.
+
+    ``held_out``: where the held-out logits come from. "crossfit" refits the model on ``folds`` folds
+    (or a 20% split from 2,000 labels on); "alo" uses approximate leave-one-out logits of the fitted
+    model (``alo_logits``: no refit, a few percent of a fit's time; the simulator uses it).
+    ``warm_from``: a model fitted on other labels of the same classes to start the solver from (the
+    simulator's previous round; the optimum is the same, lbfgs gets there in fewer iterations)."""
     check_trainable(y_names)
     started = time.perf_counter()
     present = [c for c in classes if c in set(y_names)]
@@ -164,10 +176,22 @@ def fit_model(X, y_names: list[str], classes: list[str], *, calibration: str = "
     y = np.array([index[v] for v in y_names])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        clf = _fit_lr(X, y, class_weight, C, seed, sample_weight)
+        init = None
+        if (warm_from is not None and list(warm_from.classes_) == present
+                and isinstance(warm_from.clf, LogisticRegression) and warm_from.clf.coef_.shape[1] == X.shape[1]):
+            init = (warm_from.clf.coef_, warm_from.clf.intercept_)
+        clf = _fit_lr(X, y, class_weight, C, seed, sample_weight, init=init)
         model = CalibratedModel(present, clf, calibration)
         if calibration != "none":
-            logits, y_held, w_held = _held_out_logits(X, y, class_weight, C, seed, folds, sample_weight)
+            if held_out == "alo" and class_weight in (None, "none") and len(y) <= ALO_MAX_ROWS:
+                logits, y_held, w_held = alo_logits(model, X, y, C, sample_weight), y, sample_weight
+                model.info["calibration_held_out"] = "approximate leave-one-out"
+            else:
+                logits, y_held, w_held = _held_out_logits(X, y, class_weight, C, seed, folds, sample_weight)
+                if not len(y_held):
+                    model.info["calibration_skipped"] = (
+                        "every class needs two labels for cross-fitted calibration; "
+                        f"{int(np.sum(np.bincount(y) < 2))} class(es) have one")
             if len(y_held):
                 if calibration == "temperature":
                     model.temperature_ = fit_temperature(logits, y_held, w_held)
@@ -176,6 +200,42 @@ def fit_model(X, y_names: list[str], classes: list[str], *, calibration: str = "
             model.info["calibration_n"] = int(len(y_held))
     model.fit_seconds_ = time.perf_counter() - started
     return model
+
+
+ALO_MAX_ROWS = 3000   # the n x n systems of alo_logits; beyond, cross-fitting (a 20% split) is cheaper
+
+
+def alo_logits(model: CalibratedModel, X, y: np.ndarray, C: float, sample_weight=None) -> np.ndarray:
+    """Approximate leave-one-out logits of an L2-regularised logistic regression (one Newton step
+    from the full fit, as in Rad & Maleki, "A scalable estimate of the out-of-sample prediction
+    error via approximate leave-one-out", JRSS-B 2020), in the dual: with K = X X^T + 1 (the 1 for
+    the intercept) and per class the curvature d = w p (1 - p) and gradient g = w (p - y),
+    z_-i = z_i + h_i g_i / (1 - h_i d_i), h = diag(K (D K + I/C)^-1). For the multinomial model the
+    cross-class curvature is left out (one block per class). Measured against 5-fold cross-fitting
+    on TREC-6 and SMS spam (bench/bench_simulate_speed.py), the temperatures fitted on these logits
+    give the same or lower test ECE."""
+    Z = model.decision(X)                                   # (n, k), binary expanded to [-s/2, s/2]
+    n, k = Z.shape
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    K = X @ X.T
+    K = (K.toarray() if sp.issparse(K) else np.asarray(K)).astype(np.float64) + 1.0
+    lam = np.eye(n) / C
+    P = softmax_t(Z, 1.0)
+    Y = np.zeros_like(P)
+    Y[np.arange(n), y] = 1.0
+    out = Z.copy()
+    if k == 2:   # one score s = z1 - z0 with logistic loss: one system
+        p = P[:, 1]
+        d, g = w * p * (1 - p), w * (p - Y[:, 1])
+        h = np.diag(np.linalg.solve((d[:, None] * K + lam).T, K.T).T)
+        s = (Z[:, 1] - Z[:, 0]) + h * g / np.maximum(1 - h * d, 1e-6)
+        return np.column_stack([-s / 2, s / 2])
+    for c in range(k):
+        p = P[:, c]
+        d, g = w * p * (1 - p), w * (p - Y[:, c])
+        h = np.diag(np.linalg.solve((d[:, None] * K + lam).T, K.T).T)
+        out[:, c] = Z[:, c] + h * g / np.maximum(1 - h * d, 1e-6)
+    return out
 
 
 def _held_out_logits(X, y, class_weight, C, seed, folds, sample_weight=None):

@@ -1,16 +1,33 @@
 """``labelloop simulate``: replay the loop on a fully labelled file, labels as the oracle.
 
-It answers, before money is spent, whether active learning pays off on this kind
-of data: learning curves per strategy (mean and spread over repeats), labels
-needed to reach a target (default 95% of the accuracy of a model trained on the
-whole pool) against random sampling with the seed set counted, money cost
-(labels and measured compute), and a verdict that names which of the three
-conditions holds: calibrated uncertainty (ECE <= 0.10), annotation cost
-dominating the pipeline's overhead, and a pool at least 10x the labels needed.
+It answers, before money is spent, whether active learning pays off on this kind of data, and
+with which features: every strategy is run under every featurizer asked for (``--features``), on
+the same seed sets and test split in each repeat, so that arms can be compared repeat by repeat.
+
+What the verdict rests on, in order:
+1. **Learnability**: a model trained on the whole pool must beat the majority-class rate (and
+   chance) by more than its interval; otherwise nothing can be learned and no strategy matters.
+2. **The seed set alone**: when the seed labels already reach the target, strategies are not
+   compared on anything (said, with the count of repeats).
+3. **Paired comparisons**: labels to reach the target (default 95% of the best full-pool accuracy;
+   repeats that never reach it count at the budget), area under the learning curve and final
+   accuracy, each as the mean of per-repeat differences with a percentile bootstrap interval
+   over repeats. An interval that includes zero is "no measurable difference", never a winner;
+   when it is too wide, the number of repeats that would resolve a difference of that size is said.
+4. **Conditions** for the best active-learning arm: calibration judged on the models that selected
+   (every round but the last), not only the final one; cost: the money saved on labels against
+   the pipeline's overhead (compute, annotators waiting for each retrain, and a fixed engineering
+   cost); pool at least 10x the labels needed.
+
+Features and regularisation are chosen per repeat on the seed labels by cross-validation
+(core/featuresel.py). Calibration (temperature scaling) is fitted every round on approximate
+leave-one-out logits (``core.model.alo_logits``), which costs a few percent of a fit instead of five
+refits; a round whose calibration was skipped is counted and its reason given.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -22,15 +39,16 @@ import polars as pl
 from labelloop.core import coldstart
 from labelloop.core.errors import InputFileError, LabelloopError
 from labelloop.core.safeio import atomic_write
-from labelloop.core.features import TextFeaturizer
+from labelloop.core.features import FEATURE_MODES, TextFeaturizer, combine
+from labelloop.core.featuresel import C_DEFAULT, FEATURE_KINDS, choose_features
 from labelloop.core.model import evaluate, fit_model
 from labelloop.core.strategies import STRATEGY_NAMES, UNCERTAINTY, bald, cal_scores, select_batch, vote_entropy
 
 ECE_LIMIT = 0.10
 POOL_RATIO = 10.0
-OVERHEAD_LIMIT = 0.10     # compute per round at most 10% of the annotation time of a batch
 PAYS_OFF_SAVING = 0.20
-MARGINAL_SAVING = 0.05
+DEFAULT_REPEATS = 10
+BOOTSTRAP = 2000
 
 
 @dataclass
@@ -39,7 +57,7 @@ class SimConfig:
     seed_size: int = 50
     batch: int = 50
     budget: int = 500
-    repeats: int = 3
+    repeats: int = DEFAULT_REPEATS
     test_frac: float = 0.2
     seed_query: str | None = None
     target_frac: float = 0.95
@@ -47,6 +65,8 @@ class SimConfig:
     cost_per_label: float = 0.10
     seconds_per_label: float = 15.0
     compute_price_per_hour: float = 0.50
+    engineering_cost: float = 200.0     # money: setting up and running the AL pipeline (fixed)
+    features: list[str] = field(default_factory=lambda: ["auto"])
     seed: int = 0
 
 
@@ -65,6 +85,11 @@ class SimReport:
     classes: list[str]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    comparisons: list[dict] = field(default_factory=list)
+    learnable: dict = field(default_factory=dict)
+    full_by_features: dict = field(default_factory=dict)
+    best_features: str | None = None
+    choices: list[dict] = field(default_factory=list)
 
 
 def read_labelled(path: Path, text_col: str, label_col: str, split_col: str | None = None):
@@ -122,6 +147,13 @@ def validate(cfg: SimConfig, labels: list[str]) -> None:
         raise LabelloopError(f"unknown strategy name(s) {', '.join(unknown)}; choose from {', '.join(STRATEGY_NAMES)}.")
     if not cfg.strategies:
         raise LabelloopError("--strategies is empty.")
+    if len(set(cfg.strategies)) != len(cfg.strategies):
+        raise LabelloopError("--strategies names a strategy twice.")
+    bad = [f for f in cfg.features if f not in FEATURE_KINDS]
+    if bad or not cfg.features:
+        raise LabelloopError(f"unknown features {', '.join(bad) or '(none given)'}; choose from {', '.join(FEATURE_KINDS)}.")
+    if len(set(cfg.features)) != len(cfg.features):
+        raise LabelloopError("--features names a featurizer twice.")
     classes = sorted(set(labels))
     if len(classes) < 2:
         raise LabelloopError(f"the label column has one class only ('{classes[0]}'); a classifier needs at least two.")
@@ -130,10 +162,22 @@ def validate(cfg: SimConfig, labels: list[str]) -> None:
             raise LabelloopError(f"{name} must be at least 1, got {v}.")
     if not 0 < cfg.test_frac < 1:
         raise LabelloopError(f"--test-frac must be between 0 and 1, got {cfg.test_frac}.")
+    if not 0 < cfg.target_frac <= 1:
+        raise LabelloopError(f"--target must be above 0 and at most 1, got {cfg.target_frac}.")
     if cfg.budget < cfg.seed_size:
         raise LabelloopError(f"--budget ({cfg.budget}) is smaller than --seed-size ({cfg.seed_size}).")
     if cfg.seed_query:
         coldstart.check_seed_query(cfg.seed_query)
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 def run_simulation(path: Path, text_col: str, label_col: str, cfg: SimConfig, *, split_col: str | None = None,
@@ -156,20 +200,53 @@ def run_simulation(path: Path, text_col: str, label_col: str, cfg: SimConfig, *,
         raise LabelloopError(f"the data set has {n_pool} pool rows, fewer than --seed-size {cfg.seed_size}.")
     if cfg.budget > n_pool:
         raise LabelloopError(f"--budget {cfg.budget} is larger than the pool ({n_pool} rows after holding out the test split).")
+    if progress:
+        progress(0.0, "features")
+    # The feature matrices are built once and shared by every repeat, strategy and featurizer.
     featurizer = TextFeaturizer("tfidf").fit([texts[i] for i in pool])
-    X = featurizer.transform(texts)
-    X_pool, X_test = X[pool], X[test]
+    T = featurizer.transform_text(texts)
+    E = None
+    if any(f != "tfidf" for f in cfg.features):
+        from labelloop.core.embed import embed_texts
+        E = embed_texts(texts)
+    T_pool, T_test = T[pool], T[test]
+    E_pool, E_test = (E[pool], E[test]) if E is not None else (None, None)
     y_pool, y_test = list(y_all[pool]), list(y_all[test])
-    full = fit_model(X_pool, y_pool, classes, calibration=cfg.calibration, seed=cfg.seed)
-    full_acc = evaluate(full, X_test, y_test, classes)["accuracy"]
+    y_pool_arr = np.array(y_pool, dtype=object)
+    matrices: dict = {}
+
+    def mats(mode: str, w: float):
+        key = (mode, round(w, 6))
+        if key not in matrices:
+            matrices[key] = (combine(T_pool, E_pool, np.arange(n_pool), mode, w),
+                             combine(T_test, E_test, np.arange(len(test)), mode, w))
+        return matrices[key]
+
+    # Learnability and the target: a model on the whole pool, per concrete featurizer involved.
+    modes = sorted({m for f in cfg.features for m in ((FEATURE_MODES if f == "auto" else (f,)))},
+                   key=FEATURE_MODES.index)
+    full_by = {}
+    for mode in modes:
+        Xp, Xt = mats(mode, 1.0)
+        full = fit_model(Xp, y_pool, classes, calibration="none", seed=cfg.seed, C=C_DEFAULT)
+        ev = evaluate(full, Xt, y_test, classes)
+        full_by[mode] = ev["accuracy"]
+    best_mode = max(full_by, key=full_by.get)
+    full_acc = full_by[best_mode]
     target = cfg.target_frac * full_acc
+    majority = max(np.mean(np.array(y_test, dtype=object) == c) for c in classes)
+    chance = 1.0 / len(classes)
+    lo, hi = _wilson(int(round(full_acc * len(test))), len(test))
+    learnable = {"accuracy": full_acc, "interval": [lo, hi], "majority": float(majority), "chance": chance,
+                 "features": best_mode, "holds": bool(lo > max(majority, chance))}
+
     keyword_rows = None
     if cfg.seed_query:
         rx = re.compile(cfg.seed_query, re.IGNORECASE)
         keyword_rows = np.array([i for i, idx in enumerate(pool) if rx.search(texts[idx])], dtype=np.int64)
 
-    records = []
-    total = cfg.repeats * len(cfg.strategies)
+    records, choices = [], []
+    total = cfg.repeats * len(cfg.strategies) * len(cfg.features)
     done = 0
     for r in range(cfg.repeats):
         rep_rng = np.random.default_rng([cfg.seed, r])
@@ -177,20 +254,33 @@ def run_simulation(path: Path, text_col: str, label_col: str, cfg: SimConfig, *,
             seed_rows, _ = coldstart.keyword_seed(keyword_rows, n_pool, cfg.seed_size, rep_rng)
         else:
             seed_rows = coldstart.random_seed(n_pool, cfg.seed_size, rep_rng)
-        seed_rows = _ensure_two_classes(seed_rows, np.array(y_pool, dtype=object), rep_rng)
-        for strategy in cfg.strategies:
-            records.extend(_run_arm(strategy, r, seed_rows, X_pool, y_pool, X_test, y_test, classes, cfg,
-                                    np.random.default_rng([cfg.seed, r, STRATEGY_NAMES.index(strategy)])))
-            done += 1
-            if progress:
-                progress(done / total, f"{strategy} repeat {r + 1}")
+        seed_rows = _ensure_two_classes(seed_rows, y_pool_arr, rep_rng)
+        for fi, feat in enumerate(cfg.features):
+            # features (and C) chosen on this repeat's seed labels, shared by its strategies (paired)
+            choice = choose_features(T_pool, E_pool, seed_rows, y_pool_arr[seed_rows], kind=feat,
+                                     seed=int(np.random.default_rng([cfg.seed, r, 99, fi]).integers(1 << 30)))
+            choices.append({"repeat": r, "features": feat, **{k: choice[k] for k in ("name", "mode", "weight", "C", "reason")}})
+            Xp, Xt = mats(choice["mode"], choice["weight"])
+            for strategy in cfg.strategies:
+                recs = _run_arm(strategy, r, seed_rows, Xp, y_pool, Xt, y_test, classes, cfg, float(choice["C"]),
+                                np.random.default_rng([cfg.seed, r, STRATEGY_NAMES.index(strategy)]))
+                for rec in recs:
+                    rec["features"] = feat
+                    rec["features_used"] = choice["name"]
+                records.extend(recs)
+                done += 1
+                if progress:
+                    progress(done / total, f"{feat} {strategy} repeat {r + 1}")
     curves = pl.DataFrame(records)
-    summary, best, saving, conditions, verdict, notes = _summarise(curves, cfg, target, n_pool)
+    curves = curves.select(["features", "strategy", *[c for c in curves.columns if c not in ("features", "strategy")]])
+    out = _summarise(curves, cfg, target, n_pool, learnable)
     if n_leaked:
-        notes.insert(0, f"removed {n_leaked:,} pool rows whose exact text is also in the test split (leakage) "
-                        "before measuring.")
-    return SimReport(curves, summary, full_acc, target, verdict, conditions, best, saving, n_pool, len(test),
-                     classes, time.perf_counter() - started, notes)
+        out["notes"].insert(0, f"removed {n_leaked:,} pool rows whose exact text is also in the test split (leakage) "
+                               "before measuring.")
+    return SimReport(curves, out["summary"], full_acc, target, out["verdict"], out["conditions"], out["best_strategy"],
+                     out["saving"], n_pool, len(test), classes, time.perf_counter() - started, out["notes"],
+                     comparisons=out["comparisons"], learnable=learnable, full_by_features=full_by,
+                     best_features=out["best_features"], choices=choices)
 
 
 def _ensure_two_classes(rows: np.ndarray, y: np.ndarray, rng) -> np.ndarray:
@@ -203,24 +293,58 @@ def _ensure_two_classes(rows: np.ndarray, y: np.ndarray, rng) -> np.ndarray:
     return np.array(rows + [int(others[0])], dtype=np.int64)
 
 
-def _run_arm(strategy, repeat, seed_rows, X_pool, y_pool, X_test, y_test, classes, cfg: SimConfig, rng) -> list[dict]:
+def quick_metrics(model, X_test, y_idx: np.ndarray, classes: list[str]) -> dict:
+    """The test-split numbers a learning curve needs, in numpy (the same definitions as
+    ``core.model.evaluate``: accuracy, macro-F1 over the classes present in truth or prediction,
+    per-class recall, top-label ECE with 15 bins, calibrated and raw)."""
+    from labelloop.core.calibration import reliability, softmax_t
+    logits = model.decision(X_test)
+    probs = model.calibrate_logits(logits)
+    raw = softmax_t(logits, 1.0)
+    cols = np.array([classes.index(c) for c in model.classes_])
+    pred = cols[probs.argmax(axis=1)]
+    k = len(classes)
+    tp = np.bincount(y_idx[pred == y_idx], minlength=k).astype(float)
+    n_true = np.bincount(y_idx, minlength=k).astype(float)
+    n_pred = np.bincount(pred, minlength=k).astype(float)
+    present = (n_true > 0) | (n_pred > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prec = np.where(n_pred > 0, tp / n_pred, 0.0)
+        rec = np.where(n_true > 0, tp / n_true, 0.0)
+        f1 = np.where(prec + rec > 0, 2 * prec * rec / (prec + rec), 0.0)
+    # test items of a class the model never saw count as errors and are left out of the ECE
+    local = {c: i for i, c in enumerate(model.classes_)}
+    y_local = np.array([local.get(classes[i], -1) for i in y_idx])
+    known = y_local >= 0
+    out = {"accuracy": float(np.mean(pred == y_idx)), "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+           "ece": reliability(probs[known], y_local[known])["ece"],
+           "ece_raw": reliability(raw[known], y_local[known])["ece"]}
+    for i, c in enumerate(classes):
+        out[f"recall_{c}"] = float(rec[i])
+    return out
+
+
+def _run_arm(strategy, repeat, seed_rows, X_pool, y_pool, X_test, y_test, classes, cfg: SimConfig, C: float,
+             rng) -> list[dict]:
+    """One learning curve: train, measure on the test split, score only the remaining pool, select."""
     y_arr = np.array(y_pool, dtype=object)
+    y_test_idx = np.array([classes.index(v) for v in y_test])
     labelled = list(seed_rows)
     unlabelled_mask = np.ones(len(y_pool), dtype=bool)
     unlabelled_mask[labelled] = False
     out = []
+    model = None
     while True:
         t = time.perf_counter()
-        model = fit_model(X_pool[labelled], list(y_arr[labelled]), classes, calibration=cfg.calibration,
-                          seed=int(rng.integers(1 << 30)))
+        model = fit_model(X_pool[labelled], list(y_arr[labelled]), classes, calibration=cfg.calibration, C=C,
+                          seed=int(rng.integers(1 << 30)), held_out="alo", warm_from=model)
         fit_s = time.perf_counter() - t
-        m = evaluate(model, X_test, y_test, classes)
-        row = {"strategy": strategy, "repeat": repeat, "n_labels": len(labelled), "accuracy": m["accuracy"],
-               "macro_f1": m["macro_f1"], "ece": m["ece"]}
-        for c in classes:
-            row[f"recall_{c}"] = m["per_class"].get(c, {}).get("recall", 0.0)
+        m = quick_metrics(model, X_test, y_test_idx, classes)
+        row = {"strategy": strategy, "repeat": repeat, "n_labels": len(labelled), **m,
+               "calibration_skipped": model.info.get("calibration_skipped") or "", "C": C}
         if len(labelled) >= cfg.budget or not unlabelled_mask.any():
             row["compute_seconds"] = fit_s
+            row["selected"] = False
             out.append(row)
             break
         t = time.perf_counter()
@@ -245,6 +369,7 @@ def _run_arm(strategy, repeat, seed_rows, X_pool, y_pool, X_test, y_test, classe
                            X_pool=X_pool[cand] if strategy == "diversity" else None)
         chosen = cand[sel.index]
         row["compute_seconds"] = fit_s + (time.perf_counter() - t)
+        row["selected"] = True
         out.append(row)
         labelled.extend(int(i) for i in chosen)
         unlabelled_mask[chosen] = False
@@ -252,86 +377,204 @@ def _run_arm(strategy, repeat, seed_rows, X_pool, y_pool, X_test, y_test, classe
 
 
 def labels_to_target(curves: pl.DataFrame, target: float) -> pl.DataFrame:
-    """Per strategy and repeat: the first label count whose accuracy reaches the target (null if never)."""
+    """Per arm (features, strategy) and repeat: the first label count whose accuracy reaches the
+    target (null if never), with the numbers the comparisons and conditions use."""
     return (curves.sort("n_labels")
-            .group_by("strategy", "repeat", maintain_order=True)
+            .group_by("features", "strategy", "repeat", maintain_order=True)
             .agg(pl.col("n_labels").filter(pl.col("accuracy") >= target).first().alias("labels_to_target"),
+                 pl.col("accuracy").first().alias("seed_accuracy"),
                  pl.col("accuracy").last().alias("final_accuracy"),
                  pl.col("ece").last().alias("final_ece"),
+                 pl.col("ece").filter(pl.col("selected")).mean().alias("selecting_ece"),
+                 pl.col("ece").filter(pl.col("selected")).max().alias("selecting_ece_max"),
+                 pl.col("ece_raw").filter(pl.col("selected")).mean().alias("selecting_ece_raw"),
+                 (pl.col("calibration_skipped") != "").sum().alias("calibration_skipped_rounds"),
                  pl.col("accuracy").mean().alias("mean_accuracy"),
-                 pl.col("compute_seconds").mean().alias("compute_per_round"),
-                 pl.col("compute_seconds").sum().alias("compute_total")))
+                 pl.col("compute_seconds").filter(pl.col("selected")).mean().alias("compute_per_round"),
+                 pl.col("compute_seconds").filter(pl.col("selected")).sum().alias("compute_total"),
+                 pl.col("selected").sum().alias("rounds")))
 
 
-def _summarise(curves: pl.DataFrame, cfg: SimConfig, target: float, n_pool: int):
+def paired_interval(a: np.ndarray, b: np.ndarray, *, n_boot: int = BOOTSTRAP, seed: int = 0,
+                    level: float = 0.95) -> dict:
+    """Mean of the paired differences a - b over repeats, with a percentile bootstrap interval
+    (repeats resampled with replacement). ``decided``: the interval excludes zero. ``repeats_needed``:
+    about how many repeats would give an interval narrower than the difference, if it is real."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n = len(d)
+    mean = float(d.mean()) if n else float("nan")
+    if n < 2:
+        return {"mean": mean, "low": float("nan"), "high": float("nan"), "n": n, "decided": False,
+                "repeats_needed": None, "sd": float("nan")}
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    sd = float(d.std(ddof=1))
+    decided = bool(lo > 0 or hi < 0)
+    needed = None
+    if not decided and abs(mean) > 1e-12 and sd > 0:
+        needed = int(math.ceil((1.96 * sd / abs(mean)) ** 2))
+    return {"mean": mean, "low": float(lo), "high": float(hi), "n": n, "decided": decided, "sd": sd,
+            "repeats_needed": needed}
+
+
+def _compare(per: pl.DataFrame, a: tuple, b: tuple, budget: int, seed: int) -> dict:
+    """Paired comparison of arm ``a`` against arm ``b`` (each (features, strategy)) over repeats."""
+    def arm(key):
+        return per.filter((pl.col("features") == key[0]) & (pl.col("strategy") == key[1])).sort("repeat")
+    A, B = arm(a), arm(b)
+    common = sorted(set(A["repeat"]) & set(B["repeat"]))
+    A, B = A.filter(pl.col("repeat").is_in(common)), B.filter(pl.col("repeat").is_in(common))
+    la = A["labels_to_target"].fill_null(budget).to_numpy().astype(float)
+    lb = B["labels_to_target"].fill_null(budget).to_numpy().astype(float)
+    return {"a": a, "b": b,
+            # labels: b - a, so that a positive number means a needs fewer labels
+            "labels_saved": paired_interval(lb, la, seed=seed),
+            "labels_a": float(la.mean()), "labels_b": float(lb.mean()),
+            "reached_a": int(A["labels_to_target"].is_not_null().sum()),
+            "reached_b": int(B["labels_to_target"].is_not_null().sum()),
+            "auc": paired_interval(A["mean_accuracy"].to_numpy(), B["mean_accuracy"].to_numpy(), seed=seed + 1),
+            "final": paired_interval(A["final_accuracy"].to_numpy(), B["final_accuracy"].to_numpy(), seed=seed + 2)}
+
+
+def _summarise(curves: pl.DataFrame, cfg: SimConfig, target: float, n_pool: int, learnable: dict) -> dict:
     per = labels_to_target(curves, target)
-    summary = (per.group_by("strategy", maintain_order=True)
+    summary = (per.group_by("features", "strategy", maintain_order=True)
                .agg(pl.col("labels_to_target").mean().alias("labels_to_target_mean"),
                     pl.col("labels_to_target").std().alias("labels_to_target_std"),
                     pl.col("labels_to_target").is_not_null().sum().alias("reached"),
                     pl.len().alias("repeats"),
+                    pl.col("labels_to_target").fill_null(cfg.budget).mean().alias("labels_needed"),
                     pl.col("final_accuracy").mean().alias("final_accuracy_mean"),
                     pl.col("final_accuracy").std().alias("final_accuracy_std"),
                     pl.col("final_ece").mean().alias("final_ece_mean"),
+                    pl.col("selecting_ece").mean().alias("selecting_ece_mean"),
+                    pl.col("selecting_ece_max").max().alias("selecting_ece_max"),
+                    pl.col("selecting_ece_raw").mean().alias("selecting_ece_raw_mean"),
+                    pl.col("calibration_skipped_rounds").sum().alias("calibration_skipped_rounds"),
+                    pl.col("rounds").sum().alias("rounds_total"),
                     pl.col("mean_accuracy").mean().alias("area_under_curve"),
                     pl.col("compute_per_round").mean().alias("compute_per_round_s"),
                     pl.col("compute_total").mean().alias("compute_total_s")))
-    # Repeats that never reach the target count at the budget: a lower bound on what they would need.
-    eff = per.with_columns(pl.col("labels_to_target").fill_null(cfg.budget).alias("eff"))
-    eff_mean = dict(eff.group_by("strategy").agg(pl.col("eff").mean()).iter_rows())
     summary = summary.with_columns(
-        pl.col("strategy").replace_strict(eff_mean, default=None).alias("labels_needed"),
-    ).with_columns(
         (pl.col("labels_needed") * cfg.cost_per_label + pl.col("compute_total_s") * cfg.compute_price_per_hour / 3600)
         .alias("money_to_target"))
-    notes = []
+    notes: list[str] = []
+    comparisons: list[dict] = []
     al = [s for s in cfg.strategies if s != "random"]
-    best = min(al, key=lambda s: eff_mean[s]) if al else None
+    rows = {(r["features"], r["strategy"]): r for r in summary.iter_rows(named=True)}
+    # every AL strategy against random under the same features; every featurizer against the first
+    if "random" in cfg.strategies:
+        for f in cfg.features:
+            for st in al:
+                comparisons.append(_compare(per, (f, st), (f, "random"), cfg.budget, cfg.seed))
+    for f in cfg.features[1:]:
+        for st in cfg.strategies:
+            comparisons.append(_compare(per, (f, st), (cfg.features[0], st), cfg.budget, cfg.seed))
+
+    # the seed set alone
+    seed_hits = per.filter(pl.col("seed_accuracy") >= target).select("features", "repeat").unique()
+    seed_repeats = seed_hits["repeat"].n_unique() if seed_hits.height else 0
+    if seed_repeats:
+        notes.append(f"the seed set alone ({cfg.seed_size} labels) already reached the target in {seed_repeats} of "
+                     f"{cfg.repeats} repeats: the target is too easy to tell strategies apart there "
+                     "(raise --target or lower --seed-size).")
+    skipped = int(summary["calibration_skipped_rounds"].sum())
+    if skipped:
+        reason = curves.filter(pl.col("calibration_skipped") != "")["calibration_skipped"][0]
+        notes.append(f"calibration was skipped in {skipped} of {curves.height} rounds ({reason}); those rounds' "
+                     "probabilities are uncalibrated.")
+
+    # the best arm: fewest labels needed among AL arms (then the best curve)
+    best_arm = None
+    if al:
+        best_arm = min(((f, st) for f in cfg.features for st in al),
+                       key=lambda k: (rows[k]["labels_needed"], -rows[k]["area_under_curve"]))
+    best_features, best = (best_arm if best_arm else (cfg.features[0], None))
+    # is the best AL arm measurably better than the other AL strategies under its features?
+    for st in al:
+        if best_arm and st != best:
+            comparisons.append(_compare(per, best_arm, (best_features, st), cfg.budget, cfg.seed))
+    conditions: dict = {}
     saving = None
-    if best and "random" in eff_mean:
-        saving = 1.0 - eff_mean[best] / eff_mean["random"]
-        if summary.filter(pl.col("strategy") == "random")["reached"][0] < cfg.repeats:
-            notes.append("random did not reach the target within the budget in every repeat; its labels-to-target "
-                         "is counted at the budget, so the saving is a lower bound.")
-    elif best:
-        notes.append("no random arm was run: add random to --strategies to measure the saving.")
-    b = summary.filter(pl.col("strategy") == best).row(0, named=True) if best else None
-    conditions = {}
-    if b:
-        ece = b["final_ece_mean"]
-        conditions["calibrated"] = {"holds": bool(ece <= ECE_LIMIT), "ece": ece, "limit": ECE_LIMIT}
-        annotation_s = cfg.batch * cfg.seconds_per_label
-        overhead = b["compute_per_round_s"]
-        conditions["annotation_dominates"] = {"holds": bool(overhead <= OVERHEAD_LIMIT * annotation_s),
-                                              "compute_per_round_s": overhead, "annotation_per_batch_s": annotation_s}
+    main = next((c for c in comparisons if best_arm and c["a"] == best_arm and c["b"] == (best_features, "random")), None)
+    if best_arm:
+        b = rows[best_arm]
+        ece = b["selecting_ece_mean"]
+        raw = b["selecting_ece_raw_mean"]
+        conditions["calibrated"] = {"holds": bool(ece is not None and ece <= ECE_LIMIT), "ece": ece,
+                                    "ece_max": b["selecting_ece_max"], "ece_raw": raw, "final_ece": b["final_ece_mean"],
+                                    "limit": ECE_LIMIT}
+        if ece is not None and raw is not None and raw < ece:
+            notes.append(f"calibration made the selecting models' ECE worse ({raw:.3f} raw, {ece:.3f} calibrated): "
+                         "use the raw probabilities ([strategy] calibration = \"none\").")
+        if main is not None:
+            saved_labels = main["labels_saved"]["mean"]
+            hourly = cfg.cost_per_label / max(cfg.seconds_per_label, 1e-9) * 3600
+            compute_s = b["compute_total_s"] or 0.0
+            rounds_n = (b["rounds_total"] or 0) / max(b["repeats"], 1)
+            waiting_money = compute_s * hourly / 3600          # annotators idle while each retrain runs
+            compute_money = compute_s * cfg.compute_price_per_hour / 3600
+            overhead = compute_money + waiting_money + cfg.engineering_cost
+            saved_money = saved_labels * cfg.cost_per_label
+            conditions["annotation_dominates"] = {
+                "holds": bool(saved_money > overhead), "saved_money": saved_money, "overhead": overhead,
+                "compute_money": compute_money, "waiting_money": waiting_money, "engineering": cfg.engineering_cost,
+                "rounds": rounds_n, "compute_per_round_s": b["compute_per_round_s"]}
         needed = b["labels_needed"]
         conditions["pool_large_enough"] = {"holds": bool(n_pool >= POOL_RATIO * needed), "pool": n_pool,
                                            "labels_needed": needed, "ratio": n_pool / needed if needed else None}
-    reached = dict(summary.select("strategy", "reached").iter_rows())
-    if best is None:
+
+    # the verdict
+    if not learnable["holds"]:
+        verdict = (f"nothing to learn: a model trained on the whole pool reaches {learnable['accuracy']:.3f} "
+                   f"[{learnable['interval'][0]:.3f}, {learnable['interval'][1]:.3f}], not above the majority-class "
+                   f"rate {learnable['majority']:.3f} (chance {learnable['chance']:.3f}); check the labels before "
+                   "choosing a strategy")
+    elif best_arm is None:
         verdict = "use random sampling (no active-learning strategy was simulated)"
-    elif saving is None:
-        verdict = "unknown: no random baseline"
-    elif reached.get(best, 0) == 0 and reached.get("random", 0) == 0:
-        auc = dict(summary.select("strategy", "area_under_curve").iter_rows())
-        saving = None
-        verdict = (f"inconclusive: no strategy reached the target within {cfg.budget} labels (raise --budget); "
-                   f"mean accuracy over the curve {best} {auc[best]:.3f} vs random {auc['random']:.3f}")
-    elif reached.get("random", 0) == 0 and saving < MARGINAL_SAVING:
-        # random was counted at the budget, so the saving is only a lower bound: too small to judge
-        verdict = (f"inconclusive: {best} reached the target in {reached.get(best, 0)} of {cfg.repeats} repeats and "
-                   f"random in none within {cfg.budget} labels (raise --budget)")
+    elif main is None:
+        verdict = "unknown: no random baseline (add random to --strategies)"
+    elif seed_repeats * 2 > cfg.repeats:
+        verdict = (f"inconclusive: the seed set alone reached the target in {seed_repeats} of {cfg.repeats} repeats; "
+                   "raise --target")
     else:
-        failed = [k for k, v in conditions.items() if not v["holds"]]
-        if saving < MARGINAL_SAVING:
-            verdict = "use random sampling"
-        elif saving >= PAYS_OFF_SAVING and not failed:
-            verdict = "AL pays off"
+        ls = main["labels_saved"]
+        auc = main["auc"]
+        st = best_arm[1]
+        feat_txt = f" with {best_features} features" if len(cfg.features) > 1 else ""
+        if main["reached_a"] == 0 and main["reached_b"] == 0:
+            verdict = (f"inconclusive: neither {st} nor random reached the target within {cfg.budget} labels "
+                       f"(raise --budget); area under the curve {st} - random = {_fmt_iv(auc, 3)}")
+        elif ls["decided"] and ls["mean"] > 0:
+            saving = ls["mean"] / main["labels_b"] if main["labels_b"] else None
+            failed = [k for k, v in conditions.items() if not v["holds"]]
+            verdict = ("AL pays off" if (saving or 0) >= PAYS_OFF_SAVING and not failed else "marginal")
+            verdict += (f": {st}{feat_txt} needs {ls['mean']:.0f} fewer labels than random "
+                        f"[{ls['low']:.0f}, {ls['high']:.0f}] ({saving:.0%} saved)")
+            if failed:
+                verdict += " (fails: " + ", ".join(failed) + ")"
+        elif ls["decided"] and ls["mean"] < 0:
+            saving = ls["mean"] / main["labels_b"] if main["labels_b"] else None
+            verdict = (f"use random sampling: random needs {-ls['mean']:.0f} fewer labels than {st}{feat_txt} "
+                       f"[{-ls['high']:.0f}, {-ls['low']:.0f}]")
         else:
-            verdict = "marginal"
-        if failed:
-            verdict += " (fails: " + ", ".join(failed) + ")"
-    return summary, best, saving, conditions, verdict, notes
+            verdict = (f"no measurable difference between {st}{feat_txt} and random in labels to target: "
+                       f"{_fmt_iv(ls, 0)} labels saved over {ls['n']} repeats")
+            if ls["repeats_needed"]:
+                verdict += (f"; about {ls['repeats_needed']} repeats would resolve a difference of this size "
+                            "if it is real")
+            elif ls["n"] >= 2:
+                verdict += "; the repeats agree on no difference"
+            verdict += "; use random sampling unless it is measured otherwise"
+    return {"summary": summary, "best_strategy": best, "saving": saving, "conditions": conditions,
+            "verdict": verdict, "notes": notes, "comparisons": comparisons, "best_features": best_features}
+
+
+def _fmt_iv(iv: dict, digits: int) -> str:
+    if iv["n"] < 2 or not np.isfinite(iv["low"]):
+        return f"{iv['mean']:+.{digits}f} (one repeat: no interval)"
+    return f"{iv['mean']:+.{digits}f} [{iv['low']:+.{digits}f}, {iv['high']:+.{digits}f}]"
 
 
 def write_outputs(report: SimReport, curves_path: Path | None, chart_path: Path | None) -> None:
@@ -350,52 +593,85 @@ def plot_curves(report: SimReport, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    agg = (report.curves.group_by("strategy", "n_labels").agg(pl.col("accuracy").mean().alias("m"),
-                                                             pl.col("accuracy").std().fill_null(0).alias("s"))
-           .sort("strategy", "n_labels"))
-    for strategy in agg["strategy"].unique(maintain_order=True):
-        d = agg.filter(pl.col("strategy") == strategy)
+    agg = (report.curves.group_by("features", "strategy", "n_labels")
+           .agg(pl.col("accuracy").mean().alias("m"), pl.col("accuracy").std().fill_null(0).alias("s"))
+           .sort("features", "strategy", "n_labels"))
+    several = agg["features"].n_unique() > 1
+    markers = "osD^v<>phx*"
+    for i, ((feat, strategy), d) in enumerate(agg.group_by("features", "strategy", maintain_order=True)):
         x, m, s = d["n_labels"].to_numpy(), d["m"].to_numpy(), d["s"].to_numpy()
-        ax.plot(x, m, label=strategy, lw=2 if strategy != "random" else 1.5, ls="--" if strategy == "random" else "-")
-        ax.fill_between(x, m - s, m + s, alpha=0.15)
+        name = f"{strategy} / {feat}" if several else strategy
+        ax.plot(x, m, label=name, lw=1.5, marker=markers[i % len(markers)], ms=4,
+                ls="--" if strategy == "random" else "-")
+        ax.fill_between(x, m - s, m + s, alpha=0.12)
     ax.axhline(report.target, color="grey", lw=1, ls=":", label=f"target {report.target:.3f}")
     ax.set_xlabel("labels (seed set included)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"Learning curves — verdict: {report.verdict}", fontsize=10)
-    ax.legend(loc="lower right")
+    ax.set_title(f"Learning curves (mean ± sd over repeats)\n{report.verdict[:110]}", fontsize=9)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png"))
+        atomic_write(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
     finally:
         plt.close(fig)
 
 
 def format_report(report: SimReport, cfg: SimConfig) -> str:
+    L = report.learnable
     lines = [f"pool {report.pool_size:,} / test {report.test_size:,} items, {len(report.classes)} classes; "
-             f"full-pool accuracy {report.full_accuracy:.3f}; target {report.target:.3f} "
-             f"({cfg.target_frac:.0%} of it); {cfg.repeats} repeats; {report.seconds:.1f} s", ""]
-    lines.append(f"{'strategy':<18}{'labels to target':>20}{'reached':>9}{'final acc':>16}{'final ECE':>10}"
-                 f"{'curve mean':>11}{'compute/round':>15}{'cost':>10}")
+             f"{cfg.repeats} repeats; {report.seconds:.1f} s",
+             "full-pool accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in report.full_by_features.items())
+             + f"; target {report.target:.3f} ({cfg.target_frac:.0%} of the best)",
+             f"learnable: {'yes' if L.get('holds') else 'NO'}: {L.get('accuracy', 0):.3f} "
+             f"[{L.get('interval', [0, 0])[0]:.3f}, {L.get('interval', [0, 0])[1]:.3f}] against the majority-class "
+             f"rate {L.get('majority', 0):.3f} and chance {L.get('chance', 0):.3f}"]
+    used = {}
+    for c in report.choices:
+        used.setdefault(c["features"], []).append(f"{c['name']} C={c['C']:g}")
+    for f, names in used.items():
+        counts = {n: names.count(n) for n in dict.fromkeys(names)}
+        lines.append(f"features {f}: chosen on the seed labels per repeat: "
+                     + ", ".join(f"{n} ({k}x)" for n, k in counts.items()))
+    lines.append("")
+    lines.append(f"{'features':<13}{'strategy':<18}{'labels to target':>18}{'reached':>9}{'final acc':>16}"
+                 f"{'ECE sel.':>9}{'curve mean':>11}{'compute/round':>15}")
     for r in report.summary.iter_rows(named=True):
         ltt = "never" if r["labels_to_target_mean"] is None else (
             f"{r['labels_to_target_mean']:.0f} ± {r['labels_to_target_std'] or 0:.0f}")
-        lines.append(f"{r['strategy']:<18}{ltt:>20}{r['reached']:>5}/{r['repeats']:<3}"
+        ece = r["selecting_ece_mean"] if r["selecting_ece_mean"] is not None else r["final_ece_mean"]
+        lines.append(f"{r['features']:<13}{r['strategy']:<18}{ltt:>18}{r['reached']:>5}/{r['repeats']:<3}"
                      f"{r['final_accuracy_mean']:>10.3f} ± {r['final_accuracy_std'] or 0:.3f}"
-                     f"{r['final_ece_mean']:>10.3f}{r['area_under_curve']:>11.3f}"
-                     f"{r['compute_per_round_s']:>13.2f} s{r['money_to_target']:>10.2f}")
+                     f"{ece:>9.3f}{r['area_under_curve']:>11.3f}"
+                     f"{(r['compute_per_round_s'] or 0):>13.2f} s")
+    if report.comparisons:
+        lines.append("")
+        lines.append(f"Paired differences over repeats (mean [95% bootstrap interval]); labels saved > 0: the first "
+                     f"arm needs fewer labels (repeats that never reach the target count at {cfg.budget}):")
+        for c in report.comparisons:
+            a = f"{c['a'][1]}/{c['a'][0]}"
+            b = f"{c['b'][1]}/{c['b'][0]}"
+            ls = c["labels_saved"]
+            word = ("no measurable difference" if not ls["decided"] else ("fewer labels" if ls["mean"] > 0 else "more labels"))
+            lines.append(f"  {a} vs {b}: labels saved {_fmt_iv(ls, 0)} ({word}); "
+                         f"curve mean {_fmt_iv(c['auc'], 3)}; final accuracy {_fmt_iv(c['final'], 3)}")
     lines.append("")
     if report.saving is not None and report.best_strategy:
-        lines.append(f"Best strategy: {report.best_strategy}; saves {report.saving:.0%} of the labels random sampling "
-                     "needs to reach the target (seed set counted).")
+        lines.append(f"Best active-learning arm: {report.best_strategy} with {report.best_features} features; "
+                     f"{report.saving:+.0%} of the labels random sampling needs (seed set counted).")
     for name, c in report.conditions.items():
-        detail = {"calibrated": lambda c: f"ECE after calibration {c['ece']:.3f} (limit {c['limit']})",
-                  "annotation_dominates": lambda c: f"compute {c['compute_per_round_s']:.2f} s per round vs "
-                                                    f"{c['annotation_per_batch_s']:.0f} s of annotation per batch",
-                  "pool_large_enough": lambda c: f"pool {c['pool']:,} vs {c['labels_needed']:.0f} labels needed "
-                                                 f"({c['ratio']:.1f}x; wants >= {POOL_RATIO:.0f}x)"}[name](c)
+        if name == "calibrated":
+            detail = (f"ECE of the models that selected {c['ece']:.3f} on average (worst {c['ece_max']:.3f}; "
+                      f"raw {c['ece_raw']:.3f}; final model {c['final_ece']:.3f}; limit {c['limit']})")
+        elif name == "annotation_dominates":
+            detail = (f"labels saved are worth {c['saved_money']:.2f} against an overhead of {c['overhead']:.2f} "
+                      f"(compute {c['compute_money']:.2f}, annotators waiting for {c['rounds']:.0f} retrains "
+                      f"{c['waiting_money']:.2f}, engineering {c['engineering']:.2f})")
+        else:
+            detail = (f"pool {c['pool']:,} vs {c['labels_needed']:.0f} labels needed "
+                      f"({c['ratio']:.1f}x; wants >= {POOL_RATIO:.0f}x)")
         lines.append(f"  [{'holds' if c['holds'] else 'FAILS'}] {name}: {detail}")
     for n in report.notes:
         lines.append(f"  note: {n}")
-    lines.append(f"Verdict: {report.verdict}")
+    lines.append(f"Verdict ({cfg.repeats} repeats): {report.verdict}")
     return "\n".join(lines)

@@ -88,3 +88,28 @@ def test_never_returns_the_all_zero_model(data, monkeypatch):
     X, y, Xt, yt = data
     m = fit_model(X, y, ["ham", "spam"], calibration="none", seed=0)
     assert np.any(m.clf.coef_) and int(np.max(m.clf.n_iter_)) > 0
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_approximate_leave_one_out_logits_track_exact_leave_one_out(k):
+    """alo_logits against refitting without each item in turn (the thing it approximates)."""
+    from labelloop.core.model import CalibratedModel, _fit_lr, alo_logits
+    rng = np.random.default_rng(k)
+    n, d = 60, 20
+    centres = rng.normal(0, 1.2, size=(k, d))
+    y = np.arange(n) % k
+    X = sp.csr_matrix(centres[y] + rng.normal(0, 1, size=(n, d)))
+    C = 1.0
+    full = CalibratedModel(list(range(k)), _fit_lr(X, y, None, C, 0), "none")
+    alo = alo_logits(full, X, y, C)
+    exact = np.empty_like(alo)
+    for i in range(n):
+        keep = np.arange(n) != i
+        m = CalibratedModel(list(range(k)), _fit_lr(X[keep], y[keep], None, C, 0), "none")
+        exact[i] = m.decision(X[i])[0]
+    z_full = full.decision(X)
+    # the true-class logit moves from the full fit towards the leave-one-out value
+    t = np.arange(n)
+    true_exact, true_alo, true_full = exact[t, y], alo[t, y], z_full[t, y]
+    assert np.corrcoef(true_exact - true_full, true_alo - true_full)[0, 1] > 0.9
+    assert np.mean(np.abs(true_alo - true_exact)) < 0.35 * np.mean(np.abs(true_full - true_exact))

@@ -189,7 +189,8 @@ def cmd_simulate(args) -> int:
                     batch=args.batch, budget=args.budget, repeats=args.repeats, test_frac=args.test_frac,
                     seed_query=args.seed_query, target_frac=args.target, cost_per_label=args.cost_per_label,
                     seconds_per_label=args.seconds_per_label, compute_price_per_hour=args.compute_price,
-                    seed=args.seed, calibration=args.calibration)
+                    seed=args.seed, calibration=args.calibration, engineering_cost=args.engineering_cost,
+                    features=[f.strip() for f in args.features.split(",") if f.strip()])
 
     def progress(frac, msg):
         if sys.stderr.isatty():
@@ -312,10 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-col", default="label")
     s.add_argument("--split-col", help="column whose 'test' rows form the test split (default: --test-frac)")
     s.add_argument("--strategies", default="margin,entropy,random")
+    s.add_argument("--features", default="auto",
+                   help="comma-separated featurizers to cross with the strategies: tfidf, embed, tfidf+embed, auto")
     s.add_argument("--seed-size", type=positive_int, default=50)
     s.add_argument("--batch", type=positive_int, default=50)
     s.add_argument("--budget", type=positive_int, default=500)
-    s.add_argument("--repeats", type=positive_int, default=3)
+    s.add_argument("--repeats", type=positive_int, default=10,
+                   help="repeats (paired: each uses one seed set for every arm); comparisons get intervals over them")
     s.add_argument("--test-frac", type=float, default=0.2)
     s.add_argument("--seed-query", help="regex: seed half the first batch with matching items")
     s.add_argument("--target", type=float, default=0.95, help="target as a share of the full-pool accuracy")
@@ -323,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cost-per-label", type=float, default=0.10)
     s.add_argument("--seconds-per-label", type=float, default=15.0)
     s.add_argument("--compute-price", type=float, default=0.50, help="money per compute hour")
+    s.add_argument("--engineering-cost", type=float, default=200.0,
+                   help="fixed money for setting up and running the AL pipeline (counted in the cost condition)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--curves", help="write the learning curves here (.csv or .parquet)")
     s.add_argument("--chart", help="write a PNG chart of the learning curves here")
