@@ -3,9 +3,11 @@
 Targets: score and select a batch of 100 with cached features <= 3 s, the vectorised scoring
 step >= 50x faster than a per-row np.apply_along_axis margin on the same probabilities;
 retrain on 5,000 labels + calibrate + rescore 1M + queue <= 15 s with peak RSS < 3 GB.
-Each step runs in its own process (its peak RSS is its own).
+Each step runs in its own process (its peak RSS is its own). ``--features`` sets the project's
+``[features] kind`` (default tfidf+embed: TF-IDF beside sentence embeddings; the embeddings of the
+million items are computed once with the TF-IDF cache, in the setup step).
 
-    python bench/bench_engine.py [--rows 1000000]
+    python bench/bench_engine.py [--rows 1000000] [--features tfidf+embed|tfidf|embed|auto]
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--labels", type=int, default=5_000)
+    ap.add_argument("--features", default="tfidf+embed", choices=["tfidf", "embed", "tfidf+embed", "auto"])
     args = ap.parse_args()
     pool, test = make_files(args.rows, args.labels, 2_000)
     proj = OUT / "engine_bench" / "proj"
@@ -58,11 +61,13 @@ def main() -> None:
         "from labelloop.core.loop import features_for\n"
         "import time\n"
         f"d = init_project(r'{proj}', ['ham', 'spam'])\n"
+        "cfg = d / 'project.toml'\n"
+        f"cfg.write_text(cfg.read_text().replace('kind = \"auto\"', 'kind = \"{args.features}\"'))\n"
         "with Project.open(d) as p:\n"
         f"    import_file(p, r'{pool}', id_col='id', label_col='label')\n"
         f"    import_file(p, r'{test}', id_col='id', label_col='label', split_col='split')\n"
         "    t = time.perf_counter(); f = features_for(p)\n"
-        "    print(time.perf_counter() - t, f.X.shape[0], f.X.shape[1], f.X.nnz, f.featurizer)\n")
+        "    print(time.perf_counter() - t, f.T.shape[0], f.T.shape[1], f.T.nnz, f.E is not None)\n")
     feat_s, nrows, ncols, nnz = setup[2].split()[:4]
     retrain = run_child(
         "import time\n"
@@ -73,8 +78,9 @@ def main() -> None:
         "r = train_and_queue(p, seed=0, batch_size=100)\n"
         "total = time.perf_counter() - t\n"
         "print(total, r.n_train, r.batch_size, r.metrics['accuracy'], r.metrics['ece'], r.seconds['features'],"
-        " r.seconds['train'], r.seconds['score_select'])\n")
-    total, n_train, batch, acc, ece, t_feat, t_train, t_score = retrain[2].split()
+        " r.seconds['train'], r.seconds['score_select'], r.seconds.get('choose_features', 0),"
+        " r.metrics['features']['name'].replace(' ', '_'))\n")
+    total, n_train, batch, acc, ece, t_feat, t_train, t_score, t_choose, used = retrain[2].split()
     score = run_child(
         "import time, numpy as np\n"
         "from labelloop.core.project import Project\n"
@@ -84,6 +90,7 @@ def main() -> None:
         "t = time.perf_counter(); feats = features_for(p); t_load = time.perf_counter() - t\n"
         "state = pool_state(p, feats)\n"
         "model = load_model(p, latest_model_version(p))['model']\n"
+        "feats.use(model.info.get('features_mode', 'tfidf'), float(model.info.get('embed_weight', 1.0)))\n"
         "t = time.perf_counter()\n"
         "scores, probs = score_pool(model, feats.X, state.candidate_rows, 'margin')\n"
         "sel = select_batch('margin', len(state.candidate_rows), 100, rng=np.random.default_rng(0), audit_share=0.1, scores=scores)\n"
@@ -97,15 +104,16 @@ def main() -> None:
         "assert np.allclose(v, w)\n"
         "print(t_load, t_sel, t_vec, t_row, len(state.candidate_rows), len(sel))\n")
     t_load, t_sel, t_vec, t_row, n_cand, n_sel = score[2].split()
-    print(f"pool {int(nrows):,} items; features {int(ncols):,} dims, {int(nnz):,} non-zeros "
-          f"(built once in {float(feat_s):.1f} s, cached)")
+    print(f"pool {int(nrows):,} items; TF-IDF {int(ncols):,} dims, {int(nnz):,} non-zeros; embeddings: {setup[2].split()[4]} "
+          f"(built once in {float(feat_s):.1f} s, cached; peak RSS {setup[1]:.0f} MiB); [features] kind = {args.features}, "
+          f"model uses {used.replace('_', ' ')}")
     print(f"{'step':<52}{'seconds':>9}{'peak RSS MiB':>14}")
     print(f"{'load cached features':<52}{float(t_load):>9.2f}")
     print(f"{'score ' + format(int(n_cand), ',') + ' items + select a batch of 100':<52}{float(t_sel):>9.2f}{score[1]:>14.0f}")
     print(f"{'  margin, vectorised (1M rows)':<52}{float(t_vec):>9.4f}")
     print(f"{'  margin, np.apply_along_axis per row (1M rows)':<52}{float(t_row):>9.2f}")
     print(f"{'retrain on ' + n_train + ' labels, calibrate, rescore, queue':<52}{float(total):>9.2f}{retrain[1]:>14.0f}")
-    print(f"    (features {float(t_feat):.2f} s, train+calibrate {float(t_train):.2f} s, score+select {float(t_score):.2f} s;"
+    print(f"    (features {float(t_feat):.2f} s, choosing them {float(t_choose):.2f} s, train+calibrate {float(t_train):.2f} s, score+select {float(t_score):.2f} s;"
           f" test accuracy {float(acc):.3f}, ECE {float(ece):.3f})")
     ratio = float(t_row) / float(t_vec)
     print()

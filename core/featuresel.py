@@ -145,15 +145,3 @@ def choose_features(T, E, rows: np.ndarray, y, *, kind: str = "auto", seed: int 
     out.update(mode=mode, weight=w, C=C, name=name_of(mode, w),
                reason=f"{len(folds)}-fold cross-validated accuracy on {len(rows)} labels")
     return out
-
-
-def describe(choice: dict) -> str:
-    """One line: the choice and the evidence it rests on."""
-    if not choice:
-        return ""
-    head = f"features {choice.get('name')} (C={choice.get('C', C_DEFAULT):g})"
-    ev = choice.get("evidence") or {}
-    if not ev:
-        return f"{head}: {choice.get('reason', '')}"
-    parts = ", ".join(f"{k} {v[0]:.3f}±{v[1]:.3f}" if v[0] is not None else f"{k} n/a" for k, v in ev.items())
-    return f"{head}, by {choice.get('reason', '')}: {parts}"

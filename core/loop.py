@@ -158,6 +158,12 @@ def state_from(feats: FeatureSet, labelled: list, test: list, taken_ords: list) 
     )
 
 
+def _arms(labelled: list) -> list[str]:
+    """Each labelled row's arm: 'audit' (random-audit control), 'cold' (the cold start) or 'al'."""
+    return ["audit" if a else ("cold" if (st or "").startswith("cold start") or not st else "al")
+            for _o, _l, st, a in labelled]
+
+
 def _origin(strategy: str | None, audit: bool | None) -> str:
     """Where a label came from, for the prior correction: a keyword match, a random draw, or other."""
     if strategy and "(keyword match)" in strategy:
@@ -319,6 +325,7 @@ class RoundOutput:
     pool_size: int = 0                    # candidates the batch was chosen from
     scorer: object | None = None          # the model whose classes the probabilities follow
     stop_predictions: list | None = None
+    arms: dict | None = None              # AL against random-audit labels at equal budget (core/measure.py)
 
 
 def train_and_queue(project: Project, *, strategy: str | None = None, batch_size: int | None = None,
@@ -491,6 +498,13 @@ def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
             metrics = evaluate(model, X_test, state.y_test, cfg.labels)
         metrics["features"] = choice
         report.metrics = metrics
+        if not cfg.multi_label and len(state.test_rows):
+            step(0.6, "measuring the arms")
+            t = time.perf_counter()
+            from labelloop.core.measure import arm_curves
+            out.arms = arm_curves(feats.X, state.labelled_rows, state.y, _arms(inp.labelled), state.test_rows,
+                                  state.y_test, cfg.labels, C=float(choice["C"]), seed=inp.seed)
+            timings["measure"] = time.perf_counter() - t
         model.info["features_mode"], model.info["embed_weight"] = feats.mode, feats.embed_weight
         out.model, out.featurizer = model, feats.featurizer_in_use
         _stop_signal(inp, feats, model, out)
@@ -559,6 +573,7 @@ def commit_round(project: Project, inp: RoundInput, out: RoundOutput) -> TrainRe
     report = out.report
     if out.model is not None:
         report.model_version = _store_model(project, out, inp)
+        _store_measurement(project, out, inp, report.model_version)
     model_version = report.model_version
     report.batch_id = _write_batch(project, out, model_version)
     report.batch_size = len(out.selection)
@@ -662,6 +677,21 @@ def _store_model(project: Project, out: RoundOutput, inp: RoundInput) -> int:
                         train_seconds=report.seconds.get("train"), metrics=stored, artifact=artifact, origin="trained")
     report.metrics = stored
     return version
+
+
+def _store_measurement(project: Project, out: RoundOutput, inp: RoundInput, version: int) -> None:
+    """The live measurement of this model version (core/measure.py reads them all back)."""
+    m = out.report.metrics or {}
+    arms = _arms(inp.labelled)
+    data = {k: m.get(k) for k in ("accuracy", "macro_f1", "majority_baseline", "ece", "ece_uncalibrated", "n_test",
+                                  "stop_kappa", "per_class", "reliability")}
+    data["features"] = (m.get("features") or {}).get("name")
+    data["arms"] = out.arms
+    data["signals"] = {k: out.report.signals.get(k) for k in ("convergence_ratio", "converging", "stop")}
+    rounds.insert_measurement(project.store, version, n_labels=len(inp.labelled), n_al=arms.count("al"),
+                              n_audit=arms.count("audit"), n_cold=arms.count("cold"),
+                              compute_seconds=float(sum(v for k, v in out.report.seconds.items() if k != "total")),
+                              data=data)
 
 
 def _read_stop_set(project: Project, version: int) -> dict | None:

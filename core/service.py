@@ -60,14 +60,15 @@ MAX_NEXT_ITEMS = 1000
 
 # What each role may do. Admins may do everything; reviewers annotate and export.
 ANNOTATOR_OPS = frozenset({"open_session", "close_session", "next", "decide", "undo", "progress", "poll",
-                           "guidelines", "metrics", "status", "next_items", "retrain_start", "retrain_poll", "ping"})
+                           "guidelines", "metrics", "status", "next_items", "retrain_start", "retrain_poll", "ping",
+                           "check"})
 REVIEWER_OPS = ANNOTATOR_OPS | {"export", "review_queue", "review_item", "adjudicate", "undo_adjudication",
                                  "send_back"}
 ADMIN_OPS = REVIEWER_OPS | {"import", "retrain_options", "model_export", "model_import"}
 ROLE_OPS = {"annotator": ANNOTATOR_OPS, "reviewer": REVIEWER_OPS, "admin": ADMIN_OPS}
 # Reads that scan the whole project (status, metrics): served on a cursor of their own, outside the
 # service lock, so they never hold up decisions (the server runs them on its reader thread).
-READ_OPS = frozenset({"status", "metrics"})
+READ_OPS = frozenset({"status", "metrics", "check"})
 
 
 class ApiError(LabelloopError):
@@ -879,6 +880,17 @@ class Service:
         with self._lock:
             self._arms = {"version": version, "arms": arms}
 
+    def op_check(self, actor: str) -> dict:
+        """The readiness checklist, the five warning signs and every version's live measurement."""
+        from labelloop.core.readiness import readiness
+        reader = self._reader()
+        r = readiness(reader)
+        r["project"] = self.config.name
+        r["labels"] = list(self.config.labels)
+        r["cost"] = {"per_label": self.config.cost_per_label, "seconds_per_label": self.config.seconds_per_label,
+                     "compute_price_per_hour": self.config.compute_price_per_hour}
+        return jsonable(r)
+
     def op_status(self, actor: str) -> dict:
         from labelloop.core.agreement import agreement_report
         from labelloop.core.store.reports import annotation_ratings, project_status
@@ -892,6 +904,11 @@ class Service:
             rq = self.op_review_queue(actor)
         st["review"] = {"waiting": len(rq["items"]), "by_reason": rq["counts"]}
         st["gold"] = self._gold_accuracy(reader.store)
+        from labelloop.core.measure import warning_signs
+        from labelloop.core.store.reports import measurements, metrics_rows
+        batch = metrics_rows(reader.store)["batch"]
+        signals = json.loads(batch[0]["signals"]) if batch and batch[0]["signals"] else {}
+        st["warnings"] = jsonable(warning_signs(measurements(reader.store), agreement=full, signals=signals))
         with self._lock:
             st["team"] = self._team()
         return st

@@ -40,7 +40,7 @@ from labelloop.core import coldstart
 from labelloop.core.errors import InputFileError, LabelloopError
 from labelloop.core.safeio import atomic_write
 from labelloop.core.features import FEATURE_MODES, TextFeaturizer, combine
-from labelloop.core.featuresel import C_DEFAULT, FEATURE_KINDS, choose_features
+from labelloop.core.featuresel import C_DEFAULT, FEATURE_KINDS, candidates_for, choose_features
 from labelloop.core.model import evaluate, fit_model
 from labelloop.core.strategies import STRATEGY_NAMES, UNCERTAINTY, bald, cal_scores, select_batch, vote_entropy
 
@@ -256,17 +256,25 @@ def run_simulation(path: Path, text_col: str, label_col: str, cfg: SimConfig, *,
             seed_rows = coldstart.random_seed(n_pool, cfg.seed_size, rep_rng)
         seed_rows = _ensure_two_classes(seed_rows, y_pool_arr, rep_rng)
         for fi, feat in enumerate(cfg.features):
-            # features (and C) chosen on this repeat's seed labels, shared by its strategies (paired)
-            choice = choose_features(T_pool, E_pool, seed_rows, y_pool_arr[seed_rows], kind=feat,
-                                     seed=int(np.random.default_rng([cfg.seed, r, 99, fi]).integers(1 << 30)))
-            choices.append({"repeat": r, "features": feat, **{k: choice[k] for k in ("name", "mode", "weight", "C", "reason")}})
-            Xp, Xt = mats(choice["mode"], choice["weight"])
+            # features (and C) chosen on this repeat's seed labels, shared by its strategies (paired),
+            # then re-decided in each arm as its labels double, as the workstation does
+            fseed = int(np.random.default_rng([cfg.seed, r, 99, fi]).integers(1 << 30))
+
+            def choose(rows, feat=feat, fseed=fseed, C=None):
+                ch = choose_features(T_pool, E_pool, rows, y_pool_arr[rows], kind=feat, seed=fseed,
+                                     choose_c=C is None)
+                if C is not None:
+                    ch["C"] = C
+                Xp, Xt = mats(ch["mode"], ch["weight"])
+                return ch, Xp, Xt
+            first = choose(seed_rows)
+            choices.append({"repeat": r, "features": feat, "n": len(seed_rows),
+                            **{k: first[0][k] for k in ("name", "mode", "weight", "C", "reason")}})
             for strategy in cfg.strategies:
-                recs = _run_arm(strategy, r, seed_rows, Xp, y_pool, Xt, y_test, classes, cfg, float(choice["C"]),
+                recs = _run_arm(strategy, r, seed_rows, first, choose, y_pool, y_test, classes, cfg,
                                 np.random.default_rng([cfg.seed, r, STRATEGY_NAMES.index(strategy)]))
                 for rec in recs:
                     rec["features"] = feat
-                    rec["features_used"] = choice["name"]
                 records.extend(recs)
                 done += 1
                 if progress:
@@ -324,10 +332,19 @@ def quick_metrics(model, X_test, y_idx: np.ndarray, classes: list[str]) -> dict:
     return out
 
 
-def _run_arm(strategy, repeat, seed_rows, X_pool, y_pool, X_test, y_test, classes, cfg: SimConfig, C: float,
+def cfg_features_kind(choice: dict) -> str:
+    return choice.get("kind", "tfidf")
+
+
+def _run_arm(strategy, repeat, seed_rows, first, choose, y_pool, y_test, classes, cfg: SimConfig,
              rng) -> list[dict]:
-    """One learning curve: train, measure on the test split, score only the remaining pool, select."""
+    """One learning curve: train, measure on the test split, score only the remaining pool, select.
+    ``first``: the (choice, pool matrix, test matrix) decided on the seed labels; ``choose(rows)``
+    re-decides them when the labels have doubled since."""
     y_arr = np.array(y_pool, dtype=object)
+    choice, X_pool, X_test = first
+    decided_at = len(seed_rows)
+    several = len(candidates_for(cfg_features_kind(first[0]))) > 1
     y_test_idx = np.array([classes.index(v) for v in y_test])
     labelled = list(seed_rows)
     unlabelled_mask = np.ones(len(y_pool), dtype=bool)
@@ -336,12 +353,22 @@ def _run_arm(strategy, repeat, seed_rows, X_pool, y_pool, X_test, y_test, classe
     model = None
     while True:
         t = time.perf_counter()
+        if several and len(labelled) >= 2 * decided_at:
+            # the features are re-decided (C stays the one chosen on the seed labels: re-choosing it
+            # too doubled the simulation's time and left the bare-loop comparison without one C)
+            new = choose(np.array(labelled, dtype=np.int64), C=choice["C"])
+            if (new[0]["mode"], new[0]["weight"]) != (choice["mode"], choice["weight"]):
+                model = None          # other features: nothing to warm-start from
+            choice, X_pool, X_test = new
+            decided_at = len(labelled)
+        C = float(choice["C"])
         model = fit_model(X_pool[labelled], list(y_arr[labelled]), classes, calibration=cfg.calibration, C=C,
                           seed=int(rng.integers(1 << 30)), held_out="alo", warm_from=model)
         fit_s = time.perf_counter() - t
         m = quick_metrics(model, X_test, y_test_idx, classes)
         row = {"strategy": strategy, "repeat": repeat, "n_labels": len(labelled), **m,
-               "calibration_skipped": model.info.get("calibration_skipped") or "", "C": C}
+               "calibration_skipped": model.info.get("calibration_skipped") or "", "C": C,
+               "features_used": choice["name"]}
         if len(labelled) >= cfg.budget or not unlabelled_mask.any():
             row["compute_seconds"] = fit_s
             row["selected"] = False
@@ -631,8 +658,13 @@ def format_report(report: SimReport, cfg: SimConfig) -> str:
         used.setdefault(c["features"], []).append(f"{c['name']} C={c['C']:g}")
     for f, names in used.items():
         counts = {n: names.count(n) for n in dict.fromkeys(names)}
+        last = (report.curves.filter(pl.col("features") == f).sort("n_labels")
+                .group_by("strategy", "repeat").agg(pl.col("features_used").last())["features_used"].to_list())
+        final = {n: last.count(n) for n in dict.fromkeys(last)}
         lines.append(f"features {f}: chosen on the seed labels per repeat: "
-                     + ", ".join(f"{n} ({k}x)" for n, k in counts.items()))
+                     + ", ".join(f"{n} ({k}x)" for n, k in counts.items())
+                     + "; re-decided as labels double, used in the last round: "
+                     + ", ".join(f"{n} ({k} arms)" for n, k in final.items()))
     lines.append("")
     lines.append(f"{'features':<13}{'strategy':<18}{'labels to target':>18}{'reached':>9}{'final acc':>16}"
                  f"{'ECE sel.':>9}{'curve mean':>11}{'compute/round':>15}")

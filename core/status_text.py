@@ -74,8 +74,20 @@ def format_status(st: dict[str, Any]) -> str:
             parts = [f"{k} {tm[k]:.3f}" for k in ("accuracy", "majority_baseline", "macro_f1", "ece", "brier", "nll")
                      if isinstance(tm.get(k), (int, float))]
             lines.append("  test: " + ", ".join(parts) + (f" (n={tm['n_test']:,})" if tm.get("n_test") else ""))
+        if isinstance(tm.get("features"), dict):
+            ch = tm["features"]
+            when = (f"; decided at {ch['decided_at']:,} labels, re-decided when they double"
+                    if isinstance(ch.get("decided_at"), int) else "")
+            lines.append("  " + describe(ch) + when)
     else:
         lines.append("Model        none trained yet (labelloop train DIR)")
+    signs = st.get("warnings") or []
+    fired = [w for w in signs if w.get("fires")]
+    if signs:
+        lines.append("")
+        lines.append(f"Warnings     {len(fired)} of {len(signs)} warning signs" + (":" if fired else " (labelloop check DIR)"))
+        for w in fired:
+            lines.append(f"  {w['key']}: {w['rule']}; {w['todo']}")
     return "\n".join(lines)
 
 
@@ -107,3 +119,16 @@ def agreement_lines(ag: dict | None) -> list[str]:
         lines.append(f"  AL-selected items      {_stat(al)} (n={al['n_items']})")
         lines.append(f"  random-audit items     {_stat(au)} (n={au['n_items']})")
     return lines
+
+
+def describe(choice: dict) -> str:
+    """One line: a model version's features and the evidence they were chosen on (core/featuresel.py)."""
+    if not choice:
+        return ""
+    c = choice.get("C")
+    head = f"features {choice.get('name')}" + (f" (C={c:g})" if isinstance(c, (int, float)) else "")
+    ev = choice.get("evidence") or {}
+    if not ev:
+        return f"{head}: {choice.get('reason', '')}"
+    parts = ", ".join(f"{k} {v[0]:.3f}±{v[1]:.3f}" if v and v[0] is not None else f"{k} n/a" for k, v in ev.items())
+    return f"{head}, by {choice.get('reason', '')}: {parts}"

@@ -36,14 +36,15 @@ async def test_label_key_records_the_label_with_context(proj, open_app):
     async with app.run_test(size=(120, 40)) as pilot:
         first = app.ws.current()
         assert first.probs and first.model_version == 1
-        await pilot.press("2")
+        await pilot.press({"ham": "1", "spam": "2"}[first.suggestion])   # the suggestion's own label key
         second = app.ws.current()
         assert second.item_id != first.item_id
     app.ws.close()
     ev = events(proj)
     assert len(ev) == 1
     e = ev[0]
-    assert (e["item_id"], e["kind"], e["labels"], e["actor"]) == (first.item_id, "label", ["spam"], open_app.actor)
+    assert (e["item_id"], e["kind"], e["labels"], e["actor"]) == (first.item_id, "label", [first.suggestion],
+                                                                  open_app.actor)
     assert e["via"] in ("key", "key-agrees") and e["duration_ms"] > 0
     assert e["model_version"] == 1 and e["batch_id"] == first.batch_id and e["strategy"] == first.strategy
     assert json.loads(e["shown_probs"]) == pytest.approx(first.probs) and e["suggestion"] == first.suggestion

@@ -121,6 +121,24 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from labelloop.core.readiness import format_readiness
+    with _client(args.dir) as client:
+        r = client.call("check")
+    print(safe_json(r, indent=2, default=str)) if args.json else say(format_readiness(r))
+    failed = [c for c in r["checks"] if c["status"] == "fail"]
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from labelloop.core.report import write_report
+    with _client(args.dir) as client:
+        r = client.call("check")
+    page = write_report(r, Path(args.out))
+    say(f"Report: {page} (with every figure as CSV beside it in {Path(args.out)}).")
+    return 0
+
+
 def cmd_train(args) -> int:
     import time
 
@@ -292,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("check", help="readiness checklist and the five warning signs (exit 1 when a check fails)")
+    s.add_argument("dir")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("report", help="one self-contained HTML page with the charts, checks and warnings")
+    s.add_argument("dir")
+    s.add_argument("--out", required=True, help="folder for report.html and the figures as CSV")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("train", help="retrain, calibrate, rescore the pool and refill the queue")
     s.add_argument("dir")

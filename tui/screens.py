@@ -296,6 +296,9 @@ class MetricsScreen(Screen):
                          f"  macro-F1 {latest['macro_f1']:.3f}\n"
                          f"ECE {latest['ece']:.3f} (raw {latest.get('ece_uncalibrated') or 0:.3f})  "
                          f"Brier {latest.get('brier') or 0:.3f}  NLL {latest.get('nll') or 0:.3f}\n")
+            if isinstance(latest.get("features"), dict):
+                from labelloop.core.status_text import describe
+                t.append(safe_line(describe(latest["features"]), None) + "\n", style="dim")
         else:
             t.append("No model yet.\n", style="bold")
         t.append("\nLabels\n", style="bold")

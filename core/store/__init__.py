@@ -381,6 +381,20 @@ MIGRATIONS.append(
         # resent after a dropped connection is stored once (the service looks ids up before writing).
         "ALTER TABLE event_log ADD COLUMN client_msg_id VARCHAR",
     ]))
+MIGRATIONS.append(
+    (5, "live measurement: one row per trained model version", [
+        # Recomputed after each retrain (core/loop.py commit_round, core/measure.py): what the
+        # metrics pane, status, check and report read as curves over time.
+        """CREATE TABLE measurements (
+            version INTEGER PRIMARY KEY,
+            created_at TIMESTAMPTZ NOT NULL,
+            n_labels INTEGER NOT NULL,
+            n_al INTEGER NOT NULL,
+            n_audit INTEGER NOT NULL,
+            n_cold INTEGER NOT NULL,
+            compute_seconds DOUBLE NOT NULL,   -- cumulative retrain compute up to this version
+            data JSON NOT NULL)""",
+    ]))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -134,3 +134,37 @@ def annotation_ratings(store) -> tuple[dict, set]:
         if is_audit:
             audit.add(item_id)
     return ratings, audit
+
+
+def measurements(store) -> list[dict]:
+    """Every trained model version's live measurement, oldest first, with its data parsed."""
+    out = []
+    for r in store.dicts("""SELECT version, created_at, n_labels, n_al, n_audit, n_cold, compute_seconds, data
+                            FROM measurements ORDER BY version"""):
+        data = json.loads(r.pop("data"))
+        out.append({**r, **data})
+    return out
+
+
+def duplicates_and_leakage(store) -> dict:
+    """Exact-text duplicates inside the pool and pool texts that also stand in the test split."""
+    pool_n, pool_distinct = store.rows("SELECT count(*), count(DISTINCT text) FROM items WHERE split = 'pool'")[0]
+    leaked = store.scalar("""SELECT count(*) FROM items p WHERE p.split = 'pool'
+                             AND EXISTS (SELECT 1 FROM items t WHERE t.split = 'test' AND t.text = p.text)""")
+    examples = [r[0] for r in store.rows("""SELECT p.id FROM items p WHERE p.split = 'pool'
+                AND EXISTS (SELECT 1 FROM items t WHERE t.split = 'test' AND t.text = p.text) ORDER BY p.ord LIMIT 3""")]
+    return {"pool": int(pool_n), "pool_duplicates": int(pool_n - pool_distinct), "leaked": int(leaked or 0),
+            "leaked_examples": examples}
+
+
+def correction_reasons(store) -> list[tuple]:
+    """(error category, whether the item was AL-selected) of every effective correction."""
+    return store.rows("""
+        SELECT error_category, NOT coalesce(audit, false) AND coalesce(strategy, '') NOT LIKE 'cold start%'
+               AND coalesce(strategy, '') <> 'gold'
+        FROM effective_events WHERE kind = 'label' AND via = 'correction'""")
+
+
+def retrain_seconds(store) -> list[tuple]:
+    """(version, train seconds, n_train) of every trained model."""
+    return store.rows("SELECT version, train_seconds, n_train FROM models WHERE origin = 'trained' ORDER BY version")

@@ -112,3 +112,29 @@ def insert_batch(store: Store, *, model_version: int | None, strategy: str, size
                                unnest($9::INTEGER[]), unnest($10::VARCHAR[])""",
                         [[batch_id] * n, *[list(c) for c in queue_columns]])
     return batch_id
+
+
+def insert_measurement(store: Store, version: int, *, n_labels: int, n_al: int, n_audit: int, n_cold: int,
+                       compute_seconds: float, data: dict) -> None:
+    """The live measurement of a trained model version (cumulative compute includes this retrain)."""
+    prev = store.scalar("SELECT coalesce(sum(train_seconds), 0) FROM models WHERE version < ?", [version]) or 0.0
+    store.con.execute(
+        "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [version, utcnow(), n_labels, n_al, n_audit, n_cold, float(prev) + float(compute_seconds),
+         json.dumps(_clean(data), allow_nan=False)])
+
+
+def _clean(v):
+    """JSON-safe: numpy scalars to Python, NaN and infinities to null."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return f if np.isfinite(f) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    return v
