@@ -61,7 +61,7 @@ def main() -> None:
         "from labelloop.core.loop import features_for\n"
         "import time\n"
         f"d = init_project(r'{proj}', ['ham', 'spam'])\n"
-        "cfg = d / 'project.toml'\n"
+        "cfg = d / 'labelloop.toml'\n"
         f"cfg.write_text(cfg.read_text().replace('kind = \"auto\"', 'kind = \"{args.features}\"'))\n"
         "with Project.open(d) as p:\n"
         f"    import_file(p, r'{pool}', id_col='id', label_col='label')\n"

@@ -688,6 +688,15 @@ def _store_measurement(project: Project, out: RoundOutput, inp: RoundInput, vers
     data["features"] = (m.get("features") or {}).get("name")
     data["arms"] = out.arms
     data["signals"] = {k: out.report.signals.get(k) for k in ("convergence_ratio", "converging", "stop")}
+    # the warning signs as they stand with this version (the labelling screen's summary line reads them)
+    from labelloop.core.agreement import agreement_report
+    from labelloop.core.measure import warning_signs
+    from labelloop.core.store import reports
+    ratings, audit = reports.annotation_ratings(project.store)
+    agreement = agreement_report(ratings, audit_items=audit, bootstrap=0) if ratings else None
+    previous = reports.measurements(project.store)
+    data["warnings"] = [w["key"] for w in warning_signs(previous + [data], agreement=agreement,
+                                                        signals=out.report.signals) if w["fires"]]
     rounds.insert_measurement(project.store, version, n_labels=len(inp.labelled), n_al=arms.count("al"),
                               n_audit=arms.count("audit"), n_cold=arms.count("cold"),
                               compute_seconds=float(sum(v for k, v in out.report.seconds.items() if k != "total")),

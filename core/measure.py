@@ -191,3 +191,24 @@ def to_datetime(v) -> datetime | None:
         except ValueError:
             return None
     return None
+
+
+def summary_line(m: dict | None) -> str:
+    """One line for the labelling screen: AL against random at the largest equal budget, ECE, the
+    warning signs that fire (from a stored measurement)."""
+    if not m:
+        return "no model measured yet"
+    parts = [f"v{m['version']}"]
+    fired = m.get("warnings") or []
+    parts.append(f"{len(fired)} of 5 warnings" + (f" ({', '.join(fired)})" if fired else ""))
+    if m.get("ece") is not None:
+        parts.append(f"ECE {m['ece']:.3f}")
+    pts = (m.get("arms") or {}).get("points") or []
+    if pts:
+        p = pts[-1]
+        verdict = ("AL ahead" if p["diff_low"] > 0 else "random ahead" if p["diff_high"] < 0 else "no measurable difference")
+        parts.append(f"AL-random {p['diff']:+.3f} [{p['diff_low']:+.3f}, {p['diff_high']:+.3f}] at {p['n']} labels each"
+                     f" ({verdict})")
+    else:
+        parts.append(f"AL vs random: {m.get('n_audit', 0)} audit labels, too few to compare")
+    return " · ".join(parts)

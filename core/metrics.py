@@ -51,7 +51,14 @@ def metrics_snapshot(project: Project) -> dict:
         a["agree"] += label == max(p, key=p.get)
     for a in anchoring.values():
         a["agree_with_model"] = a.pop("agree") / a["n"]
-    return {"curve": curve, "latest": latest, "distribution": distribution, "throughput": throughput,
+    from labelloop.core.measure import summary_line
+    measured = reports.measurements(project.store)
+    compact = [{k: m.get(k) for k in ("version", "n_labels", "n_al", "n_audit", "n_cold", "accuracy", "macro_f1",
+                                      "ece", "ece_uncalibrated", "warnings")} for m in measured]
+    last_arms = measured[-1].get("arms") if measured else None
+    return {"measurements": compact, "arms_latest": last_arms,
+            "summary": summary_line(measured[-1] if measured else None),
+            "curve": curve, "latest": latest, "distribution": distribution, "throughput": throughput,
             "corrections": corrections, "arms": arms, "signals": signals, "warnings": warnings_for(report),
             "anchoring": anchoring,
             "stop_rule": f"kappa >= {STOP_KAPPA} on the stop set for {STOP_ROUNDS} rounds"}

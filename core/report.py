@@ -16,19 +16,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from labelloop.core.safeio import atomic_write, atomic_write_text
+from labelloop.core.textsafe import safe_line
 
 CHARTS = ("learning_curves", "arms", "reliability", "recall", "cost", "agreement")
 MARKERS = "osD^v<>ph*"
 
 
 def _t(s) -> str:
-    """Data text for matplotlib: ``$`` escaped so nothing is read as mathtext."""
-    return str(s).replace("$", r"\$")
+    """Data text for matplotlib: control characters made visible, ``$`` escaped so nothing is read
+    as mathtext."""
+    return safe_line(str(s), None).replace("$", r"\$")
+
+
+def _h(s) -> str:
+    """Data text for the page: control characters made visible, then HTML-escaped."""
+    return html.escape(safe_line(str(s), None))
 
 
 def _svg(fig) -> str:
+    import warnings
     buf = io.BytesIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    with warnings.catch_warnings():   # a glyph the font lacks (e.g. a control picture) stays text in the SVG
+        warnings.simplefilter("ignore", UserWarning)
+        fig.savefig(buf, format="svg", bbox_inches="tight")
     import matplotlib.pyplot as plt
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -193,7 +203,7 @@ def write_report(r: dict, out: Path) -> Path:
     _csv(out / "warnings.csv", ["sign", "fires", "value", "rule", "todo"],
          [[w["key"], w["fires"], w["value"], w["rule"], w["todo"]] for w in signs])
 
-    e = html.escape
+    e = _h
     colour = {"pass": "#1b7f3b", "warn": "#a86b00", "fail": "#b00020", "n/a": "#666"}
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

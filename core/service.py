@@ -616,7 +616,19 @@ class Service:
         return {"left": self.assign.left_for(actor, self.clock()), "batch": self.batch_id,
                 "paused": self._pause_text(actor) if self.config.gold_pause else None,
                 "retraining": bool(job and job.running), "job": job.to_dict() if job else None,
-                "others": self._others(actor), "done_session": sess.decisions if sess else 0}
+                "others": self._others(actor), "done_session": sess.decisions if sess else 0,
+                "summary": self._summary()}
+
+    def _summary(self) -> str:
+        """The labelling screen's summary line, recomputed when a new model version is stored."""
+        from labelloop.core.measure import summary_line
+        from labelloop.core.store.reports import latest_measurement
+        v = self.batch_id
+        cached = getattr(self, "_summary_cache", None)
+        if cached is None or cached[0] != v:
+            cached = (v, summary_line(latest_measurement(self.store)))
+            self._summary_cache = cached
+        return cached[1]
 
     def _maybe_refill(self) -> None:
         """Nothing left to hand out: queue a new batch if the pool still has items."""

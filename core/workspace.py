@@ -120,6 +120,7 @@ class Workspace:
         self.retraining = False
         self.job: dict | None = None
         self.others = 0
+        self.summary = ""   # the service's one line on whether AL is working (core/measure.summary_line)
         self.decisions_session = 0
         self.paused: str | None = None      # [team] gold_pause: why this annotator gets no more items
         self.session_started = time.time()
@@ -171,6 +172,7 @@ class Workspace:
         self.others = answer.get("others", self.others)
         self.decisions_session = answer.get("done_session", self.decisions_session)
         self.paused = answer.get("paused")
+        self.summary = answer.get("summary", getattr(self, "summary", ""))
         return answer
 
     # -- queue -------------------------------------------------------------------------------------

@@ -347,3 +347,33 @@ async def test_a_new_batch_from_someone_elses_retrain_is_announced(tmp_path):
         app.ws.close()
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (60, 20)])
+async def test_metrics_pane_scrolls_to_the_warnings_on_a_small_terminal(proj, open_app, size):
+    """At 80x24 and 60x20 the charts, the AL-vs-random lines and the warnings do not fit: the pane
+    scrolls (keyboard), and the summary line (AL vs random, ECE, warnings) stays on top."""
+    app = open_app(proj)
+    async with app.run_test(size=size) as pilot:
+        summary = str(app.screen.query_one("#summary").render())
+        assert "Is AL working?" in summary and "ECE" in summary and "warnings" in summary
+        await pilot.press("m")
+        assert type(app.screen).__name__ == "MetricsScreen"
+        for _ in range(100):
+            await pilot.pause(0.1)
+            if "computing" not in str(app.screen.query_one("#numbers").render()):
+                break
+        head = str(app.screen.query_one("#metrics-summary").render())
+        assert head.startswith("Is AL working?") and "of 5 warnings" in head
+        scroll = app.screen.query_one("#metrics-scroll")
+        assert scroll.max_scroll_y > 0
+        await pilot.press("end")
+        await pilot.pause(0.2)
+        assert scroll.scroll_y == scroll.max_scroll_y
+        numbers = str(app.screen.query_one("#numbers").render())
+        assert "AL vs random audit at equal budget" in numbers and "Warnings" in numbers
+        # the numbers' last line is inside the visible region after scrolling to the end
+        region = app.screen.query_one("#numbers").region
+        assert region.bottom <= scroll.region.bottom + 1
+        await pilot.press("escape")
+    app.ws.close()

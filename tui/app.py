@@ -94,6 +94,7 @@ class LabelApp(App):
                 yield Static("", id="suggestion", markup=False)
                 yield Static("", id="why", markup=False)
         yield Static("", id="labelbar", markup=False)
+        yield Static("", id="summary", markup=False)
         with Horizontal(id="status"):
             yield Static("", id="progress", markup=False)
             yield ProgressBar(total=1.0, show_eta=False, id="retrain-bar")
@@ -224,6 +225,7 @@ class LabelApp(App):
         if p.others:
             parts.append(f"{p.others} other{'s' if p.others != 1 else ''} working")
         self.query_one("#progress", Static).update(Text(" · ".join(parts)))
+        self.query_one("#summary", Static).update(Text("Is AL working? " + (self.ws.summary or "–"), style="dim"))
 
     # -- decisions -----------------------------------------------------------------
     DECISION_ACTIONS = {"accept", "reject", "skip", "flag", "undo", "retrain", "metrics", "help"}

@@ -207,15 +207,19 @@ class MetricsScreen(Screen):
         self.ws = workspace
 
     def compose(self) -> ComposeResult:
-        with Grid(id="metrics-grid"):
-            yield PlotextPlot(id="curve")
-            yield PlotextPlot(id="reliability")
-            yield PlotextPlot(id="recall")
+        yield Static("", id="metrics-summary", markup=False)
+        with VerticalScroll(id="metrics-scroll"):
+            with Grid(id="metrics-grid"):
+                yield PlotextPlot(id="curve")
+                yield PlotextPlot(id="arms")
+                yield PlotextPlot(id="reliability")
+                yield PlotextPlot(id="recall")
             yield Static("", id="numbers", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
         self.action_refresh()
+        self.query_one("#metrics-scroll").focus()
 
     def action_refresh(self) -> None:
         self.query_one("#numbers", Static).update(Text("computing…", style="italic"))
@@ -223,47 +227,74 @@ class MetricsScreen(Screen):
 
     @work(thread=True, exclusive=True, group="metrics", exit_on_error=False)
     def load(self) -> None:
-        """The snapshot first; the learning curves by arm train small models in the service, so they
-        are asked for until they are ready."""
-        import time
-        worker = get_current_worker()
-        answer = self.ws.metrics(arms=True)
-        snap = answer["snapshot"]
-        self.app.call_from_thread(self.draw, snap, answer["arms"])
-        deadline = time.monotonic() + 120
-        while answer["arms_pending"] and not worker.is_cancelled and time.monotonic() < deadline:
-            time.sleep(0.3)
-            answer = self.ws.metrics(arms=True)
-        if not answer["arms_pending"]:
-            self.app.call_from_thread(self.draw, answer["snapshot"], answer["arms"])
+        """One snapshot: every chart reads what the retrains measured and stored (no training here)."""
+        answer = self.ws.metrics()
+        self.app.call_from_thread(self.draw, answer["snapshot"], None)
 
-    def draw(self, snap: dict, arms: dict | None) -> None:
+    @staticmethod
+    def _int_ticks(plt, xs: list[int]) -> None:
+        """Integer label counts on the x axis (at most 6 ticks)."""
+        xs = sorted(set(int(x) for x in xs))
+        if not xs:
+            return
+        step = max(1, -(-len(xs) // 6))
+        ticks = xs[::step] if xs[-1] in xs[::step] else xs[::step] + [xs[-1]]
+        plt.xticks(ticks, [str(t) for t in ticks])
+
+    def draw(self, snap: dict, arms: dict | None = None) -> None:
         latest = snap.get("latest") or {}
+        ms = [m for m in (snap.get("measurements") or []) if m.get("accuracy") is not None]
+        fired = (ms[-1].get("warnings") if ms else None) or []
+        head = Text()
+        head.append("Is AL working? ", style="bold")
+        head.append(safe_line(snap.get("summary") or "no model measured yet", None))
+        if fired:
+            head.append("\nWarning signs: " + ", ".join(fired) + " (details below; labelloop check for what to do)",
+                        style="yellow")
+        self.query_one("#metrics-summary", Static).update(head)
+
+        # One point per model version, markers that differ without colour, legends in the titles (outside
+        # the data), integer label ticks.
         curve = self.query_one("#curve", PlotextPlot)
         plt = curve.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title("Test accuracy vs labels")
+        plt.title("Per version: ● acc ◆ macro-F1")
         plt.ylim(0, 1)
         plt.xlabel("labels")
-        if snap["curve"]:
-            plt.plot([c["n_train"] for c in snap["curve"]], [c["accuracy"] for c in snap["curve"]], label="all labels", marker="dot")
-        if arms and arms.get("al"):
-            plt.plot([p["n"] for p in arms["al"]], [p["accuracy"] for p in arms["al"]], label="AL-selected", marker="dot")
-        if arms and arms.get("random"):
-            plt.plot([p["n"] for p in arms["random"]], [p["accuracy"] for p in arms["random"]], label="random audit", marker="dot")
+        if ms:
+            xs = [m["n_labels"] for m in ms]
+            plt.plot(xs, [m["accuracy"] for m in ms], marker="●")
+            plt.plot(xs, [m["macro_f1"] or 0 for m in ms], marker="◆")
+            self._int_ticks(plt, xs)
         curve.refresh()
+
+        arm_plot = self.query_one("#arms", PlotextPlot)
+        plt = arm_plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        pts = (snap.get("arms_latest") or {}).get("points") or []
+        plt.title("Same budget: ▲ AL ■ random")
+        plt.ylim(0, 1)
+        plt.xlabel("labels per model")
+        if pts:
+            xs = [p["labels_each"] for p in pts]
+            plt.plot(xs, [p["al"] for p in pts], marker="▲")
+            plt.plot(xs, [p["random"] for p in pts], marker="■")
+            self._int_ticks(plt, xs)
+        arm_plot.refresh()
+
         rel = self.query_one("#reliability", PlotextPlot)
         plt = rel.plt
         plt.clear_data()
         plt.clear_figure()
         r = latest.get("reliability")
         if r:
-            plt.title(f"Reliability (ECE {latest.get('ece', 0):.3f}, 15 bins)")
+            plt.title(f"ECE {latest.get('ece', 0):.3f}: ● bins · ideal")
             xs = [c for c, n in zip(r["bin_confidence"], r["bin_counts"]) if n]
             ys = [a for a, n in zip(r["bin_accuracy"], r["bin_counts"]) if n]
-            plt.plot([0, 1], [0, 1], label="perfect", marker="braille")
-            plt.scatter(xs, ys, label="bins", marker="o")
+            plt.plot([0, 1], [0, 1], marker="·")
+            plt.scatter(xs, ys, marker="●")
             plt.xlim(0, 1)
             plt.ylim(0, 1)
             plt.xlabel("confidence")
@@ -276,16 +307,16 @@ class MetricsScreen(Screen):
         plt.clear_figure()
         pc = latest.get("per_class") or {}
         if pc:
-            plt.title("Per-class recall (test)")
+            plt.title("Recall per class")
             plt.bar([safe_line(c, 12) for c in pc], [v["recall"] for v in pc.values()], orientation="horizontal",
                     width=0.4)
             plt.xticks([0, 0.25, 0.5, 0.75, 1.0])
         else:
             plt.title("Per-class recall: no model yet")
         rec.refresh()
-        self.query_one("#numbers", Static).update(self._numbers(snap, arms))
+        self.query_one("#numbers", Static).update(self._numbers(snap, pts))
 
-    def _numbers(self, snap: dict, arms: dict | None) -> Text:
+    def _numbers(self, snap: dict, arm_points: list) -> Text:
         t = Text()
         latest = snap.get("latest") or {}
         if latest:
@@ -341,12 +372,13 @@ class MetricsScreen(Screen):
                                               if r["value"] is not None and r["low"] is not None else
                                               f"{r['value']:.2f}" if r["value"] is not None else "undefined")
                     for c, r in per_class[:6]))
-        if arms is None:
-            t.append("\nAL vs random audit: computing…", style="dim")
-        elif arms.get("error"):
-            t.append(f"\nAL vs random audit: {arms['error']}", style="dim")
-        elif not arms.get("random"):
-            t.append("\nAL vs random audit: no audit labels yet", style="dim")
+        t.append("\nAL vs random audit at equal budget (95% bootstrap bands over test items):", style="bold")
+        for p in arm_points:
+            t.append(f"\n  {p['labels_each']} labels each: AL {p['al']:.3f} [{p['al_low']:.3f}, {p['al_high']:.3f}], "
+                     f"random {p['random']:.3f} [{p['random_low']:.3f}, {p['random_high']:.3f}], "
+                     f"AL - random {p['diff']:+.3f} [{p['diff_low']:+.3f}, {p['diff_high']:+.3f}]")
+        if not arm_points:
+            t.append("\n  not enough random-audit labels yet", style="dim")
         t.append("\n\nWarnings\n", style="bold")
         for w in snap["warnings"] or ["none"]:
             t.append(f"• {w}\n", style="yellow" if w != "none" else "")

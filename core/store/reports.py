@@ -168,3 +168,13 @@ def correction_reasons(store) -> list[tuple]:
 def retrain_seconds(store) -> list[tuple]:
     """(version, train seconds, n_train) of every trained model."""
     return store.rows("SELECT version, train_seconds, n_train FROM models WHERE origin = 'trained' ORDER BY version")
+
+
+def latest_measurement(store) -> dict | None:
+    """The newest version's measurement (cheap: one row)."""
+    rows = store.dicts("""SELECT version, n_labels, n_al, n_audit, n_cold, data FROM measurements
+                          ORDER BY version DESC LIMIT 1""")
+    if not rows:
+        return None
+    r = rows[0]
+    return {**{k: v for k, v in r.items() if k != "data"}, **json.loads(r["data"])}
