@@ -225,6 +225,28 @@ def combine(T, E, rows: np.ndarray, mode: str, weight: float):
     return X
 
 
+class CombinedRows:
+    """Rows of a ``FeatureMatrix`` for scoring: ``rows @ W`` (W: weights over the combined columns)
+    is computed block by block, TF-IDF rows sparse and embedding rows dense, so the combined CSR
+    matrix (256 stored values per row) is never built. What ``model.decision`` needs: ``shape`` and
+    ``@``."""
+
+    def __init__(self, T_rows, E_rows: np.ndarray, mode: str, weight: float):
+        self.T_rows, self.E_rows, self.mode, self.weight = T_rows, E_rows, mode, float(weight)
+        n_text = T_rows.shape[1] if (T_rows is not None and mode != "embed") else 0
+        self.shape = (E_rows.shape[0], n_text + EMBED_DIM)
+
+    def __matmul__(self, W):
+        W = np.asarray(W)
+        if self.mode == "embed":
+            return self.E_rows @ W
+        n_text = self.shape[1] - EMBED_DIM
+        scale = np.float32(1.0 / np.sqrt(1.0 + self.weight * self.weight))
+        text = self.T_rows @ W[:n_text]
+        text = text.toarray() if sp.issparse(text) else np.asarray(text)
+        return scale * (text + np.float32(self.weight) * (self.E_rows @ W[n_text:]))
+
+
 class FeatureMatrix:
     """Row access to the features of one mode (what ``FeatureSet.X`` is when embeddings are used):
     ``M[rows]`` gives those rows (see ``combine``), ``M.shape`` the full size. Nothing of the full
@@ -240,6 +262,12 @@ class FeatureMatrix:
         if isinstance(rows, slice):
             rows = np.arange(*rows.indices(self.shape[0]))
         return combine(self.T, self.E, np.asarray(rows), self.mode, self.weight)
+
+    def lazy(self, rows) -> CombinedRows:
+        """Rows for scoring only (``@`` with weights), without building the combined matrix."""
+        rows = np.asarray(rows)
+        T_rows = self.T[rows] if (self.T is not None and self.mode != "embed") else None
+        return CombinedRows(T_rows, np.asarray(self.E[rows], dtype=np.float32), self.mode, self.weight)
 
 
 @dataclass

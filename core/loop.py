@@ -210,7 +210,7 @@ def score_pool(model: CalibratedModel, X, rows: np.ndarray, strategy: str, *, co
                              f"use one of {', '.join(ML_STRATEGIES)}.")
     table = ML_UNCERTAINTY if multi else UNCERTAINTY
     for start in range(0, n, chunk):
-        Xc = X[rows[start:start + chunk]]
+        Xc = X.lazy(rows[start:start + chunk]) if hasattr(X, "lazy") else X[rows[start:start + chunk]]
         p = model.predict_proba(Xc)
         probs[start:start + chunk] = p
         if base in table:
@@ -533,7 +533,9 @@ def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
         report.strategy = f"cold start: {cfg.cold_start}"
     elif not trainable and cfg.cold_start == "stratified":
         # An imported model's predicted classes stratify the first batch: every class gets its share.
-        probs = np.vstack([model.predict_proba(feats.X[state.candidate_rows[i:i + SCORE_CHUNK]])
+        X = feats.X
+        probs = np.vstack([model.predict_proba(X.lazy(state.candidate_rows[i:i + SCORE_CHUNK]) if hasattr(X, "lazy")
+                                               else X[state.candidate_rows[i:i + SCORE_CHUNK]])
                            for i in range(0, len(state.candidate_rows), SCORE_CHUNK)])
         n = len(state.candidate_rows)
         k = min(batch_size, n)

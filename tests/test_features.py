@@ -162,3 +162,16 @@ def test_choice_without_enough_labels_to_cross_validate_says_so():
                              np.array(["x", "y", "z"], dtype=object), kind="auto")
     assert choice["folds"] == 0 and "not cross-validated" in choice["reason"]
     assert choice["mode"] in FEATURE_MODES
+
+
+@pytest.mark.parametrize("mode", ["embed", "tfidf+embed"])
+def test_scoring_rows_block_by_block_equal_the_combined_matrix(tmp_path, mode):
+    texts = [f"item {i} talks about {'cats' if i % 3 else 'stocks'} and more" for i in range(30)]
+    arrays = (np.array([f"i{i}" for i in range(30)], dtype=object), np.arange(30), np.array(["pool"] * 30, dtype=object),
+              texts, np.arange(30, dtype=np.uint64))
+    feats = load_or_build_features((30, 29, "x"), lambda: arrays, tmp_path, embeddings=True).use(mode, 0.5)
+    rows = np.array([3, 1, 17, 29])
+    W = np.random.default_rng(0).normal(size=(feats.X.shape[1], 4)).astype(np.float32)
+    full = feats.X[rows]
+    full = full.toarray() if sp.issparse(full) else full
+    assert np.allclose(feats.X.lazy(rows) @ W, full @ W, atol=1e-4)
