@@ -17,9 +17,10 @@ def test_init_creates_project_files(tmp_path):
     assert "wrong class" in cfg.taxonomy and "out of distribution" in cfg.taxonomy
     assert cfg.cost_per_label > 0 and cfg.seconds_per_label > 0
     with Store.open(d) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 4
+        assert s.schema_version() == SCHEMA_VERSION == 5
         tables = {r[0] for r in s.rows("SELECT table_name FROM information_schema.tables")}
-        assert {"items", "events", "models", "queue", "batches", "final_labels", "final_decisions", "annotations"} <= tables
+        assert {"items", "events", "models", "queue", "batches", "final_labels", "final_decisions", "annotations",
+                "measurements"} <= tables
 
 
 def test_init_refuses_existing_project(tmp_path):
