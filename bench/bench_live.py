@@ -130,6 +130,18 @@ def main() -> None:
     rep = run_simulation(data, "text", "label", cfg_sim, split_col="split")
     print(f"\n== simulate on the same data ({time.perf_counter() - t:.0f} s)")
     print(format_report(rep, cfg_sim))
+    # the direction at the budgets the live arms could be compared at (the audit arm is 10% of the labels)
+    import polars as pl
+    from labelloop.core.simulate import paired_interval
+    print("\nsimulate, margin - random accuracy by labels (paired over repeats), beside the live equal-budget points:")
+    for n_sim in sorted(set(rep.curves["n_labels"].to_list())):
+        a = rep.curves.filter((pl.col("strategy") == "margin") & (pl.col("n_labels") == n_sim)).sort("repeat")
+        b = rep.curves.filter((pl.col("strategy") == "random") & (pl.col("n_labels") == n_sim)).sort("repeat")
+        iv = paired_interval(a["accuracy"].to_numpy(), b["accuracy"].to_numpy())
+        live = [p for p in (arms.get("points") or []) if abs(p["labels_each"] - n_sim) <= 25]
+        side = "; live AL - random at {} labels each: {:+.3f} [{:+.3f}, {:+.3f}]".format(
+            live[-1]["labels_each"], live[-1]["diff"], live[-1]["diff_low"], live[-1]["diff_high"]) if live else ""
+        print(f"  {n_sim:>4} labels: {iv['mean']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}]{side}")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,11 @@ def check_pool(rows: list[dict], pool_size: int) -> dict:
     a, b, c = fit
     target = TARGET_SHARE * a
     needed = (b / max(a - target, 1e-9)) ** (1 / c)
+    if a >= 0.995 and needed > 20 * max(p[0] for p in pts):
+        return _check("pool", name, "warn", None, f">= {POOL_RATIO:.0f}x",
+                      f"the learning curve ({len(pts)} versions, up to {max(p[0] for p in pts):,} labels) has not "
+                      "started to flatten: its plateau, and so the labels needed, cannot be estimated yet",
+                      "label on; the estimate appears once the curve bends")
     ratio = pool_size / needed if needed > 0 else math.inf
     detail = (f"learning curve plateau {a:.3f}; about {needed:,.0f} labels to reach {target:.3f} "
               f"({TARGET_SHARE:.0%} of it); pool {pool_size:,} = {ratio:.1f}x")

@@ -55,6 +55,10 @@ def test_pool_size_check():
     assert big["status"] == "pass" and small["status"] == "fail"
     assert "plateau 0.900" in big["detail"]
     assert R.check_pool(rows[:2], 100_000)["status"] == "n/a"
+    # still climbing steeply at the last point: no plateau to extrapolate from, and it says so
+    climbing = [{"n_labels": n, "accuracy": 0.3 + 0.0009 * n} for n in (50, 100, 200, 300, 400, 500)]
+    c = R.check_pool(climbing, 3_000)
+    assert c["status"] == "warn" and "not started to flatten" in c["detail"]
 
 
 def _feats(tmp_path, texts, splits):
