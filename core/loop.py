@@ -698,7 +698,8 @@ def _store_measurement(project: Project, out: RoundOutput, inp: RoundInput, vers
     agreement = agreement_report(ratings, audit_items=audit, bootstrap=0) if ratings else None
     previous = reports.measurements(project.store)
     data["warnings"] = [w["key"] for w in warning_signs(previous + [data], agreement=agreement,
-                                                        signals=out.report.signals) if w["fires"]]
+                                                        signals=out.report.signals,
+                                                        batch_strategy=out.report.strategy) if w["fires"]]
     rounds.insert_measurement(project.store, version, n_labels=len(inp.labelled), n_al=arms.count("al"),
                               n_audit=arms.count("audit"), n_cold=arms.count("cold"),
                               compute_seconds=float(sum(v for k, v in out.report.seconds.items() if k != "total")),

@@ -113,7 +113,8 @@ def cost_per_point(rows: list[dict], cost_per_label: float, compute_price_per_ho
     return out
 
 
-def warning_signs(rows: list[dict], *, agreement: dict | None = None, signals: dict | None = None) -> list[dict]:
+def warning_signs(rows: list[dict], *, agreement: dict | None = None, signals: dict | None = None,
+                  batch_strategy: str | None = None) -> list[dict]:
     """The five warning signs, each with its rule, whether it fires, the measured value and what to do.
 
     ``rows``: measurements of every model version, oldest first (each with per_class, ece, arms);
@@ -167,7 +168,8 @@ def warning_signs(rows: list[dict], *, agreement: dict | None = None, signals: d
                           "and the features"})
 
     # 5. query batches converging on one cluster
-    ratio = (signals or {}).get("convergence_ratio")
+    # a cold-start batch (keyword, typicality) is not a query batch: its similarity is by design
+    ratio = None if (batch_strategy or "").startswith("cold start") else (signals or {}).get("convergence_ratio")
     signs.append({"key": "batches_converging", "fires": bool(isinstance(ratio, (int, float)) and ratio >= CONVERGENCE_RATIO),
                   "value": ratio,
                   "rule": f"the latest batch is {CONVERGENCE_RATIO}x or more as self-similar as a random sample of "

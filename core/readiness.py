@@ -220,7 +220,8 @@ def readiness(project, feats=None) -> dict:
     batch = reports.metrics_rows(store)["batch"]
     import json
     signals = json.loads(batch[0]["signals"]) if batch and batch[0]["signals"] else {}
-    signs = warning_signs(rows, agreement=agreement, signals=signals)
+    signs = warning_signs(rows, agreement=agreement, signals=signals,
+                          batch_strategy=batch[0]["strategy"] if batch else None)
     from labelloop.core.measure import cost_per_point
     costs = cost_per_point(rows, cfg.cost_per_label, cfg.compute_price_per_hour)
     ag = None

@@ -920,7 +920,8 @@ class Service:
         from labelloop.core.store.reports import measurements, metrics_rows
         batch = metrics_rows(reader.store)["batch"]
         signals = json.loads(batch[0]["signals"]) if batch and batch[0]["signals"] else {}
-        st["warnings"] = jsonable(warning_signs(measurements(reader.store), agreement=full, signals=signals))
+        st["warnings"] = jsonable(warning_signs(measurements(reader.store), agreement=full, signals=signals,
+                                                batch_strategy=batch[0]["strategy"] if batch else None))
         with self._lock:
             st["team"] = self._team()
         return st

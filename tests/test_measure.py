@@ -153,6 +153,8 @@ def test_random_beats_al_sign():
 def test_batch_convergence_sign():
     assert _signs([], signals={"convergence_ratio": 2.1})["batches_converging"]["fires"]
     assert not _signs([], signals={"convergence_ratio": 1.05})["batches_converging"]["fires"]
+    # a keyword cold-start batch is similar by design: not a query batch converging
+    assert not _signs([], signals={"convergence_ratio": 2.1}, batch_strategy="cold start: keyword")["batches_converging"]["fires"]
 
 
 def test_arm_curves_see_an_arm_with_wrong_labels():
