@@ -694,6 +694,15 @@ def _store_measurement(project: Project, out: RoundOutput, inp: RoundInput, vers
     from labelloop.core.agreement import agreement_report
     from labelloop.core.measure import warning_signs
     from labelloop.core.store import reports
+    # error rate on the gold set by difficulty tier, as it stands with this version
+    from labelloop.core.store import review
+    tiers: dict = {}
+    for _actor, given, ref, tier in review.gold_answers(project.store, project.config.gold_tier_key):
+        t = tiers.setdefault(tier or "(none)", {"n": 0, "errors": 0})
+        t["n"] += 1
+        t["errors"] += given != ref
+    data["gold_error_by_tier"] = {k: {**v, "error_rate": v["errors"] / v["n"]} for k, v in sorted(tiers.items())}
+    data["label_cost"] = len(inp.labelled) * project.config.cost_per_label
     ratings, audit = reports.annotation_ratings(project.store)
     agreement = agreement_report(ratings, audit_items=audit, bootstrap=0) if ratings else None
     previous = reports.measurements(project.store)

@@ -94,11 +94,14 @@ def write_report(r: dict, out: Path) -> Path:
     _legend_outside(ax)
     charts["learning_curves"] = ("Learning curve", _svg(fig))
     _csv(out / "measurements.csv",
-         ["version", "created_at", "n_labels", "n_al", "n_audit", "n_cold", "compute_seconds", "accuracy",
-          "macro_f1", "majority_baseline", "ece", "ece_uncalibrated", "features"],
-         [[m["version"], m.get("created_at"), m["n_labels"], m.get("n_al"), m.get("n_audit"), m.get("n_cold"),
-           m.get("compute_seconds"), m.get("accuracy"), m.get("macro_f1"), m.get("majority_baseline"), m.get("ece"),
-           m.get("ece_uncalibrated"), m.get("features")] for m in rows])
+         ["version", "created_at", "n_labels", "label_cost", "n_al", "n_audit", "n_cold", "compute_seconds",
+          "accuracy", "macro_f1", "majority_baseline", "ece", "ece_uncalibrated", "stop_kappa", "features"],
+         [[m["version"], m.get("created_at"), m["n_labels"], m.get("label_cost"), m.get("n_al"), m.get("n_audit"),
+           m.get("n_cold"), m.get("compute_seconds"), m.get("accuracy"), m.get("macro_f1"), m.get("majority_baseline"),
+           m.get("ece"), m.get("ece_uncalibrated"), m.get("stop_kappa"), m.get("features")] for m in rows])
+    _csv(out / "gold_error_by_tier.csv", ["version", "tier", "n", "errors", "error_rate"],
+         [[m["version"], tier, t.get("n"), t.get("errors"), t.get("error_rate")]
+          for m in rows for tier, t in (m.get("gold_error_by_tier") or {}).items()])
 
     # 2. AL against random audit at equal budget, with bootstrap bands (latest version)
     fig, ax = _fig("AL vs random-audit labels at equal budget (95% bands)")

@@ -4,6 +4,7 @@ back from the store. The socket transport and real OS users are in tests/test_se
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -480,6 +481,16 @@ def test_gold_items_are_mixed_in_blind_cannot_be_skipped_and_measure_each_annota
         from labelloop.core.store import rounds
         assert not {i for i in gold_truth} & {r[0] for r in p.store.rows(
             "SELECT i.id FROM items i WHERE i.ord IN (SELECT unnest(?::BIGINT[]))", [[o for o, *_ in rounds.labelled(p.store)]])}
+    # the next model version's live measurement stores the gold error rate by tier (read back from the store)
+    job = svc.handle("admin", "retrain_start", {})["job"]
+    while job["running"]:
+        time.sleep(0.05)
+        job = svc.handle("admin", "retrain_poll", {"job": job["id"]})["job"]
+    assert job["error"] is None
+    last = svc.handle("admin", "check", {})["measurements"][-1]
+    tiers = last["gold_error_by_tier"]
+    assert set(tiers) == {"easy", "hard"} and sum(t["n"] for t in tiers.values()) == 8
+    assert sum(t["errors"] for t in tiers.values()) == 4            # bob's four answers, all wrong
     svc.close()
 
 
