@@ -365,6 +365,10 @@ async def test_metrics_pane_scrolls_to_the_warnings_on_a_small_terminal(proj, op
                 break
         head = str(app.screen.query_one("#metrics-summary").render())
         assert head.startswith("Is AL working?") and "of 5 warnings" in head
+        # the 2 s poll and a finished retrain update the labelling screen under the metrics pane
+        # (they once looked for its widgets in the top screen and crashed the app)
+        app.update_progress()
+        app.show_item()
         scroll = app.screen.query_one("#metrics-scroll")
         assert scroll.max_scroll_y > 0
         await pilot.press("end")
@@ -376,4 +380,15 @@ async def test_metrics_pane_scrolls_to_the_warnings_on_a_small_terminal(proj, op
         region = app.screen.query_one("#numbers").region
         assert region.bottom <= scroll.region.bottom + 1
         await pilot.press("escape")
+    app.ws.close()
+
+
+async def test_a_poll_that_fires_while_the_app_closes_does_not_crash_it(proj, open_app):
+    """The 2 s poll once fired during the app's teardown under load, looked for the status bar that
+    was already gone and ended the session with a traceback (NoMatches)."""
+    app = open_app(proj)
+    async with app.run_test(size=(80, 24)):
+        await app.screen_stack[0].query_one("#status").remove()
+        app._poll_count = 7          # the next poll is not skipped
+        app._poll()                  # must not raise
     app.ws.close()

@@ -105,7 +105,7 @@ class LabelApp(App):
         from labelloop.core.config import DEFAULT_ACTION_KEYS
         self.set_keymap({action: self._key_name(key) for action, key in self.ws.config.action_keys.items()
                          if key != DEFAULT_ACTION_KEYS[action]})
-        self.query_one("#retrain-bar").display = False
+        self._q("#retrain-bar").display = False
         self.show_item()
         # Everything built so far (Textual, the store, numpy, ...) lives as long as the app: taking it out
         # of the cyclic collector's view keeps a full collection short. Measured on a 1M-item project:
@@ -126,22 +126,22 @@ class LabelApp(App):
     def show_item(self, started: float | None = None) -> None:
         item = self.ws.current()
         self.toggled = []
-        text_w = self.query_one("#item-text", Static)
+        text_w = self._q("#item-text", Static)
         if item is None:
             text_w.update(Text(self.ws.paused or "No items for you in the queue." + (
                 " A new batch is being prepared…" if self.retraining else
                 " Press t to retrain and fill it.") + (
                 f" ({self.ws.others} others are working.)" if self.ws.others else ""), style="italic"))
-            self.query_one("#meta", Static).update("")
-            self.query_one("#suggestion", Static).update("")
-            self.query_one("#why", Static).update("")
+            self._q("#meta", Static).update("")
+            self._q("#suggestion", Static).update("")
+            self._q("#why", Static).update("")
         else:
             text_w.update(safe_text(item.text, highlight=self.ws.config.seed_query or None))
-            self.query_one("#text-scroll").scroll_home(animate=False)
-            self.query_one("#meta", Static).update(self._meta(item))
-            self.query_one("#suggestion", Static).update(self._suggestion(item))
-            self.query_one("#why", Static).update(self._why(item))
-        self.query_one("#labelbar", Static).update(self._labelbar())
+            self._q("#text-scroll").scroll_home(animate=False)
+            self._q("#meta", Static).update(self._meta(item))
+            self._q("#suggestion", Static).update(self._suggestion(item))
+            self._q("#why", Static).update(self._why(item))
+        self._q("#labelbar", Static).update(self._labelbar())
         self.update_progress()
         self.shown_at = time.perf_counter()
         if started is not None:
@@ -150,7 +150,7 @@ class LabelApp(App):
     def on_resize(self) -> None:
         item = self.ws.current()
         if item is not None:  # the probability bars fit the pane's width
-            self.call_after_refresh(lambda: self.query_one("#suggestion", Static).update(self._suggestion(item)))
+            self.call_after_refresh(lambda: self._q("#suggestion", Static).update(self._suggestion(item)))
 
     def _record_latency(self, started: float) -> None:
         self.latencies_ms.append((time.perf_counter() - started) * 1000)
@@ -177,7 +177,7 @@ class LabelApp(App):
         t.append(f"Model v{item.model_version} suggests\n", style="dim")
         ranked = sorted(item.probs.items(), key=lambda kv: -kv[1])[:5]
         width = min(16, max(len(k) for k, _ in ranked))
-        pane = self.query_one("#suggestion").size.width or 24
+        pane = self._q("#suggestion").size.width or 24
         bar = max(4, min(BAR_WIDTH, pane - width - 8))  # label, bar and percentage on one line
         for i, (lab, p) in enumerate(ranked):
             filled = int(round(p * bar))
@@ -212,6 +212,13 @@ class LabelApp(App):
             t.append(" confirm toggled labels")
         return t
 
+    def _q(self, selector, expect_type=None):
+        """A widget of the labelling screen, whichever screen is on top: the 2 s poll and a finished
+        retrain update it while the metrics or help screen is open (App.query_one would look in the
+        top screen and find nothing)."""
+        main = self.screen_stack[0]
+        return main.query_one(selector, expect_type) if expect_type is not None else main.query_one(selector)
+
     def update_progress(self) -> None:
         p = self.ws.progress()
         parts = [f"done {p.done_session} this session", f"{p.left_in_queue} left in queue"]
@@ -224,8 +231,11 @@ class LabelApp(App):
             parts.append("retraining…")
         if p.others:
             parts.append(f"{p.others} other{'s' if p.others != 1 else ''} working")
-        self.query_one("#progress", Static).update(Text(" · ".join(parts)))
-        self.query_one("#summary", Static).update(Text("Is AL working? " + (self.ws.summary or "–"), style="dim"))
+        # The labelling screen's widgets, also while the metrics or help screen is on top (the 2 s poll
+        # runs under them; App.query_one would look in the top screen and find nothing).
+        main = self.screen_stack[0]
+        main.query_one("#progress", Static).update(Text(" · ".join(parts)))
+        main.query_one("#summary", Static).update(Text("Is AL working? " + (self.ws.summary or "–"), style="dim"))
 
     # -- decisions -----------------------------------------------------------------
     DECISION_ACTIONS = {"accept", "reject", "skip", "flag", "undo", "retrain", "metrics", "help"}
@@ -293,7 +303,7 @@ class LabelApp(App):
                 self.toggled.remove(label)
             else:
                 self.toggled.append(label)
-            self.query_one("#labelbar", Static).update(self._labelbar())
+            self._q("#labelbar", Static).update(self._labelbar())
             return
         self._label(item, [label], started)
 
@@ -405,7 +415,7 @@ class LabelApp(App):
         job = self.ws.job or {}
         self.retraining = True
         self._watched_job = job.get("id")
-        bar = self.query_one("#retrain-bar", ProgressBar)
+        bar = self._q("#retrain-bar", ProgressBar)
         bar.display = True
         bar.update(progress=job.get("fraction", 0.0))
         self.toast(f"Retraining ({job.get('why', 'asked for')}); keep labelling.", timeout=2)
@@ -420,6 +430,15 @@ class LabelApp(App):
         """Every quarter second: a retrain's progress, its end, and what changed meanwhile."""
         if self.store_failed or (not self.retraining and self._poll_skip()):
             return
+        from textual.css.query import NoMatches
+        try:
+            self._poll_once()
+        except NoMatches:
+            # the labelling screen's widgets are gone: the app is closing (a poll that fires during
+            # the teardown once crashed the exit under load); nothing is left to update
+            return
+
+    def _poll_once(self) -> None:
         had_item = self.ws.current() is not None
         try:
             self.ws.poll()
@@ -434,7 +453,7 @@ class LabelApp(App):
         if self.ws.retraining:
             if not self.retraining:
                 self._retrain_started()
-            self.query_one("#retrain-bar", ProgressBar).update(progress=job.get("fraction", 0.0))
+            self._q("#retrain-bar", ProgressBar).update(progress=job.get("fraction", 0.0))
         elif self.retraining or self.ws.batch != self._seen_batch:
             # our retrain ended, or another session's came and went between two polls: say so
             self._retrain_finished(job)
@@ -453,7 +472,7 @@ class LabelApp(App):
 
     def _retrain_finished(self, job: dict) -> None:
         self.retraining = False
-        self.query_one("#retrain-bar", ProgressBar).display = False
+        self._q("#retrain-bar", ProgressBar).display = False
         if job.get("error"):
             if job["error"] != "cancelled":
                 self.toast(f"Retrain failed: {job['error']}", severity="error", timeout=8)
@@ -477,7 +496,7 @@ class LabelApp(App):
             self.ws.refresh()
             self.show_item()
         else:
-            self.query_one("#labelbar", Static).update(self._labelbar())
+            self._q("#labelbar", Static).update(self._labelbar())
             self.update_progress()
 
     def on_unmount(self) -> None:
