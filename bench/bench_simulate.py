@@ -23,7 +23,8 @@ from labelloop.core.simulate import SimConfig, format_report, run_simulation, wr
 SHARED = ROOT.parent / "shared" / "datasets"
 SETS = [("SMS spam", "sms_spam/sms_spam.csv", None), ("TREC-6", "trec/trec6.csv", "split"),
         ("SST-2", "sst2/sst2.csv", None), ("MR polarity", "rt_polarity/rt_polarity.csv", None),
-        ("ArSarcasm sentiment", "arsarcasm/arsarcasm_sentiment.csv", "split")]
+        ("ArSarcasm sentiment", "arsarcasm/arsarcasm_sentiment.csv", "split"),
+        ("TREC-50", "trec/trec50.csv", "split"), ("ArSarcasm dialect", "arsarcasm/arsarcasm_dialect.csv", "split")]
 
 
 def main() -> None:

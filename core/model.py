@@ -176,6 +176,9 @@ def fit_model(X, y_names: list[str], classes: list[str], *, calibration: str = "
     y = np.array([index[v] for v in y_names])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        # many classes and few labels (TREC-50 at its seed set): scikit-learn asks whether y is a
+        # regression target; it is not, and the warning would reach the user's terminal
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
         init = None
         if (warm_from is not None and list(warm_from.classes_) == present
                 and isinstance(warm_from.clf, LogisticRegression) and warm_from.clf.coef_.shape[1] == X.shape[1]):
@@ -383,6 +386,9 @@ def fit_multilabel(X, y_lists: list[list[str]], classes: list[str], *, calibrati
         return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        # many classes and few labels (TREC-50 at its seed set): scikit-learn asks whether y is a
+        # regression target; it is not, and the warning would reach the user's terminal
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
         model = MultiLabelModel(list(classes), fit_all(X, Y), calibration)
         if calibration != "none" and len(Y) >= 2 * folds:
             from sklearn.model_selection import KFold
