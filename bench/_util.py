@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from labelloop.core.safeio import atomic_write_text  # noqa: E402
+from labelloop.core.util.safeio import atomic_write_text  # noqa: E402
 OUT = ROOT / "bench" / "out"
 
 WORDS = ("the of and to in is you that it he was for on are as with his they at be this have from or one had by word "

@@ -32,7 +32,7 @@ def main() -> None:
     emb = run_child(
         read +
         "import numpy as np\n"
-        "from labelloop.core.features import ensure_embeddings\n"
+        "from labelloop.core.engine.features import ensure_embeddings\n"
         "t = time.perf_counter()\n"
         f"ensure_embeddings(r'{cache}', 'bench', len(texts), lambda: texts)\n"
         "wall = time.perf_counter() - t\n"
@@ -42,7 +42,7 @@ def main() -> None:
     wall, n, d, dtype, mib, norm = emb[2].split()
     tfidf = run_child(
         read +
-        "from labelloop.core.features import TextFeaturizer\n"
+        "from labelloop.core.engine.features import TextFeaturizer\n"
         "t = time.perf_counter()\n"
         "fz = TextFeaturizer('hashing').fit(texts); X = fz.transform_text(texts)\n"
         "print(time.perf_counter() - t, X.shape[1], X.nnz)\n")

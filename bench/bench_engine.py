@@ -56,9 +56,9 @@ def main() -> None:
     shutil.rmtree(proj.parent, ignore_errors=True)
     proj.parent.mkdir(parents=True)
     setup = run_child(
-        "from labelloop.core.project import init_project, Project\n"
+        "from labelloop.core.store.project import init_project, Project\n"
         "from labelloop.core.store.imports import import_file\n"
-        "from labelloop.core.loop import features_for\n"
+        "from labelloop.core.loop.al_round import features_for\n"
         "import time\n"
         f"d = init_project(r'{proj}', ['ham', 'spam'])\n"
         "cfg = d / 'labelloop.toml'\n"
@@ -71,8 +71,8 @@ def main() -> None:
     feat_s, nrows, ncols, nnz = setup[2].split()[:4]
     retrain = run_child(
         "import time\n"
-        "from labelloop.core.project import Project\n"
-        "from labelloop.core.loop import train_and_queue\n"
+        "from labelloop.core.store.project import Project\n"
+        "from labelloop.core.loop.al_round import train_and_queue\n"
         f"p = Project.open(r'{proj}')\n"
         "t = time.perf_counter()\n"
         "r = train_and_queue(p, seed=0, batch_size=100)\n"
@@ -83,9 +83,9 @@ def main() -> None:
     total, n_train, batch, acc, ece, t_feat, t_train, t_score, t_choose, used = retrain[2].split()
     score = run_child(
         "import time, numpy as np\n"
-        "from labelloop.core.project import Project\n"
-        "from labelloop.core.loop import features_for, pool_state, load_model, latest_model_version, score_pool\n"
-        "from labelloop.core.strategies import select_batch, margin\n"
+        "from labelloop.core.store.project import Project\n"
+        "from labelloop.core.loop.al_round import features_for, pool_state, load_model, latest_model_version, score_pool\n"
+        "from labelloop.core.engine.strategies import select_batch, margin\n"
         f"p = Project.open(r'{proj}')\n"
         "t = time.perf_counter(); feats = features_for(p); t_load = time.perf_counter() - t\n"
         "state = pool_state(p, feats)\n"

@@ -37,11 +37,11 @@ def main() -> None:
     if not src.exists():
         print(f"{src} not present: skipped")
         return
-    from labelloop.core.project import init_project
-    from labelloop.core.readiness import format_readiness
-    from labelloop.core.report import write_report
-    from labelloop.core.service import Service
-    from labelloop.core.simulate import SimConfig, format_report, run_simulation
+    from labelloop.core.store.project import init_project
+    from labelloop.core.text.status import format_readiness
+    from labelloop.core.text.report import write_report
+    from labelloop.core.api.service import Service
+    from labelloop.core.loop.simulate import SimConfig, format_report, run_simulation
 
     with open(src, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -66,7 +66,7 @@ def main() -> None:
     truth = {f"p{r['id']}": r["label"] for r in train}
     d = init_project(work / "proj", labels, name="trec6-live")
     cfg = d / "labelloop.toml"
-    cfg.write_text(cfg.read_text().replace("overlap_share = 0.10", "overlap_share = 0.0"))
+    cfg.write_text(cfg.read_text().replace("overlap_share = 0.1", "overlap_share = 0.0"))
     unlabelled = work / "trec_pool_unlabelled.csv"
     with open(unlabelled, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -132,7 +132,7 @@ def main() -> None:
     print(format_report(rep, cfg_sim))
     # the direction at the budgets the live arms could be compared at (the audit arm is 10% of the labels)
     import polars as pl
-    from labelloop.core.simulate import paired_interval
+    from labelloop.core.loop.simulate import paired_interval
     print("\nsimulate, margin - random accuracy by labels (paired over repeats), beside the live equal-budget points:")
     for n_sim in sorted(set(rep.curves["n_labels"].to_list())):
         a = rep.curves.filter((pl.col("strategy") == "margin") & (pl.col("n_labels") == n_sim)).sort("repeat")

@@ -35,6 +35,7 @@ class Tcp:
     def __init__(self, port: int, user: str, token: str):
         self.s = socket.create_connection(("127.0.0.1", port), timeout=120)
         self.f = self.s.makefile("rb")
+        self.f.readline()  # the server's hello
         self.call("auth", user=user, token=token)
 
     def call(self, op: str, **args) -> dict:
@@ -48,10 +49,10 @@ class Tcp:
 def main() -> None:
     if not DATA.exists():
         raise SystemExit(f"{DATA} is not here (the shared data sets are outside the repository)")
-    from labelloop.core.project import Project, init_project
-    from labelloop.core.server import add_token
+    from labelloop.core.store.project import Project, init_project
+    from labelloop.core.api.server import add_token
     from labelloop.core.store.imports import import_file
-    from labelloop.core.loop import train_and_queue
+    from labelloop.core.loop.al_round import train_and_queue
     rows = list(csv.DictReader(open(DATA, encoding="utf-8")))
     rng = random.Random(0)
     train = [r for r in rows if r["split"] == "train"]
@@ -115,8 +116,7 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
-    from labelloop.core.client import LocalClient
-    from labelloop.core.service import Service
+    from labelloop.core.api.service import Service
     svc = Service(d, compute="thread", owner="lead")
     q = svc.handle("lead", "review_queue", {})
     svc.close()

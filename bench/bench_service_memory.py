@@ -24,8 +24,8 @@ from bench.bench_team import build, rss_mib  # noqa: E402
 
 
 def main(seconds: float = 90) -> None:
-    from labelloop.core.client import LocalClient
-    from labelloop.core.service import Service
+    from labelloop.core.api.client import LocalClient
+    from labelloop.core.api.service import Service
     top = OUT / "service_memory"
     shutil.rmtree(top, ignore_errors=True)
     d, truth = build(top / "x" / "proj")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._util import OUT, ROOT  # noqa: E402
-from labelloop.core.simulate import SimConfig, format_report, run_simulation, write_outputs  # noqa: E402
+from labelloop.core.loop.simulate import SimConfig, format_report, run_simulation, write_outputs  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 SETS = [("SMS spam", "sms_spam/sms_spam.csv", None), ("TREC-6", "trec/trec6.csv", "split"),
@@ -56,7 +56,7 @@ def main() -> None:
         print()
         import numpy as np
         import polars as pl
-        from labelloop.core.simulate import labels_to_target
+        from labelloop.core.loop.simulate import labels_to_target
         per = labels_to_target(r.curves, r.target)
 
         def ltt(feat, strat):

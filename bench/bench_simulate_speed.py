@@ -26,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._util import ROOT  # noqa: E402
-from labelloop.core import coldstart  # noqa: E402
-from labelloop.core.calibration import reliability, softmax_t  # noqa: E402
-from labelloop.core.features import TextFeaturizer  # noqa: E402
-from labelloop.core.model import fit_model  # noqa: E402
-from labelloop.core.simulate import SimConfig, _ensure_two_classes, read_labelled, run_simulation  # noqa: E402
+from labelloop.core.engine import coldstart  # noqa: E402
+from labelloop.core.engine.calibration import reliability, softmax_t  # noqa: E402
+from labelloop.core.engine.features import TextFeaturizer  # noqa: E402
+from labelloop.core.engine.model import fit_model  # noqa: E402
+from labelloop.core.loop.simulate import SimConfig, _ensure_two_classes, read_labelled, run_simulation  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 

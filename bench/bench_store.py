@@ -47,9 +47,9 @@ def main() -> None:
         f"con.execute({bare_sql!r})\n"
         "con.close()\n"))
     for i in range(args.repeats):  # project creation is not part of the import
-        run_child(f"from labelloop.core.project import init_project; init_project(r'{work}/proj{i}', ['ham', 'spam'])")
+        run_child(f"from labelloop.core.store.project import init_project; init_project(r'{work}/proj{i}', ['ham', 'spam'])")
     ll_import = best(lambda i: run_child(
-        "from labelloop.core.project import Project\n"
+        "from labelloop.core.store.project import Project\n"
         "from labelloop.core.store.imports import import_file\n"
         f"with Project.open(r'{work}/proj{i}') as p:\n"
         f"    r = import_file(p, r'{src}', id_col='id', label_col='label')\n"
@@ -63,7 +63,7 @@ def main() -> None:
     # in six disagreeing), 2,000 adjudications and 1,000 undos. Its export goes through the event log.
     shutil.copytree(project, mixed)
     run_child(
-        "from labelloop.core.project import Project\n"
+        "from labelloop.core.store.project import Project\n"
         f"with Project.open(r'{mixed}') as p:\n"
         "    con = p.store.con\n"
         "    base = con.execute('SELECT max(event_id) FROM events').fetchone()[0]\n"
@@ -104,7 +104,7 @@ def main() -> None:
             f"con = duckdb.connect(r'{flat_db}', read_only=True)\n"
             f"con.execute(\"COPY t TO '{work}/bare_{tag}{i}.parquet' (FORMAT parquet, COMPRESSION zstd)\")\n"))
         ours = best(lambda i: run_child(
-            "from labelloop.core.project import Project\n"
+            "from labelloop.core.store.project import Project\n"
             "from labelloop.core.store.exports import export_parquet\n"
             f"with Project.open(r'{proj}') as p:\n"
             f"    print(export_parquet(p, r'{work}/out_{tag}{i}.parquet').rows)\n"))
@@ -115,7 +115,7 @@ def main() -> None:
     bare_mixed, ll_mixed = export_pair(mixed, flat_mixed, "mixed")
     status_inproc = run_child(
         "import time\n"
-        "from labelloop.core.project import Project\n"
+        "from labelloop.core.store.project import Project\n"
         "from labelloop.core.store.reports import project_status\n"
         f"p = Project.open(r'{project}')\n"
         "t = time.perf_counter(); project_status(p); print(time.perf_counter() - t)\n")

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._util import OUT, ROOT  # noqa: E402
+from bench._util import ROOT  # noqa: E402
 
 SAMPLE = ROOT / "sample_data" / "sms_spam.csv"
 
@@ -44,8 +44,8 @@ def build(dst: Path) -> tuple[Path, dict]:
     import csv
 
     from labelloop.core.store.imports import import_file
-    from labelloop.core.loop import train_and_queue
-    from labelloop.core.project import Project, init_project
+    from labelloop.core.loop.al_round import train_and_queue
+    from labelloop.core.store.project import Project, init_project
     shutil.rmtree(dst.parent, ignore_errors=True)
     dst.parent.mkdir(parents=True)
     d = init_project(dst, ["ham", "spam"], name="team-bench")
@@ -139,8 +139,8 @@ def team_folder(name: str) -> Path:
 
 def in_process_baseline(d: Path, truth: dict, n: int = 200) -> list[float]:
     """The same decide through the in-process transport, on a copy of the project (same run)."""
-    from labelloop.core.client import LocalClient
-    from labelloop.core.service import Service
+    from labelloop.core.api.client import LocalClient
+    from labelloop.core.api.service import Service
     copy = d.parent / "baseline"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(d, copy)
@@ -166,8 +166,8 @@ def in_process_baseline(d: Path, truth: dict, n: int = 200) -> list[float]:
 
 
 def verify(d: Path, acked: list[tuple[str, str, int]], annotators: list[str] | None = None) -> dict:
-    from labelloop.core.assign import overlap_need
-    from labelloop.core.project import Project
+    from labelloop.core.api.assign import overlap_need
+    from labelloop.core.store.project import Project
     with Project.open(d) as p:
         cfg = p.config
         rows = p.store.rows("""SELECT client_msg_id, item_id, actor FROM event_log
@@ -198,7 +198,7 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
         cmds = [["runuser", "-u", u, "--", "/usr/bin/python3", client] for u in users]
         tails = [[] for _ in users]
     else:
-        from labelloop.core.server import add_token
+        from labelloop.core.api.server import add_token
         users = [f"user{i:02d}" for i in range(people)]
         port = 7420 + random.Random().randrange(500)
         tcp = f"127.0.0.1:{port}"
@@ -249,7 +249,7 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
     h.join(timeout=10)
     import sys as _s
     _s.path.insert(0, str(ROOT))
-    from labelloop.core.client import SocketClient
+    from labelloop.core.api.client import SocketClient
     c = SocketClient(sock)
     left = c.call("status")["team"]["open_items"]
     c.close()
@@ -304,7 +304,7 @@ def main() -> None:
         print(f"baseline (in-process decide, same project, same run): p50 {np.percentile(base, 50):.1f} ms, "
               f"p99 {np.percentile(base, 99):.1f} ms over {base.size}")
         load = run_load(d, truth_path, args.seconds, args.annotators)
-        from labelloop.core.project import Project
+        from labelloop.core.store.project import Project
         with Project.open(d) as p:
             load["retrains"] = p.store.scalar("SELECT count(*) FROM models") - 1
         print("load:", json.dumps(load, indent=1))

@@ -32,8 +32,8 @@ def prepare() -> Path:
     shutil.rmtree(dst.parent, ignore_errors=True)
     dst.parent.mkdir(parents=True)
     shutil.copytree(src, dst)
-    from labelloop.core.loop import train_and_queue
-    from labelloop.core.project import Project
+    from labelloop.core.loop.al_round import train_and_queue
+    from labelloop.core.store.project import Project
     # Batches big enough that keys pressed as fast as Pilot can never find the queue empty while a
     # retrain runs (a person is far slower); every key press is then a measured decision.
     cfg = dst / "labelloop.toml"

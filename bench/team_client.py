@@ -33,6 +33,8 @@ class Wire:
             _kind, host, port, user, token = self.target
             s = socket.create_connection((host, int(port)), timeout=60)
         self.sock, self.f = s, s.makefile("rb")
+        if "hello" not in json.loads(self.f.readline()):  # the server speaks first
+            raise ConnectionResetError()
         if self.target[0] == "tcp":
             self._send_recv("auth", {"user": self.target[3], "token": self.target[4]})
 

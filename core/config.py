@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, make_dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
-from labelloop.core.errors import ConfigError
+from labelloop.core.util.errors import ConfigError
 
 CONFIG_NAME = "labelloop.toml"
 
@@ -32,9 +33,10 @@ CALIBRATIONS = ("temperature", "platt", "none")
 # Keys the label bar hands out in order: 1-9, 0, then letters that no action uses.
 RESERVED_KEYS = set("xsfuqtm?") | {"enter", "backspace"}
 LABEL_KEY_ORDER = list("1234567890") + [c for c in "abcdeghijklnoprvwyz" if c not in RESERVED_KEYS]
+RENAMED_ACTIONS = {"reject": "correction"}  # names of older releases, still read from a project's file
 DEFAULT_ACTION_KEYS = {
     "accept": "enter",
-    "reject": "x",
+    "correction": "x",
     "skip": "s",
     "flag": "f",
     "undo": "u",
@@ -46,186 +48,186 @@ DEFAULT_ACTION_KEYS = {
 LABEL_NAME_RE = re.compile(r"^[^\s,|][^,|]*$")
 
 
+# -- the schema: every key of labelloop.toml, declared once -----------------------------------------------
+@dataclass(frozen=True)
+class Key:
+    """One setting: where it lives in labelloop.toml, its type, default, range and what it does.
+    The parser, its error messages, the ``labelloop.toml`` that ``init`` writes and the README's
+    config reference all come from ``KEYS`` (tests/test_config.py checks the last two)."""
+
+    section: str
+    name: str
+    type: type            # str, bool, int, float or list (of non-empty strings)
+    default: Any
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    attr: str = ""        # the ProjectConfig attribute, when it is not the key's name
+
+    @property
+    def field(self) -> str:
+        return self.attr or self.name
+
+    def check(self, value):
+        """The value as the config holds it, or ValueError saying what is wrong."""
+        t = self.type
+        if t is bool and not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        if t is str and not isinstance(value, str):
+            raise ValueError("must be a string")
+        if t is list and not (isinstance(value, list) and all(isinstance(x, str) and x.strip() for x in value)):
+            raise ValueError("must be a list of non-empty strings")
+        if t in (int, float):
+            ok = not isinstance(value, bool) and isinstance(value, int if t is int else (int, float))
+            if not ok or (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+                what = "a whole number" if t is int else "a number"
+                raise ValueError(f"must be {what} {self.range_text()}".rstrip())
+            value = t(value)
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"must be one of {', '.join(self.choices)}")
+        return list(value) if t is list else value
+
+    def range_text(self) -> str:
+        if self.choices:
+            return ", ".join(self.choices)
+        if self.low is not None and self.high is not None:
+            return f"between {_num(self.low)} and {_num(self.high)}"
+        if self.low is not None:
+            return f">= {_num(self.low)}"
+        return ""
+
+
+def _num(x) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+KEYS: tuple[Key, ...] = (
+    Key("project", "name", str, None, "the project's name (default: the folder's name)"),
+    Key("project", "multi_label", bool, False, "true: an item may take several labels"),
+    Key("project", "guidelines", str, "guidelines.md", "the guidelines file, shown with '?' in the workstation"),
+    Key("project", "max_text_chars", int, 100_000, "longer texts are rejected at import", low=1),
+    Key("labels", "ask_reason", bool, False, "true: a label key that differs from the suggestion asks why"),
+    Key("taxonomy", "reasons", list, DEFAULT_TAXONOMY, "why a suggestion was wrong: one digit each when correcting (1-9)",
+        attr="taxonomy"),
+    Key("cost", "per_label", float, 0.10, "money per human label", low=0, attr="cost_per_label"),
+    Key("cost", "seconds_per_label", float, 15.0, "annotator seconds per label (cost per accuracy point)", low=0),
+    Key("cost", "compute_price_per_hour", float, 0.50, "money per compute hour (retrain and scoring)", low=0),
+    Key("strategy", "name", str, "margin", "how the next batch is chosen", choices=STRATEGIES, attr="strategy"),
+    Key("strategy", "batch_size", int, 50, "items queued per retrain", low=1, high=100_000),
+    Key("strategy", "audit_share", float, 0.10, "share of each batch drawn at random as a control arm", low=0, high=1),
+    Key("strategy", "cold_start", str, "random", "how the first batch is chosen, before any model", choices=COLD_STARTS),
+    Key("strategy", "seed_query", str, "", "regex for keyword seeding, e.g. \"free|prize|win\""),
+    Key("strategy", "seed_size", int, 50, "size of the cold-start batch", low=1),
+    Key("strategy", "min_labels_per_class", int, 10, "seed adequacy threshold per class", low=1),
+    Key("strategy", "calibration", str, "temperature", "how probabilities are calibrated", choices=CALIBRATIONS),
+    Key("strategy", "class_weight", str, "none", "balanced: weight classes by inverse frequency",
+        choices=("none", "balanced")),
+    Key("strategy", "retrain_every", int, 25, "decisions between automatic retrains (0 = never)", low=0),
+    Key("strategy", "blind_share", float, 0.0, "share of items shown without the model's suggestion", low=0, high=1),
+    Key("strategy", "hashing_above", int, 500_000, "pool size above which features are hashed (bounded memory)", low=1),
+    Key("features", "kind", str, "auto", "the features the model learns from (auto: chosen by cross-validation)",
+        choices=("auto", "tfidf", "embed", "tfidf+embed"), attr="features"),
+    Key("team", "overlap_share", float, 0.10, "share of items labelled by more than one annotator", low=0, high=1),
+    Key("team", "annotators_per_item", int, 2, "annotators per overlap item", low=1, high=20),
+    Key("team", "lease_minutes", float, 10.0, "an item handed out and not decided returns to the others after this",
+        low=0.1, high=24 * 60),
+    Key("team", "skip_hides", bool, False, "true: one annotator's skip hides the item from everyone"),
+    Key("team", "flag_hides", bool, True, "true: one annotator's flag hides the item from everyone (review decides)"),
+    Key("team", "tie_breaker", bool, False, "true: when overlap annotators disagree, one more labels first"),
+    Key("team", "review_unanimous", bool, False, "true: items every annotator agreed on go to review too"),
+    Key("team", "dissent_threshold", float, 0.9, "annotators agree but the model is this sure of another label: review",
+        low=0.5, high=1),
+    Key("team", "gold_share", float, 0.05, "share of each annotator's items drawn, blind, from the gold split",
+        low=0, high=0.5),
+    Key("team", "gold_min_accuracy", float, 0.8, "annotators below this accuracy on gold are shown to reviewers",
+        low=0, high=1),
+    Key("team", "gold_tier_key", str, "tier", "the metadata column holding a gold item's difficulty tier"),
+    Key("team", "gold_pause", bool, False, "true: an annotator below gold_min_accuracy (10+ gold items) is paused"),
+    Key("roles", "admins", list, [], "may do everything: import, train with options, model import and export"),
+    Key("roles", "reviewers", list, [], "annotate, review and export"),
+    Key("roles", "annotators", list, [], "label"),
+)
+"""Every key of labelloop.toml but the per-project ones ([labels] names and keys) and [keys] (one
+entry per action of DEFAULT_ACTION_KEYS)."""
+
+SECTION_NOTES = {
+    "features": ("tfidf: word 1-2 and character 2-5 n-grams; embed: static sentence embeddings (WordLlama, "
+                 "256-d, inside the wordllama wheel); tfidf+embed: both. auto cross-validates them on the labels "
+                 "so far and re-decides as labels double; the choice is stored with each model version."),
+    "roles": ("Login names (the SSH user, read from the socket). All empty: everyone who can reach the project "
+              "annotates and the user who runs the server is the admin; otherwise only the users listed connect."),
+}
+SECTIONS = ("project", "labels", "taxonomy", "cost", "strategy", "features", "team", "roles", "keys")
+
+
 @dataclass
-class ProjectConfig:
+class _Fixed:
     name: str
     labels: list[str]
     label_keys: dict[str, str]
-    multi_label: bool = False
-    ask_reason: bool = False
-    guidelines: str = "guidelines.md"
-    max_text_chars: int = 100_000
-    taxonomy: list[str] = field(default_factory=lambda: list(DEFAULT_TAXONOMY))
-    cost_per_label: float = 0.10
-    seconds_per_label: float = 15.0
-    compute_price_per_hour: float = 0.50
-    strategy: str = "margin"
-    batch_size: int = 50
-    audit_share: float = 0.10
-    cold_start: str = "random"
-    seed_query: str = ""
-    seed_size: int = 50
-    min_labels_per_class: int = 10
-    calibration: str = "temperature"
-    class_weight: str = "none"
-    retrain_every: int = 25
-    blind_share: float = 0.0
-    hashing_above: int = 500_000
-    features: str = "auto"           # tfidf, embed, tfidf+embed, or auto (chosen by cross-validation)
-    overlap_share: float = 0.10
-    annotators_per_item: int = 2
-    lease_minutes: float = 10.0      # an item handed to an annotator returns to the others after this long
-    skip_hides: bool = False         # a skip by one annotator hides the item from everyone
-    flag_hides: bool = True          # a flag by one annotator hides the item from everyone (it waits for review)
-    tie_breaker: bool = False        # overlap annotators disagree: ask one more before review
-    review_unanimous: bool = False   # also send items every annotator agreed on to review
-    dissent_threshold: float = 0.9   # annotators agree, the model says otherwise this surely: review
-    gold_share: float = 0.05         # share of each annotator's items that are gold (when gold items exist)
-    gold_min_accuracy: float = 0.8   # annotators below this on gold are shown to reviewers
-    gold_tier_key: str = "tier"      # metadata column with a gold item's difficulty tier
-    gold_pause: bool = False         # pause annotators below gold_min_accuracy (after 10 gold items)
-    admins: list[str] = field(default_factory=list)
-    reviewers: list[str] = field(default_factory=list)
-    annotators: list[str] = field(default_factory=list)
-    action_keys: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ACTION_KEYS))
-    path: Path | None = None
-
-    def key_for(self, label: str) -> str:
-        return self.label_keys[label]
 
 
-# section -> key -> (attribute, checker). A checker returns the cleaned value or raises ValueError(msg).
-def _str(v):
-    if not isinstance(v, str):
-        raise ValueError("must be a string")
-    return v
+def _default(k: Key):
+    if k.type is list:
+        return dc_field(default_factory=lambda d=k.default: list(d))
+    return dc_field(default=k.default)
 
 
-def _bool(v):
-    if not isinstance(v, bool):
-        raise ValueError("must be true or false")
-    return v
-
-
-def _int_range(lo, hi=None):
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-            raise ValueError(f"must be a whole number {'>= ' + str(lo) if hi is None else f'between {lo} and {hi}'}")
-        return v
-    return check
-
-
-def _float_range(lo, hi=None):
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (hi is not None and v > hi):
-            raise ValueError(f"must be a number {'>= ' + str(lo) if hi is None else f'between {lo} and {hi}'}")
-        return float(v)
-    return check
-
-
-def _choice(options):
-    def check(v):
-        if v not in options:
-            raise ValueError(f"must be one of {', '.join(options)}")
-        return v
-    return check
-
-
-def _str_list(v):
-    if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
-        raise ValueError("must be a list of non-empty strings")
-    return list(v)
-
-
-SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
-    "project": {
-        "name": ("name", _str),
-        "multi_label": ("multi_label", _bool),
-        "guidelines": ("guidelines", _str),
-        "max_text_chars": ("max_text_chars", _int_range(1)),
-    },
-    "cost": {
-        "per_label": ("cost_per_label", _float_range(0)),
-        "seconds_per_label": ("seconds_per_label", _float_range(0)),
-        "compute_price_per_hour": ("compute_price_per_hour", _float_range(0)),
-    },
-    "strategy": {
-        "name": ("strategy", _choice(STRATEGIES)),
-        "batch_size": ("batch_size", _int_range(1, 100_000)),
-        "audit_share": ("audit_share", _float_range(0, 1)),
-        "cold_start": ("cold_start", _choice(COLD_STARTS)),
-        "seed_query": ("seed_query", _str),
-        "seed_size": ("seed_size", _int_range(1)),
-        "min_labels_per_class": ("min_labels_per_class", _int_range(1)),
-        "calibration": ("calibration", _choice(CALIBRATIONS)),
-        "class_weight": ("class_weight", _choice(("none", "balanced"))),
-        "retrain_every": ("retrain_every", _int_range(0)),
-        "blind_share": ("blind_share", _float_range(0, 1)),
-        "hashing_above": ("hashing_above", _int_range(1)),
-    },
-    "features": {
-        "kind": ("features", _choice(("auto", "tfidf", "embed", "tfidf+embed"))),
-    },
-    "team": {
-        "overlap_share": ("overlap_share", _float_range(0, 1)),
-        "annotators_per_item": ("annotators_per_item", _int_range(1, 20)),
-        "lease_minutes": ("lease_minutes", _float_range(0.1, 24 * 60)),
-        "skip_hides": ("skip_hides", _bool),
-        "flag_hides": ("flag_hides", _bool),
-        "tie_breaker": ("tie_breaker", _bool),
-        "review_unanimous": ("review_unanimous", _bool),
-        "dissent_threshold": ("dissent_threshold", _float_range(0.5, 1)),
-        "gold_share": ("gold_share", _float_range(0, 0.5)),
-        "gold_min_accuracy": ("gold_min_accuracy", _float_range(0, 1)),
-        "gold_tier_key": ("gold_tier_key", _str),
-        "gold_pause": ("gold_pause", _bool),
-    },
-    "roles": {
-        "admins": ("admins", _str_list),
-        "reviewers": ("reviewers", _str_list),
-        "annotators": ("annotators", _str_list),
-    },
-}
-TOP_LEVEL = set(SCHEMA) | {"labels", "taxonomy", "keys"}
+ProjectConfig = make_dataclass(
+    "ProjectConfig",
+    [(k.field, k.type, _default(k)) for k in KEYS if k.field != "name"]
+    + [("action_keys", dict, dc_field(default_factory=lambda: dict(DEFAULT_ACTION_KEYS))),
+       ("path", Path | None, dc_field(default=None))],
+    bases=(_Fixed,),
+    namespace={"__module__": __name__,
+               "__doc__": "A project's settings: name, labels and label keys, one attribute per Key of KEYS "
+                          "(Key.field), the action keys and the file they came from."},
+)
 
 
 def _fail(path: Path, where: str, msg: str) -> ConfigError:
     return ConfigError(f"{path}: {where} {msg}.")
 
 
-def parse_config(data: dict, path: Path) -> ProjectConfig:
+def _scalar_sections(data: dict, path: Path) -> dict[str, Any]:
+    """The values of every Key present in ``data``, checked; unknown sections and keys refused."""
     for section in data:
-        if section not in TOP_LEVEL:
-            raise _fail(path, f"unknown section [{section}]", f"(known: {', '.join(sorted(TOP_LEVEL))})")
+        if section not in SECTIONS:
+            raise _fail(path, f"unknown section [{section}]", f"(known: {', '.join(sorted(SECTIONS))})")
     values: dict[str, Any] = {}
-    for section, keys in SCHEMA.items():
+    by_section: dict[str, dict[str, Key]] = {}
+    for k in KEYS:
+        by_section.setdefault(k.section, {})[k.name] = k
+    extra = {"labels": ("names", "keys")}
+    for section, keys in by_section.items():
         table = data.get(section, {})
         if not isinstance(table, dict):
             raise _fail(path, f"[{section}]", "must be a table")
-        for key, value in table.items():
-            if key not in keys:
-                raise _fail(path, f"[{section}] has an unknown key '{key}'", f"(known: {', '.join(keys)})")
-            attr, check = keys[key]
+        for name, value in table.items():
+            if name in extra.get(section, ()):
+                continue
+            if name not in keys:
+                known = [*extra.get(section, ()), *keys]
+                raise _fail(path, f"[{section}] has an unknown key '{name}'", f"(known: {', '.join(known)})")
             try:
-                values[attr] = check(value)
+                values[keys[name].field] = keys[name].check(value)
             except ValueError as exc:
-                raise _fail(path, f"[{section}] {key}", f"{exc}, got {value!r}") from None
+                raise _fail(path, f"[{section}] {name}", f"{exc}, got {value!r}") from None
+    return values
 
+
+def _label_names_and_keys(data: dict, path: Path, multi_label: bool) -> dict[str, str]:
     labels_table = data.get("labels")
     if not isinstance(labels_table, dict) or "names" not in labels_table:
         raise _fail(path, "[labels]", "must have names = [\"label\", ...]")
-    for key in labels_table:
-        if key not in ("names", "keys", "ask_reason"):
-            raise _fail(path, f"[labels] has an unknown key '{key}'", "(known: names, keys, ask_reason)")
-    ask_reason = labels_table.get("ask_reason", False)
-    if not isinstance(ask_reason, bool):
-        raise _fail(path, "[labels] ask_reason", f"must be true or false, got {ask_reason!r}")
+    as_list = Key("labels", "names", list, None, "")
     names = labels_table["names"]
     try:
-        names = _str_list(names)
+        names = as_list.check(names)
     except ValueError as exc:
         raise _fail(path, "[labels] names", f"{exc}, got {names!r}") from None
-    if len(names) < 2 and not values.get("multi_label", False):
+    if len(names) < 2 and not multi_label:
         raise _fail(path, "[labels] names", "needs at least two labels for a single-label project")
     if len(set(names)) != len(names):
         raise _fail(path, "[labels] names", "has a duplicate label")
@@ -239,42 +241,46 @@ def parse_config(data: dict, path: Path) -> ProjectConfig:
         keys = default_label_keys(names)
     else:
         try:
-            keys = _str_list(keys)
+            keys = as_list.check(keys)
         except ValueError as exc:
             raise _fail(path, "[labels] keys", f"{exc}, got {keys!r}") from None
         if len(keys) != len(names):
             raise _fail(path, "[labels] keys", f"must give one key per label ({len(names)}), got {len(keys)}")
-    label_keys = dict(zip(names, keys))
+    return dict(zip(names, keys))
 
-    taxonomy = data.get("taxonomy", {"reasons": DEFAULT_TAXONOMY})
-    if not isinstance(taxonomy, dict) or set(taxonomy) - {"reasons"}:
-        raise _fail(path, "[taxonomy]", "must hold only reasons = [...]")
-    try:
-        reasons = _str_list(taxonomy.get("reasons", DEFAULT_TAXONOMY))
-    except ValueError as exc:
-        raise _fail(path, "[taxonomy] reasons", str(exc)) from None
-    if not reasons or len(reasons) > 9:
-        raise _fail(path, "[taxonomy] reasons", "must list between 1 and 9 reasons (one digit key each)")
 
+def _action_keys(data: dict, path: Path, label_keys: dict[str, str]) -> dict[str, str]:
     action_keys = dict(DEFAULT_ACTION_KEYS)
     key_table = data.get("keys", {})
     if not isinstance(key_table, dict):
         raise _fail(path, "[keys]", "must be a table")
     for action, key in key_table.items():
+        action = RENAMED_ACTIONS.get(action, action)
         if action not in DEFAULT_ACTION_KEYS:
             raise _fail(path, f"[keys] has an unknown action '{action}'", f"(known: {', '.join(DEFAULT_ACTION_KEYS)})")
         if not isinstance(key, str) or not key:
             raise _fail(path, f"[keys] {action}", f"must be a key name, got {key!r}")
         action_keys[action] = key
     used: dict[str, str] = {}
-    for owner, key in [*((f"label '{n}'", k) for n, k in label_keys.items()), *((f"action '{a}'", k) for a, k in action_keys.items())]:
+    for owner, key in [*((f"label '{n}'", k) for n, k in label_keys.items()),
+                       *((f"action '{a}'", k) for a, k in action_keys.items())]:
         if key in used:
             raise _fail(path, "[keys]", f"key '{key}' is given to both {used[key]} and {owner}")
         used[key] = owner
+    return action_keys
 
-    name = values.pop("name", path.parent.name if path else "project")
-    return ProjectConfig(name=name, labels=names, label_keys=label_keys, taxonomy=reasons,
-                         action_keys=action_keys, path=path, ask_reason=ask_reason, **values)
+
+def parse_config(data: dict, path: Path) -> ProjectConfig:
+    """A ProjectConfig from the parsed TOML of ``path``; ConfigError naming the section and key."""
+    values = _scalar_sections(data, path)
+    label_keys = _label_names_and_keys(data, path, values.get("multi_label", False))
+    reasons = values.get("taxonomy", DEFAULT_TAXONOMY)
+    if not 1 <= len(reasons) <= 9:
+        raise _fail(path, "[taxonomy] reasons", "must list between 1 and 9 reasons (one digit key each)")
+    action_keys = _action_keys(data, path, label_keys)
+    name = values.pop("name", None) or (path.parent.name if path else "project")
+    return ProjectConfig(name=name, labels=list(label_keys), label_keys=label_keys, action_keys=action_keys,
+                         path=path, **values)
 
 
 def default_label_keys(names: list[str]) -> list[str]:
@@ -317,80 +323,53 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(_toml_str(x) for x in items) + "]"
 
 
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return _toml_str(v)
+    if isinstance(v, list):
+        return _toml_list(v)
+    return repr(v)
+
+
+def _comment(text: str, width: int = 100) -> list[str]:
+    import textwrap
+    return ["# " + line for line in textwrap.wrap(text, width - 2)]
+
+
 def render_config(name: str, labels: list[str], multi_label: bool) -> str:
-    """The commented labelloop.toml that ``labelloop init`` writes."""
-    keys = default_label_keys(labels)
-    return f"""# labelloop project configuration. Checked on every load: an unknown key or a
-# wrong value is reported with its section and name.
+    """The commented labelloop.toml that ``labelloop init`` writes: every key of KEYS at its default,
+    with its description and range."""
+    values = {("project", "name"): name, ("project", "multi_label"): multi_label}
+    lines = ["# labelloop project configuration. Checked on every load: an unknown key or a",
+             "# wrong value is reported with its section and name."]
+    for section in SECTIONS:
+        lines += ["", f"[{section}]"]
+        lines += _comment(SECTION_NOTES[section]) if section in SECTION_NOTES else []
+        if section == "labels":
+            lines += [f"names = {_toml_list(labels)}",
+                      f"keys = {_toml_list(default_label_keys(labels))}  # one key per label, in the same order"]
+        if section == "keys":
+            lines += ["# Remap actions here, e.g. correction = \"r\". Defaults:",
+                      *_comment(", ".join(f"{a} = \"{k}\"" for a, k in DEFAULT_ACTION_KEYS.items()), 120)]
+        for k in KEYS:
+            if k.section == section:
+                value = _toml_value(values.get((section, k.name), k.default))
+                rng = k.range_text()
+                note = k.doc + (f" ({rng})" if rng and rng not in k.doc else "")
+                lines.append(f"{k.name} = {value}  # {note}")
+    return "\n".join(lines) + "\n"
 
-[project]
-name = {_toml_str(name)}
-multi_label = {'true' if multi_label else 'false'}
-guidelines = "guidelines.md"      # shown with '?' in the workstation
-max_text_chars = 100000           # longer texts are rejected at import
 
-[labels]
-names = {_toml_list(labels)}
-keys = {_toml_list(keys)}          # one key per label, in the same order
-ask_reason = false                # true: a label key that differs from the suggestion asks why (taxonomy)
-
-[taxonomy]
-# Why a model suggestion was wrong; picked with one digit when correcting.
-reasons = {_toml_list(DEFAULT_TAXONOMY)}
-
-[cost]
-per_label = 0.10                  # money per human label
-seconds_per_label = 15.0          # annotator seconds per label (for cost per accuracy point)
-compute_price_per_hour = 0.50     # money per compute hour (retrain + scoring overhead)
-
-[strategy]
-name = "margin"                   # {', '.join(STRATEGIES)}
-batch_size = 50
-audit_share = 0.10                # share of each batch drawn at random as a control arm
-cold_start = "random"             # {', '.join(COLD_STARTS)}
-seed_query = ""                   # regex for keyword seeding, e.g. "free|prize|win"
-seed_size = 50
-min_labels_per_class = 10         # seed adequacy threshold per class
-calibration = "temperature"       # {', '.join(CALIBRATIONS)}
-class_weight = "none"             # none, balanced
-retrain_every = 25                # decisions between automatic retrains (0 = never)
-blind_share = 0.0                 # share of items shown without the model's suggestion
-hashing_above = 500000            # pool size above which features are hashed (leaner, bounded memory)
-
-[features]
-# tfidf (word 1-2 + char 2-5 n-grams), embed (static sentence embeddings, WordLlama 256-d, shipped
-# inside the wordllama wheel), tfidf+embed (both; the embeddings' weight chosen by cross-validation),
-# or auto: each is cross-validated on the labels so far, the best is used and re-decided as labels
-# double. The choice and its evidence are stored with each model version (labelloop status).
-kind = "auto"
-
-[team]
-overlap_share = 0.10              # share of items labelled by more than one annotator
-annotators_per_item = 2
-lease_minutes = 10                # an item handed out and not decided returns to the others after this
-skip_hides = false                # true: one annotator's skip hides the item from everyone
-flag_hides = true                 # true: one annotator's flag hides the item from everyone (review decides)
-tie_breaker = false               # true: when overlap annotators disagree, one more annotator labels first
-review_unanimous = false          # true: items every annotator agreed on go to review too
-dissent_threshold = 0.9           # annotators agree but the model is this sure of another label: review
-gold_share = 0.05                 # share of each annotator's items drawn, blind, from the gold split
-gold_min_accuracy = 0.8           # annotators below this accuracy on gold are shown to reviewers
-gold_tier_key = "tier"            # the metadata column holding a gold item's difficulty tier
-gold_pause = false                # true: an annotator below gold_min_accuracy (10+ gold items) is paused
-
-[roles]
-# Login names (the SSH user, read from the socket). All empty: everyone who can reach the project
-# annotates and the user who runs the server is the admin. Otherwise only the users listed may connect.
-# admins may do everything; reviewers annotate and export; annotators label.
-admins = []
-reviewers = []
-annotators = []
-
-[keys]
-# Remap actions here, e.g. reject = "r". Defaults:
-# accept = "enter", reject = "x", skip = "s", flag = "f", undo = "u",
-# retrain = "t", metrics = "m", help = "question_mark", quit = "q"
-"""
+def config_reference() -> str:
+    """The README's config reference: a Markdown table of KEYS."""
+    rows = ["| section | key | type | default | range | what it does |", "|---|---|---|---|---|---|"]
+    for k in KEYS:
+        default = "folder name" if k.default is None else _toml_value(k.default)
+        rows.append(f"| `[{k.section}]` | `{k.name}` | {k.type.__name__} | `{default}` | {k.range_text() or '-'} | "
+                    f"{k.doc} |")
+    return "\n".join(rows)
 
 
 GUIDELINES_TEMPLATE = """# Annotation guidelines: {name}
@@ -402,10 +381,10 @@ Labels: {labels}
 ## Hard cases
 - Write down every case you had to think about, with the decision taken.
 
-## When to skip, flag or reject the suggestion
+## When to skip, flag or correct the suggestion
 - **Skip** (s): you cannot decide from the text alone.
 - **Flag** (f): the item needs a reviewer (unclear guideline, data problem).
-- **Reject** (x): the model's suggestion is wrong; pick the right label and why.
+- **Correct** (x): the model's suggestion is wrong; pick the right label and why.
 """
 
 

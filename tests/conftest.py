@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "datasets"
 
-from labelloop.core.project import Project, init_project  # noqa: E402
+from labelloop.core.store.project import Project, init_project  # noqa: E402
 
 
 @pytest.fixture
@@ -52,3 +52,26 @@ def store_fingerprint(project: Project) -> tuple:
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "labelloop.tui.cli", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=env, timeout=300)
+
+
+@pytest.fixture(params=["in-process", "socket"])
+def open_app(request):
+    """The workstation over either transport: the project in this process (as alice), or a
+    ``labelloop serve`` server for the project (as the OS user, whom the socket names)."""
+    servers = {}
+
+    def make(d, **kw):
+        from labelloop.core.api.server import Server
+        from labelloop.tui.app import LabelApp
+        if request.param == "socket":
+            if d not in servers:
+                servers[d] = Server(d, compute="thread")
+                servers[d].start()
+            return LabelApp(d, **kw)
+        return LabelApp(d, actor="alice", **kw)
+    from labelloop.core.store.project import current_actor
+    make.actor = "alice" if request.param == "in-process" else current_actor()
+    make.transport = request.param
+    yield make
+    for srv in servers.values():
+        srv.stop()

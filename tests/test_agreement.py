@@ -1,4 +1,4 @@
-"""Agreement statistics (core/agreement.py) against reference implementations (scikit-learn,
+"""Agreement statistics (core/measure/agreement.py) against reference implementations (scikit-learn,
 statsmodels, krippendorff, and values produced by irrCAC) on random and hand-made ratings, against
 published worked examples, and on the edge cases where the libraries give NaN or raise."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelloop.core.agreement import agreement_report, cohen_kappa, count_matrix, measure
+from labelloop.core.measure.agreement import agreement_report, cohen_kappa, count_matrix, measure
 
 krippendorff = pytest.importorskip("krippendorff")
 statsmodels_irr = pytest.importorskip("statsmodels.stats.inter_rater")
@@ -31,7 +31,7 @@ def random_ratings(seed: int, n_items=60, raters=("a", "b", "c", "d"), cats=("x"
 
 def as_table(ratings: dict, raters) -> np.ndarray:
     """raters x items with NaN for missing (the krippendorff package's layout), categories as ints."""
-    cats = sorted({l for r in ratings.values() for l in r.values()})
+    cats = sorted({lab for r in ratings.values() for lab in r.values()})
     return np.array([[cats.index(ratings[i][a]) if a in ratings[i] else np.nan for i in ratings] for a in raters],
                     dtype=float)
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from labelloop.core.calibration import (PlattCalibrator, brier, expected_calibration_error, fit_temperature, nll, reliability,
+from labelloop.core.engine.calibration import (PlattCalibrator, brier, expected_calibration_error, fit_temperature, nll, reliability,
                               softmax_t)
 
 

@@ -1,8 +1,8 @@
 import pytest
 
 from labelloop.core.config import CONFIG_NAME, load_config
-from labelloop.core.errors import ConfigError, ProjectError
-from labelloop.core.project import init_project
+from labelloop.core.util.errors import ConfigError, ProjectError
+from labelloop.core.store.project import init_project
 from labelloop.core.store import SCHEMA_VERSION, Store
 
 
@@ -48,13 +48,13 @@ def _rewrite(d, old, new):
 
 
 @pytest.mark.parametrize("old,new,expected", [
-    ("audit_share = 0.10", "audit_share = 1.5", r"\[strategy\] audit_share must be a number between 0 and 1, got 1.5"),
+    ("audit_share = 0.1", "audit_share = 1.5", r"\[strategy\] audit_share must be a number between 0 and 1, got 1.5"),
     ('name = "margin"', 'name = "magic"', r"\[strategy\] name must be one of random, least_confidence, margin"),
     ("batch_size = 50", "batch_sise = 50", r"\[strategy\] has an unknown key 'batch_sise'"),
     ("multi_label = false", 'multi_label = "no"', r"\[project\] multi_label must be true or false"),
     ("[team]", "[teams]", r"unknown section \[teams\]"),
     ('keys = ["1", "2"]', 'keys = ["1", "x"]', r"key 'x' is given to both label 'spam'"),
-    ("per_label = 0.10", "per_label = -1", r"\[cost\] per_label must be a number >= 0"),
+    ("per_label = 0.1", "per_label = -1", r"\[cost\] per_label must be a number >= 0"),
 ])
 def test_config_errors_name_the_key(tmp_path, old, new, expected):
     d = init_project(tmp_path / "p", ["ham", "spam"])
@@ -73,5 +73,42 @@ def test_config_not_toml(tmp_path):
 
 def test_remapped_action_key(tmp_path):
     d = init_project(tmp_path / "p", ["ham", "spam"])
-    (d / CONFIG_NAME).write_text((d / CONFIG_NAME).read_text().replace("[keys]\n", '[keys]\nreject = "r"\n'))
-    assert load_config(d).action_keys["reject"] == "r"
+    (d / CONFIG_NAME).write_text((d / CONFIG_NAME).read_text().replace("[keys]\n", '[keys]\ncorrection = "r"\n'))
+    assert load_config(d).action_keys["correction"] == "r"
+
+
+def test_every_key_is_declared_once_and_the_rendered_file_and_readme_follow_the_schema(tmp_path):
+    """KEYS is the one declaration: the file init writes holds every key at its default with its
+    description, parses back to those defaults, and the README's reference is the schema's table."""
+    import tomllib
+
+    from labelloop.core.config import KEYS, ProjectConfig, config_reference, render_config
+    from tests.conftest import ROOT
+    assert len({(k.section, k.name) for k in KEYS}) == len(KEYS)
+    text = render_config("p", ["ham", "spam"], False)
+    data = tomllib.loads(text)
+    cfg = load_config(init_project(tmp_path / "p", ["ham", "spam"]))
+    for k in KEYS:
+        assert k.name in data[k.section], (k.section, k.name)
+        line = next(line for line in text.splitlines() if line.startswith(f"{k.name} = ") and k.doc in line)
+        assert k.doc in line
+        if k.default is not None:
+            assert data[k.section][k.name] == k.default and getattr(cfg, k.field) == k.default, k.name
+    assert {f for f in ProjectConfig.__dataclass_fields__} == {k.field for k in KEYS} | {
+        "labels", "label_keys", "action_keys", "path"}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert config_reference() in readme
+
+
+@pytest.mark.parametrize("key", __import__("labelloop.core.config", fromlist=["KEYS"]).KEYS,
+                         ids=lambda k: f"{k.section}.{k.name}")
+def test_each_key_refuses_a_wrong_value_naming_section_and_key(tmp_path, key):
+    import tomllib
+
+    from labelloop.core.config import parse_config, render_config
+    data = tomllib.loads(render_config("p", ["ham", "spam"], False))
+    bad = {bool: "yes", int: 1.5, float: "x", list: "not a list", str: "no-such-choice" if key.choices else 5}[key.type]
+    data[key.section][key.name] = bad
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, tmp_path / CONFIG_NAME)
+    assert f"[{key.section}] {key.name} must be" in str(e.value) and CONFIG_NAME in str(e.value)

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labelloop.core.errors import LabelloopError
+from labelloop.core.util.errors import LabelloopError
 from labelloop.core.store.exports import export_parquet
 from labelloop.core.store.imports import import_file
-from labelloop.core.project import Project, init_project
+from labelloop.core.store.project import Project, init_project
 from tests.conftest import ROOT, write_csv, write_jsonl
 
 FINAL_COLUMNS = ["item_id", "text", "label", "labels", "decision", "decided_by", "n_annotations", "annotators",

@@ -1,5 +1,5 @@
 """Featurizers (TF-IDF, embeddings, both), their offline loading, the cache, and the evidence-based
-choice between them (core/features.py, core/embed.py, core/featuresel.py)."""
+choice between them (core/engine/features.py, core/engine/embed.py, core/engine/featuresel.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from labelloop.core import embed as embed_mod
-from labelloop.core.features import FEATURE_MODES, TextFeaturizer, load_or_build_features
-from labelloop.core.featuresel import choose_features
+from labelloop.core.engine import embed as embed_mod
+from labelloop.core.engine.features import FEATURE_MODES, TextFeaturizer, load_or_build_features
+from labelloop.core.engine.featuresel import choose_features
 
 TEXTS = ["The cat sat on the mat.", "A dog barked at the mailman!", "Stock prices fell sharply today.",
          "", "Ünïcödé text – with dashes", "The cat sat on the mat."]

@@ -12,9 +12,9 @@ import time
 import polars as pl
 import pytest
 
-from labelloop.core.errors import InputFileError, ValidationError
+from labelloop.core.util.errors import InputFileError, ValidationError
 from labelloop.core.store.imports import import_file
-from labelloop.core.project import Project
+from labelloop.core.store.project import Project
 from tests.conftest import ROOT, store_fingerprint, write_csv, write_jsonl
 
 GOOD = [["a1", "win a free prize now", "spam"], ["a2", "see you at lunch", "ham"], ["a3", "no label yet", ""]]
@@ -69,7 +69,7 @@ def test_ids_default_to_file_and_row(project, tmp_path):
 
 
 def test_multi_label_import(tmp_path):
-    from labelloop.core.project import init_project
+    from labelloop.core.store.project import init_project
     d = init_project(tmp_path / "ml", ["sports", "politics", "tech"], multi_label=True)
     with Project.open(d) as p:
         f = write_csv(tmp_path / "m.csv", ["id", "text", "tags"], [["1", "x", "sports|tech"], ["2", "y", "politics"]])

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from labelloop.core.config import CONFIG_NAME
-from labelloop.core.errors import LabelloopError
-from labelloop.core.loop import store_features
+from labelloop.core.util.errors import LabelloopError
+from labelloop.core.loop.al_round import store_features
 from labelloop.core.store.imports import import_file
-from labelloop.core.loop import queued_items, train_and_queue
-from labelloop.core.project import Project, init_project
-from labelloop.core.transfer import export_model, import_model
+from labelloop.core.loop.al_round import queued_items, train_and_queue
+from labelloop.core.store.project import Project, init_project
+from labelloop.core.loop.transfer import export_model, import_model
 from tests.conftest import ROOT, write_csv
 
 SAMPLE = list(csv.DictReader(open(ROOT / "sample_data" / "sms_spam.csv", encoding="utf-8")))
@@ -168,7 +168,7 @@ def test_model_export_import_as_first_scorer(tmp_path):
     assert r.strategy == "cold start: stratified"
     predicted = [max(json.loads(it["probs"]), key=json.loads(it["probs"]).get) for it in queued_items(dst)
                  if not it["audit"]]  # the 18 stratified picks (2 of the 20 are random audit)
-    from labelloop.core.loop import features_for, load_model
+    from labelloop.core.loop.al_round import features_for, load_model
     art = load_model(dst, iv)
     feats = features_for(dst, featurizer=art["featurizer"])
     pool_pred = art["model"].predict_proba(feats.X[feats.splits == "pool"]).argmax(1)
@@ -206,8 +206,8 @@ def _multi_label_project(tmp_path):
 
 
 def test_multi_label_one_vs_rest(tmp_path):
-    from labelloop.core.model import MultiLabelModel
-    from labelloop.core.workspace import Workspace
+    from labelloop.core.engine.model import MultiLabelModel
+    from labelloop.core.api.workspace import Workspace
     p, truth = _multi_label_project(tmp_path)
     train_and_queue(p, seed=0)
     for it in queued_items(p):
@@ -219,7 +219,7 @@ def test_multi_label_one_vs_rest(tmp_path):
     assert 0 <= m["ece"] <= 1 and m["temperature"] > 0
     art = json.loads(p.store.scalar("SELECT metrics FROM models WHERE version = 1"))
     assert art["micro_f1"] == m["micro_f1"]
-    from labelloop.core.loop import load_model
+    from labelloop.core.loop.al_round import load_model
     assert isinstance(load_model(p, 1)["model"], MultiLabelModel)
     q = queued_items(p)
     probs = json.loads(q[0]["probs"])

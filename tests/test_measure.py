@@ -15,10 +15,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from labelloop.core import readiness as R
-from labelloop.core.features import load_or_build_features
-from labelloop.core.measure import arm_curves, cost_per_point, warning_signs
-from labelloop.core.report import CHARTS, write_report
+from labelloop.core.loop import readiness as R
+from labelloop.core.engine.features import load_or_build_features
+from labelloop.core.measure.signs import arm_curves, cost_per_point, warning_signs
+from labelloop.core.text.report import CHARTS, write_report
 from tests.tui_helpers import project_copy
 
 CFG = SimpleNamespace(cost_per_label=0.10, seconds_per_label=15.0, compute_price_per_hour=0.50)
@@ -199,7 +199,7 @@ def test_cost_per_accuracy_point_in_a_rolling_window():
 # -- through a real project: the stored measurements, check and status ---------------------------------
 
 def test_each_retrain_stores_a_measurement_that_check_reads_back(tmp_path):
-    from labelloop.core.service import Service
+    from labelloop.core.api.service import Service
     d = project_copy(tmp_path)
     svc = Service(d, compute="thread", owner="lead")
     try:
@@ -215,7 +215,7 @@ def test_each_retrain_stores_a_measurement_that_check_reads_back(tmp_path):
     assert {c["key"] for c in r["checks"]} == {"calibration", "cost", "pool", "distribution", "cold_start",
                                                "guidelines", "duplicates"}
     assert len(r["warnings"]) == 5 and {w["key"] for w in st["warnings"]} == {w["key"] for w in r["warnings"]}
-    from labelloop.core.status_text import format_status
+    from labelloop.core.text.status import format_status
     assert "warning signs" in format_status(st)
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from labelloop.core.calibration import nll
-from labelloop.core.errors import ModelError
-from labelloop.core.features import TextFeaturizer
-from labelloop.core.loop import batch_similarity
-from labelloop.core.model import evaluate, fit_model
+from labelloop.core.engine.calibration import nll
+from labelloop.core.util.errors import ModelError
+from labelloop.core.engine.features import TextFeaturizer
+from labelloop.core.loop.al_round import batch_similarity
+from labelloop.core.engine.model import evaluate, fit_model
 from tests.conftest import ROOT
 
 ROWS = list(csv.DictReader(open(ROOT / "sample_data" / "sms_spam.csv", encoding="utf-8")))
@@ -82,7 +82,7 @@ def test_batch_similarity_flags_a_concentrated_batch():
 
 def test_never_returns_the_all_zero_model(data, monkeypatch):
     """lbfgs stops at w = 0 when the starting gradient is below tol (seen with balanced margin batches)."""
-    import labelloop.core.model as M
+    import labelloop.core.engine.model as M
     real = M._logreg
     monkeypatch.setattr(M, "_logreg", lambda cw, C, seed, tol=1e-4: real(cw, C, seed, tol=1.0 if tol > 1e-9 else tol))
     X, y, Xt, yt = data
@@ -93,7 +93,7 @@ def test_never_returns_the_all_zero_model(data, monkeypatch):
 @pytest.mark.parametrize("k", [2, 3])
 def test_approximate_leave_one_out_logits_track_exact_leave_one_out(k):
     """alo_logits against refitting without each item in turn (the thing it approximates)."""
-    from labelloop.core.model import CalibratedModel, _fit_lr, alo_logits
+    from labelloop.core.engine.model import CalibratedModel, _fit_lr, alo_logits
     rng = np.random.default_rng(k)
     n, d = 60, 20
     centres = rng.normal(0, 1.2, size=(k, d))

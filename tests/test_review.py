@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from labelloop.core.client import LocalClient
-from labelloop.core.project import Project
-from labelloop.core.service import Service
+from labelloop.core.api.client import LocalClient
+from labelloop.core.store.project import Project
+from labelloop.core.api.service import Service
 from labelloop.tui.review import ReviewApp
 from tests.tui_helpers import TRUTH, build_project
 
@@ -93,7 +93,7 @@ async def test_send_back_returns_the_item_to_its_annotators_with_the_reason(disp
         assert [u["note"] for u in undos] == ["sent back: see rule 4 on names"] * 2 and {u["actor"] for u in undos} == {"rita"}
         assert p.store.rows("SELECT count(*) FROM final_labels WHERE item_id = ?", [first])[0][0] == 0
     # alice gets it again first, with the reviewer's reason as the why
-    from labelloop.core.workspace import Workspace
+    from labelloop.core.api.workspace import Workspace
     ws = Workspace(d, actor="alice")
     assert ws.current().item_id == first and ws.current().why == "sent back by a reviewer: see rule 4 on names"
     ws.close()

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.core.client import MAX_LINE, SOCKET_NAME, SocketClient, connect
-from labelloop.core.project import Project, current_actor
-from labelloop.core.server import Server
-from labelloop.core.service import ApiError
+from labelloop.core.api.client import MAX_LINE, SOCKET_NAME, SocketClient
+from labelloop.core.store.project import Project, current_actor
+from labelloop.core.api.server import Server
+from labelloop.core.api.protocol import PROTOCOL_VERSION, ApiError
 from tests.conftest import ROOT, run_cli, write_csv
 from tests.tui_helpers import TRUTH, project_copy
 
@@ -114,6 +114,7 @@ def test_hostile_clients_do_not_stop_the_server(served):
     raw = socket.socket(socket.AF_UNIX)
     raw.connect(str(d / SOCKET_NAME))
     f = raw.makefile("rb")
+    assert json.loads(f.readline())["hello"]["protocol"] == PROTOCOL_VERSION  # the server speaks first
     raw.sendall(b"this is not json\n")
     assert json.loads(f.readline())["error"]["code"] == "bad_request"
     raw.sendall(b'{"id": 7, "op": "format_disk", "args": {}}\n')
@@ -131,6 +132,7 @@ def test_hostile_clients_do_not_stop_the_server(served):
     except OSError:
         pass
     bf = big.makefile("rb")
+    assert "hello" in json.loads(bf.readline())
     assert json.loads(bf.readline())["error"]["code"] == "too_large"
     assert bf.readline() == b""
     # a client killed half-way through a request
@@ -146,7 +148,7 @@ def test_hostile_clients_do_not_stop_the_server(served):
 
 
 def test_workspace_over_the_socket_is_the_same_api(served):
-    from labelloop.core.workspace import Workspace
+    from labelloop.core.api.workspace import Workspace
     d, srv = served
     ws = Workspace(d)
     assert ws.transport == "socket" and ws.service is None
@@ -217,17 +219,24 @@ def _can_make_users() -> bool:
 
 @pytest.fixture
 def request_cleanup():
-    folders: list[Path] = []
-    yield folders
-    for f in folders:
-        shutil.rmtree(f, ignore_errors=True)
+    """Folders, and the OS users and groups a test created (("user", name), ("group", name)): removed
+    afterwards, users before their group, whatever the test's outcome."""
+    made: list = []
+    yield made
+    for f in made:
+        if isinstance(f, Path):
+            shutil.rmtree(f, ignore_errors=True)
+    for kind in ("user", "group"):
+        for f in made:
+            if isinstance(f, tuple) and f[0] == kind:
+                subprocess.run([f"{kind}del", f[1]], capture_output=True)
 
 
 # What a user's own process runs: the wire protocol with nothing but the standard library (the test
 # users cannot read this checkout's virtualenv, and the protocol needs none of it).
 RAW_CLIENT = """
 import json, socket, sys, uuid
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile('rb')
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile('rb'); f.readline()  # the hello
 def call(op, **args):
     s.sendall((json.dumps({'id': 1, 'op': op, 'args': args}) + '\\n').encode())
     a = json.loads(f.readline())
@@ -245,10 +254,13 @@ print(call('ping')['actor'])
 def test_two_real_users_label_at_once_with_identities_from_the_socket(request_cleanup):
     group = "llteam"
     users = ["llalice", "llbob"]
-    subprocess.run(["groupadd", "-f", group], check=True)
+    if subprocess.run(["getent", "group", group], capture_output=True).returncode != 0:
+        subprocess.run(["groupadd", group], check=True)
+        request_cleanup.append(("group", group))   # removed after the users, by the fixture
     for u in [*users, "llcarol"]:
         if subprocess.run(["id", u], capture_output=True).returncode != 0:
             subprocess.run(["useradd", "-M", "-G", group, "-s", "/bin/sh", u], check=True)
+            request_cleanup.append(("user", u))
     python = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin")
     if python is None or subprocess.run(["runuser", "-u", users[0], "--", python, "-c", "pass"]).returncode != 0:
         pytest.skip("no system python3 the test users may run")
@@ -307,6 +319,7 @@ class _Tcp:
     def __init__(self, port: int):
         self.s = socket.create_connection(("127.0.0.1", port), timeout=30)
         self.f = self.s.makefile("rb")
+        assert "hello" in json.loads(self.f.readline())
 
     def call(self, op: str, **args) -> dict:
         self.s.sendall((json.dumps({"id": 1, "op": op, "args": args}) + "\n").encode())
@@ -352,7 +365,7 @@ def test_a_short_team_load_loses_nothing_and_never_over_assigns(tmp_path):
     cfg = d / "labelloop.toml"
     cfg.write_text(cfg.read_text().replace("overlap_share = 0.0", "overlap_share = 0.3")
                    .replace("retrain_every = 0", "retrain_every = 20"))
-    from labelloop.core.server import add_token
+    from labelloop.core.api.server import add_token
     users = [f"u{i}" for i in range(8)]
     tokens = {u: add_token(d, u) for u in users}
     port = _free_port()
@@ -391,7 +404,7 @@ def test_a_short_team_load_loses_nothing_and_never_over_assigns(tmp_path):
         t.join(60)
     srv.stop()
     assert not errors, errors[:3]
-    from labelloop.core.assign import overlap_need
+    from labelloop.core.api.assign import overlap_need
     with Project.open(d) as p:
         rows = p.store.rows("SELECT client_msg_id, item_id, actor FROM event_log WHERE client_msg_id IS NOT NULL")
         retrains = p.store.scalar("SELECT count(*) FROM models")
@@ -410,7 +423,7 @@ def test_a_decision_in_hand_survives_a_server_restart(tmp_path):
     """Leases live in the server's memory; the item an annotator holds carries the server's keyed proof,
     so the decision they send after a restart is stored (once), while an item nobody handed them, or
     a forged proof, is still refused."""
-    from labelloop.core.workspace import Workspace
+    from labelloop.core.api.workspace import Workspace
     d = project_copy(tmp_path)
     srv = Server(d, compute="thread")
     srv.start()

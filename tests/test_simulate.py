@@ -4,8 +4,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from labelloop.core.errors import LabelloopError
-from labelloop.core.simulate import (SimConfig, format_report, paired_interval, quick_metrics, read_labelled,
+from labelloop.core.util.errors import LabelloopError
+from labelloop.core.loop.simulate import (SimConfig, format_report, paired_interval, quick_metrics, read_labelled,
                                      run_simulation, write_outputs)
 from tests.conftest import ROOT, SHARED, run_cli, write_csv
 
@@ -143,7 +143,7 @@ def test_shuffled_labels_are_called_nothing_to_learn(tmp_path):
     texts, labels, _ = read_labelled(SAMPLE, "text", "label")
     rng = np.random.default_rng(1)
     shuffled = list(rng.permutation(labels))
-    f = write_csv(tmp_path / "shuffled.csv", ["text", "label"], [[t, l] for t, l in zip(texts[:1500], shuffled[:1500])])
+    f = write_csv(tmp_path / "shuffled.csv", ["text", "label"], [[t, lab] for t, lab in zip(texts[:1500], shuffled[:1500])])
     cfg = SimConfig(strategies=["margin", "random"], seed_size=20, batch=20, budget=60, repeats=2, features=["tfidf"])
     r = run_simulation(f, "text", "label", cfg)
     assert not r.learnable["holds"]
@@ -159,8 +159,8 @@ def test_the_seed_set_alone_meeting_the_target_is_said(tmp_path):
 
 
 def test_quick_metrics_match_the_full_evaluation():
-    from labelloop.core.features import TextFeaturizer
-    from labelloop.core.model import evaluate, fit_model
+    from labelloop.core.engine.features import TextFeaturizer
+    from labelloop.core.engine.model import evaluate, fit_model
     texts, labels, _ = read_labelled(SAMPLE, "text", "label")
     X = TextFeaturizer("tfidf").fit(texts).transform_text(texts)
     classes = sorted(set(labels))

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from labelloop.core.project import Project
+from labelloop.core.store.project import Project
 from tests.tui_helpers import project_copy
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")

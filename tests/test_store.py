@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from labelloop.core.store.exports import export_parquet
 from labelloop.core.store.imports import import_file
-from labelloop.core.project import Project, init_project
+from labelloop.core.store.project import Project, init_project
 from labelloop.core.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
 
 ITEMS = ["a", "b", "c", "d"]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from labelloop.core.errors import LabelloopError
-from labelloop.core.strategies import (bald, cal_scores, diversity_select, entropy, least_confidence, margin, percentile_of,
+from labelloop.core.util.errors import LabelloopError
+from labelloop.core.engine.strategies import (bald, cal_scores, diversity_select, entropy, least_confidence, margin, percentile_of,
                              power_sample, select_batch, top_k, vote_entropy)
 
 P = np.array([
@@ -177,3 +177,21 @@ def test_diversity_takes_one_item_per_cluster():
 def test_unknown_strategy_is_a_clear_error():
     with pytest.raises(LabelloopError, match="unknown strategy 'magic'"):
         select_batch("magic", 10, 2, rng=np.random.default_rng(0))
+
+
+def test_one_registry_names_every_strategy_for_the_loop_the_simulator_and_the_config():
+    from labelloop.core.config import STRATEGIES as CONFIG_CHOICES
+    from labelloop.core.engine.strategies import STRATEGIES, QueryStrategy, get_strategy
+    from labelloop.core.util.errors import LabelloopError
+    assert tuple(STRATEGIES) == CONFIG_CHOICES
+    for name, s in STRATEGIES.items():
+        assert isinstance(s, QueryStrategy) and str(s) == s.name == name
+    assert get_strategy("margin") is STRATEGIES["margin"]
+    with pytest.raises(LabelloopError, match="not available for multi-label"):
+        get_strategy("bald", multi_label=True)
+    # the loop's scores and the simulator's are the same function of the probabilities
+    p = np.random.default_rng(0).dirichlet(np.ones(4), size=50)
+    from labelloop.core.engine.strategies import Round
+    for name in ("margin", "entropy", "least_confidence"):
+        assert np.array_equal(STRATEGIES[name].score(p, None, None, Round(model=None)),
+                              {"margin": margin, "entropy": entropy, "least_confidence": least_confidence}[name](p))

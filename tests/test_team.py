@@ -9,10 +9,11 @@ import uuid
 
 import pytest
 
-from labelloop.core.client import LocalClient
+from labelloop.core.api.client import LocalClient
 from labelloop.core.config import CONFIG_NAME
-from labelloop.core.project import Project
-from labelloop.core.service import ApiError, Service
+from labelloop.core.store.project import Project
+from labelloop.core.api.protocol import ApiError
+from labelloop.core.api.service import Service
 from tests.tui_helpers import TRUTH, build_project
 
 TEAM_EDITS = (("overlap_share = 0.0", "overlap_share = 1.0"),)
@@ -121,7 +122,7 @@ def test_two_annotators_never_get_the_same_single_item_and_overlap_items_get_two
             break
     svc.close()
     per_item: dict[str, list[str]] = {}
-    for e in _events(d.parent / "proj" if False else d, "kind = 'label'") + [
+    for e in _events(d, "kind = 'label'") + [
             {"item_id": i, "actor": "seed-annotator"} for i in _seeded(d)]:
         per_item.setdefault(e["item_id"], []).append(e["actor"])
     assert per_item
@@ -335,7 +336,7 @@ def test_status_shows_agreement_with_intervals_and_al_against_audit(team):
     n_audit = sum(bool(i["audit"]) for i in done)
     assert ag["by_arm"]["audit"]["percent"]["n_items"] == n_audit
     assert ag["by_arm"]["al"]["percent"]["n_items"] == 16 - n_audit
-    from labelloop.core.status_text import format_status
+    from labelloop.core.text.status import format_status
     text = format_status(ag and svc.handle("alice", "status", {}))
     assert "percent agreement      0.750 [" in text and "random-audit items" in text
 
@@ -372,7 +373,7 @@ def test_review_queue_holds_exactly_the_disagreeing_and_flagged_items(team):
     assert q["counts"] == {"disagreement": 3, "flagged": 1}
     st = svc.handle("alice", "status", {})
     assert st["review"] == {"waiting": 4, "by_reason": {"disagreement": 3, "flagged": 1}}
-    from labelloop.core.status_text import format_status
+    from labelloop.core.text.status import format_status
     assert "4 items wait for a reviewer (disagreement 3, flagged 1)" in format_status(st)
     one = sorted(disagreeing)[0]
     view = svc.handle("admin", "review_item", {"item_id": one})

@@ -21,10 +21,10 @@ import pytest
 
 from labelloop.core.config import CONFIG_NAME
 from labelloop.core.store.imports import import_file
-from labelloop.core.loop import queued_items, train_and_queue
-from labelloop.core.project import Project, init_project
+from labelloop.core.loop.al_round import queued_items, train_and_queue
+from labelloop.core.store.project import Project, init_project
 from tests.conftest import ROOT, run_cli, write_csv, write_jsonl
-from tests.tui_helpers import SAMPLE, TRUTH, build_project, project_copy
+from tests.tui_helpers import TRUTH, build_project, project_copy
 
 ESC_BYTES = (b"\x1b", b"\x07", b"\xc2\x9b", b"\xe2\x80\xae")  # ESC, BEL, 8-bit CSI, RTL override
 
@@ -86,8 +86,8 @@ def test_planted_pickles_never_run(tmp_path):
     assert not marker.exists()
     # a retrain in the workstation and the metrics pane (Workspace API, same code paths)
     _plant_everywhere(d, marker)
-    from labelloop.core.metrics import arm_comparison, metrics_snapshot
-    from labelloop.core.workspace import Workspace
+    from labelloop.core.loop.metrics import arm_comparison, metrics_snapshot
+    from labelloop.core.api.workspace import Workspace
     ws = Workspace(d, actor="alice")
     try:
         ws.retrain(seed=2)
@@ -119,7 +119,7 @@ def test_models_and_cache_are_stored_without_pickle(tmp_path):
                 for k in z.files:
                     assert z[k].dtype.kind in "biufS", (p, k)  # numbers (and scipy's format tag), never objects
     with Project.open(d) as p:
-        from labelloop.core.loop import load_model
+        from labelloop.core.loop.al_round import load_model
         art = load_model(p, 1)
         X = np.zeros((1, art["featurizer"].n_features_), dtype=np.float32)
         assert art["model"].predict_proba(X).shape == (1, 2)
@@ -133,8 +133,7 @@ def test_exported_model_round_trips_and_crafted_bundles_are_refused(tmp_path):
     r = run_cli("model", "import", str(other), str(out))
     assert r.returncode == 0, r.stderr
     with Project.open(d) as p1, Project.open(other) as p2:
-        from labelloop.core.loop import store_features
-        from labelloop.core.loop import load_model
+        from labelloop.core.loop.al_round import load_model
         a, b = load_model(p1, 1), load_model(p2, 2 if p2.store.scalar("SELECT max(version) FROM models") == 2 else 1)
         texts = ["WIN a free prize now", "see you at lunch"]
         Xa, Xb = a["featurizer"].transform(texts), b["featurizer"].transform(texts)
@@ -210,7 +209,7 @@ def test_cli_prints_hostile_ids_labels_splits_and_errors_as_text(tmp_path):
 
 
 def test_sanitiser_makes_every_control_visible():
-    from labelloop.core.textsafe import clean, safe_json, safe_line
+    from labelloop.core.util.textsafe import clean, safe_json, safe_line
     s = "a\x1b[2Jb\x07c\x9bd\u202ee\x00f\tg\nh\x7f"
     out = clean(s)
     assert not any(ord(c) < 0x20 and c not in "\n" or 0x7f <= ord(c) < 0xa0 or c == "\u202e" for c in out)
@@ -245,7 +244,7 @@ def test_planted_symlinks_at_old_temporary_names_are_not_followed(tmp_path):
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     import errno
-    from labelloop.core.safeio import atomic_path, atomic_write
+    from labelloop.core.util.safeio import atomic_path, atomic_write
     target = tmp_path / "model_v1.npz"
     target.write_bytes(b"old")
 
@@ -262,7 +261,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_one_helper_writes_every_file():
-    """No module renames files by hand: every os.replace lives in core/safeio.py."""
+    """No module renames files by hand: every os.replace lives in core/util/safeio.py."""
     offenders = []
     for path in list((ROOT / "core").glob("*.py")) + list((ROOT / "tui").glob("*.py")):
         if path.name == "safeio.py":
@@ -447,14 +446,14 @@ def test_repeated_header_column_is_refused(tmp_path, project_dir):
 def test_one_definition_of_undecided(tmp_path):
     """status, next and the workstation's queue agree, with skips and flags among the decisions."""
     from labelloop.core.store.reports import project_status
-    from labelloop.core.workspace import Workspace
+    from labelloop.core.api.workspace import Workspace
     d = trained(tmp_path)
     ws = Workspace(d, actor="alice")
     items = ws.next_items(6)
     ws.flag(items[0], "unclear")
     ws.skip(items[1])
     ws.label(items[2], [TRUTH[items[2].item_id]])
-    e = ws.label(items[3], [TRUTH[items[3].item_id]])
+    ws.label(items[3], [TRUTH[items[3].item_id]])
     ws.undo()
     left = ws.queue_length()
     ws.close()
@@ -467,9 +466,9 @@ def test_one_definition_of_undecided(tmp_path):
 # --- 3. a digit that differs from the suggestion is a correction ------------------------------------
 
 def test_label_that_differs_from_the_suggestion_is_a_counted_correction(tmp_path):
-    from labelloop.core.metrics import metrics_snapshot
+    from labelloop.core.loop.metrics import metrics_snapshot
     from labelloop.core.store.reports import project_status
-    from labelloop.core.workspace import Workspace
+    from labelloop.core.api.workspace import Workspace
     d = trained(tmp_path)
     ws = Workspace(d, actor="alice")
     agree = disagree = 0
@@ -497,8 +496,8 @@ def test_label_that_differs_from_the_suggestion_is_a_counted_correction(tmp_path
 
 
 def test_ask_reason_requires_a_reason_from_scripts(tmp_path):
-    from labelloop.core.errors import LabelloopError
-    from labelloop.core.workspace import Workspace
+    from labelloop.core.util.errors import LabelloopError
+    from labelloop.core.api.workspace import Workspace
     d = trained(tmp_path)
     cfg = d / CONFIG_NAME
     cfg.write_text(cfg.read_text().replace("ask_reason = false", "ask_reason = true"))
@@ -583,7 +582,7 @@ def test_no_batch_holds_two_identical_texts(tmp_path):
 
 
 def test_simulate_removes_pool_test_duplicates(tmp_path):
-    from labelloop.core.simulate import SimConfig, run_simulation
+    from labelloop.core.loop.simulate import SimConfig, run_simulation
     rows = [[f"p{i}", t, lab, "pool"] for i, (t, lab) in enumerate(
         [(f"win a prize {i}", "spam") if i % 5 == 0 else (f"see you at {i}", "ham") for i in range(300)])]
     rows += [["t0", "see you at 1", "ham", "test"], ["t1", "win a prize 5", "spam", "test"]]
@@ -597,8 +596,8 @@ def test_simulate_removes_pool_test_duplicates(tmp_path):
 # --- 10 and 12. the export's source file, and the demo ----------------------------------------------
 
 def test_demo_is_a_good_first_five_minutes(tmp_path):
-    from labelloop.core.demo import GUIDELINES, build_demo
-    from labelloop.core.workspace import Workspace
+    from labelloop.core.loop.demo import GUIDELINES, build_demo
+    from labelloop.core.api.workspace import Workspace
     d, created = build_demo(tmp_path / "demo")
     assert created and (d / "guidelines.md").read_text() == GUIDELINES and "Describe when to use" not in GUIDELINES
     with Project.open(d) as p:
@@ -630,7 +629,7 @@ def test_demo_is_a_good_first_five_minutes(tmp_path):
 
 
 def test_prior_correction_weights_keyword_seeded_labels():
-    from labelloop.core.loop import prior_correction
+    from labelloop.core.loop.al_round import prior_correction
     y = ["spam"] * 18 + ["ham"] * 2 + ["ham"] * 18 + ["spam"] * 2
     origins = ["keyword"] * 20 + ["random"] * 20
     w = prior_correction(y, origins)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from labelloop.core.project import Project
+from labelloop.core.store.project import Project
 from tests.conftest import write_csv
-from tests.tui_helpers import TRUTH, build_project, open_app, project_copy  # noqa: F401 (open_app: a fixture)
+from tests.tui_helpers import TRUTH, build_project, project_copy
 from labelloop.tui.app import LabelApp
 
 
@@ -153,7 +153,7 @@ async def test_retrain_while_labelling(proj, monkeypatch, tmp_path):
             if marker.exists():
                 break
             await pilot.pause(0.05)
-        assert marker.exists() and app.ws.service._executor is not None
+        assert marker.exists() and app.ws.service.retrainer.executor is not None
         await pilot.press("1", "2")                   # labelling goes on during the retrain
         assert app.retraining and len(events(proj)) == 2
         on_screen = app.ws.current()
@@ -201,13 +201,13 @@ async def test_blind_items_hide_the_suggestion(tmp_path, open_app):
         assert app.ws.current().item_id == item.item_id
         await pilot.press("1")
     app.ws.close()
-    e = events(proj_dir := d)[0]
+    e = events(d)[0]
     assert e["suggestion_hidden"] is True and e["suggestion"] is None and e["shown_probs"] is None
     assert e["labels"] == ["ham"]
 
 
 async def test_remapped_keys(tmp_path, open_app):
-    d = project_copy(tmp_path, "remap", cfg_edits=(("[keys]\n", '[keys]\nreject = "r"\nskip = "k"\n'),))
+    d = project_copy(tmp_path, "remap", cfg_edits=(("[keys]\n", '[keys]\ncorrection = "r"\nskip = "k"\n'),))
     app = open_app(d)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("r", "2")
@@ -252,8 +252,8 @@ async def test_hostile_text_is_shown_not_interpreted(tmp_path, open_app):
 
 async def test_multi_label_toggle_then_enter(tmp_path, open_app):
     from labelloop.core.store.imports import import_file
-    from labelloop.core.loop import train_and_queue
-    from labelloop.core.project import init_project
+    from labelloop.core.loop.al_round import train_and_queue
+    from labelloop.core.store.project import init_project
     d = init_project(tmp_path / "ml", ["sports", "politics", "tech"], multi_label=True)
     write_csv(tmp_path / "ml.csv", ["id", "text"], [[f"m{i}", f"item number {i}"] for i in range(10)])
     with Project.open(d) as p:
@@ -288,7 +288,7 @@ async def test_help_and_metrics_screens_open(proj, open_app):
 
 def test_workspace_api_for_scripts(tmp_path):
     """The same operations the workstation uses, from a script: next, label, undo, retrain, metrics."""
-    from labelloop.core.workspace import Workspace
+    from labelloop.core.api.workspace import Workspace
     d = project_copy(tmp_path)
     ws = Workspace(d, actor="script")
     nxt = ws.next_items(3)
@@ -324,8 +324,8 @@ async def test_no_color_is_respected(proj, monkeypatch, open_app):
 async def test_a_new_batch_from_someone_elses_retrain_is_announced(tmp_path):
     """Team mode: another session (here a script on the socket) retrains; the workstation says so
     and keeps the item in hand."""
-    from labelloop.core.client import SOCKET_NAME, SocketClient
-    from labelloop.core.server import Server
+    from labelloop.core.api.client import SOCKET_NAME, SocketClient
+    from labelloop.core.api.server import Server
     d = project_copy(tmp_path)
     srv = Server(d, compute="thread")
     srv.start()

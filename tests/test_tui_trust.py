@@ -14,14 +14,13 @@ import termios
 import time
 from pathlib import Path
 
-import pytest
 
 from labelloop.core.config import CONFIG_NAME
 from labelloop.core.store.imports import import_file
-from labelloop.core.loop import train_and_queue
-from labelloop.core.project import Project, init_project
+from labelloop.core.loop.al_round import train_and_queue
+from labelloop.core.store.project import Project, init_project
 from tests.conftest import ROOT, write_csv
-from tests.tui_helpers import SAMPLE, TRUTH, project_copy, open_app  # noqa: F401 (a fixture)
+from tests.tui_helpers import SAMPLE, TRUTH, project_copy
 from labelloop.tui.app import EXIT_STORE_FAILED, LabelApp
 from labelloop.tui.screens import CorrectionScreen, FatalScreen
 
@@ -81,7 +80,7 @@ async def test_two_hundred_items_at_default_settings_give_the_audit_arm_its_shar
         batches = p.store.scalar("SELECT count(*) FROM batches")
         retrains = p.store.scalar("SELECT count(*) FROM models")
         assert batches >= 8 and retrains >= 6, (batches, retrains)
-        from labelloop.core.metrics import arm_counts
+        from labelloop.core.loop.metrics import arm_counts
         arms = arm_counts(p)
         assert arms["audit"] == sum(bool(e["audit"]) for e in ev) and arms["total"] == 200
 
@@ -294,8 +293,8 @@ async def test_store_failure_stops_the_keys_and_keeps_what_was_saved(tmp_path, m
     d = project_copy(tmp_path)
     monkeypatch.setenv("LABELLOOP_FAULT", "store-append")
     monkeypatch.setenv("LABELLOOP_FAULT_AFTER", "2")
-    import labelloop.core.faults
-    monkeypatch.setattr(labelloop.core.faults, "_calls", {})
+    import labelloop.core.util.faults
+    monkeypatch.setattr(labelloop.core.util.faults, "_calls", {})
     app = LabelApp(d, actor="alice")
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("1", "2")

@@ -6,12 +6,11 @@ import csv
 import shutil
 from pathlib import Path
 
-import pytest
 
 from labelloop.core.config import CONFIG_NAME
 from labelloop.core.store.imports import import_file
-from labelloop.core.loop import train_and_queue
-from labelloop.core.project import Project, init_project
+from labelloop.core.loop.al_round import train_and_queue
+from labelloop.core.store.project import Project, init_project
 from tests.conftest import ROOT, write_csv
 
 SAMPLE = list(csv.DictReader(open(ROOT / "sample_data" / "sms_spam.csv", encoding="utf-8")))
@@ -25,7 +24,7 @@ def build_project(path: Path, *, n_pool: int = 400, n_test: int = 150, trained: 
     text = cfg.read_text()
     # the seed labels below are another annotator's: without overlap, none of them is owed a second label
     for old, new in (("retrain_every = 25", "retrain_every = 0"), ("seed_size = 50", "seed_size = 40"),
-                     ("overlap_share = 0.10", "overlap_share = 0.0"), *cfg_edits):
+                     ("overlap_share = 0.1", "overlap_share = 0.0"), *cfg_edits):
         assert old in text, old
         text = text.replace(old, new)
     cfg.write_text(text)
@@ -40,7 +39,7 @@ def build_project(path: Path, *, n_pool: int = 400, n_test: int = 150, trained: 
         import_file(p, path.parent / f"{path.name}_test.csv", id_col="id", label_col="label", split_col="split")
         train_and_queue(p, seed=0)
         if trained:
-            from labelloop.core.loop import queued_items
+            from labelloop.core.loop.al_round import queued_items
             for it in queued_items(p):
                 p.store.append_event(it["item_id"], "label", "seed-annotator", via="key",
                                      labels=[TRUTH[it["item_id"]]], batch_id=it["batch_id"], strategy=it["strategy"],
@@ -61,26 +60,3 @@ def project_copy(tmp_path: Path, key: str = "default", **kw) -> Path:
     dst = tmp_path / "proj"
     shutil.copytree(_TEMPLATES[key], dst)
     return dst
-
-
-@pytest.fixture(params=["in-process", "socket"])
-def open_app(request):
-    """The workstation over either transport: the project in this process (as alice), or a
-    ``labelloop serve`` server for the project (as the OS user, whom the socket names)."""
-    servers = {}
-
-    def make(d, **kw):
-        from labelloop.core.server import Server
-        from labelloop.tui.app import LabelApp
-        if request.param == "socket":
-            if d not in servers:
-                servers[d] = Server(d, compute="thread")
-                servers[d].start()
-            return LabelApp(d, **kw)
-        return LabelApp(d, actor="alice", **kw)
-    from labelloop.core.project import current_actor
-    make.actor = "alice" if request.param == "in-process" else current_actor()
-    make.transport = request.param
-    yield make
-    for srv in servers.values():
-        srv.stop()

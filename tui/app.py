@@ -9,7 +9,6 @@ goes on while the model trains.
 from __future__ import annotations
 
 import gc
-import os
 import time
 from pathlib import Path
 
@@ -20,10 +19,10 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Footer, Header, ProgressBar, Static
 
-from labelloop.core.errors import LabelloopError, StoreError
-from labelloop.core.service import ApiError
-from labelloop.core.workspace import QueueItem, Report, Workspace
-from labelloop.tui.safe_text import clean, safe_line, safe_text
+from labelloop.core.util.errors import LabelloopError, StoreError
+from labelloop.core.api.protocol import ApiError
+from labelloop.core.api.workspace import QueueItem, Report, Workspace
+from labelloop.tui.safe_text import safe_line, safe_text
 from labelloop.tui.screens import CorrectionScreen, FatalScreen, HelpScreen, MetricsScreen, NoteScreen
 
 EXIT_STORE_FAILED = 3
@@ -39,7 +38,7 @@ class LabelApp(App):
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
         Binding("enter", "accept", "Accept", id="accept"),
-        Binding("x", "reject", "Reject", id="reject"),
+        Binding("x", "correction", "Correct", id="correction"),
         Binding("s", "skip", "Skip", id="skip"),
         Binding("f", "flag", "Flag", id="flag"),
         Binding("u,backspace", "undo", "Undo", id="undo"),
@@ -60,7 +59,6 @@ class LabelApp(App):
         self.ws = workspace or Workspace(project_dir, actor=actor,
                                          compute="process" if retrain_in_process else "thread")
         self.retrain_in_process = retrain_in_process
-        self._watched_job: int | None = None
         self._seen_batch = self.ws.batch
 
         cfg = self.ws.config
@@ -117,7 +115,7 @@ class LabelApp(App):
             self.start_retrain("the queue is empty")
         elif self.ws.retraining:
             self._retrain_started()
-        elif self.ws.service is not None and self.ws.config.retrain_every:
+        elif self.ws.transport == "in-process" and self.ws.config.retrain_every:
             # start the training process once the first item is on screen (its imports take a second
             # or two of CPU that start-up should not wait for), so the first retrain finds it ready
             self.set_timer(1.5, self._warm_up)
@@ -238,7 +236,7 @@ class LabelApp(App):
         main.query_one("#summary", Static).update(Text("Is AL working? " + (self.ws.summary or "–"), style="dim"))
 
     # -- decisions -----------------------------------------------------------------
-    DECISION_ACTIONS = {"accept", "reject", "skip", "flag", "undo", "retrain", "metrics", "help"}
+    DECISION_ACTIONS = {"accept", "correction", "skip", "flag", "undo", "retrain", "metrics", "help"}
 
     def check_action(self, action: str, parameters) -> bool | None:
         # Decisions and panes act on the labelling screen only (not under the metrics or help screens),
@@ -336,12 +334,12 @@ class LabelApp(App):
         elif self._decide(self.ws.accept, item, duration_ms=self._duration()):
             self._decided(started)
 
-    def action_reject(self) -> None:
+    def action_correction(self) -> None:
         item = self.ws.current()
         if item is None:
             return
         if not item.suggestion or item.suggestion_hidden:
-            self.toast("No suggestion to reject: press the right label's key.", severity="warning", timeout=3)
+            self.toast("No suggestion to correct: press the right label's key.", severity="warning", timeout=3)
             return
         duration = self._duration()
 
@@ -350,7 +348,7 @@ class LabelApp(App):
                 return
             labels, reason, note = result
             started = time.perf_counter()
-            if self._decide(self.ws.reject, item, labels, reason, note, duration_ms=duration):
+            if self._decide(self.ws.correction, item, labels, reason, note, duration_ms=duration):
                 self._decided(started)
         self.push_screen(CorrectionScreen(self.ws.config, item.suggestion), done)
 
@@ -414,7 +412,6 @@ class LabelApp(App):
     def _retrain_started(self) -> None:
         job = self.ws.job or {}
         self.retraining = True
-        self._watched_job = job.get("id")
         bar = self._q("#retrain-bar", ProgressBar)
         bar.display = True
         bar.update(progress=job.get("fraction", 0.0))
@@ -422,8 +419,8 @@ class LabelApp(App):
         self.update_progress()
 
     def _warm_up(self) -> None:
-        if self.ws.service is not None and not self.store_failed:
-            self.ws.service.warm_up()
+        if not self.store_failed:
+            self.ws.warm_up()
             gc.freeze()  # the executor's machinery lives as long as the app too
 
     def _poll(self) -> None:

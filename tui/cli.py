@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
 from pathlib import Path
 
-from labelloop.core.textsafe import safe_json, safe_line
+from labelloop.core.util.textsafe import safe_json, safe_line
 
 EXIT_BAD_INPUT = 2
 
 
 def say(text: str = "", *, file=None) -> None:
     """Print text that may hold ids, labels, split names or texts from data files: every control
-    character is made visible (core/textsafe.py), so nothing reaches the terminal as a sequence."""
-    from labelloop.core.textsafe import clean
+    character is made visible (core/util/textsafe.py), so nothing reaches the terminal as a sequence."""
+    from labelloop.core.util.textsafe import clean
     print(clean(text), file=file or sys.stdout)
 
 
@@ -31,29 +30,23 @@ def positive_int(value: str) -> int:
     return n
 
 
-def _project(path: str, read_only: bool = False):
-    from labelloop.core.project import Project
-    return Project.open(path, read_only=read_only)
-
-
 def _client(path: str, compute: str = "thread"):
     """The project API: through the project's server when one runs, else in this process."""
-    from labelloop.core.client import connect
+    from labelloop.core.api.client import connect
     return connect(path, compute=compute)
 
 
 def cmd_init(args) -> int:
-    from labelloop.core.project import init_project, parse_labels
-    labels = parse_labels(args.labels)
-    path = init_project(args.dir, labels, multi_label=args.multi_label, name=args.name)
+    from labelloop.core.api.offline import create_project
+    path, labels = create_project(args.dir, args.labels, multi_label=args.multi_label, name=args.name)
     say(f"Created project {path} with labels {', '.join(labels)}.")
     say(f"Next: labelloop import {path} FILE --text-col text   (then: labelloop label {path})")
     return 0
 
 
 def cmd_import(args) -> int:
-    from labelloop.core.client import SocketClient
-    from labelloop.core.errors import InputFileError, LabelloopError
+    from labelloop.core.api.client import SocketClient
+    from labelloop.core.util.errors import InputFileError, LabelloopError
     meta = None if args.meta_cols is None else [c.strip() for c in args.meta_cols.split(",") if c.strip()]
     opts = dict(text_col=args.text_col, id_col=args.id_col, label_col=args.label_col, split_col=args.split_col,
                 meta_cols=meta, skip_invalid=args.skip_invalid, label_sep=args.label_sep, dedupe=args.dedupe)
@@ -82,7 +75,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from labelloop.core.client import SocketClient
+    from labelloop.core.api.client import SocketClient
     with _client(args.dir) as client:
         if isinstance(client, SocketClient):
             r = _export_through_server(client, Path(args.out), args.what)
@@ -93,7 +86,7 @@ def cmd_export(args) -> int:
 
 
 def _export_through_server(client, out: Path, what: str) -> dict:
-    from labelloop.core.errors import LabelloopError
+    from labelloop.core.util.errors import LabelloopError
     if out.suffix.lower() not in (".parquet", ".pq"):
         raise LabelloopError(f"{out}: the export is Parquet; name the file .parquet.")
     return _write_through_server(client, "export", out, what=what)
@@ -102,8 +95,8 @@ def _export_through_server(client, out: Path, what: str) -> dict:
 def _write_through_server(client, op: str, out: Path, **args) -> dict:
     """The server writes into a file created here (this user's rights, this user's folder), which is
     then renamed over ``out``: the server never opens a path a client names."""
-    from labelloop.core.errors import LabelloopError
-    from labelloop.core.safeio import atomic_write
+    from labelloop.core.util.errors import LabelloopError
+    from labelloop.core.util.safeio import atomic_write
     if not out.parent.exists():
         raise LabelloopError(f"{out.parent} does not exist; create the folder first.")
     if out.is_dir():
@@ -114,7 +107,7 @@ def _write_through_server(client, op: str, out: Path, **args) -> dict:
 
 
 def cmd_status(args) -> int:
-    from labelloop.core.status_text import format_status
+    from labelloop.core.text.status import format_status
     with _client(args.dir) as client:
         st = client.call("status")
     print(safe_json(st, indent=2, default=str)) if args.json else say(format_status(st))
@@ -122,7 +115,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from labelloop.core.readiness import format_readiness
+    from labelloop.core.text.status import format_readiness
     with _client(args.dir) as client:
         r = client.call("check")
     print(safe_json(r, indent=2, default=str)) if args.json else say(format_readiness(r))
@@ -131,7 +124,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from labelloop.core.report import write_report
+    from labelloop.core.text.report import write_report
     with _client(args.dir) as client:
         r = client.call("check")
     page = write_report(r, Path(args.out))
@@ -140,19 +133,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import time
-
-    from labelloop.core.errors import LabelloopError
-    from labelloop.core.workspace import Report
+    from labelloop.core.api.client import retrain_and_wait
+    from labelloop.core.api.workspace import Report
     with _client(args.dir) as client:
         opts = {k: v for k, v in (("strategy", args.strategy), ("batch", args.batch), ("seed", args.seed))
                 if v is not None}
-        job = client.call("retrain_start", why="labelloop train", **opts)["job"]
-        while job["running"]:
-            time.sleep(0.1)
-            job = client.call("retrain_poll", job=job["id"])["job"]
-    if job["error"]:
-        raise LabelloopError(job["error"])
+        job = retrain_and_wait(client, "labelloop train", timeout=24 * 3600, poll_seconds=0.1, **opts)
     r = Report(job["report"])
     if args.json:
         print(safe_json(dict(r), indent=2, default=str))
@@ -202,22 +188,23 @@ def cmd_next(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from labelloop.core.simulate import SimConfig, format_report, run_simulation, write_outputs
-    cfg = SimConfig(strategies=[s.strip() for s in args.strategies.split(",") if s.strip()], seed_size=args.seed_size,
-                    batch=args.batch, budget=args.budget, repeats=args.repeats, test_frac=args.test_frac,
-                    seed_query=args.seed_query, target_frac=args.target, cost_per_label=args.cost_per_label,
-                    seconds_per_label=args.seconds_per_label, compute_price_per_hour=args.compute_price,
-                    seed=args.seed, calibration=args.calibration, engineering_cost=args.engineering_cost,
-                    features=[f.strip() for f in args.features.split(",") if f.strip()])
+    from labelloop.core.api.offline import simulate
+    options = dict(strategies=[s.strip() for s in args.strategies.split(",") if s.strip()], seed_size=args.seed_size,
+                   batch=args.batch, budget=args.budget, repeats=args.repeats, test_frac=args.test_frac,
+                   seed_query=args.seed_query, target_frac=args.target, cost_per_label=args.cost_per_label,
+                   seconds_per_label=args.seconds_per_label, compute_price_per_hour=args.compute_price,
+                   seed=args.seed, calibration=args.calibration, engineering_cost=args.engineering_cost,
+                   features=[f.strip() for f in args.features.split(",") if f.strip()])
 
     def progress(frac, msg):
         if sys.stderr.isatty():
             print(f"\r{frac:5.0%} {msg:<40}", end="", file=sys.stderr, flush=True)
-    report = run_simulation(Path(args.data), args.text_col, args.label_col, cfg, split_col=args.split_col, progress=progress)
+    text = simulate(Path(args.data), args.text_col, args.label_col, options, split_col=args.split_col,
+                    curves=Path(args.curves) if args.curves else None, chart=Path(args.chart) if args.chart else None,
+                    progress=progress)
     if sys.stderr.isatty():
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr)
-    write_outputs(report, Path(args.curves) if args.curves else None, Path(args.chart) if args.chart else None)
-    say(format_report(report, cfg))
+    say(text)
     if args.curves:
         say(f"Curves: {args.curves}")
     if args.chart:
@@ -226,8 +213,8 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_model(args) -> int:
-    from labelloop.core.client import SocketClient
-    from labelloop.core.errors import LabelloopError
+    from labelloop.core.api.client import SocketClient
+    from labelloop.core.util.errors import LabelloopError
     with _client(args.dir) as client:
         through_server = isinstance(client, SocketClient)
         if args.action == "export":
@@ -252,8 +239,8 @@ def cmd_model(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from labelloop.core.demo import build_demo
-    path, created = build_demo(args.dir)
+    from labelloop.core.api.offline import demo_project
+    path, created = demo_project(args.dir)
     say(("Built" if created else "Opening existing") + f" demo project {path}.", file=sys.stderr)
     if args.no_open:
         return 0
@@ -266,7 +253,7 @@ def cmd_label(args) -> int:
 
 def _open_app(path: Path, args) -> int:
     if not sys.stdin.isatty() or not sys.stdout.isatty():
-        from labelloop.core.errors import LabelloopError
+        from labelloop.core.util.errors import LabelloopError
         raise LabelloopError("the workstation needs a terminal; run it in an interactive shell (or over ssh -t).")
     from labelloop.tui.app import run_app  # Textual is imported only here
     return run_app(path)
@@ -277,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _project_commands(sub)
+    _simulate_command(sub)
+    _workstation_and_team_commands(sub)
+    return p
+
+
+def _project_commands(sub) -> None:
+    """init, import, export, status, check, report, train, next."""
     s = sub.add_parser("init", help="create a project folder")
     s.add_argument("dir")
     s.add_argument("--labels", required=True, help="comma-separated label names, e.g. spam,ham")
@@ -335,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_next)
 
+
+def _simulate_command(sub) -> None:
+    """simulate: a replay on a labelled file, no project needed."""
     s = sub.add_parser("simulate", help="replay active learning against random sampling on a labelled file")
     s.add_argument("data")
     s.add_argument("--text-col", default="text")
@@ -362,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chart", help="write a PNG chart of the learning curves here")
     s.set_defaults(func=cmd_simulate)
 
+
+def _workstation_and_team_commands(sub) -> None:
+    """model, demo, label, review, serve, token."""
     s = sub.add_parser("model", help="export a trained model or import one as the first scorer")
     s.add_argument("action", choices=["export", "import"])
     s.add_argument("dir")
@@ -397,20 +398,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("user")
     s.set_defaults(func=cmd_token)
-    return p
 
 
 def cmd_review(args) -> int:
     if not sys.stdin.isatty() or not sys.stdout.isatty():
-        from labelloop.core.errors import LabelloopError
+        from labelloop.core.util.errors import LabelloopError
         raise LabelloopError("the review screen needs a terminal; run it in an interactive shell (or over ssh -t).")
     from labelloop.tui.review import run_review  # Textual is imported only here
     return run_review(Path(args.dir))
 
 
 def cmd_serve(args) -> int:
-    from labelloop.core.errors import LabelloopError
-    from labelloop.core.server import serve
+    from labelloop.core.util.errors import LabelloopError
+    from labelloop.core.api.server import serve
     tcp = None
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
@@ -422,7 +422,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_token(args) -> int:
-    from labelloop.core.server import add_token
+    from labelloop.core.api.server import add_token
     token = add_token(args.dir, args.user)
     say(f"Token for {args.user} (shown once; give it to them over a safe channel):")
     print(token)
@@ -432,7 +432,7 @@ def cmd_token(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from labelloop.core.errors import LabelloopError
+    from labelloop.core.util.errors import LabelloopError
     try:
         return args.func(args) or 0
     except LabelloopError as exc:
@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         print("labelloop: interrupted.", file=sys.stderr)
         return 130
     except OSError as exc:
-        from labelloop.core.workspace import as_store_error
+        from labelloop.core.api.workspace import as_store_error
         if args.debug:
             traceback.print_exc()
         if as_store_error(exc) is not None:  # a full disk or an I/O error under the store
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an unexpected fault: one sentence unless --debug
         if args.debug or os.environ.get("LABELLOOP_DEBUG"):
             traceback.print_exc()
-        from labelloop.core.workspace import as_store_error
+        from labelloop.core.api.workspace import as_store_error
         if as_store_error(exc) is not None:  # a full disk or an I/O error under the store
             say(f"labelloop: {safe_line(as_store_error(exc), None)}", file=sys.stderr)
             return 3

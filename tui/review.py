@@ -20,9 +20,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Header, Static
 
-from labelloop.core.client import connect
+from labelloop.core.api.client import connect
 from labelloop.core.config import parse_config
-from labelloop.core.errors import LabelloopError, StoreError
+from labelloop.core.util.errors import LabelloopError, StoreError
 from labelloop.tui.safe_text import safe_line, safe_text
 from labelloop.tui.screens import HelpScreen, NoteScreen
 

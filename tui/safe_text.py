@@ -1,4 +1,4 @@
-"""Showing text from data files as text: never markup, never terminal control sequences (core/textsafe.py).
+"""Showing text from data files as text: never markup, never terminal control sequences (core/util/textsafe.py).
 
 Item texts go through ``safe_text`` into a ``rich.text.Text`` (which Textual
 draws literally: ``[bold]`` stays ``[bold]``). Control characters, including the
@@ -14,7 +14,7 @@ import re
 
 from rich.text import Text
 
-from labelloop.core.textsafe import clean, safe_line  # noqa: F401  (the one sanitiser, shared with the CLI)
+from labelloop.core.util.textsafe import clean, safe_line  # noqa: F401  (the one sanitiser, shared with the CLI)
 
 DISPLAY_LIMIT = 20_000
 

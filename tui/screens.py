@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from rich.table import Table
 from rich.text import Text
-from textual.worker import get_current_worker
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.containers import Grid, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Markdown, Static
 from textual_plotext import PlotextPlot
@@ -32,7 +31,7 @@ class CorrectionScreen(ModalScreen):
         super().__init__()
         self.config = config
         self.suggestion = suggestion
-        others = [l for l in config.labels if l != suggestion]
+        others = [lab for lab in config.labels if lab != suggestion]
         self.label: str | None = others[0] if len(others) == 1 and not config.multi_label else None
         self.labels: list[str] | None = list(preset) if preset else None  # chosen with a label key already
         if self.labels:
@@ -157,14 +156,15 @@ class HelpScreen(ModalScreen):
 
     def _keys(self) -> Table:
         k = self.config.action_keys
-        show = lambda key: {"question_mark": "?", "enter": "Enter", "backspace": "Backspace"}.get(key, key)
+        def show(key: str) -> str:
+            return {"question_mark": "?", "enter": "Enter", "backspace": "Backspace"}.get(key, key)
         table = Table(title="Keys", show_header=False, box=None, padding=(0, 2))
         table.add_column(style="bold reverse")
         table.add_column()
         for lab, key in self.config.label_keys.items():
             table.add_row(Text(f" {safe_line(key, 12)} "),
                           Text(f"label {safe_line(lab, 30)}" + (" (toggle; Enter confirms)" if self.config.multi_label else "")))
-        rows = [("accept", "accept the model's suggestion"), ("reject", "reject it: right label + reason (+ n for a note)"),
+        rows = [("accept", "accept the model's suggestion"), ("correction", "correct it: right label + reason (+ n for a note)"),
                 ("skip", "skip (optional reason)"), ("flag", "flag for a reviewer"),
                 ("undo", "undo the last decision (again and again); Backspace too"),
                 ("retrain", "retrain now (labelling goes on)"), ("metrics", "metrics: curves, calibration, recall"),
@@ -328,7 +328,7 @@ class MetricsScreen(Screen):
                          f"ECE {latest['ece']:.3f} (raw {latest.get('ece_uncalibrated') or 0:.3f})  "
                          f"Brier {latest.get('brier') or 0:.3f}  NLL {latest.get('nll') or 0:.3f}\n")
             if isinstance(latest.get("features"), dict):
-                from labelloop.core.status_text import describe
+                from labelloop.core.text.status import describe
                 t.append(safe_line(describe(latest["features"]), None) + "\n", style="dim")
         else:
             t.append("No model yet.\n", style="bold")
@@ -357,7 +357,7 @@ class MetricsScreen(Screen):
             t.append(", ".join(f"{k} {v['agree_with_model']:.0%} (n={v['n']})" for k, v in snap["anchoring"].items()))
         ag = snap.get("agreement")
         if ag and ag.get("n_items_overlap"):
-            from labelloop.core.status_text import agreement_lines
+            from labelloop.core.text.status import agreement_lines
             t.append("\n" + "\n".join(safe_line(x, None) for x in agreement_lines(ag)[1:]))
             worst = sorted(((a, r["agree_with_others"]) for a, r in ag["per_annotator"].items()
                             if r["agree_with_others"]["value"] is not None), key=lambda x: x[1]["value"])

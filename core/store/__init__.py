@@ -11,6 +11,7 @@ that process use ``Store.cursor()``.
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 from contextlib import contextmanager
@@ -20,13 +21,12 @@ from typing import Any, Iterator, Sequence
 
 import duckdb
 
-from labelloop.core.errors import ProjectError, StoreError
-from labelloop.core.faults import fault_error
+from labelloop.core.util.errors import ProjectError, StoreError
+from labelloop.core.util.faults import fault_error
 
 DB_NAME = "project.duckdb"
 
 EVENT_KINDS = ("label", "skip", "flag", "undo", "adjudicate", "denied")
-SPLITS = ("pool", "test", "gold")
 EVENT_FIELDS = {"via", "duration_ms", "labels", "error_category", "note", "model_version", "shown_probs",
                 "suggestion", "suggestion_hidden", "batch_id", "strategy", "score", "rank", "percentile",
                 "audit", "target_event", "session_id", "ts", "client_msg_id"}
@@ -383,7 +383,7 @@ MIGRATIONS.append(
     ]))
 MIGRATIONS.append(
     (5, "live measurement: one row per trained model version", [
-        # Recomputed after each retrain (core/loop.py commit_round, core/measure.py): what the
+        # Recomputed after each retrain (core/loop/al_round.py commit_round, core/measure/signs.py): what the
         # metrics pane, status, check and report read as curves over time.
         """CREATE TABLE measurements (
             version INTEGER PRIMARY KEY,
@@ -402,6 +402,19 @@ def store_error_text(exc: BaseException) -> str:
     """The first line of a DuckDB or OS error, for a one-sentence message."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:300]
+
+
+_STORE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT}
+
+
+def as_store_error(exc: BaseException) -> StoreError | None:
+    """A StoreError for failures of the project store or its disk (DuckDB errors, a full disk, an I/O
+    error); None for anything else."""
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, duckdb.Error) or (isinstance(exc, OSError) and exc.errno in _STORE_ERRNOS):
+        return StoreError(f"the project store failed ({store_error_text(exc)}); every decision before it is saved.")
+    return None
 
 
 def utcnow() -> datetime:
@@ -441,12 +454,6 @@ class Store:
             except BaseException:
                 con.close()
                 raise
-        return store
-
-    @classmethod
-    def memory(cls) -> "Store":
-        store = cls(duckdb.connect(":memory:"), None)
-        store.migrate()
         return store
 
     def close(self) -> None:
@@ -565,7 +572,7 @@ class Store:
             FROM open_queue q JOIN items i ON i.id = q.item_id
             ORDER BY q.position {limit}""")
 
-    # -- what the project service reads (core/service.py) ------------------------------
+    # -- what the project service reads (core/api/service.py) ------------------------------
     def latest_batch_id(self) -> int | None:
         return self.scalar("SELECT max(batch_id) FROM batches")
 
@@ -626,7 +633,7 @@ class Store:
         return self.scalar("""SELECT count(*) FROM items i ANTI JOIN decided_items d ON d.item_id = i.id
                               WHERE i.split = 'pool'""")
 
-    # -- what the features are built from (core/features.py takes these arrays) ---------------
+    # -- what the features are built from (core/engine/features.py takes these arrays) ---------------
     def items_state(self) -> tuple[int, int, int]:
         """(count, highest ord, latest import): changes whenever items are added."""
         return tuple(self.rows("SELECT count(*), coalesce(max(ord), 0), coalesce(max(import_id), 0) FROM items")[0])

@@ -7,24 +7,23 @@ final name.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
-from labelloop.core.errors import LabelloopError
-from labelloop.core.faults import fault_point
-from labelloop.core.project import Project
-from labelloop.core.safeio import atomic_path
+from labelloop.core.util.errors import LabelloopError
+from labelloop.core.util.faults import fault_point
+from labelloop.core.store.project import Project
+from labelloop.core.util.safeio import atomic_path
 
 # One row per item that has a final decision, a skip or a flag. `decision` says which: 'label' (a final
 # label: single annotator, agreement, adjudication or import), 'unresolved' (annotators disagree and no
 # reviewer has decided), 'skip' or 'flag' (nobody labelled it; the skip and flag notes are in `notes`).
 # Labelled items that were also skipped or flagged carry n_skips, n_flags and skip_flag_notes. The
 # provenance of the deciding event and the item's own columns come from the final_decisions view
-# (core/store.py). Rows come in no particular order (sorting 1M rows with their text would cost about a
+# (core/store/__init__.py, MIGRATIONS). Rows come in no particular order (sorting 1M rows with their text would cost about a
 # fifth of the export); sort on source_file, source_row or item_id when reading.
 FINAL_SQL = """
 WITH sf AS (SELECT * FROM skips_and_flags),
@@ -85,7 +84,7 @@ def export_parquet(project: Project, out: Path | str, what: str = "final") -> Ex
     store = project.store
     try:
         # DuckDB writes inside a private temporary folder beside OUT; the file is fsynced and renamed
-        # only when complete (core/safeio.py).
+        # only when complete (core/util/safeio.py).
         with atomic_path(out) as tmp:
             with store._lock:
                 quoted = str(tmp).replace("'", "''")

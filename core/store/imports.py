@@ -23,12 +23,12 @@ from pathlib import Path
 
 import duckdb
 
-from labelloop.core.errors import InputFileError, RowProblem, ValidationError
-from labelloop.core.faults import fault_point
-from labelloop.core.project import Project
-from labelloop.core.safeio import atomic_write_text
+from labelloop.core.util.errors import InputFileError, RowProblem, ValidationError
+from labelloop.core.util.faults import fault_point
+from labelloop.core.store.project import Project
+from labelloop.core.util.safeio import atomic_write_text
 from labelloop.core.store import utcnow
-from labelloop.core.textsafe import clean
+from labelloop.core.util.textsafe import clean
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".parquet": "parquet", ".pq": "parquet"}

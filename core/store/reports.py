@@ -1,12 +1,12 @@
-"""Read models of the store: what ``labelloop status`` shows (a dict; core/status_text.py words it) and
-what the metrics pane reads (core/metrics.py computes from it)."""
+"""Read models of the store: what ``labelloop status`` shows (a dict; core/text/status.py words it) and
+what the metrics pane reads (core/loop/metrics.py computes from it)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from labelloop.core.project import Project
+from labelloop.core.store.project import Project
 
 
 def arm_counts(project: Project) -> dict:
@@ -89,7 +89,7 @@ def project_status(project: Project) -> dict[str, Any]:
 
 
 def metrics_rows(store) -> dict:
-    """What the metrics pane reads from the store (core/metrics.py computes the rest)."""
+    """What the metrics pane reads from the store (core/loop/metrics.py computes the rest)."""
     return {
         "models": store.dicts("""SELECT version, n_train, metrics, created_at FROM models
                                  WHERE origin = 'trained' ORDER BY version"""),

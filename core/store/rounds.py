@@ -1,5 +1,5 @@
-"""What a round of the loop reads from and writes to the store (plan and commit in core/loop.py;
-the computing in between sees none of it), and the models table (core/transfer.py too)."""
+"""What a round of the loop reads from and writes to the store (plan and commit in core/loop/al_round.py;
+the computing in between sees none of it), and the models table (core/loop/transfer.py too)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from labelloop.core.store import Store, utcnow
 # -- reads of plan_round ------------------------------------------------------------------------
 def labelled(store: Store) -> list:
     """(ord, labels, strategy, audit) of every labelled pool item, in deciding order."""
-    return [(o, list(l), st, a) for o, l, st, a in store.rows(
+    return [(o, list(lab), st, a) for o, lab, st, a in store.rows(
         """SELECT i.ord, f.labels, f.strategy, f.audit FROM final_decisions f JOIN items i ON i.id = f.item_id
            WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")]
 
 
 def test_split(store: Store) -> list:
     """(ord, reference labels) of the held-out test items."""
-    return [(o, list(l)) for o, l in store.rows(
+    return [(o, list(lab)) for o, lab in store.rows(
         "SELECT ord, gold_label FROM items WHERE split = 'test' AND gold_label IS NOT NULL ORDER BY ord")]
 
 

@@ -1,0 +1,359 @@
+"""``labelloop serve DIR``: the project API over a Unix socket in the project folder.
+
+The server is the only process that opens the DuckDB file. Each connection has a thread that first
+sends the hello (the protocol version and who the server is), then reads JSON Lines requests
+``{"id", "op", "args"}`` and answers ``{"id", "ok", "data"}`` or ``{"id", "ok": false, "error":
+{"code", "message"}}`` (core/api/protocol.py); every request is executed on one database thread. The caller
+is the socket's peer (``SO_PEERCRED``: the OS user of the SSH login), never a field of the request.
+
+Files travel as file descriptors (``SCM_RIGHTS``): ``import`` reads a file the caller opened and
+``export`` writes into one the caller created, so the server never opens a path a client names (it
+could otherwise read or overwrite files of the server's user).
+
+An optional TCP listener (off by default) takes users with tokens (``labelloop token add USER``):
+the first line must be ``{"op": "auth", "args": {"user", "token"}}``. It carries no files.
+"""
+
+from __future__ import annotations
+
+import array
+import grp
+import hashlib
+import hmac
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from labelloop.core.api.protocol import (MAX_LINE, OPS, PROTOCOL_VERSION, SOCKET_NAME, ApiError, Hello, loads_line,
+                                         package_version)
+from labelloop.core.api.service import Service
+from labelloop.core.util.errors import LabelloopError
+from labelloop.core.util.safeio import atomic_write_text
+
+TOKENS_NAME = "tokens.json"
+MAX_FDS = 4
+
+
+def peer_user(conn: socket.socket) -> str:
+    """The OS user at the other end of a Unix socket."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
+# -- tokens for the TCP listener ---------------------------------------------------------------------
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_token(project_dir: Path | str, user: str) -> str:
+    """A new token for ``user`` (replacing theirs); only its hash is stored, in a file only the
+    project owner can read."""
+    if not user or any(c.isspace() or ord(c) < 32 for c in user) or len(user) > 64:
+        raise LabelloopError(f"{user!r} is not a user name")
+    path = Path(project_dir) / TOKENS_NAME
+    tokens = _read_tokens(path)
+    token = secrets.token_urlsafe(24)
+    tokens[user] = _token_hash(token)
+    old = os.umask(0o077)
+    try:
+        atomic_write_text(path, json.dumps(tokens, indent=1))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return token
+
+
+def _read_tokens(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LabelloopError(f"{path}: cannot read the token file ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise LabelloopError(f"{path}: the token file is damaged (expected user: hash)")
+    return data
+
+
+def token_user(project_dir: Path, user, token) -> str | None:
+    if not isinstance(user, str) or not isinstance(token, str):
+        return None
+    expected = _read_tokens(project_dir / TOKENS_NAME).get(user)
+    if expected and hmac.compare_digest(expected, _token_hash(token)):
+        return user
+    return None
+
+
+# -- the server -----------------------------------------------------------------------------------
+class Server:
+    def __init__(self, project_dir: Path | str, *, compute: str = "process", tcp: tuple[str, int] | None = None,
+                 log=None):
+        self.dir = Path(project_dir)
+        self.path = self.dir / SOCKET_NAME
+        self.log = log or (lambda msg: None)
+        self._check_not_running()
+        self.service = Service(self.dir, compute=compute)
+        self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-db")
+        # status and metrics scan the whole project: their own thread and cursor, so decisions never wait
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-read")
+        self.tcp = tcp
+        self._stop = threading.Event()
+        self._listeners: list[socket.socket] = []
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        uid = os.geteuid()
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = f"uid{uid}"
+        hello = Hello(protocol=PROTOCOL_VERSION, labelloop=package_version(), server_user=user, server_uid=uid,
+                      project=str(self.service.config.name))
+        self._hello = (json.dumps({"hello": hello.__dict__}) + "\n").encode()
+
+    def _check_not_running(self) -> None:
+        if not self.path.exists() and not self.path.is_symlink():
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.path))
+        except OSError:
+            if not self.path.is_socket():
+                raise LabelloopError(f"{self.path} exists and is not a socket; move it away.") from None
+            self.path.unlink()  # left by a server that died
+            return
+        finally:
+            probe.close()
+        raise LabelloopError(f"a labelloop server already runs for {self.dir} ({self.path}).")
+
+    def _bind_unix(self) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o117)  # rw for the owner and the group, nothing for others
+        try:
+            s.bind(str(self.path))
+        finally:
+            os.umask(old)
+        gid = self.dir.stat().st_gid
+        try:
+            os.chown(self.path, -1, gid)  # access follows the project folder's group
+        except OSError:
+            pass
+        os.chmod(self.path, 0o660)
+        s.listen(128)
+        return s
+
+    def start(self) -> None:
+        """Bind and start accepting (in background threads). The assignment is read from the store
+        first, so clients reconnecting after a restart find it ready."""
+        self.db.submit(lambda: self.service.assign).result()
+        unix = self._bind_unix()
+        self._listeners.append(unix)
+        threading.Thread(target=self._accept, args=(unix, False), daemon=True, name="labelloop-accept").start()
+        if self.tcp:
+            t = socket.create_server(self.tcp, reuse_port=False)
+            self._listeners.append(t)
+            threading.Thread(target=self._accept, args=(t, True), daemon=True, name="labelloop-accept-tcp").start()
+        if self.service.compute == "process":
+            threading.Thread(target=self.service.warm_up, daemon=True, name="labelloop-warm-up").start()
+        try:
+            group = grp.getgrgid(self.dir.stat().st_gid).gr_name
+        except KeyError:
+            group = str(self.dir.stat().st_gid)
+        self.log(f"labelloop serve: {self.dir} on {self.path} (group {group})"
+                 + (f" and TCP {self.tcp[0]}:{self.tcp[1]}" if self.tcp else ""))
+
+    def serve_forever(self) -> None:
+        self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: self._stop.set())
+        self._stop.wait()
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for s in self._listeners:
+            try:
+                s.close()
+            except OSError:
+                pass
+        with self._open_lock:
+            open_conns = list(self._open)
+        for c in open_conns:  # clients see the connection close and reconnect to the next server
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+        self.db.shutdown(wait=True)
+        self.reader.shutdown(wait=True)
+        self.service.close()
+
+    # -- connections --------------------------------------------------------------------------
+    def _accept(self, listener: socket.socket, tcp: bool) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _addr = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn, tcp), daemon=True, name="labelloop-conn").start()
+
+    def _connection(self, conn: socket.socket, tcp: bool) -> None:
+        with self._open_lock:
+            self._open.add(conn)
+        actor = None
+        fds: list[int] = []
+        try:
+            conn.sendall(self._hello)
+            if not tcp:
+                actor = peer_user(conn)
+            buf = b""
+            while not self._stop.is_set():
+                while b"\n" not in buf:
+                    if tcp:
+                        chunk = conn.recv(1 << 16)
+                    else:
+                        chunk, anc, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(MAX_FDS * 4))
+                        for level, kind, data in anc:
+                            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                                got = array.array("i")
+                                got.frombytes(data[:len(data) - len(data) % 4])
+                                fds.extend(got)
+                    if not chunk:
+                        return
+                    buf += chunk
+                    if len(buf) > MAX_LINE and b"\n" not in buf[:MAX_LINE + 1]:
+                        self._send(conn, None, False, {"code": "too_large",
+                                                       "message": f"a request line may hold at most {MAX_LINE} bytes"})
+                        return  # the stream cannot be resynchronised: close this connection only
+                line, _, buf = buf.partition(b"\n")
+                req_fds, fds = fds, []
+                try:
+                    answer_id, ok, payload = self._request(line, actor, conn, req_fds, tcp)
+                finally:
+                    for fd in req_fds:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+                if ok == "auth":
+                    actor = payload
+                    self._send(conn, answer_id, True, {"actor": actor})
+                    continue
+                self._send(conn, answer_id, ok, payload)
+        except (ConnectionError, OSError):
+            return
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            with self._open_lock:
+                self._open.discard(conn)
+            try:
+                conn.close()
+            except OSError:
+                pass
+            try:
+                self.db.submit(self.service.disconnected, conn)
+            except RuntimeError:  # shutting down
+                pass
+
+    def _send(self, conn: socket.socket, req_id, ok: bool, payload) -> None:
+        msg = {"id": req_id, "ok": bool(ok), ("data" if ok else "error"): payload}
+        conn.sendall((json.dumps(msg, default=str) + "\n").encode())
+
+    def _request(self, line: bytes, actor: str | None, conn, fds: list[int], tcp: bool):
+        """-> (id, ok, data or error dict); ok == "auth" when a TCP user signed in."""
+        try:
+            req = loads_line(line)
+        except (ValueError, RecursionError) as exc:
+            return None, False, {"code": "bad_request", "message": f"a request is one JSON object per line ({exc})"[:200]}
+        if not isinstance(req, dict):
+            return None, False, {"code": "bad_request", "message": "a request is one JSON object per line"}
+        req_id = req.get("id")
+        if not isinstance(req_id, (int, str)) or isinstance(req_id, bool):
+            req_id = None
+        op, args = req.get("op"), req.get("args") or {}
+        if actor is None:  # TCP: the first request signs in
+            if op != "auth" or not isinstance(args, dict):
+                return req_id, False, {"code": "unknown_user", "message": "sign in first: op auth with user and token"}
+            user = token_user(self.dir, args.get("user"), args.get("token"))
+            if user is None:
+                return req_id, False, {"code": "unknown_user", "message": "unknown user or wrong token"}
+            return req_id, "auth", user
+        try:
+            spec = OPS.get(op) if isinstance(op, str) else None
+            if spec is not None and spec.file:
+                data = self._file_op(op, args, actor, conn, fds, tcp)
+            else:
+                pool = self.reader if spec is not None and spec.reads else self.db
+                data = pool.submit(self.service.handle, actor, op, args, conn=conn).result()
+            return req_id, True, data
+        except ApiError as exc:
+            return req_id, False, exc.to_dict()
+        except LabelloopError as exc:
+            return req_id, False, {"code": "bad_request", "message": str(exc)}
+        except Exception as exc:  # a bug answers this request and keeps serving the others
+            self.log(f"labelloop serve: {op}: {type(exc).__name__}: {exc}")
+            return req_id, False, {"code": "internal", "message": f"the server failed on {str(op)[:40]!r}: "
+                                   f"{type(exc).__name__}"}
+
+    def _file_op(self, op: str, args, actor: str, conn, fds: list[int], tcp: bool) -> dict:
+        if not isinstance(args, dict):
+            raise ApiError("bad_request", "args must be an object")
+        if tcp or len(fds) != 1:
+            raise ApiError("bad_request", f"{op} through the server needs the file handed over the Unix socket "
+                           "(labelloop import, export and model do this)")
+        if not self.service.allowed(actor, op):
+            # the refusal (and its event) comes from the service, before any file is touched
+            return self.db.submit(self.service.handle, actor, op, {**args, "path": ""}, conn=conn).result()
+        private = self.dir / "cache"
+        private.mkdir(exist_ok=True)
+        if OPS[op].file == "in":
+            name = str(args.get("source_name") or "upload.csv")
+            suffix = "".join(Path(name).suffixes[-2:])[:20] or ".csv"
+            fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=suffix, dir=private)
+            try:
+                with os.fdopen(fd, "wb") as out, os.fdopen(os.dup(fds[0]), "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                extra = {"rejects": None} if op == "import" else {}
+                # rejected rows are written next to the private copy, never to a path the client names
+                return self.db.submit(self.service.handle, actor, op,
+                                      {**args, "path": tmp, "source_name": name, **extra}, conn=conn).result()
+            finally:
+                os.unlink(tmp)
+        suffix = Path(str(args.get("path") or "x.parquet")).suffix[:10] or ".out"
+        tmpdir = tempfile.mkdtemp(prefix=".export-", dir=private)
+        tmp = os.path.join(tmpdir, "export" + suffix)
+        try:
+            data = self.db.submit(self.service.handle, actor, op, {**args, "path": tmp}, conn=conn).result()
+            with open(tmp, "rb") as src, os.fdopen(os.dup(fds[0]), "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            data["path"] = args.get("path")
+            return data
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def serve(project_dir: Path | str, *, compute: str = "process", tcp: tuple[str, int] | None = None, log=print) -> int:
+    server = Server(project_dir, compute=compute, tcp=tcp, log=log)
+    server.serve_forever()
+    return 0

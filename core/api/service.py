@@ -1,0 +1,665 @@
+"""The project API: every command and the workstation go through ``Service.handle(actor, op, args)``.
+
+The operations, their typed requests and answers are in ``core/api/protocol.py`` (``OPS``); this
+module's ``HANDLERS`` maps each name to the method that serves it, so a key press can be followed from
+the workstation to the store by direct calls. The service owns the project's store, the assignment of
+items to annotators (``core/api/assign.py``), the client message ids that make a resent decision count
+once, and holds its collaborators: the retrain job (``jobs.py``), the gold items (``gold.py``), the
+reviewer's desk (``review_desk.py``) and the whole-project reads (``reads.py``).
+
+What the client says is checked, never trusted: the request is decoded against its type before a
+handler runs, the actor comes from the transport (the peer's OS user on the socket), an item must be
+leased to the actor before they decide it, and the provenance of a decision (batch, strategy, score,
+rank, audit, model version, the probabilities shown) is read from the service's own queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import threading
+import time
+import uuid
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+from labelloop.core.api.assign import Assignment, Slot
+from labelloop.core.api.gold import GoldDesk
+from labelloop.core.api.jobs import Job, Retrainer
+from labelloop.core.api.protocol import (OPS, ROLES, ApiError, StoreFailed, decode_request, encode_response, ops_for,
+                                         request_args)
+from labelloop.core.api.reads import ProjectReads
+from labelloop.core.api.review_desk import ReviewDesk
+from labelloop.core.config import CONFIG_NAME
+from labelloop.core.store import Store, as_store_error
+from labelloop.core.store.project import Project, current_actor
+from labelloop.core.util.errors import LabelloopError, StoreError
+from labelloop.core.util.safeio import atomic_write_bytes
+
+UNSPECIFIED = "unspecified"   # the reason of a correction made with a label key, when none is asked for
+SESSION_IDLE_SECONDS = 120     # a session not heard from for this long no longer counts as working
+MAX_NEXT_ITEMS = 1000
+ROLE_OPS = {role: ops_for(role) for role in ROLES}
+ACTIONS = ("label", "accept", "correction", "skip", "flag")
+
+
+class InProcess:
+    """Marks the connection of an in-process client (core/api/client.py LocalClient)."""
+
+
+class Session:
+    def __init__(self, session_id: str, actor: str, client: str, now: float, conn: object | None):
+        self.id = session_id
+        self.actor = actor
+        self.client = client
+        self.started = now
+        self.last_seen = now
+        self.decisions = 0
+        self.conn = conn
+
+
+class Service:
+    """The project behind the API. Requests are served one at a time (``handle`` holds the service
+    lock); a retrain job works beside them on its own cursor and takes the lock only to hand over its
+    new batch; the whole-project reads run on cursors of their own, outside the lock."""
+
+    def __init__(self, project_dir: Path | str, *, owner: str | None = None, compute: str = "process",
+                 clock=time.time):
+        if compute not in ("process", "thread"):
+            raise ValueError(f"compute must be process or thread, got {compute!r}")
+        self.project = Project.open(project_dir)
+        self.dir = self.project.dir
+        self.config = self.project.config
+        self.store = self.project.store
+        self.owner = owner or current_actor()
+        self.compute = compute
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.sessions: dict[str, Session] = {}
+        self._conns: dict[int, tuple[object, str]] = {}   # live transport connections and their users
+        self._request_conn: object | None = None
+        self.store_failure: StoreError | None = None
+        self.labels_since_train = 0
+        self._assign: Assignment | None = None                  # built on first use (see assign)
+        self._msg_ids: dict[tuple[str, str], int] | None = None  # (actor, client message id) -> event id
+        self.batch_id = self.store.latest_batch_id()
+        self.started = clock()
+        self._key: bytes | None = None
+        self.retrainer = Retrainer(self, compute)
+        self.gold = GoldDesk(self)
+        self.review = ReviewDesk(self)
+        self.reads = ProjectReads(self)
+
+    @property
+    def assign(self) -> Assignment:
+        """Who labels what: read from the store on first use (a one-off ``status`` never needs it)."""
+        if self._assign is None:
+            cfg = self.config
+            self._assign = Assignment(share=cfg.overlap_share, per_item=cfg.annotators_per_item,
+                                      lease_seconds=cfg.lease_minutes * 60, skip_hides=cfg.skip_hides,
+                                      flag_hides=cfg.flag_hides, tie_breaker=cfg.tie_breaker)
+            self._load_assignment(self.store)
+        return self._assign
+
+    @property
+    def msgs(self) -> dict[tuple[str, str], int]:
+        """(actor, client message id) -> the event it stored: a resent request is answered, not stored."""
+        if self._msg_ids is None:
+            self._msg_ids = {(a, m): e for a, m, e, _k in self.store.client_messages()}
+        return self._msg_ids
+
+    @property
+    def job(self) -> Job | None:
+        return self.retrainer.job
+
+    def wait_job(self, timeout: float = 600) -> Job | None:
+        """Block until the running retrain (if any) has finished (scripts and tests)."""
+        return self.retrainer.wait(timeout)
+
+    def warm_up(self) -> None:
+        """Start the training process now, without holding up requests meanwhile."""
+        self.retrainer.warm_up()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def close(self) -> None:
+        self.retrainer.close()
+        self.reads.close()
+        self.project.close()
+
+    # -- roles -------------------------------------------------------------------------
+    def roles_of(self, actor: str) -> list[str]:
+        cfg = self.config
+        listed = cfg.admins or cfg.reviewers or cfg.annotators
+        roles = []
+        if actor in cfg.admins or actor == self.owner:
+            roles.append("admin")
+        if actor in cfg.reviewers:
+            roles.append("reviewer")
+        if actor in cfg.annotators or not listed:
+            roles.append("annotator")
+        return roles
+
+    def allowed(self, actor: str, op: str) -> bool:
+        return any(op in ROLE_OPS[r] for r in self.roles_of(actor))
+
+    def deny(self, actor: str, code: str, message: str, op: str) -> ApiError:
+        try:
+            self.store.append_event("", "denied", actor, note=f"{op}: {message}"[:500])
+        except Exception:  # a refusal is answered even when it cannot be logged
+            pass
+        return ApiError(code, message)
+
+    # -- the one entry point -------------------------------------------------------------
+    def handle(self, actor: str, op: str, args: dict | None = None, *, conn: object | None = None) -> dict:
+        """Serve one request of ``actor`` (established by the transport): decode it against its type,
+        check the caller's role, run the handler, answer in JSON types. Raises ApiError."""
+        req = decode_request(op, args)
+        spec = OPS[op]
+        with self.lock:
+            if self.store_failure is not None:
+                raise StoreFailed(str(self.store_failure))
+            roles = self.roles_of(actor)
+            if not roles:
+                raise self.deny(actor, "unknown_user",
+                                f"{actor} is not a member of this project; an admin can add them under [roles] "
+                                f"in {self.dir / CONFIG_NAME}.", op)
+            if not self.allowed(actor, op):
+                raise self.deny(actor, "denied", f"{actor} may not {spec.summary} in this project "
+                                f"(it needs the {spec.role} role; {actor} has {', '.join(roles)}).", op)
+            if conn is not None:
+                self._conns[id(conn)] = (conn, actor)
+            self._request_conn = conn
+            if not spec.reads:
+                return encode_response(op, self._run(op, actor, req))
+        return encode_response(op, self._run(op, actor, req))
+
+    def _run(self, op: str, actor: str, req) -> dict:
+        with nullcontext() if OPS[op].reads else self.lock:
+            if self.store_failure is not None:
+                raise StoreFailed(str(self.store_failure))
+            try:
+                return HANDLERS[op](self, actor, **request_args(req))
+            except ApiError:
+                raise
+            except LabelloopError as exc:
+                err = as_store_error(exc)
+                if err is None:
+                    raise ApiError("bad_request", str(exc)) from exc
+                self.store_failure = err
+                raise StoreFailed(str(err)) from exc
+            except Exception as exc:
+                err = as_store_error(exc)
+                if err is None:
+                    raise
+                self.store_failure = err
+                raise StoreFailed(str(err)) from exc
+
+    def disconnected(self, conn: object) -> None:
+        """A transport connection closed: its sessions end, and unless the same user is still connected
+        otherwise, others may take the items they held."""
+        with self.lock:
+            _c, actor = self._conns.pop(id(conn), (None, None))
+            for s in self.sessions.values():
+                if s.conn is conn:  # kept, detached: a client that reconnects carries on with it
+                    s.conn, actor = None, s.actor
+            if actor is not None and self._assign is not None \
+                    and not any(a == actor for _c, a in self._conns.values()):
+                self._assign.release(actor, self.clock())
+
+    # -- assignment ---------------------------------------------------------------------
+    def _load_assignment(self, store: Store) -> None:
+        """From the store: items owed labels (started, not complete), then the latest batch."""
+        decisions = store.decisions_on(None)
+        per_item: dict[str, list] = {}
+        for d in decisions:
+            per_item.setdefault(d[0], []).append(d)
+        owed = []
+        for item_id, ds in per_item.items():
+            probe = Slot(item_id, {}, self._assign.need(item_id))
+            for _i, a, k, lab in ds:
+                if k == "label":
+                    probe.labelled[a] = lab
+                else:
+                    probe.passed[a] = k
+            self._assign.adjust_need(probe)
+            if not self._assign.complete(probe):
+                owed.append(item_id)
+        from labelloop.core.store import review
+        back = review.sent_back(store)   # items a reviewer sent back: served first, with the reason
+        rows = store.queue_rows(item_ids=list(back) + owed)
+        for r in rows:
+            if r["item_id"] in back:
+                r["review_note"] = back[r["item_id"]]
+        rows.sort(key=lambda r: (r["item_id"] not in back, r["batch_id"], r["position"]))
+        if self.batch_id is not None:
+            rows += store.queue_rows(batch_id=self.batch_id)
+        ids = {r["item_id"] for r in rows}
+        self._assign.load(rows, [d for d in decisions if d[0] in ids])
+
+    def new_batch(self, store: Store) -> None:
+        """Serve the batch a retrain queued. Its rows (the slow read: a join with every item) are read
+        before taking the lock; the decisions on them under it, so none made meanwhile is missed."""
+        batch = store.latest_batch_id()
+        if batch == self.batch_id:
+            return
+        rows = store.queue_rows(batch_id=batch)
+        with self.lock:
+            if self._assign is None:  # nobody asked for work yet: the first request reads the new batch
+                self.batch_id = batch
+                return
+            self.assign.new_batch(rows, store.decisions_on([r["item_id"] for r in rows]), self.clock())
+            self.batch_id = batch
+
+    def _blind(self, actor: str, item_id: str) -> bool:
+        """A stable share of items (per annotator) is shown without the suggestion, to measure anchoring."""
+        share = self.config.blind_share
+        if share <= 0:
+            return False
+        h = hashlib.sha1(f"{actor}\0{item_id}".encode("utf-8", "surrogatepass")).digest()
+        return int.from_bytes(h[:8], "big") / 2 ** 64 < share
+
+    def _item(self, actor: str, row: dict) -> dict:
+        """An item as its annotator sees it: text, why it was chosen and the model's view (none of
+        it when the item is blind for them, and never anyone else's label)."""
+        probs = json.loads(row["probs"]) if row.get("probs") else {}
+        meta = json.loads(row["metadata"]) if row.get("metadata") else {}
+        hidden = bool(probs) and self._blind(actor, row["item_id"])
+        return {"item_id": row["item_id"], "text": row["text"], "lease": self.lease_proof(actor, row["item_id"]),
+                "metadata": meta if isinstance(meta, dict) else {"value": meta},
+                "batch_id": row.get("batch_id"), "position": row.get("position"), "strategy": row.get("strategy"),
+                "score": row.get("score"), "rank": row.get("rank"), "percentile": row.get("percentile"),
+                "audit": bool(row.get("audit")), "model_version": row.get("model_version"),
+                "probs": {} if hidden else probs, "suggestion_hidden": hidden,
+                "multi_label": self.config.multi_label, "review_note": row.get("review_note")}
+
+    def lease_proof(self, actor: str, item_id: str) -> str:
+        """Proof that this project's server handed ``item_id`` to ``actor``: a keyed hash whose key
+        (cache/lease.key, readable by the owner only) survives a restart, unlike the leases."""
+        msg = f"{actor}\0{item_id}".encode("utf-8", "surrogatepass")
+        return hmac.new(self._lease_key, msg, hashlib.sha256).hexdigest()[:32]
+
+    def _lease_proof_ok(self, actor: str, item_id: str, proof) -> bool:
+        return isinstance(proof, str) and hmac.compare_digest(proof, self.lease_proof(actor, item_id))
+
+    @property
+    def _lease_key(self) -> bytes:
+        if self._key is None:
+            path = self.project.cache_dir / "lease.key"
+            try:
+                key = path.read_bytes()
+            except FileNotFoundError:
+                key = b""
+            if len(key) != 32:
+                key = os.urandom(32)
+                path.parent.mkdir(exist_ok=True)
+                atomic_write_bytes(path, key, mode=0o600)
+            self._key = key
+        return self._key
+
+    def _suggested(self, actor: str, row: dict) -> list[str]:
+        """The labels the annotator saw suggested ([] when none was shown)."""
+        if not row.get("probs") or self._blind(actor, row["item_id"]):
+            return []
+        probs = json.loads(row["probs"])
+        if self.config.multi_label:
+            return sorted(k for k, p in probs.items() if p >= 0.5)
+        return [max(probs, key=probs.get)] if probs else []
+
+    def _session(self, actor: str, session: str | None) -> Session | None:
+        s = self.sessions.get(session) if isinstance(session, str) else None
+        if s is None and isinstance(session, str) and 8 <= len(session) <= 40:
+            # a session of a server that restarted: carry on with it (its count is in the store)
+            s = Session(session, actor, "reconnected", self.clock(), self._request_conn)
+            s.decisions = self.store.session_decisions(session, actor)
+            self.sessions[session] = s
+        if s is not None and s.actor != actor:
+            raise ApiError("bad_request", "that session belongs to someone else")
+        if s is not None:
+            s.last_seen = self.clock()
+            if s.conn is None:
+                s.conn = self._request_conn
+        return s
+
+    def _others(self, actor: str) -> int:
+        now = self.clock()
+        return len({s.actor for s in self.sessions.values()
+                    if s.actor != actor and s.conn is not None and now - s.last_seen < SESSION_IDLE_SECONDS})
+
+    def _serve(self, actor: str) -> dict | None:
+        if self.gold.paused(actor):
+            return None   # (the answer's "paused" says why; a decision already made stays stored)
+        front = self.assign.front.get(actor)
+        gold = None if front else self.gold.due(actor)
+        if gold is not None:
+            return self.gold.item(actor, gold)
+        slot = self.assign.next_for(actor, self.clock())
+        if slot is None:
+            self._maybe_refill()
+            return None
+        return self._item(actor, slot.row)
+
+    def _state(self, actor: str, sess: Session | None) -> dict:
+        job = self.job
+        return {"left": self.assign.left_for(actor, self.clock()), "batch": self.batch_id,
+                "paused": self.gold.pause_text(actor) if self.config.gold_pause else None,
+                "retraining": bool(job and job.running), "job": job.to_dict() if job else None,
+                "others": self._others(actor), "done_session": sess.decisions if sess else 0,
+                "summary": self._summary()}
+
+    def _summary(self) -> str:
+        """The labelling screen's summary line, recomputed when a new model version is stored."""
+        from labelloop.core.measure.signs import summary_line
+        from labelloop.core.store.reports import latest_measurement
+        v = self.batch_id
+        cached = getattr(self, "_summary_cache", None)
+        if cached is None or cached[0] != v:
+            cached = (v, summary_line(latest_measurement(self.store)))
+            self._summary_cache = cached
+        return cached[1]
+
+    def _maybe_refill(self) -> None:
+        """Nothing left to hand out: queue a new batch if the pool still has items."""
+        if self.retrainer.running:
+            return
+        if self.assign.open_count(self.clock()) == 0 and self.store.unlabelled_pool() > 0:
+            self._start_job("the queue is empty", {})
+
+    def team(self) -> dict:
+        return {"working": sorted({s.actor for s in self.sessions.values() if s.conn is not None
+                                   and self.clock() - s.last_seen < SESSION_IDLE_SECONDS}),
+                "open_items": self.assign.open_count(self.clock()) if self._assign is not None else None,
+                "retraining": self.retrainer.running}
+
+    # -- checks shared by the handlers -------------------------------------------------------
+    @staticmethod
+    def check_msg_id(msg_id: str, what: str) -> None:
+        if not 8 <= len(msg_id) <= 64:
+            raise ApiError("bad_request", f"{what} needs a client message id (msg_id, 8-64 characters)")
+
+    def check_labels(self, labels) -> list[str]:
+        if labels is None:
+            raise ApiError("bad_request", "labels must be a list of label names")
+        unknown = [lab for lab in labels if lab not in self.config.labels]
+        if unknown:
+            raise ApiError("bad_request", f"unknown label(s) {', '.join(lab[:40] for lab in unknown)}")
+        if not labels:
+            raise ApiError("bad_request", "choose at least one label")
+        if len(labels) > 1 and not self.config.multi_label:
+            raise ApiError("bad_request", "this project takes one label per item")
+        return sorted(set(labels))
+
+    # -- labelling -----------------------------------------------------------------------
+    def ping(self, actor: str) -> dict:
+        return {"actor": actor}
+
+    def open_session(self, actor: str, client: str = "cli") -> dict:
+        now = self.clock()
+        for old in [k for k, o in self.sessions.items() if o.conn is None and now - o.last_seen > 3600]:
+            del self.sessions[old]
+        sid = uuid.uuid4().hex[:12]
+        sess = Session(sid, actor, client[:40], now, self._request_conn)
+        self.sessions[sid] = sess
+        cfg_path = self.dir / CONFIG_NAME
+        return {"session": sid, "actor": actor, "roles": self.roles_of(actor),
+                "config_toml": cfg_path.read_text(encoding="utf-8"), "config_path": str(cfg_path),
+                "project_dir": str(self.dir), **self._state(actor, sess)}
+
+    def close_session(self, actor: str, session: str | None = None) -> dict:
+        s = self._session(actor, session)
+        if s is not None:
+            del self.sessions[s.id]
+        return {}
+
+    def next(self, actor: str, session: str | None = None) -> dict:
+        sess = self._session(actor, session)
+        paused = self.gold.pause_text(actor)
+        if paused:
+            raise self.deny(actor, "denied", paused, "next")
+        return {"item": self._serve(actor), **self._state(actor, sess)}
+
+    def decide(self, actor: str, item_id: str, action: str, msg_id: str, labels: list[str] | None = None,
+               reason: str | None = None, note: str | None = None, duration_ms: float | None = None,
+               session: str | None = None, lease: str | None = None) -> dict:
+        """One decision on an item in the actor's hands, stored as one event with the provenance of
+        the service's own queue slot; answers with the next item."""
+        sess = self._session(actor, session)
+        self.check_msg_id(msg_id, "every decision")
+        done = self.msgs.get((actor, msg_id))
+        if done is not None:  # a resend of a decision already stored: answer as before, store nothing
+            return {"event_id": done, "duplicate": True, "item": self._serve(actor), **self._state(actor, sess)}
+        if action not in ACTIONS:
+            raise ApiError("bad_request", f"unknown action {action[:20]!r} ({', '.join(ACTIONS)})")
+        gold = self.gold.held(actor, item_id)
+        if gold is not None:
+            event_id = self.gold.decide(actor, sess, gold, action, labels, note, duration_ms, msg_id)
+            return self._decided(actor, sess, msg_id, event_id)
+        row = self._leased_row(actor, item_id, lease)
+        suggested = self._suggested(actor, row)
+        kind = action if action in ("skip", "flag") else "label"
+        labels, fields = (None, {}) if kind != "label" else self._labels_and_via(action, labels, reason, suggested)
+        probs = json.loads(row["probs"]) if row.get("probs") else None
+        hidden = bool(probs) and self._blind(actor, item_id)
+        event_id = self.store.append_event(
+            item_id, kind, actor, labels=labels, note=(note or None),
+            duration_ms=float(duration_ms) if duration_ms is not None else None,
+            model_version=row.get("model_version"), batch_id=row.get("batch_id"), strategy=row.get("strategy"),
+            score=row.get("score"), rank=row.get("rank"), percentile=row.get("percentile"), audit=bool(row.get("audit")),
+            suggestion="|".join(suggested) or None, shown_probs=probs if (probs and not hidden) else None,
+            suggestion_hidden=hidden if probs else None, session_id=sess.id if sess else None,
+            client_msg_id=msg_id, **fields)
+        self.assign.record(actor, item_id, kind, "|".join(labels) if kind == "label" else None)
+        self.gold.counted(actor)
+        if kind == "label":
+            self._count_label()
+        return self._decided(actor, sess, msg_id, event_id)
+
+    def _decided(self, actor: str, sess: Session | None, msg_id: str, event_id: int) -> dict:
+        self.msgs[(actor, msg_id)] = event_id
+        if sess is not None:
+            sess.decisions += 1
+        return {"event_id": event_id, "duplicate": False, "item": self._serve(actor), **self._state(actor, sess)}
+
+    def _leased_row(self, actor: str, item_id: str, lease: str | None) -> dict:
+        """The queue row of an item in the actor's hands; ApiError when it is not."""
+        slot = self.assign.slots.get(item_id)
+        now = self.clock()
+        if slot is not None and not self.assign.holds(actor, item_id) and self._lease_proof_ok(actor, item_id, lease) \
+                and self.assign.may_take(slot, actor, now) and not any(e > now for e in slot.leases.values()):
+            # the item was handed to this actor (the proof says so) by a server that has restarted since
+            # (leases live in memory); nobody holds it now, so the resent decision stands
+            slot.leases[actor] = now + self.assign.lease_seconds
+        if slot is None or not self.assign.holds(actor, item_id):
+            if slot is None and not self.store.item_exists(item_id):
+                raise ApiError("unknown_item", f"there is no item {item_id[:60]!r} in this project")
+            raise ApiError("not_leased", f"item {item_id[:60]!r} is not in your hands (ask for the next item); "
+                           "nothing was stored")
+        return slot.row
+
+    def _labels_and_via(self, action: str, labels, reason: str | None, suggested: list[str]) -> tuple[list, dict]:
+        """The labels a label decision stores and how they were given: the suggestion accepted, a key
+        that agrees with it or not (a correction, with its reason from the taxonomy)."""
+        if action == "accept":
+            if not suggested:
+                raise ApiError("bad_request", "there is no suggestion to accept for this item; press a label key")
+            return suggested, {"via": "accept"}
+        labels = self.check_labels(labels)
+        if action == "correction" or (suggested and sorted(labels) != suggested):
+            if reason is None and action == "label" and self.config.ask_reason:
+                raise ApiError("bad_request", "this project asks for a reason with every correction "
+                               "([labels] ask_reason)")
+            reason = reason or UNSPECIFIED
+            if reason not in self.config.taxonomy and reason != UNSPECIFIED:
+                raise ApiError("bad_request", f"'{reason[:60]}' is not in the project's error taxonomy")
+            return labels, {"via": "correction", "error_category": reason}
+        return labels, {"via": "key-agrees" if suggested else "key"}
+
+    def _count_label(self) -> None:
+        """One more label toward the retrain cadence ([loop] retrain_every)."""
+        self.labels_since_train += 1
+        every = self.config.retrain_every
+        if every and self.labels_since_train >= every and not self.retrainer.running:
+            # labels given while the previous retrain ran count toward the next one (at most one
+            # retrain's worth, so a slow trainer does not retrain back to back forever)
+            carry = min(self.labels_since_train - every, every - 1)
+            self._start_job(f"auto-retrain after {every} labels", {})
+            self.labels_since_train = carry
+
+    def undo(self, actor: str, msg_id: str, session: str | None = None) -> dict:
+        """Take back this actor's latest decision still standing (any depth, across sessions). The
+        undo is itself an event; the item comes back to this actor first."""
+        sess = self._session(actor, session)
+        self.check_msg_id(msg_id, "an undo")
+        if (actor, msg_id) in self.msgs:
+            return {"undone": None, "duplicate": True, "item": self._serve(actor), **self._state(actor, sess)}
+        last = self.store.latest_decision(actor)
+        if last is None:
+            return {"undone": None, "duplicate": False, "item": self._serve(actor), **self._state(actor, sess)}
+        event_id = self.store.append_event(last["item_id"], "undo", actor, target_event=last["event_id"],
+                                           session_id=sess.id if sess else None, client_msg_id=msg_id)
+        self.msgs[(actor, msg_id)] = event_id
+        if sess is not None:
+            sess.decisions = max(0, sess.decisions - 1)
+        gold_item = self.gold.undone(actor, last["item_id"])
+        if gold_item is not None:   # a gold item comes back to this annotator first
+            return {"undone": last["item_id"], "duplicate": False, "item": gold_item, **self._state(actor, sess)}
+        rows = self.store.queue_rows(item_ids=[last["item_id"]]) if last["item_id"] not in self.assign.slots else []
+        row = next((r for r in rows if r["batch_id"] == last["batch_id"]), rows[0] if rows else None)
+        self.assign.unrecord(actor, last["item_id"], last["kind"], row, self.clock())
+        if last["kind"] == "label":
+            self.labels_since_train = max(0, self.labels_since_train - 1)
+        return {"undone": last["item_id"], "duplicate": False, "item": self._serve(actor), **self._state(actor, sess)}
+
+    def progress(self, actor: str, session: str | None = None) -> dict:
+        sess = self._session(actor, session)
+        st = self._state(actor, sess)
+        per_hour = None
+        if sess is not None:
+            elapsed_h = (self.clock() - sess.started) / 3600
+            per_hour = sess.decisions / elapsed_h if elapsed_h > 1 / 120 and sess.decisions else None
+        return {**st, "per_hour": per_hour}
+
+    def guidelines(self, actor: str) -> dict:
+        path = self.dir / self.config.guidelines
+        try:
+            return {"text": path.read_text(encoding="utf-8")}
+        except (OSError, UnicodeDecodeError):
+            return {"text": f"(no readable guidelines file at {path})"}
+
+    def next_items(self, actor: str, n: int = 20, session: str | None = None) -> dict:
+        if n < 1:
+            raise ApiError("bad_request", f"n must be a whole number of at least 1, got {n!r}")
+        slots = self.assign.upcoming(actor, self.clock(), min(n, MAX_NEXT_ITEMS))
+        return {"items": [self._item(actor, s.row) for s in slots]}
+
+    # -- whole-project reads (reads.py) -------------------------------------------------------
+    def metrics(self, actor: str, arms: bool = False) -> dict:
+        return self.reads.metrics(arms)
+
+    def status(self, actor: str) -> dict:
+        return self.reads.status()
+
+    def check(self, actor: str) -> dict:
+        return self.reads.check()
+
+    # -- retraining (jobs.py) ----------------------------------------------------------------
+    def retrain_start(self, actor: str, why: str = "asked for", strategy: str | None = None,
+                      batch: int | None = None, seed: int | None = None) -> dict:
+        kw = {k: v for k, v in (("strategy", strategy), ("batch_size", batch), ("seed", seed)) if v is not None}
+        if kw and "admin" not in self.roles_of(actor):
+            raise self.deny(actor, "denied", f"{actor} may retrain but not choose the strategy, batch or seed "
+                            "(admins only)", "retrain_start")
+        if self.retrainer.running:
+            return {"job": self.job.to_dict(), "started": False}
+        return {"job": self._start_job(why[:80], kw).to_dict(), "started": True}
+
+    def retrain_poll(self, actor: str, job: int | None = None) -> dict:
+        j = self.job
+        if j is None or (job is not None and j.id != job):
+            raise ApiError("bad_request", f"no retrain job {job}")
+        return {"job": j.to_dict(), "batch": self.batch_id}
+
+    def _start_job(self, why: str, kw: dict) -> Job:
+        self.labels_since_train = 0
+        return self.retrainer.start(why, kw)
+
+    # -- files -----------------------------------------------------------------------------
+    def export(self, actor: str, path: str, what: str = "final") -> dict:
+        from labelloop.core.store.exports import export_parquet
+        return asdict(export_parquet(self.project, path, what=what))
+
+    def import_(self, actor: str, path: str, text_col: str = "text", id_col: str | None = None,
+                label_col: str | None = None, split_col: str | None = None, meta_cols: list[str] | None = None,
+                skip_invalid: bool = False, label_sep: str = "|", dedupe: bool = False,
+                rejects: str | None = None, source_name: str | None = None) -> dict:
+        from labelloop.core.store.imports import import_file
+        try:
+            r = import_file(self.project, path, text_col=text_col, id_col=id_col, label_col=label_col,
+                            split_col=split_col, meta_cols=meta_cols, skip_invalid=skip_invalid, label_sep=label_sep,
+                            dedupe=dedupe, rejects_path=rejects, actor=actor, source_name=source_name)
+        except LabelloopError as exc:
+            if source_name and path in str(exc) and as_store_error(exc) is None:
+                # the server imports a private copy: the message names the user's file
+                raise ApiError("bad_request", str(exc).replace(path, source_name)) from None
+            raise
+        self._msg_ids = None  # re-read on next use
+        return {**asdict(r), "duplicate_lines": r.duplicate_lines()}
+
+    def model_export(self, actor: str, path: str, version: int | None = None) -> dict:
+        from labelloop.core.loop.transfer import export_model
+        out, v = export_model(self.project, path, version)
+        return {"path": str(out), "version": v}
+
+    def model_import(self, actor: str, path: str, trust: bool = False, source_name: str | None = None) -> dict:
+        from labelloop.core.loop.transfer import import_model
+        if trust and self._request_conn is not None and not isinstance(self._request_conn, InProcess):
+            raise ApiError("denied", "--trust loads a pickle, which can run code: not through the server. Stop "
+                           "the server and run labelloop model import --trust as the project's owner.")
+        return {"version": import_model(self.project, path, trust=trust)}
+
+    # -- review (review_desk.py) -------------------------------------------------------------
+    def review_queue(self, actor: str, include_decided: bool = False) -> dict:
+        return self.review.queue(include_decided)
+
+    def review_item(self, actor: str, item_id: str) -> dict:
+        return self.review.item(item_id)
+
+    def adjudicate(self, actor: str, item_id: str, labels: list[str], msg_id: str, rationale: str | None = None) -> dict:
+        return self.review.adjudicate(actor, item_id, labels, msg_id, rationale)
+
+    def undo_adjudication(self, actor: str, msg_id: str) -> dict:
+        return self.review.undo(actor, msg_id)
+
+    def send_back(self, actor: str, item_id: str, reason: str, msg_id: str) -> dict:
+        return self.review.send_back(actor, item_id, reason, msg_id)
+
+
+HANDLERS = {
+    "ping": Service.ping,
+    "open_session": Service.open_session,
+    "close_session": Service.close_session,
+    "next": Service.next,
+    "decide": Service.decide,
+    "undo": Service.undo,
+    "progress": Service.progress,
+    "poll": Service.progress,
+    "guidelines": Service.guidelines,
+    "metrics": Service.metrics,
+    "status": Service.status,
+    "check": Service.check,
+    "next_items": Service.next_items,
+    "retrain_start": Service.retrain_start,
+    "retrain_poll": Service.retrain_poll,
+    "export": Service.export,
+    "review_queue": Service.review_queue,
+    "review_item": Service.review_item,
+    "adjudicate": Service.adjudicate,
+    "undo_adjudication": Service.undo_adjudication,
+    "send_back": Service.send_back,
+    "import": Service.import_,
+    "model_export": Service.model_export,
+    "model_import": Service.model_import,
+}
+"""Operation name -> the method that serves it (the protocol's OPS says what it takes and answers)."""
