@@ -12,20 +12,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from labelloop.core.util.safeio import atomic_write_text  # noqa: E402
+
 OUT = ROOT / "bench" / "out"
 
-WORDS = ("the of and to in is you that it he was for on are as with his they at be this have from or one had by word "
-         "but not what all were we when your can said there use an each which she do how their if will up other about "
-         "out many then them these so some her would make like him into time has look two more write go see number no "
-         "way could people my than first water been call who oil its now find long down day did get come made may part "
-         "free prize win claim urgent txt reply stop offer cash").split()
+WORDS = (
+    "the of and to in is you that it he was for on are as with his they at be this have from or one had by word "
+    "but not what all were we when your can said there use an each which she do how their if will up other about "
+    "out many then them these so some her would make like him into time has look two more write go see number no "
+    "way could people my than first water been call who oil its now find long down day did get come made may part "
+    "free prize win claim urgent txt reply stop offer cash"
+).split()
 
 
 def run_child(code: str, env: dict | None = None) -> tuple[float, float, str]:
     """Run python code in a fresh process; returns (wall seconds, peak RSS in MiB, stdout)."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, **(env or {})}, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+        text=True,
+    )
     _pid, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     out = proc.stdout.read()

@@ -31,6 +31,7 @@ def make_files(n: int, n_labelled: int, n_test: int) -> tuple[Path, Path]:
         text = " ".join(words)[:100]
         label = "spam" if ("free" in words or "win" in words or "prize" in words) else "ham"
         return f"e{i},{text},{label if with_label else ''}\n"
+
     if not pool.exists():
         OUT.mkdir(parents=True, exist_ok=True)
         with open(pool, "w") as f:
@@ -67,7 +68,8 @@ def main() -> None:
         f"    import_file(p, r'{pool}', id_col='id', label_col='label')\n"
         f"    import_file(p, r'{test}', id_col='id', label_col='label', split_col='split')\n"
         "    t = time.perf_counter(); f = features_for(p)\n"
-        "    print(time.perf_counter() - t, f.T.shape[0], f.T.shape[1], f.T.nnz, f.E is not None)\n")
+        "    print(time.perf_counter() - t, f.T.shape[0], f.T.shape[1], f.T.nnz, f.E is not None)\n"
+    )
     feat_s, nrows, ncols, nnz = setup[2].split()[:4]
     retrain = run_child(
         "import time\n"
@@ -79,7 +81,8 @@ def main() -> None:
         "total = time.perf_counter() - t\n"
         "print(total, r.n_train, r.batch_size, r.metrics['accuracy'], r.metrics['ece'], r.seconds['features'],"
         " r.seconds['train'], r.seconds['score_select'], r.seconds.get('choose_features', 0),"
-        " r.metrics['features']['name'].replace(' ', '_'))\n")
+        " r.metrics['features']['name'].replace(' ', '_'))\n"
+    )
     total, n_train, batch, acc, ece, t_feat, t_train, t_score, t_choose, used = retrain[2].split()
     score = run_child(
         "import time, numpy as np\n"
@@ -102,25 +105,36 @@ def main() -> None:
         "    return 1.0 - (s[-1] - s[-2])\n"
         "t = time.perf_counter(); w = np.apply_along_axis(row_margin, 1, p64); t_row = time.perf_counter() - t\n"
         "assert np.allclose(v, w)\n"
-        "print(t_load, t_sel, t_vec, t_row, len(state.candidate_rows), len(sel))\n")
+        "print(t_load, t_sel, t_vec, t_row, len(state.candidate_rows), len(sel))\n"
+    )
     t_load, t_sel, t_vec, t_row, n_cand, n_sel = score[2].split()
-    print(f"pool {int(nrows):,} items; TF-IDF {int(ncols):,} dims, {int(nnz):,} non-zeros; embeddings: {setup[2].split()[4]} "
-          f"(built once in {float(feat_s):.1f} s, cached; peak RSS {setup[1]:.0f} MiB); [features] kind = {args.features}, "
-          f"model uses {used.replace('_', ' ')}")
+    print(
+        f"pool {int(nrows):,} items; TF-IDF {int(ncols):,} dims, {int(nnz):,} non-zeros; embeddings: {setup[2].split()[4]} "
+        f"(built once in {float(feat_s):.1f} s, cached; peak RSS {setup[1]:.0f} MiB); [features] kind = {args.features}, "
+        f"model uses {used.replace('_', ' ')}"
+    )
     print(f"{'step':<52}{'seconds':>9}{'peak RSS MiB':>14}")
     print(f"{'load cached features':<52}{float(t_load):>9.2f}")
-    print(f"{'score ' + format(int(n_cand), ',') + ' items + select a batch of 100':<52}{float(t_sel):>9.2f}{score[1]:>14.0f}")
+    print(
+        f"{'score ' + format(int(n_cand), ',') + ' items + select a batch of 100':<52}{float(t_sel):>9.2f}{score[1]:>14.0f}"
+    )
     print(f"{'  margin, vectorised (1M rows)':<52}{float(t_vec):>9.4f}")
     print(f"{'  margin, np.apply_along_axis per row (1M rows)':<52}{float(t_row):>9.2f}")
-    print(f"{'retrain on ' + n_train + ' labels, calibrate, rescore, queue':<52}{float(total):>9.2f}{retrain[1]:>14.0f}")
-    print(f"    (features {float(t_feat):.2f} s, choosing them {float(t_choose):.2f} s, train+calibrate {float(t_train):.2f} s, score+select {float(t_score):.2f} s;"
-          f" test accuracy {float(acc):.3f}, ECE {float(ece):.3f})")
+    print(
+        f"{'retrain on ' + n_train + ' labels, calibrate, rescore, queue':<52}{float(total):>9.2f}{retrain[1]:>14.0f}"
+    )
+    print(
+        f"    (features {float(t_feat):.2f} s, choosing them {float(t_choose):.2f} s, train+calibrate {float(t_train):.2f} s, score+select {float(t_score):.2f} s;"
+        f" test accuracy {float(acc):.3f}, ECE {float(ece):.3f})"
+    )
     ratio = float(t_row) / float(t_vec)
     print()
-    for name, ok in [("score + select 100 from 1M <= 3 s", float(t_sel) <= 3.0),
-                     (f"vectorised margin >= 50x per-row (measured {ratio:,.0f}x)", ratio >= 50),
-                     ("retrain + calibrate + rescore 1M <= 15 s", float(total) <= 15.0),
-                     ("peak RSS < 3 GB (retrain run)", retrain[1] < 3072)]:
+    for name, ok in [
+        ("score + select 100 from 1M <= 3 s", float(t_sel) <= 3.0),
+        (f"vectorised margin >= 50x per-row (measured {ratio:,.0f}x)", ratio >= 50),
+        ("retrain + calibrate + rescore 1M <= 15 s", float(total) <= 15.0),
+        ("peak RSS < 3 GB (retrain run)", retrain[1] < 3072),
+    ]:
         print(f"  [{'met' if ok else 'NOT MET'}] {name}")
 
 

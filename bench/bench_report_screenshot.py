@@ -28,8 +28,11 @@ def chromium() -> str:
     if shutil.which("apt-get"):
         print("installing chromium from the distribution's packages ...", flush=True)
         subprocess.run(["apt-get", "update", "-qq"], check=False)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True,
-                       env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"],
+            check=True,
+            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
         path = shutil.which("chromium")
         if path:
             return path
@@ -46,9 +49,18 @@ def main() -> None:
         raise SystemExit(f"{page} does not exist: run bench/bench_live.py first (or give a report page)")
     exe = chromium()
     out = Path(args.out).resolve()
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",   # no network for the page
-           f"--screenshot={out}", "--window-size=1100,4200", page.as_uri()]
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--proxy-server=http://127.0.0.1:9",
+        "--proxy-bypass-list=<-loopback>",  # no network for the page
+        f"--screenshot={out}",
+        "--window-size=1100,4200",
+        page.as_uri(),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if r.returncode != 0 or not out.exists():
         raise SystemExit(f"chromium failed ({r.returncode}): {r.stderr[-2000:]}")

@@ -49,10 +49,11 @@ class Tcp:
 def main() -> None:
     if not DATA.exists():
         raise SystemExit(f"{DATA} is not here (the shared data sets are outside the repository)")
-    from labelloop.core.store.project import Project, init_project
     from labelloop.core.api.server import add_token
-    from labelloop.core.store.imports import import_file
     from labelloop.core.loop.al_round import train_and_queue
+    from labelloop.core.store.imports import import_file
+    from labelloop.core.store.project import Project, init_project
+
     rows = list(csv.DictReader(open(DATA, encoding="utf-8")))
     rng = random.Random(0)
     train = [r for r in rows if r["split"] == "train"]
@@ -65,8 +66,11 @@ def main() -> None:
     work.mkdir(parents=True)
     d = init_project(work / "proj", labels, name="trec6-review")
     cfg = d / "labelloop.toml"
-    cfg.write_text(cfg.read_text().replace("overlap_share = 0.10", "overlap_share = 1.0")
-                   .replace("batch_size = 50", "batch_size = 100"))
+    cfg.write_text(
+        cfg.read_text()
+        .replace("overlap_share = 0.10", "overlap_share = 1.0")
+        .replace("batch_size = 50", "batch_size = 100")
+    )
     f = work / "trec.csv"
     with open(f, "w", newline="", encoding="utf-8") as out:
         w = csv.writer(out)
@@ -83,8 +87,12 @@ def main() -> None:
         train_and_queue(p, seed=0)
     tokens = {u: add_token(d, u) for u in ("careful", "sloppy")}
     port = 7600 + random.Random().randrange(300)
-    server = subprocess.Popen([sys.executable, "-m", "labelloop.tui.cli", "serve", str(d), "--tcp", f"127.0.0.1:{port}"],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "labelloop.tui.cli", "serve", str(d), "--tcp", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         for _ in range(300):
             try:
@@ -106,8 +114,14 @@ def main() -> None:
                 lab = truth[it["item_id"]]
                 if u == "sloppy" and err.random() < 0.15:
                     lab = err.choice([x for x in labels if x != lab])
-                ans = c.call("decide", item_id=it["item_id"], action="label", labels=[lab], msg_id=uuid.uuid4().hex,
-                             lease=it.get("lease"))
+                ans = c.call(
+                    "decide",
+                    item_id=it["item_id"],
+                    action="label",
+                    labels=[lab],
+                    msg_id=uuid.uuid4().hex,
+                    lease=it.get("lease"),
+                )
                 given[u][it["item_id"]] = lab
                 items[u] = ans["item"]
         admin = Tcp(port, "careful", tokens["careful"])  # the status is the same for everyone
@@ -117,6 +131,7 @@ def main() -> None:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
     from labelloop.core.api.service import Service
+
     svc = Service(d, compute="thread", owner="lead")
     q = svc.handle("lead", "review_queue", {})
     svc.close()
@@ -124,22 +139,36 @@ def main() -> None:
     differ = {i for i in both if given["careful"][i] != given["sloppy"][i] and not i.startswith("g")}
     queued = {i["item_id"] for i in q["items"] if "disagreement" in i["reasons"]}
     ag = st["agreement"]
-    print(f"TREC-6 through labelloop serve: careful {len(given['careful'])} and sloppy {len(given['sloppy'])} "
-          f"decisions; {ag['n_items_overlap']} items labelled by both")
+    print(
+        f"TREC-6 through labelloop serve: careful {len(given['careful'])} and sloppy {len(given['sloppy'])} "
+        f"decisions; {ag['n_items_overlap']} items labelled by both"
+    )
     for k, r in ag["overall"].items():
-        print(f"  {k:<20} {r['value']:.3f} [{r['low']:.3f}, {r['high']:.3f}]" if r["value"] is not None
-              else f"  {k:<20} undefined: {r['reason']}")
+        print(
+            f"  {k:<20} {r['value']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+            if r["value"] is not None
+            else f"  {k:<20} undefined: {r['reason']}"
+        )
     for arm, m in ag["by_arm"].items():
         r = m["percent"]
-        print(f"  percent agreement on {arm:<6} items: "
-              + (f"{r['value']:.3f} [{r['low']:.3f}, {r['high']:.3f}] (n={r['n_items']})" if r["value"] is not None
-                 else r["reason"]))
-    print(f"review queue: {len(q['items'])} items {q['counts']}; disagreeing pool items in the events: {len(differ)}; "
-          f"queue == disagreements: {queued == differ}")
+        print(
+            f"  percent agreement on {arm:<6} items: "
+            + (
+                f"{r['value']:.3f} [{r['low']:.3f}, {r['high']:.3f}] (n={r['n_items']})"
+                if r["value"] is not None
+                else r["reason"]
+            )
+        )
+    print(
+        f"review queue: {len(q['items'])} items {q['counts']}; disagreeing pool items in the events: {len(differ)}; "
+        f"queue == disagreements: {queued == differ}"
+    )
     for actor, g in sorted(st["gold"].items()):
         tiers = ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in sorted(g["per_tier"].items()))
-        print(f"gold accuracy {actor:<8} {g['accuracy']:.3f} [{g['low']:.3f}, {g['high']:.3f}] n={g['n']}; {tiers}"
-              + ("  (below threshold)" if g["below_threshold"] else ""))
+        print(
+            f"gold accuracy {actor:<8} {g['accuracy']:.3f} [{g['low']:.3f}, {g['high']:.3f}] n={g['n']}; {tiers}"
+            + ("  (below threshold)" if g["below_threshold"] else "")
+        )
 
 
 if __name__ == "__main__":

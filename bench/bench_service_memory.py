@@ -26,6 +26,7 @@ from bench.bench_team import build, rss_mib  # noqa: E402
 def main(seconds: float = 90) -> None:
     from labelloop.core.api.client import LocalClient
     from labelloop.core.api.service import Service
+
     top = OUT / "service_memory"
     shutil.rmtree(top, ignore_errors=True)
     d, truth = build(top / "x" / "proj")
@@ -41,23 +42,29 @@ def main(seconds: float = 90) -> None:
             if it is None:
                 items[c] = c.call("next")["item"]
                 continue
-            a = c.call("decide", item_id=it["item_id"], action="label", labels=[truth[it["item_id"]]],
-                       msg_id=uuid.uuid4().hex)
+            a = c.call(
+                "decide", item_id=it["item_id"], action="label", labels=[truth[it["item_id"]]], msg_id=uuid.uuid4().hex
+            )
             items[c] = a["item"]
             n += 1
         time.sleep(0.4)
         if time.time() - last > 10:
             last = time.time()
-            heap = tracemalloc.get_traced_memory()[0] / 2 ** 20
-            duck = svc.store.scalar("SELECT sum(memory_usage_bytes) FROM duckdb_memory()") / 2 ** 20
+            heap = tracemalloc.get_traced_memory()[0] / 2**20
+            duck = svc.store.scalar("SELECT sum(memory_usage_bytes) FROM duckdb_memory()") / 2**20
             models = svc.store.scalar("SELECT count(*) FROM models")
             rows.append((time.time() - t0, n, models, rss_mib(os.getpid()), heap, duck))
-            print(f"{rows[-1][0]:5.0f} s  decisions {n:5d}  models {models:3d}  RSS {rows[-1][3]:.0f} MiB  "
-                  f"Python heap {heap:.1f} MiB  DuckDB {duck:.1f} MiB", flush=True)
+            print(
+                f"{rows[-1][0]:5.0f} s  decisions {n:5d}  models {models:3d}  RSS {rows[-1][3]:.0f} MiB  "
+                f"Python heap {heap:.1f} MiB  DuckDB {duck:.1f} MiB",
+                flush=True,
+            )
     svc.close()
     if len(rows) > 2:
-        print(f"after warm-up: RSS {rows[1][3]:.0f} -> {rows[-1][3]:.0f} MiB; Python heap max {max(r[4] for r in rows):.1f} "
-              f"MiB (last {rows[-1][4]:.1f}); DuckDB {rows[1][5]:.1f} -> {rows[-1][5]:.1f} MiB")
+        print(
+            f"after warm-up: RSS {rows[1][3]:.0f} -> {rows[-1][3]:.0f} MiB; Python heap max {max(r[4] for r in rows):.1f} "
+            f"MiB (last {rows[-1][4]:.1f}); DuckDB {rows[1][5]:.1f} -> {rows[-1][5]:.1f} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -21,10 +21,15 @@ from bench._util import OUT, ROOT  # noqa: E402
 from labelloop.core.loop.simulate import SimConfig, format_report, run_simulation, write_outputs  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
-SETS = [("SMS spam", "sms_spam/sms_spam.csv", None), ("TREC-6", "trec/trec6.csv", "split"),
-        ("SST-2", "sst2/sst2.csv", None), ("MR polarity", "rt_polarity/rt_polarity.csv", None),
-        ("ArSarcasm sentiment", "arsarcasm/arsarcasm_sentiment.csv", "split"),
-        ("TREC-50", "trec/trec50.csv", "split"), ("ArSarcasm dialect", "arsarcasm/arsarcasm_dialect.csv", "split")]
+SETS = [
+    ("SMS spam", "sms_spam/sms_spam.csv", None),
+    ("TREC-6", "trec/trec6.csv", "split"),
+    ("SST-2", "sst2/sst2.csv", None),
+    ("MR polarity", "rt_polarity/rt_polarity.csv", None),
+    ("ArSarcasm sentiment", "arsarcasm/arsarcasm_sentiment.csv", "split"),
+    ("TREC-50", "trec/trec50.csv", "split"),
+    ("ArSarcasm dialect", "arsarcasm/arsarcasm_dialect.csv", "split"),
+]
 
 
 def main() -> None:
@@ -45,8 +50,14 @@ def main() -> None:
             print(f"{name}: {path} not present, skipped")
             continue
         strategies = args.strategies.split(",")
-        cfg = SimConfig(strategies=strategies, seed_size=50, batch=50, budget=args.budget, repeats=args.repeats,
-                        features=args.features.split(","))
+        cfg = SimConfig(
+            strategies=strategies,
+            seed_size=50,
+            batch=50,
+            budget=args.budget,
+            repeats=args.repeats,
+            features=args.features.split(","),
+        )
         t = time.perf_counter()
         r = run_simulation(path, "text", "label", cfg, split_col=split)
         wall = time.perf_counter() - t
@@ -56,7 +67,9 @@ def main() -> None:
         print()
         import numpy as np
         import polars as pl
+
         from labelloop.core.loop.simulate import labels_to_target
+
         per = labels_to_target(r.curves, r.target)
 
         def ltt(feat, strat):
@@ -68,18 +81,23 @@ def main() -> None:
                 lo, hi = np.quantile(boots, [0.025, 0.975])
                 return f"{v.mean():.0f} [{lo:.0f}, {hi:.0f}] ({reached}/{len(v)})"
             return f"{v.mean():.0f} ({reached}/{len(v)})"
+
         for feat in cfg.features:
             rows.append((name, wall, r.target, feat, *[ltt(feat, st) for st in ("margin", "random")], r.verdict))
-    print(f"{'data set':<22}{'seconds':>8}{'target':>8}  {'features':<13}{'margin labels-to-target':<26}"
-          f"{'random labels-to-target':<26}verdict")
+    print(
+        f"{'data set':<22}{'seconds':>8}{'target':>8}  {'features':<13}{'margin labels-to-target':<26}"
+        f"{'random labels-to-target':<26}verdict"
+    )
     for name, wall, target, feat, m, rnd, verdict in rows:
         print(f"{name:<22}{wall:>8.1f}{target:>8.3f}  {feat:<13}{m:<26}{rnd:<26}{verdict}")
     sms = [r for r in rows if r[0] == "SMS spam"]
     if sms:
-        same = (args.strategies == "margin,entropy,random" and args.features == "tfidf" and args.repeats == 3)
+        same = args.strategies == "margin,entropy,random" and args.features == "tfidf" and args.repeats == 3
         tag = ("met" if sms[0][1] < 120 else "NOT MET") if same else "info"
-        print(f"\n  [{tag}] SMS spam, {args.strategies}, features {args.features}, {args.repeats} repeats: "
-              f"{sms[0][1]:.1f} s (the target, under 2 minutes, is for margin,entropy,random / tfidf / 3 repeats)")
+        print(
+            f"\n  [{tag}] SMS spam, {args.strategies}, features {args.features}, {args.repeats} repeats: "
+            f"{sms[0][1]:.1f} s (the target, under 2 minutes, is for margin,entropy,random / tfidf / 3 repeats)"
+        )
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def bare_loop(path, split_col, strategies, seeds_and_c, seed_size, batch, budget
     """The plain loop; returns (wall seconds, {(strategy, repeat): [accuracy per round]})."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+
     warnings.simplefilter("ignore", ConvergenceWarning)
     t0 = time.perf_counter()
     texts, labels, splits = read_labelled(path, "text", "label", split_col)
@@ -122,8 +123,9 @@ def main() -> None:
         print(f"{path} not present (../shared data sets are outside the repository): skipped")
         return
     strategies = ["margin", "random"]
-    cfg = SimConfig(strategies=strategies, features=["tfidf"], seed_size=50, batch=50, budget=args.budget,
-                    repeats=args.repeats)
+    cfg = SimConfig(
+        strategies=strategies, features=["tfidf"], seed_size=50, batch=50, budget=args.budget, repeats=args.repeats
+    )
     t = time.perf_counter()
     rep = run_simulation(path, "text", "label", cfg, split_col=args.split_col)
     sim_wall = time.perf_counter() - t
@@ -141,8 +143,9 @@ def main() -> None:
         seed_rows = _ensure_two_classes(seed_rows, y[pool], rep_rng)
         C = next(c["C"] for c in rep.choices if c["repeat"] == r)
         seeds_and_c.append((seed_rows, C))
-    bare_wall, curves, bare_arms = bare_loop(path, args.split_col, strategies, seeds_and_c, cfg.seed_size, cfg.batch,
-                                  cfg.budget, cfg.seed)
+    bare_wall, curves, bare_arms = bare_loop(
+        path, args.split_col, strategies, seeds_and_c, cfg.seed_size, cfg.batch, cfg.budget, cfg.seed
+    )
     print(f"== {path.name}: {args.repeats} repeats x {strategies}, seed 50, batches of 50, budget {args.budget}")
     print(f"simulate (features tfidf, C by CV, calibration every round, verdict): {sim_wall:6.1f} s")
     print(f"bare scikit-learn loop (same features, C, seed sets, batches):       {bare_wall:6.1f} s")
@@ -152,8 +155,10 @@ def main() -> None:
         sim_m = rep.curves.filter(rep.curves["strategy"] == strategy)["accuracy"].mean()
         bare_m = np.mean([np.mean(v) for (s, _r), v in curves.items() if s == strategy])
         sim_s = rep.curves.filter(rep.curves["strategy"] == strategy)["compute_seconds"].sum()
-        print(f"  {strategy:<7} curve mean accuracy: simulate {sim_m:.3f}, bare loop {bare_m:.3f}; "
-              f"time in the rounds: simulate {sim_s:.1f} s, bare loop {bare_arms[strategy]:.1f} s")
+        print(
+            f"  {strategy:<7} curve mean accuracy: simulate {sim_m:.3f}, bare loop {bare_m:.3f}; "
+            f"time in the rounds: simulate {sim_s:.1f} s, bare loop {bare_arms[strategy]:.1f} s"
+        )
     print()
     print("Temperature from approximate leave-one-out logits vs 5-fold cross-fitting (C=10):")
     sets = [(path, args.split_col)]
@@ -162,9 +167,11 @@ def main() -> None:
         sets.append((sms, None))
     for p, sc in sets:
         for r in calibration_check(p, sc):
-            print(f"  {p.stem:<10} n={r['n']:<5} ECE raw {r['raw_ece']:.3f}  cross-fit {r['crossfit_ece']:.3f} "
-                  f"(T {r['crossfit_T']:.2f}, {r['crossfit_s']:.2f} s)  ALO {r['alo_ece']:.3f} "
-                  f"(T {r['alo_T']:.2f}, {r['alo_s']:.2f} s)")
+            print(
+                f"  {p.stem:<10} n={r['n']:<5} ECE raw {r['raw_ece']:.3f}  cross-fit {r['crossfit_ece']:.3f} "
+                f"(T {r['crossfit_T']:.2f}, {r['crossfit_s']:.2f} s)  ALO {r['alo_ece']:.3f} "
+                f"(T {r['alo_T']:.2f}, {r['alo_s']:.2f} s)"
+            )
 
 
 if __name__ == "__main__":

@@ -43,16 +43,20 @@ SAMPLE = ROOT / "sample_data" / "sms_spam.csv"
 def build(dst: Path) -> tuple[Path, dict]:
     import csv
 
-    from labelloop.core.store.imports import import_file
     from labelloop.core.loop.al_round import train_and_queue
+    from labelloop.core.store.imports import import_file
     from labelloop.core.store.project import Project, init_project
+
     shutil.rmtree(dst.parent, ignore_errors=True)
     dst.parent.mkdir(parents=True)
     d = init_project(dst, ["ham", "spam"], name="team-bench")
     cfg = d / "labelloop.toml"
     # init's defaults, except: a batch a team of 20 does not empty between two retrains, and more overlap
-    cfg.write_text(cfg.read_text().replace("batch_size = 50", "batch_size = 200")
-                   .replace("overlap_share = 0.10", "overlap_share = 0.20"))
+    cfg.write_text(
+        cfg.read_text()
+        .replace("batch_size = 50", "batch_size = 200")
+        .replace("overlap_share = 0.10", "overlap_share = 0.20")
+    )
     rows = list(csv.DictReader(open(SAMPLE, encoding="utf-8")))
     truth = {r["id"]: r["label"] for r in rows}
     with Project.open(d) as p:
@@ -65,8 +69,7 @@ def hostile(sock: Path, stop: threading.Event, report: dict) -> None:
     """Garbage, an unknown op, an oversized line and a client that vanishes mid-request, every 5 s."""
     n = 0
     while not stop.wait(5.0):
-        for payload in (b"garbage\n{\"id\": 1, \"op\": \"rm_rf\"}\n", b"x" * ((1 << 20) + 100),
-                        b'{"id": 2, "op": "dec'):
+        for payload in (b'garbage\n{"id": 1, "op": "rm_rf"}\n', b"x" * ((1 << 20) + 100), b'{"id": 2, "op": "dec'):
             try:
                 s = socket.socket(socket.AF_UNIX)
                 s.settimeout(5)
@@ -104,9 +107,12 @@ def _wait_socket(path: Path, seconds: float = 60) -> None:
 
 
 def start_server(d: Path, tcp: str | None = None) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "labelloop.tui.cli", "serve", str(d),
-                             *(["--tcp", tcp] if tcp else [])], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labelloop.tui.cli", "serve", str(d), *(["--tcp", tcp] if tcp else [])],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _wait_socket(d / "labelloop.sock")
     return proc
 
@@ -116,8 +122,11 @@ GROUP = "llbench"
 
 
 def can_make_users() -> bool:
-    return os.geteuid() == 0 and all(shutil.which(c) for c in ("useradd", "groupadd", "runuser")) \
+    return (
+        os.geteuid() == 0
+        and all(shutil.which(c) for c in ("useradd", "groupadd", "runuser"))
         and os.path.exists("/usr/bin/python3")
+    )
 
 
 def make_users(n: int) -> list[str]:
@@ -132,6 +141,7 @@ def make_users(n: int) -> list[str]:
 def team_folder(name: str) -> Path:
     """A project folder the team can reach: mode 2770, group llbench, under a 0755 folder."""
     import tempfile
+
     top = Path(tempfile.mkdtemp(prefix=f"labelloop-{name}-"))
     os.chmod(top, 0o755)
     return top
@@ -141,6 +151,7 @@ def in_process_baseline(d: Path, truth: dict, n: int = 200) -> list[float]:
     """The same decide through the in-process transport, on a copy of the project (same run)."""
     from labelloop.core.api.client import LocalClient
     from labelloop.core.api.service import Service
+
     copy = d.parent / "baseline"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(d, copy)
@@ -156,8 +167,9 @@ def in_process_baseline(d: Path, truth: dict, n: int = 200) -> list[float]:
             if item is None:
                 break
         t = time.perf_counter()
-        ans = c.call("decide", item_id=item["item_id"], action="label", labels=[truth[item["item_id"]]],
-                     msg_id=uuid.uuid4().hex)
+        ans = c.call(
+            "decide", item_id=item["item_id"], action="label", labels=[truth[item["item_id"]]], msg_id=uuid.uuid4().hex
+        )
         out.append((time.perf_counter() - t) * 1000)
         item = ans["item"]
     svc.close()
@@ -168,6 +180,7 @@ def in_process_baseline(d: Path, truth: dict, n: int = 200) -> list[float]:
 def verify(d: Path, acked: list[tuple[str, str, int]], annotators: list[str] | None = None) -> dict:
     from labelloop.core.api.assign import overlap_need
     from labelloop.core.store.project import Project
+
     with Project.open(d) as p:
         cfg = p.config
         rows = p.store.rows("""SELECT client_msg_id, item_id, actor FROM event_log
@@ -179,11 +192,15 @@ def verify(d: Path, acked: list[tuple[str, str, int]], annotators: list[str] | N
     acked_msgs = {m for m, _i, _e in acked}
     over = [i for i, a in per_item.items() if len(a) > overlap_need(i, cfg.overlap_share, cfg.annotators_per_item)]
     twice = [i for i, a in per_item.items() if len(a) != len(set(a))]
-    return {"acknowledged": len(acked_msgs), "stored": len(stored_msgs),
-            "acknowledged_missing": len(acked_msgs - set(stored_msgs)),
-            "stored_twice": len(stored_msgs) - len(set(stored_msgs)),
-            "items_over_needed_count": len(over), "annotator_twice_on_an_item": len(twice),
-            "items_with_two_labels": sum(len(a) >= 2 for a in per_item.values())}
+    return {
+        "acknowledged": len(acked_msgs),
+        "stored": len(stored_msgs),
+        "acknowledged_missing": len(acked_msgs - set(stored_msgs)),
+        "stored_twice": len(stored_msgs) - len(set(stored_msgs)),
+        "items_over_needed_count": len(over),
+        "annotator_twice_on_an_item": len(twice),
+        "items_with_two_labels": sum(len(a) >= 2 for a in per_item.values()),
+    }
 
 
 def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, kill_at: float | None = None) -> dict:
@@ -199,6 +216,7 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
         tails = [[] for _ in users]
     else:
         from labelloop.core.api.server import add_token
+
         users = [f"user{i:02d}" for i in range(people)]
         port = 7420 + random.Random().randrange(500)
         tcp = f"127.0.0.1:{port}"
@@ -206,8 +224,11 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
         cmds = [[sys.executable, client] for _ in users]
         tails = [["tcp", "127.0.0.1", str(port), u, add_token(d, u)] for u in users]
     cfg = d / "labelloop.toml"
-    cfg.write_text(cfg.read_text().replace("annotators = []", f"annotators = {json.dumps(users[:n_annotators])}")
-                   .replace("reviewers = []", f"reviewers = {json.dumps(users[n_annotators:])}"))
+    cfg.write_text(
+        cfg.read_text()
+        .replace("annotators = []", f"annotators = {json.dumps(users[:n_annotators])}")
+        .replace("reviewers = []", f"reviewers = {json.dumps(users[n_annotators:])}")
+    )
     proc = start_server(d, tcp)
     if tcp:
         time.sleep(0.5)
@@ -217,8 +238,14 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
     procs = []
     for i, (cmd, tail) in enumerate(zip(cmds, tails)):
         role = "annotator" if i < n_annotators else "reviewer"
-        procs.append(subprocess.Popen([*cmd, role, str(sock), str(seconds), str(i), str(truth_path), *tail],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [*cmd, role, str(sock), str(seconds), str(i), str(truth_path), *tail],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     h.start()
     t0 = time.monotonic()
     rss = []
@@ -248,8 +275,10 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
             results.append(json.loads(out.strip().splitlines()[-1]))
     h.join(timeout=10)
     import sys as _s
+
     _s.path.insert(0, str(ROOT))
     from labelloop.core.api.client import SocketClient
+
     c = SocketClient(sock)
     left = c.call("status")["team"]["open_items"]
     c.close()
@@ -264,25 +293,43 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
 
     def p99(xs):
         return round(float(np.percentile(xs, 99)), 1) if len(xs) else None
-    out = {"transport": transport, "seconds": seconds, "annotators": n_annotators, "reviewers": len(rev),
-           "actors_seen": len({r.get("actor") for r in results}),
-           "decide_ms": {"n": int(lat.size), "p50": round(float(np.percentile(lat, 50)), 1), "p99": p99(lat),
-                         "max": round(float(lat.max()), 1)},
-           "reviewer_ms_p99": {op: p99([x for r in rev for x in r.get("latencies", {}).get(op, [])])
-                               for op in ("status", "metrics", "next_items")},
-           "empty_queue_waits": sum(r.get("waits", 0) for r in ann),
-           "reconnects": sum(r.get("reconnects", 0) for r in results),
-           "longest_client_wait_s": max(r.get("waited_s", 0) for r in results),
-           "refused_after_restart": sum(e.startswith("not_leased") for r in results for e in r.get("errors", [])),
-           "client_errors": sorted({e for r in results for e in r.get("errors", [])})[:6],
-           "server_rss_mib": " ".join(f"{t}s:{r:.0f}" for t, r in rss), "open_items_at_end": left, **report,
-           **verify(d, [(m, None, None) for m in acked])}
+
+    out = {
+        "transport": transport,
+        "seconds": seconds,
+        "annotators": n_annotators,
+        "reviewers": len(rev),
+        "actors_seen": len({r.get("actor") for r in results}),
+        "decide_ms": {
+            "n": int(lat.size),
+            "p50": round(float(np.percentile(lat, 50)), 1),
+            "p99": p99(lat),
+            "max": round(float(lat.max()), 1),
+        },
+        "reviewer_ms_p99": {
+            op: p99([x for r in rev for x in r.get("latencies", {}).get(op, [])])
+            for op in ("status", "metrics", "next_items")
+        },
+        "empty_queue_waits": sum(r.get("waits", 0) for r in ann),
+        "reconnects": sum(r.get("reconnects", 0) for r in results),
+        "longest_client_wait_s": max(r.get("waited_s", 0) for r in results),
+        "refused_after_restart": sum(e.startswith("not_leased") for r in results for e in r.get("errors", [])),
+        "client_errors": sorted({e for r in results for e in r.get("errors", [])})[:6],
+        "server_rss_mib": " ".join(f"{t}s:{r:.0f}" for t, r in rss),
+        "open_items_at_end": left,
+        **report,
+        **verify(d, [(m, None, None) for m in acked]),
+    }
     if kill_at is not None:
         out["killed_at_s"], out["restart_s"] = kill_at, round(restarted or -1, 2)
         # decisions answered more than 5 s after the restart: the steady state again
         later = [ms for r in ann for ms, at in zip(r.get("latencies", []), r.get("at", [])) if at > killed_wall + 5]
-        resent = [ms for r in ann for ms, at in zip(r.get("latencies", []), r.get("at", []))
-                  if killed_wall <= at <= killed_wall + 5]
+        resent = [
+            ms
+            for r in ann
+            for ms, at in zip(r.get("latencies", []), r.get("at", []))
+            if killed_wall <= at <= killed_wall + 5
+        ]
         out["decide_ms_within_5s_of_restart"] = {"n": len(resent), "max": round(max(resent), 1) if resent else None}
         out["decide_ms_after"] = {"n": len(later), "p99": p99(later)}
     return out
@@ -301,10 +348,13 @@ def main() -> None:
         truth_path.write_text(json.dumps(truth))
         os.chmod(truth_path, 0o644)
         base = np.array(in_process_baseline(d, truth))
-        print(f"baseline (in-process decide, same project, same run): p50 {np.percentile(base, 50):.1f} ms, "
-              f"p99 {np.percentile(base, 99):.1f} ms over {base.size}")
+        print(
+            f"baseline (in-process decide, same project, same run): p50 {np.percentile(base, 50):.1f} ms, "
+            f"p99 {np.percentile(base, 99):.1f} ms over {base.size}"
+        )
         load = run_load(d, truth_path, args.seconds, args.annotators)
         from labelloop.core.store.project import Project
+
         with Project.open(d) as p:
             load["retrains"] = p.store.scalar("SELECT count(*) FROM models") - 1
         print("load:", json.dumps(load, indent=1))
@@ -312,9 +362,11 @@ def main() -> None:
         if rss:
             q = max(1, len(rss) // 4)
             print(f"server RSS: first quarter max {max(rss[:q]):.0f} MiB, last quarter max {max(rss[-q:]):.0f} MiB")
-        print(f"decide p99 over the socket {load['decide_ms']['p99']} ms = "
-              f"{load['decide_ms']['p99'] / max(np.percentile(base, 99), 1e-3):.1f}x the in-process p99 "
-              "(target <= 100 ms)")
+        print(
+            f"decide p99 over the socket {load['decide_ms']['p99']} ms = "
+            f"{load['decide_ms']['p99'] / max(np.percentile(base, 99), 1e-3):.1f}x the in-process p99 "
+            "(target <= 100 ms)"
+        )
         if not args.skip_fault:
             d2, _ = build(top / "fault" / "proj")
             fault = run_load(d2, truth_path, max(30.0, args.seconds / 2), args.annotators, kill_at=15)

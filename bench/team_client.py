@@ -81,9 +81,15 @@ def annotate(wire, seconds, rng, truth):
         time.sleep(rng.uniform(0.3, 1.5))
         msg = uuid.uuid4().hex
         try:
-            ans, ms = wire.call("decide", item_id=item["item_id"], action="label",
-                                labels=[truth[item["item_id"]]], msg_id=msg, lease=item.get("lease"))
-        except RuntimeError as exc:   # e.g. not_leased after the server restarted: ask again
+            ans, ms = wire.call(
+                "decide",
+                item_id=item["item_id"],
+                action="label",
+                labels=[truth[item["item_id"]]],
+                msg_id=msg,
+                lease=item.get("lease"),
+            )
+        except RuntimeError as exc:  # e.g. not_leased after the server restarted: ask again
             out["errors"].append(str(exc)[:80])
             item = wire.call("next")[0]["item"]
             continue

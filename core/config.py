@@ -57,13 +57,13 @@ class Key:
 
     section: str
     name: str
-    type: type            # str, bool, int, float or list (of non-empty strings)
+    type: type  # str, bool, int, float or list (of non-empty strings)
     default: Any
     doc: str
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] | None = None
-    attr: str = ""        # the ProjectConfig attribute, when it is not the key's name
+    attr: str = ""  # the ProjectConfig attribute, when it is not the key's name
 
     @property
     def field(self) -> str:
@@ -108,40 +108,89 @@ KEYS: tuple[Key, ...] = (
     Key("project", "guidelines", str, "guidelines.md", "the guidelines file, shown with '?' in the workstation"),
     Key("project", "max_text_chars", int, 100_000, "longer texts are rejected at import", low=1),
     Key("labels", "ask_reason", bool, False, "true: a label key that differs from the suggestion asks why"),
-    Key("taxonomy", "reasons", list, DEFAULT_TAXONOMY, "why a suggestion was wrong: one digit each when correcting (1-9)",
-        attr="taxonomy"),
+    Key(
+        "taxonomy",
+        "reasons",
+        list,
+        DEFAULT_TAXONOMY,
+        "why a suggestion was wrong: one digit each when correcting (1-9)",
+        attr="taxonomy",
+    ),
     Key("cost", "per_label", float, 0.10, "money per human label", low=0, attr="cost_per_label"),
     Key("cost", "seconds_per_label", float, 15.0, "annotator seconds per label (cost per accuracy point)", low=0),
     Key("cost", "compute_price_per_hour", float, 0.50, "money per compute hour (retrain and scoring)", low=0),
     Key("strategy", "name", str, "margin", "how the next batch is chosen", choices=STRATEGIES, attr="strategy"),
     Key("strategy", "batch_size", int, 50, "items queued per retrain", low=1, high=100_000),
     Key("strategy", "audit_share", float, 0.10, "share of each batch drawn at random as a control arm", low=0, high=1),
-    Key("strategy", "cold_start", str, "random", "how the first batch is chosen, before any model", choices=COLD_STARTS),
-    Key("strategy", "seed_query", str, "", "regex for keyword seeding, e.g. \"free|prize|win\""),
+    Key(
+        "strategy", "cold_start", str, "random", "how the first batch is chosen, before any model", choices=COLD_STARTS
+    ),
+    Key("strategy", "seed_query", str, "", 'regex for keyword seeding, e.g. "free|prize|win"'),
     Key("strategy", "seed_size", int, 50, "size of the cold-start batch", low=1),
     Key("strategy", "min_labels_per_class", int, 10, "seed adequacy threshold per class", low=1),
     Key("strategy", "calibration", str, "temperature", "how probabilities are calibrated", choices=CALIBRATIONS),
-    Key("strategy", "class_weight", str, "none", "balanced: weight classes by inverse frequency",
-        choices=("none", "balanced")),
+    Key(
+        "strategy",
+        "class_weight",
+        str,
+        "none",
+        "balanced: weight classes by inverse frequency",
+        choices=("none", "balanced"),
+    ),
     Key("strategy", "retrain_every", int, 25, "decisions between automatic retrains (0 = never)", low=0),
     Key("strategy", "blind_share", float, 0.0, "share of items shown without the model's suggestion", low=0, high=1),
     Key("strategy", "hashing_above", int, 500_000, "pool size above which features are hashed (bounded memory)", low=1),
-    Key("features", "kind", str, "auto", "the features the model learns from (auto: chosen by cross-validation)",
-        choices=("auto", "tfidf", "embed", "tfidf+embed"), attr="features"),
+    Key(
+        "features",
+        "kind",
+        str,
+        "auto",
+        "the features the model learns from (auto: chosen by cross-validation)",
+        choices=("auto", "tfidf", "embed", "tfidf+embed"),
+        attr="features",
+    ),
     Key("team", "overlap_share", float, 0.10, "share of items labelled by more than one annotator", low=0, high=1),
     Key("team", "annotators_per_item", int, 2, "annotators per overlap item", low=1, high=20),
-    Key("team", "lease_minutes", float, 10.0, "an item handed out and not decided returns to the others after this",
-        low=0.1, high=24 * 60),
+    Key(
+        "team",
+        "lease_minutes",
+        float,
+        10.0,
+        "an item handed out and not decided returns to the others after this",
+        low=0.1,
+        high=24 * 60,
+    ),
     Key("team", "skip_hides", bool, False, "true: one annotator's skip hides the item from everyone"),
     Key("team", "flag_hides", bool, True, "true: one annotator's flag hides the item from everyone (review decides)"),
     Key("team", "tie_breaker", bool, False, "true: when overlap annotators disagree, one more labels first"),
     Key("team", "review_unanimous", bool, False, "true: items every annotator agreed on go to review too"),
-    Key("team", "dissent_threshold", float, 0.9, "annotators agree but the model is this sure of another label: review",
-        low=0.5, high=1),
-    Key("team", "gold_share", float, 0.05, "share of each annotator's items drawn, blind, from the gold split",
-        low=0, high=0.5),
-    Key("team", "gold_min_accuracy", float, 0.8, "annotators below this accuracy on gold are shown to reviewers",
-        low=0, high=1),
+    Key(
+        "team",
+        "dissent_threshold",
+        float,
+        0.9,
+        "annotators agree but the model is this sure of another label: review",
+        low=0.5,
+        high=1,
+    ),
+    Key(
+        "team",
+        "gold_share",
+        float,
+        0.05,
+        "share of each annotator's items drawn, blind, from the gold split",
+        low=0,
+        high=0.5,
+    ),
+    Key(
+        "team",
+        "gold_min_accuracy",
+        float,
+        0.8,
+        "annotators below this accuracy on gold are shown to reviewers",
+        low=0,
+        high=1,
+    ),
     Key("team", "gold_tier_key", str, "tier", "the metadata column holding a gold item's difficulty tier"),
     Key("team", "gold_pause", bool, False, "true: an annotator below gold_min_accuracy (10+ gold items) is paused"),
     Key("roles", "admins", list, [], "may do everything: import, train with options, model import and export"),
@@ -152,11 +201,15 @@ KEYS: tuple[Key, ...] = (
 entry per action of DEFAULT_ACTION_KEYS)."""
 
 SECTION_NOTES = {
-    "features": ("tfidf: word 1-2 and character 2-5 n-grams; embed: static sentence embeddings (WordLlama, "
-                 "256-d, inside the wordllama wheel); tfidf+embed: both. auto cross-validates them on the labels "
-                 "so far and re-decides as labels double; the choice is stored with each model version."),
-    "roles": ("Login names (the SSH user, read from the socket). All empty: everyone who can reach the project "
-              "annotates and the user who runs the server is the admin; otherwise only the users listed connect."),
+    "features": (
+        "tfidf: word 1-2 and character 2-5 n-grams; embed: static sentence embeddings (WordLlama, "
+        "256-d, inside the wordllama wheel); tfidf+embed: both. auto cross-validates them on the labels "
+        "so far and re-decides as labels double; the choice is stored with each model version."
+    ),
+    "roles": (
+        "Login names (the SSH user, read from the socket). All empty: everyone who can reach the project "
+        "annotates and the user who runs the server is the admin; otherwise only the users listed connect."
+    ),
 }
 SECTIONS = ("project", "labels", "taxonomy", "cost", "strategy", "features", "team", "roles", "keys")
 
@@ -177,12 +230,16 @@ def _default(k: Key):
 ProjectConfig = make_dataclass(
     "ProjectConfig",
     [(k.field, k.type, _default(k)) for k in KEYS if k.field != "name"]
-    + [("action_keys", dict, dc_field(default_factory=lambda: dict(DEFAULT_ACTION_KEYS))),
-       ("path", Path | None, dc_field(default=None))],
+    + [
+        ("action_keys", dict, dc_field(default_factory=lambda: dict(DEFAULT_ACTION_KEYS))),
+        ("path", Path | None, dc_field(default=None)),
+    ],
     bases=(_Fixed,),
-    namespace={"__module__": __name__,
-               "__doc__": "A project's settings: name, labels and label keys, one attribute per Key of KEYS "
-                          "(Key.field), the action keys and the file they came from."},
+    namespace={
+        "__module__": __name__,
+        "__doc__": "A project's settings: name, labels and label keys, one attribute per Key of KEYS "
+        "(Key.field), the action keys and the file they came from.",
+    },
 )
 
 
@@ -220,7 +277,7 @@ def _scalar_sections(data: dict, path: Path) -> dict[str, Any]:
 def _label_names_and_keys(data: dict, path: Path, multi_label: bool) -> dict[str, str]:
     labels_table = data.get("labels")
     if not isinstance(labels_table, dict) or "names" not in labels_table:
-        raise _fail(path, "[labels]", "must have names = [\"label\", ...]")
+        raise _fail(path, "[labels]", 'must have names = ["label", ...]')
     as_list = Key("labels", "names", list, None, "")
     names = labels_table["names"]
     try:
@@ -233,7 +290,9 @@ def _label_names_and_keys(data: dict, path: Path, multi_label: bool) -> dict[str
         raise _fail(path, "[labels] names", "has a duplicate label")
     for name in names:
         if not LABEL_NAME_RE.match(name):
-            raise _fail(path, "[labels] names", f"has {name!r}: a label may not contain ',' or '|' or start with a space")
+            raise _fail(
+                path, "[labels] names", f"has {name!r}: a label may not contain ',' or '|' or start with a space"
+            )
         if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
             raise _fail(path, "[labels] names", f"has {name!r}: a label may not contain control characters")
     keys = labels_table.get("keys")
@@ -262,8 +321,10 @@ def _action_keys(data: dict, path: Path, label_keys: dict[str, str]) -> dict[str
             raise _fail(path, f"[keys] {action}", f"must be a key name, got {key!r}")
         action_keys[action] = key
     used: dict[str, str] = {}
-    for owner, key in [*((f"label '{n}'", k) for n, k in label_keys.items()),
-                       *((f"action '{a}'", k) for a, k in action_keys.items())]:
+    for owner, key in [
+        *((f"label '{n}'", k) for n, k in label_keys.items()),
+        *((f"action '{a}'", k) for a, k in action_keys.items()),
+    ]:
         if key in used:
             raise _fail(path, "[keys]", f"key '{key}' is given to both {used[key]} and {owner}")
         used[key] = owner
@@ -279,22 +340,29 @@ def parse_config(data: dict, path: Path) -> ProjectConfig:
         raise _fail(path, "[taxonomy] reasons", "must list between 1 and 9 reasons (one digit key each)")
     action_keys = _action_keys(data, path, label_keys)
     name = values.pop("name", None) or (path.parent.name if path else "project")
-    return ProjectConfig(name=name, labels=list(label_keys), label_keys=label_keys, action_keys=action_keys,
-                         path=path, **values)
+    return ProjectConfig(
+        name=name, labels=list(label_keys), label_keys=label_keys, action_keys=action_keys, path=path, **values
+    )
 
 
 def default_label_keys(names: list[str]) -> list[str]:
     if len(names) > len(LABEL_KEY_ORDER):
-        raise ConfigError(f"{len(names)} labels are more than the {len(LABEL_KEY_ORDER)} single keys available; give [labels] keys explicitly.")
+        raise ConfigError(
+            f"{len(names)} labels are more than the {len(LABEL_KEY_ORDER)} single keys available; give [labels] keys explicitly."
+        )
     return LABEL_KEY_ORDER[: len(names)]
 
 
 def load_config(project_dir: Path) -> ProjectConfig:
     path = Path(project_dir) / CONFIG_NAME
     if not path.exists():
-        raise ConfigError(f"{path} does not exist; is {project_dir} a labelloop project? (create one with: labelloop init {project_dir} --labels a,b)")
+        raise ConfigError(
+            f"{path} does not exist; is {project_dir} a labelloop project? (create one with: labelloop init {project_dir} --labels a,b)"
+        )
     if not path.is_file():
-        raise ConfigError(f"{path} is not a file (it is a folder or a special file); it must be the project's TOML configuration.")
+        raise ConfigError(
+            f"{path} is not a file (it is a folder or a special file); it must be the project's TOML configuration."
+        )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as exc:
@@ -335,6 +403,7 @@ def _toml_value(v) -> str:
 
 def _comment(text: str, width: int = 100) -> list[str]:
     import textwrap
+
     return ["# " + line for line in textwrap.wrap(text, width - 2)]
 
 
@@ -342,17 +411,23 @@ def render_config(name: str, labels: list[str], multi_label: bool) -> str:
     """The commented labelloop.toml that ``labelloop init`` writes: every key of KEYS at its default,
     with its description and range."""
     values = {("project", "name"): name, ("project", "multi_label"): multi_label}
-    lines = ["# labelloop project configuration. Checked on every load: an unknown key or a",
-             "# wrong value is reported with its section and name."]
+    lines = [
+        "# labelloop project configuration. Checked on every load: an unknown key or a",
+        "# wrong value is reported with its section and name.",
+    ]
     for section in SECTIONS:
         lines += ["", f"[{section}]"]
         lines += _comment(SECTION_NOTES[section]) if section in SECTION_NOTES else []
         if section == "labels":
-            lines += [f"names = {_toml_list(labels)}",
-                      f"keys = {_toml_list(default_label_keys(labels))}  # one key per label, in the same order"]
+            lines += [
+                f"names = {_toml_list(labels)}",
+                f"keys = {_toml_list(default_label_keys(labels))}  # one key per label, in the same order",
+            ]
         if section == "keys":
-            lines += ["# Remap actions here, e.g. correction = \"r\". Defaults:",
-                      *_comment(", ".join(f"{a} = \"{k}\"" for a, k in DEFAULT_ACTION_KEYS.items()), 120)]
+            lines += [
+                '# Remap actions here, e.g. correction = "r". Defaults:',
+                *_comment(", ".join(f'{a} = "{k}"' for a, k in DEFAULT_ACTION_KEYS.items()), 120),
+            ]
         for k in KEYS:
             if k.section == section:
                 value = _toml_value(values.get((section, k.name), k.default))
@@ -367,8 +442,9 @@ def config_reference() -> str:
     rows = ["| section | key | type | default | range | what it does |", "|---|---|---|---|---|---|"]
     for k in KEYS:
         default = "folder name" if k.default is None else _toml_value(k.default)
-        rows.append(f"| `[{k.section}]` | `{k.name}` | {k.type.__name__} | `{default}` | {k.range_text() or '-'} | "
-                    f"{k.doc} |")
+        rows.append(
+            f"| `[{k.section}]` | `{k.name}` | {k.type.__name__} | `{default}` | {k.range_text() or '-'} | {k.doc} |"
+        )
     return "\n".join(rows)
 
 

@@ -44,14 +44,23 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def store_fingerprint(project: Project) -> tuple:
     """Everything an import may touch: if this is equal, nothing was written."""
     s = project.store
-    return (s.scalar("SELECT count(*) FROM items"), s.scalar("SELECT count(*) FROM events"),
-            s.scalar("SELECT count(*) FROM imports"),
-            s.rows("SELECT id, text, split FROM items ORDER BY ord"))
+    return (
+        s.scalar("SELECT count(*) FROM items"),
+        s.scalar("SELECT count(*) FROM events"),
+        s.scalar("SELECT count(*) FROM imports"),
+        s.rows("SELECT id, text, split FROM items ORDER BY ord"),
+    )
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "labelloop.tui.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "labelloop.tui.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.fixture(params=["in-process", "socket"])
@@ -63,13 +72,16 @@ def open_app(request):
     def make(d, **kw):
         from labelloop.core.api.server import Server
         from labelloop.tui.app import LabelApp
+
         if request.param == "socket":
             if d not in servers:
                 servers[d] = Server(d, compute="thread")
                 servers[d].start()
             return LabelApp(d, **kw)
         return LabelApp(d, actor="alice", **kw)
+
     from labelloop.core.store.project import current_actor
+
     make.actor = "alice" if request.param == "in-process" else current_actor()
     make.transport = request.param
     yield make

@@ -14,8 +14,9 @@ statsmodels_irr = pytest.importorskip("statsmodels.stats.inter_rater")
 pd = pytest.importorskip("pandas")
 
 
-def random_ratings(seed: int, n_items=60, raters=("a", "b", "c", "d"), cats=("x", "y", "z"), missing=0.3,
-                   noise=0.3) -> dict:
+def random_ratings(
+    seed: int, n_items=60, raters=("a", "b", "c", "d"), cats=("x", "y", "z"), missing=0.3, noise=0.3
+) -> dict:
     rng = np.random.default_rng(seed)
     out = {}
     for i in range(n_items):
@@ -32,8 +33,9 @@ def random_ratings(seed: int, n_items=60, raters=("a", "b", "c", "d"), cats=("x"
 def as_table(ratings: dict, raters) -> np.ndarray:
     """raters x items with NaN for missing (the krippendorff package's layout), categories as ints."""
     cats = sorted({lab for r in ratings.values() for lab in r.values()})
-    return np.array([[cats.index(ratings[i][a]) if a in ratings[i] else np.nan for i in ratings] for a in raters],
-                    dtype=float)
+    return np.array(
+        [[cats.index(ratings[i][a]) if a in ratings[i] else np.nan for i in ratings] for a in raters], dtype=float
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -75,10 +77,15 @@ def test_fleiss_and_ac1_on_krippendorffs_data_match_irrcac():
     """The 4-observer, 12-unit data of Krippendorff (2011) with missing ratings ("cac.raters" in the R
     irrCAC package): irrCAC gives Fleiss 0.76117, AC1 0.77544, percent agreement 0.81818."""
     nan = np.nan
-    data = [[1, 2, 3, 3, 2, 1, 4, 1, 2, nan, nan, nan], [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, nan, 3],
-            [nan, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, nan], [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, nan]]
-    ratings = {f"u{j}": {f"o{k}": str(int(data[k][j])) for k in range(4) if not np.isnan(data[k][j])}
-               for j in range(12)}
+    data = [
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, nan, nan, nan],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, nan, 3],
+        [nan, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, nan],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, nan],
+    ]
+    ratings = {
+        f"u{j}": {f"o{k}": str(int(data[k][j])) for k in range(4) if not np.isnan(data[k][j])} for j in range(12)
+    }
     R, _c, _i = count_matrix(ratings)
     assert measure(R, "fleiss_kappa", bootstrap=0)["value"] == pytest.approx(0.76117, abs=1e-4)
     assert measure(R, "gwet_ac1", bootstrap=0)["value"] == pytest.approx(0.77544, abs=1e-4)
@@ -95,6 +102,7 @@ def test_fleiss_matches_statsmodels_with_equal_raters(seed):
 @pytest.mark.parametrize("seed", range(6))
 def test_cohen_matches_scikit_learn(seed):
     from sklearn.metrics import cohen_kappa_score
+
     rng = np.random.default_rng(seed)
     a = list(rng.choice(["x", "y", "z"], 80))
     b = [x if rng.random() < 0.7 else rng.choice(["x", "y", "z"]) for x in a]
@@ -103,8 +111,20 @@ def test_cohen_matches_scikit_learn(seed):
 
 def test_fleiss_1971_worked_example():
     """Fleiss (1971), as reproduced in most textbooks: 10 subjects, 14 raters, 5 categories, kappa 0.210."""
-    R = np.array([[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-                  [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]])
+    R = np.array(
+        [
+            [0, 0, 0, 0, 14],
+            [0, 2, 6, 4, 2],
+            [0, 0, 3, 5, 6],
+            [0, 3, 9, 2, 0],
+            [2, 2, 8, 1, 1],
+            [7, 7, 0, 0, 0],
+            [3, 2, 6, 3, 0],
+            [2, 5, 3, 2, 2],
+            [6, 5, 2, 1, 0],
+            [0, 2, 2, 3, 7],
+        ]
+    )
     assert measure(R, "fleiss_kappa", bootstrap=0)["value"] == pytest.approx(0.210, abs=5e-4)
 
 
@@ -112,12 +132,15 @@ def test_krippendorff_2011_worked_example():
     """Krippendorff, "Computing Krippendorff's Alpha-Reliability" (2011): 4 observers, 12 units, values
     1-5 with missing data; nominal alpha 0.743."""
     nan = np.nan
-    data = [[1, 2, 3, 3, 2, 1, 4, 1, 2, nan, nan, nan],
-            [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, nan, 3],
-            [nan, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, nan],
-            [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, nan]]
-    ratings = {f"u{u}": {f"o{o}": str(int(data[o][u])) for o in range(4) if not np.isnan(data[o][u])}
-               for u in range(12)}
+    data = [
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, nan, nan, nan],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, nan, 3],
+        [nan, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, nan],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, nan],
+    ]
+    ratings = {
+        f"u{u}": {f"o{o}": str(int(data[o][u])) for o in range(4) if not np.isnan(data[o][u])} for u in range(12)
+    }
     R, _c, _i = count_matrix(ratings)
     assert measure(R, "krippendorff_alpha", bootstrap=0)["value"] == pytest.approx(0.743, abs=5e-4)
 
@@ -129,7 +152,7 @@ def test_edge_cases_give_a_reason_never_a_nan_or_a_crash():
         r = measure(R, m)
         assert r["value"] is None and r["reason"], m
     assert measure(R, "percent")["value"] == 1.0
-    with pytest.raises(Exception):   # the reference package raises here; we give a reason instead
+    with pytest.raises(Exception):  # the reference package raises here; we give a reason instead
         krippendorff.alpha(reliability_data=[[0, 0], [0, 0]], level_of_measurement="nominal")
     no_overlap = {"i1": {"a": "x"}, "i2": {"b": "y"}}
     R, _c, _i = count_matrix(no_overlap)
@@ -145,8 +168,15 @@ def test_edge_cases_give_a_reason_never_a_nan_or_a_crash():
 def test_kappa_collapses_when_one_class_dominates_and_ac1_does_not():
     """The paradox that motivates AC1 beside kappa: 95 % agreement on a rare class gives a low kappa."""
     ratings = {f"i{i}": {"a": "neg", "b": "neg"} for i in range(95)}
-    ratings.update({"p1": {"a": "pos", "b": "neg"}, "p2": {"a": "neg", "b": "pos"}, "p3": {"a": "pos", "b": "neg"},
-                    "p4": {"a": "neg", "b": "pos"}, "p5": {"a": "pos", "b": "pos"}})
+    ratings.update(
+        {
+            "p1": {"a": "pos", "b": "neg"},
+            "p2": {"a": "neg", "b": "pos"},
+            "p3": {"a": "pos", "b": "neg"},
+            "p4": {"a": "neg", "b": "pos"},
+            "p5": {"a": "pos", "b": "pos"},
+        }
+    )
     rep = agreement_report(ratings, bootstrap=0)
     o = rep["overall"]
     assert o["percent"]["value"] == pytest.approx(0.96)
@@ -161,7 +191,7 @@ def test_bootstrap_interval_covers_the_value_and_narrows_with_more_items():
         assert r["low"] <= r["value"] <= r["high"]
     assert (large["high"] - large["low"]) < (small["high"] - small["low"]) / 2
     again = agreement_report(random_ratings(1, n_items=40, missing=0.0))["overall"]["gwet_ac1"]
-    assert again == small   # seeded: the same ratings give the same interval
+    assert again == small  # seeded: the same ratings give the same interval
 
 
 def test_report_splits_al_and_audit_items_and_names_each_annotator():
@@ -177,7 +207,7 @@ def test_report_splits_al_and_audit_items_and_names_each_annotator():
     assert per["d"]["agree_with_others"]["value"] < min(per[a]["agree_with_others"]["value"] for a in "abc")
     assert set(rep["pairs"]) == {"a & b", "a & c", "a & d", "b & c", "b & d", "c & d"}
     assert set(rep["per_class"]) == {"x", "y", "z"}
-    for c in "xyz":   # every measure per class (this class against the rest), each with its interval
+    for c in "xyz":  # every measure per class (this class against the rest), each with its interval
         assert set(rep["per_class"][c]) == {"percent", "fleiss_kappa", "gwet_ac1", "krippendorff_alpha"}
         r = rep["per_class"][c]["gwet_ac1"]
         assert r["low"] <= r["value"] <= r["high"]

@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
-from labelloop.core.engine.calibration import (PlattCalibrator, brier, expected_calibration_error, fit_temperature, nll, reliability,
-                              softmax_t)
+from labelloop.core.engine.calibration import (
+    PlattCalibrator,
+    brier,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    reliability,
+    softmax_t,
+)
 
 
 def test_ece_hand_computed():
@@ -15,7 +22,7 @@ def test_ece_hand_computed():
     rel = reliability(probs, y)
     assert sum(rel["bin_counts"]) == 4 and len(rel["bin_counts"]) == 15
     assert rel["mce"] == pytest.approx(0.4)
-    assert brier(probs, y) == pytest.approx(np.mean([(0.1 ** 2) * 2, 0.9 ** 2 * 2, 0.4 ** 2 * 2, 0.55 ** 2 * 2]))
+    assert brier(probs, y) == pytest.approx(np.mean([(0.1**2) * 2, 0.9**2 * 2, 0.4**2 * 2, 0.55**2 * 2]))
 
 
 def test_perfect_calibration_has_zero_ece():

@@ -28,8 +28,11 @@ def test_cli_validation_error_names_row_and_column(tmp_path):
 def test_cli_init_import_status_export(tmp_path):
     p = tmp_path / "p"
     assert run_cli("init", str(p), "--labels", "ham,spam").returncode == 0
-    f = write_csv(tmp_path / "in.csv", ["id", "text", "label", "split"],
-                  [["1", "a", "ham", "pool"], ["2", "b", "spam", "pool"], ["3", "c", "", "pool"], ["4", "d", "ham", "test"]])
+    f = write_csv(
+        tmp_path / "in.csv",
+        ["id", "text", "label", "split"],
+        [["1", "a", "ham", "pool"], ["2", "b", "spam", "pool"], ["3", "c", "", "pool"], ["4", "d", "ham", "test"]],
+    )
     r = run_cli("import", str(p), str(f), "--id-col", "id", "--label-col", "label", "--split-col", "split")
     assert r.returncode == 0, r.stderr
     assert "Imported 4 of 4 rows" in r.stdout

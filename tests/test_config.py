@@ -1,9 +1,9 @@
 import pytest
 
 from labelloop.core.config import CONFIG_NAME, load_config
-from labelloop.core.util.errors import ConfigError, ProjectError
-from labelloop.core.store.project import init_project
 from labelloop.core.store import SCHEMA_VERSION, Store
+from labelloop.core.store.project import init_project
+from labelloop.core.util.errors import ConfigError, ProjectError
 
 
 def test_init_creates_project_files(tmp_path):
@@ -19,8 +19,17 @@ def test_init_creates_project_files(tmp_path):
     with Store.open(d) as s:
         assert s.schema_version() == SCHEMA_VERSION == 5
         tables = {r[0] for r in s.rows("SELECT table_name FROM information_schema.tables")}
-        assert {"items", "events", "models", "queue", "batches", "final_labels", "final_decisions", "annotations",
-                "measurements"} <= tables
+        assert {
+            "items",
+            "events",
+            "models",
+            "queue",
+            "batches",
+            "final_labels",
+            "final_decisions",
+            "annotations",
+            "measurements",
+        } <= tables
 
 
 def test_init_refuses_existing_project(tmp_path):
@@ -47,15 +56,22 @@ def _rewrite(d, old, new):
     path.write_text(text.replace(old, new))
 
 
-@pytest.mark.parametrize("old,new,expected", [
-    ("audit_share = 0.1", "audit_share = 1.5", r"\[strategy\] audit_share must be a number between 0 and 1, got 1.5"),
-    ('name = "margin"', 'name = "magic"', r"\[strategy\] name must be one of random, least_confidence, margin"),
-    ("batch_size = 50", "batch_sise = 50", r"\[strategy\] has an unknown key 'batch_sise'"),
-    ("multi_label = false", 'multi_label = "no"', r"\[project\] multi_label must be true or false"),
-    ("[team]", "[teams]", r"unknown section \[teams\]"),
-    ('keys = ["1", "2"]', 'keys = ["1", "x"]', r"key 'x' is given to both label 'spam'"),
-    ("per_label = 0.1", "per_label = -1", r"\[cost\] per_label must be a number >= 0"),
-])
+@pytest.mark.parametrize(
+    "old,new,expected",
+    [
+        (
+            "audit_share = 0.1",
+            "audit_share = 1.5",
+            r"\[strategy\] audit_share must be a number between 0 and 1, got 1.5",
+        ),
+        ('name = "margin"', 'name = "magic"', r"\[strategy\] name must be one of random, least_confidence, margin"),
+        ("batch_size = 50", "batch_sise = 50", r"\[strategy\] has an unknown key 'batch_sise'"),
+        ("multi_label = false", 'multi_label = "no"', r"\[project\] multi_label must be true or false"),
+        ("[team]", "[teams]", r"unknown section \[teams\]"),
+        ('keys = ["1", "2"]', 'keys = ["1", "x"]', r"key 'x' is given to both label 'spam'"),
+        ("per_label = 0.1", "per_label = -1", r"\[cost\] per_label must be a number >= 0"),
+    ],
+)
 def test_config_errors_name_the_key(tmp_path, old, new, expected):
     d = init_project(tmp_path / "p", ["ham", "spam"])
     _rewrite(d, old, new)
@@ -84,6 +100,7 @@ def test_every_key_is_declared_once_and_the_rendered_file_and_readme_follow_the_
 
     from labelloop.core.config import KEYS, ProjectConfig, config_reference, render_config
     from tests.conftest import ROOT
+
     assert len({(k.section, k.name) for k in KEYS}) == len(KEYS)
     text = render_config("p", ["ham", "spam"], False)
     data = tomllib.loads(text)
@@ -95,17 +112,23 @@ def test_every_key_is_declared_once_and_the_rendered_file_and_readme_follow_the_
         if k.default is not None:
             assert data[k.section][k.name] == k.default and getattr(cfg, k.field) == k.default, k.name
     assert {f for f in ProjectConfig.__dataclass_fields__} == {k.field for k in KEYS} | {
-        "labels", "label_keys", "action_keys", "path"}
+        "labels",
+        "label_keys",
+        "action_keys",
+        "path",
+    }
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert config_reference() in readme
 
 
-@pytest.mark.parametrize("key", __import__("labelloop.core.config", fromlist=["KEYS"]).KEYS,
-                         ids=lambda k: f"{k.section}.{k.name}")
+@pytest.mark.parametrize(
+    "key", __import__("labelloop.core.config", fromlist=["KEYS"]).KEYS, ids=lambda k: f"{k.section}.{k.name}"
+)
 def test_each_key_refuses_a_wrong_value_naming_section_and_key(tmp_path, key):
     import tomllib
 
     from labelloop.core.config import parse_config, render_config
+
     data = tomllib.loads(render_config("p", ["ham", "spam"], False))
     bad = {bool: "yes", int: 1.5, float: "x", list: "not a list", str: "no-such-choice" if key.choices else 5}[key.type]
     data[key.section][key.name] = bad

@@ -13,19 +13,28 @@ from labelloop.core.engine import embed as embed_mod
 from labelloop.core.engine.features import FEATURE_MODES, TextFeaturizer, load_or_build_features
 from labelloop.core.engine.featuresel import choose_features
 
-TEXTS = ["The cat sat on the mat.", "A dog barked at the mailman!", "Stock prices fell sharply today.",
-         "", "Ünïcödé text – with dashes", "The cat sat on the mat."]
+TEXTS = [
+    "The cat sat on the mat.",
+    "A dog barked at the mailman!",
+    "Stock prices fell sharply today.",
+    "",
+    "Ünïcödé text – with dashes",
+    "The cat sat on the mat.",
+]
 
 
 @pytest.fixture
 def no_network(monkeypatch):
     """Every socket connection fails, as on a machine without network; requests too."""
+
     def refuse(*a, **k):
         raise OSError("network disabled in this test")
+
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     try:
         import requests
+
         monkeypatch.setattr(requests, "get", refuse)
         monkeypatch.setattr(requests.Session, "request", refuse)
     except ImportError:
@@ -33,7 +42,7 @@ def no_network(monkeypatch):
 
 
 def test_embeddings_load_offline_and_have_the_documented_shape(no_network, monkeypatch):
-    monkeypatch.setattr(embed_mod, "_model", None)          # force a fresh load with the network off
+    monkeypatch.setattr(embed_mod, "_model", None)  # force a fresh load with the network off
     E = embed_mod.embed_texts(TEXTS)
     assert E.shape == (len(TEXTS), embed_mod.EMBED_DIM) and E.dtype == np.float16
     norms = np.linalg.norm(E.astype(np.float32), axis=1)
@@ -58,7 +67,7 @@ def test_each_featurizer_mode_has_its_shape_and_is_deterministic(mode):
     b = X2.toarray() if sp.issparse(X2) else X2
     assert np.array_equal(a, b)
     norms = np.linalg.norm(a, axis=1)
-    assert np.allclose(norms[[0, 1, 2]], 1.0, atol=2e-3)   # unit rows in every mode (the empty text is zero)
+    assert np.allclose(norms[[0, 1, 2]], 1.0, atol=2e-3)  # unit rows in every mode (the empty text is zero)
     # the state round-trips without pickle and keeps the mode and weight
     meta, arrays = f.state()
     g = TextFeaturizer.from_state(meta, arrays, where="test")
@@ -84,6 +93,7 @@ def test_embeddings_are_cached_once_as_plain_npy_and_reused(tmp_path):
     def read():
         calls.append(1)
         return ids, ords, splits, texts, hashes
+
     feats = load_or_build_features((40, 39, "t0"), read, tmp_path, embeddings=True)
     assert feats.E.shape == (40, 256) and len(calls) == 1
     # stored as a plain .npy (no pickle), memory-mapped on reading
@@ -103,14 +113,78 @@ def test_embeddings_are_cached_once_as_plain_npy_and_reused(tmp_path):
 def _semantic_set(rng, n_per=60):
     """Labels carried by meaning (animals against vehicles) in words that rarely repeat: TF-IDF
     sees mostly new words in every fold, embeddings generalise."""
-    animals = ["dog", "cat", "horse", "cow", "lion", "tiger", "sheep", "goat", "wolf", "bear", "rabbit", "deer",
-               "fox", "monkey", "elephant", "giraffe", "zebra", "camel", "donkey", "pig", "squirrel", "leopard",
-               "kitten", "puppy", "pony", "hamster", "otter", "moose", "buffalo", "panther"]
-    vehicles = ["car", "truck", "bus", "bicycle", "train", "airplane", "motorcycle", "scooter", "van", "tractor",
-                "taxi", "ambulance", "helicopter", "boat", "ship", "tram", "jeep", "limousine", "minivan", "lorry",
-                "yacht", "canoe", "sedan", "coupe", "trolley", "submarine", "jet", "glider", "bulldozer", "wagon"]
-    frames = ["I saw a {} yesterday", "there was a {} near the house", "my neighbour has a {}",
-              "a {} appeared in the photo", "we talked about the {}", "the {} was really big"]
+    animals = [
+        "dog",
+        "cat",
+        "horse",
+        "cow",
+        "lion",
+        "tiger",
+        "sheep",
+        "goat",
+        "wolf",
+        "bear",
+        "rabbit",
+        "deer",
+        "fox",
+        "monkey",
+        "elephant",
+        "giraffe",
+        "zebra",
+        "camel",
+        "donkey",
+        "pig",
+        "squirrel",
+        "leopard",
+        "kitten",
+        "puppy",
+        "pony",
+        "hamster",
+        "otter",
+        "moose",
+        "buffalo",
+        "panther",
+    ]
+    vehicles = [
+        "car",
+        "truck",
+        "bus",
+        "bicycle",
+        "train",
+        "airplane",
+        "motorcycle",
+        "scooter",
+        "van",
+        "tractor",
+        "taxi",
+        "ambulance",
+        "helicopter",
+        "boat",
+        "ship",
+        "tram",
+        "jeep",
+        "limousine",
+        "minivan",
+        "lorry",
+        "yacht",
+        "canoe",
+        "sedan",
+        "coupe",
+        "trolley",
+        "submarine",
+        "jet",
+        "glider",
+        "bulldozer",
+        "wagon",
+    ]
+    frames = [
+        "I saw a {} yesterday",
+        "there was a {} near the house",
+        "my neighbour has a {}",
+        "a {} appeared in the photo",
+        "we talked about the {}",
+        "the {} was really big",
+    ]
     texts, y = [], []
     for label, words in (("animal", animals), ("vehicle", vehicles)):
         for _ in range(n_per):
@@ -123,8 +197,10 @@ def _order_set(rng, n_per=60):
     """Labels carried by word order ("north south" against "south north") inside random filler
     words: TF-IDF's word bigrams see it, an average of token vectors cannot (both classes hold the
     same words)."""
-    filler = ("report meeting weather river garden window music morning letter table coffee street "
-              "market teacher summer engine").split()
+    filler = (
+        "report meeting weather river garden window music morning letter table coffee street "
+        "market teacher summer engine"
+    ).split()
     texts, y = [], []
     for label, pair in (("a", "north south"), ("b", "south north")):
         for _ in range(n_per):
@@ -148,7 +224,7 @@ def test_auto_picks_the_features_that_are_clearly_better(make, expected):
     assert set(ev) == {"tfidf", "embed", "tfidf+embed x0.5", "tfidf+embed x1", "tfidf+embed x2"}
     assert choice["folds"] == 3 and choice["n"] == 40
     if expected == "embed":
-        assert choice["mode"] in ("embed", "tfidf+embed")       # embeddings in the chosen features
+        assert choice["mode"] in ("embed", "tfidf+embed")  # embeddings in the chosen features
         assert ev[choice["name"]][0] >= ev["tfidf"][0] + 0.15
     else:
         assert choice["mode"] == "tfidf"
@@ -158,8 +234,13 @@ def test_auto_picks_the_features_that_are_clearly_better(make, expected):
 def test_choice_without_enough_labels_to_cross_validate_says_so():
     texts = ["a b", "c d", "e f"]
     fz = TextFeaturizer("tfidf").fit(texts)
-    choice = choose_features(fz.transform_text(texts), embed_mod.embed_texts(texts), np.arange(3),
-                             np.array(["x", "y", "z"], dtype=object), kind="auto")
+    choice = choose_features(
+        fz.transform_text(texts),
+        embed_mod.embed_texts(texts),
+        np.arange(3),
+        np.array(["x", "y", "z"], dtype=object),
+        kind="auto",
+    )
     assert choice["folds"] == 0 and "not cross-validated" in choice["reason"]
     assert choice["mode"] in FEATURE_MODES
 
@@ -167,8 +248,13 @@ def test_choice_without_enough_labels_to_cross_validate_says_so():
 @pytest.mark.parametrize("mode", ["embed", "tfidf+embed"])
 def test_scoring_rows_block_by_block_equal_the_combined_matrix(tmp_path, mode):
     texts = [f"item {i} talks about {'cats' if i % 3 else 'stocks'} and more" for i in range(30)]
-    arrays = (np.array([f"i{i}" for i in range(30)], dtype=object), np.arange(30), np.array(["pool"] * 30, dtype=object),
-              texts, np.arange(30, dtype=np.uint64))
+    arrays = (
+        np.array([f"i{i}" for i in range(30)], dtype=object),
+        np.arange(30),
+        np.array(["pool"] * 30, dtype=object),
+        texts,
+        np.arange(30, dtype=np.uint64),
+    )
     feats = load_or_build_features((30, 29, "x"), lambda: arrays, tmp_path, embeddings=True).use(mode, 0.5)
     rows = np.array([3, 1, 17, 29])
     W = np.random.default_rng(0).normal(size=(feats.X.shape[1], 4)).astype(np.float32)

@@ -12,9 +12,9 @@ import time
 import polars as pl
 import pytest
 
-from labelloop.core.util.errors import InputFileError, ValidationError
 from labelloop.core.store.imports import import_file
 from labelloop.core.store.project import Project
+from labelloop.core.util.errors import InputFileError, ValidationError
 from tests.conftest import ROOT, store_fingerprint, write_csv, write_jsonl
 
 GOOD = [["a1", "win a free prize now", "spam"], ["a2", "see you at lunch", "ham"], ["a3", "no label yet", ""]]
@@ -28,20 +28,34 @@ def test_import_csv_with_labels_and_metadata(project, tmp_path):
     assert s.rows("SELECT id, text, split, metadata, source_row FROM items ORDER BY ord") == [
         ("a1", "win a free prize now", "pool", '{"lang":"en"}', 1),
         ("a2", "see you at lunch", "pool", '{"lang":"en"}', 2),
-        ("a3", "no label yet", "pool", '{"lang":"en"}', 3)]
+        ("a3", "no label yet", "pool", '{"lang":"en"}', 3),
+    ]
     # pre-labelled rows are events whose actor names the file
     assert s.rows("SELECT item_id, kind, via, actor, labels FROM events ORDER BY event_id") == [
         ("a1", "label", "import", "import:in.csv", ["spam"]),
-        ("a2", "label", "import", "import:in.csv", ["ham"])]
+        ("a2", "label", "import", "import:in.csv", ["ham"]),
+    ]
     assert s.rows("SELECT item_id, labels, decided_by FROM final_labels ORDER BY item_id") == [
-        ("a1", ["spam"], "import"), ("a2", ["ham"], "import")]
+        ("a1", ["spam"], "import"),
+        ("a2", ["ham"], "import"),
+    ]
 
 
 def test_import_tsv_jsonl_parquet(project, tmp_path):
-    import_file(project, write_csv(tmp_path / "a.tsv", ["id", "text"], [["t1", "tab\tinside? no, quoted"]], delimiter="\t"), id_col="id")
-    import_file(project, write_jsonl(tmp_path / "b.jsonl", [{"id": "j1", "text": "json row", "label": "ham", "src": {"k": 1}}]),
-                id_col="id", label_col="label")
-    pl.DataFrame({"id": ["p1", "p2"], "text": ["parquet one", "parquet two"], "n": [1, 2]}).write_parquet(tmp_path / "c.parquet")
+    import_file(
+        project,
+        write_csv(tmp_path / "a.tsv", ["id", "text"], [["t1", "tab\tinside? no, quoted"]], delimiter="\t"),
+        id_col="id",
+    )
+    import_file(
+        project,
+        write_jsonl(tmp_path / "b.jsonl", [{"id": "j1", "text": "json row", "label": "ham", "src": {"k": 1}}]),
+        id_col="id",
+        label_col="label",
+    )
+    pl.DataFrame({"id": ["p1", "p2"], "text": ["parquet one", "parquet two"], "n": [1, 2]}).write_parquet(
+        tmp_path / "c.parquet"
+    )
     import_file(project, tmp_path / "c.parquet", id_col="id")
     rows = dict(project.store.rows("SELECT id, text FROM items"))
     assert rows == {"t1": "tab\tinside? no, quoted", "j1": "json row", "p1": "parquet one", "p2": "parquet two"}
@@ -50,12 +64,24 @@ def test_import_tsv_jsonl_parquet(project, tmp_path):
 
 
 def test_splits_and_gold_labels(project, tmp_path):
-    f = write_csv(tmp_path / "s.csv", ["id", "text", "label", "split"], [
-        ["1", "pool one", "ham", "train"], ["2", "held out", "spam", "test"], ["3", "gold item", "ham", "gold"], ["4", "plain", "", ""]])
+    f = write_csv(
+        tmp_path / "s.csv",
+        ["id", "text", "label", "split"],
+        [
+            ["1", "pool one", "ham", "train"],
+            ["2", "held out", "spam", "test"],
+            ["3", "gold item", "ham", "gold"],
+            ["4", "plain", "", ""],
+        ],
+    )
     r = import_file(project, f, id_col="id", label_col="label", split_col="split")
     assert r.splits == {"gold": 1, "pool": 2, "test": 1}
     assert project.store.rows("SELECT id, split, gold_label FROM items ORDER BY ord") == [
-        ("1", "pool", None), ("2", "test", ["spam"]), ("3", "gold", ["ham"]), ("4", "pool", None)]
+        ("1", "pool", None),
+        ("2", "test", ["spam"]),
+        ("3", "gold", ["ham"]),
+        ("4", "pool", None),
+    ]
     # test and gold labels never enter the loop as annotations
     assert project.store.rows("SELECT item_id FROM events") == [("1",)]
 
@@ -70,14 +96,19 @@ def test_ids_default_to_file_and_row(project, tmp_path):
 
 def test_multi_label_import(tmp_path):
     from labelloop.core.store.project import init_project
+
     d = init_project(tmp_path / "ml", ["sports", "politics", "tech"], multi_label=True)
     with Project.open(d) as p:
         f = write_csv(tmp_path / "m.csv", ["id", "text", "tags"], [["1", "x", "sports|tech"], ["2", "y", "politics"]])
         import_file(p, f, id_col="id", label_col="tags")
-        assert p.store.rows("SELECT item_id, labels FROM events ORDER BY event_id") == [("1", ["sports", "tech"]), ("2", ["politics"])]
+        assert p.store.rows("SELECT item_id, labels FROM events ORDER BY event_id") == [
+            ("1", ["sports", "tech"]),
+            ("2", ["politics"]),
+        ]
 
 
 # --- bad input: one test per case --------------------------------------------------------------
+
 
 def _assert_rejected(project, path, row, column, fragment, **kw):
     before = store_fingerprint(project)
@@ -96,7 +127,10 @@ def _assert_rejected(project, path, row, column, fragment, **kw):
 def test_bad_missing_column(project, tmp_path):
     f = write_csv(tmp_path / "m.csv", ["id", "body"], [["1", "x"]])
     before = store_fingerprint(project)
-    with pytest.raises(ValidationError, match=r"m.csv: column 'text': column is missing \(asked for by --text-col; the file has: id, body\)"):
+    with pytest.raises(
+        ValidationError,
+        match=r"m.csv: column 'text': column is missing \(asked for by --text-col; the file has: id, body\)",
+    ):
         import_file(project, f, id_col="id")
     assert store_fingerprint(project) == before
 
@@ -142,8 +176,15 @@ def test_bad_invalid_utf8_jsonl(project, tmp_path):
 
 def test_bad_label_outside_label_set(project, tmp_path):
     f = write_csv(tmp_path / "l.csv", ["id", "text", "label"], [["1", "a", "ham"], ["2", "b", "eggs"]])
-    _assert_rejected(project, f, 2, "label", "label 'eggs' is not one of the project's labels (ham, spam)",
-                     id_col="id", label_col="label")
+    _assert_rejected(
+        project,
+        f,
+        2,
+        "label",
+        "label 'eggs' is not one of the project's labels (ham, spam)",
+        id_col="id",
+        label_col="label",
+    )
 
 
 def test_bad_text_over_size_limit(project, tmp_path):
@@ -174,7 +215,9 @@ def test_bad_file_type_and_missing_file(project, tmp_path):
 
 
 def test_all_problems_are_listed(project, tmp_path):
-    f = write_csv(tmp_path / "many.csv", ["id", "text", "label"], [["1", "", "ham"], ["2", "ok", "eggs"], ["2", "dup", "ham"]])
+    f = write_csv(
+        tmp_path / "many.csv", ["id", "text", "label"], [["1", "", "ham"], ["2", "ok", "eggs"], ["2", "dup", "ham"]]
+    )
     with pytest.raises(ValidationError) as exc:
         import_file(project, f, id_col="id", label_col="label")
     got = [(p.row, p.column) for p in exc.value.problems]
@@ -201,13 +244,16 @@ def test_row_numbers_follow_the_file_in_a_large_file(project, tmp_path):
     assert s.scalar("SELECT count(*) FROM items") == n
     assert s.scalar("SELECT count(*) FROM items WHERE id <> 'r' || source_row::VARCHAR") == 0
     # each import event carries its row's label
-    assert s.scalar("""SELECT count(*) FROM events e JOIN items i ON i.id = e.item_id
-                       WHERE e.labels <> (CASE WHEN i.source_row % 3 = 0 THEN ['spam'] ELSE ['ham'] END)""") == 0
+    assert (
+        s.scalar("""SELECT count(*) FROM events e JOIN items i ON i.id = e.item_id
+                       WHERE e.labels <> (CASE WHEN i.source_row % 3 = 0 THEN ['spam'] ELSE ['ham'] END)""")
+        == 0
+    )
 
 
 def test_skip_invalid_imports_valid_rows_and_writes_rejects(project, tmp_path):
     f = tmp_path / "mixed.csv"
-    f.write_bytes(b'id,text,label\n1,good one,ham\n2,   ,ham\n3,bad \xff,spam\n4,good two,eggs\n5,good three,spam\n')
+    f.write_bytes(b"id,text,label\n1,good one,ham\n2,   ,ham\n3,bad \xff,spam\n4,good two,eggs\n5,good three,spam\n")
     r = import_file(project, f, id_col="id", label_col="label", skip_invalid=True)
     assert (r.rows_read, r.rows_imported, r.rows_rejected, r.labelled) == (5, 2, 3, 2)
     assert project.store.rows("SELECT id, source_row FROM items ORDER BY ord") == [("1", 1), ("5", 5)]
@@ -226,8 +272,22 @@ def test_kill_9_during_import_leaves_store_unchanged(project_dir, tmp_path):
         before = store_fingerprint(p)
     marker = tmp_path / "reached"
     env = {**os.environ, "LABELLOOP_FAULT": "import-before-commit", "LABELLOOP_FAULT_MARKER": str(marker)}
-    proc = subprocess.Popen([sys.executable, "-m", "labelloop.tui.cli", "import", str(project_dir), str(f), "--id-col", "id",
-                             "--label-col", "label"], cwd=ROOT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "labelloop.tui.cli",
+            "import",
+            str(project_dir),
+            str(f),
+            "--id-col",
+            "id",
+            "--label-col",
+            "label",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
     deadline = time.time() + 120
     while not marker.exists():
         assert proc.poll() is None, "import ended before the fault point"

@@ -34,10 +34,16 @@ def _lint_planted(tmp_path, module: str, line: str) -> subprocess.CompletedProce
     target.write_text(target.read_text() + f"\n{line}  # noqa\n")
     cfg = tmp_path / "pyproject.toml"
     text = (ROOT / "pyproject.toml").read_text()
-    cfg.write_text(text[text.index("\n[tool.importlinter]\n"):])
+    cfg.write_text(text[text.index("\n[tool.importlinter]\n") :])
     exe = Path(sys.executable).parent / "lint-imports"
-    return subprocess.run([str(exe), str(cfg), "--no-cache"], capture_output=True, text=True, cwd=pkg, timeout=300,
-                          env={"PYTHONPATH": str(pkg), "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [str(exe), str(cfg), "--no-cache"],
+        capture_output=True,
+        text=True,
+        cwd=pkg,
+        timeout=300,
+        env={"PYTHONPATH": str(pkg), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_a_workstation_module_that_opens_the_store_breaks_a_contract(tmp_path):
@@ -63,6 +69,7 @@ def test_sql_lives_in_the_store_package():
     simulate.py is the one other DuckDB user: it reads the user's labelled file in a private
     in-memory database and never opens a project."""
     import re
+
     sql = re.compile(r"\.(rows|dicts|scalar|execute|sql)\(")
     offenders = []
     for path in (ROOT / "core").rglob("*.py"):
@@ -72,5 +79,10 @@ def test_sql_lives_in_the_store_package():
             if sql.search(line) and not line.lstrip().startswith("#"):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:80]}")
     assert offenders == []
-    assert {p.stem for p in (ROOT / "core" / "store").glob("*.py")} >= {"__init__", "imports", "exports", "rounds",
-                                                                         "reports"}
+    assert {p.stem for p in (ROOT / "core" / "store").glob("*.py")} >= {
+        "__init__",
+        "imports",
+        "exports",
+        "rounds",
+        "reports",
+    }

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 
 from labelloop.core.config import CONFIG_NAME
-from labelloop.core.util.errors import LabelloopError
-from labelloop.core.loop.al_round import store_features
-from labelloop.core.store.imports import import_file
-from labelloop.core.loop.al_round import queued_items, train_and_queue
-from labelloop.core.store.project import Project, init_project
+from labelloop.core.loop.al_round import queued_items, store_features, train_and_queue
 from labelloop.core.loop.transfer import export_model, import_model
+from labelloop.core.store.imports import import_file
+from labelloop.core.store.project import Project, init_project
+from labelloop.core.util.errors import LabelloopError
 from tests.conftest import ROOT, write_csv
 
 SAMPLE = list(csv.DictReader(open(ROOT / "sample_data" / "sms_spam.csv", encoding="utf-8")))
@@ -28,7 +27,11 @@ def make_project(tmp_path, name="p", n_pool=900, n_test=300, cfg_edits=()):
     pool = [r for r in SAMPLE if r["split"] == "pool"][:n_pool]
     test = [r for r in SAMPLE if r["split"] == "test"][:n_test]
     write_csv(tmp_path / f"{name}_pool.csv", ["id", "text"], [[r["id"], r["text"]] for r in pool])
-    write_csv(tmp_path / f"{name}_test.csv", ["id", "text", "label", "split"], [[r["id"], r["text"], r["label"], "test"] for r in test])
+    write_csv(
+        tmp_path / f"{name}_test.csv",
+        ["id", "text", "label", "split"],
+        [[r["id"], r["text"], r["label"], "test"] for r in test],
+    )
     p = Project.open(d)
     import_file(p, tmp_path / f"{name}_pool.csv", id_col="id")
     import_file(p, tmp_path / f"{name}_test.csv", id_col="id", label_col="label", split_col="split")
@@ -37,8 +40,17 @@ def make_project(tmp_path, name="p", n_pool=900, n_test=300, cfg_edits=()):
 
 def label_queue(p, n=None, actor="oracle"):
     for it in queued_items(p, n):
-        p.store.append_event(it["item_id"], "label", actor, via="key", labels=[TRUTH[it["item_id"]]],
-                             batch_id=it["batch_id"], strategy=it["strategy"], audit=it["audit"], rank=it["rank"])
+        p.store.append_event(
+            it["item_id"],
+            "label",
+            actor,
+            via="key",
+            labels=[TRUTH[it["item_id"]]],
+            batch_id=it["batch_id"],
+            strategy=it["strategy"],
+            audit=it["audit"],
+            rank=it["rank"],
+        )
 
 
 def test_features_are_cached_until_items_are_added(tmp_path):
@@ -57,13 +69,18 @@ def test_features_are_cached_until_items_are_added(tmp_path):
 def test_hashing_featurizer_above_threshold(tmp_path):
     p = make_project(tmp_path, n_pool=200, n_test=50)
     f = store_features(p.store, p.cache_dir, hashing_above=100)
-    assert f.featurizer.kind == "hashing" and f.X.shape == (250, 2 * 2 ** 18)
+    assert f.featurizer.kind == "hashing" and f.X.shape == (250, 2 * 2**18)
     assert np.allclose(np.asarray(f.X.multiply(f.X).sum(1)).ravel(), 1.0, atol=1e-5)
 
 
 def test_cold_start_keyword_then_training_and_queue_reasons(tmp_path):
-    p = make_project(tmp_path, cfg_edits=[('cold_start = "random"', 'cold_start = "keyword"'),
-                                          ('seed_query = ""', 'seed_query = "free|prize|claim"')])
+    p = make_project(
+        tmp_path,
+        cfg_edits=[
+            ('cold_start = "random"', 'cold_start = "keyword"'),
+            ('seed_query = ""', 'seed_query = "free|prize|claim"'),
+        ],
+    )
     r = train_and_queue(p, seed=1)
     assert r.model_version is None and r.strategy == "cold start: keyword"
     q = queued_items(p)
@@ -106,7 +123,9 @@ def test_fixed_seed_reproduces_the_queue(tmp_path):
     assert {it["item_id"] for it in again if it["audit"]} == {it["item_id"] for it in first if it["audit"]}
 
 
-@pytest.mark.parametrize("strategy", ["least_confidence", "entropy", "bald", "qbc", "cal", "diversity", "power", "random"])
+@pytest.mark.parametrize(
+    "strategy", ["least_confidence", "entropy", "bald", "qbc", "cal", "diversity", "power", "random"]
+)
 def test_every_strategy_queues_a_batch(tmp_path, strategy):
     p = make_project(tmp_path, n_pool=500, n_test=100)
     train_and_queue(p, seed=1)
@@ -120,8 +139,12 @@ def test_every_strategy_queues_a_batch(tmp_path, strategy):
 
 
 def test_typicality_and_stratified_cold_start(tmp_path):
-    p = make_project(tmp_path, n_pool=400, n_test=50, cfg_edits=[('cold_start = "random"', 'cold_start = "typicality"'),
-                                                                  ("seed_size = 50", "seed_size = 12")])
+    p = make_project(
+        tmp_path,
+        n_pool=400,
+        n_test=50,
+        cfg_edits=[('cold_start = "random"', 'cold_start = "typicality"'), ("seed_size = 50", "seed_size = 12")],
+    )
     r = train_and_queue(p, seed=0)
     assert r.strategy == "cold start: typicality" and len(queued_items(p)) == 12
 
@@ -166,14 +189,18 @@ def test_model_export_import_as_first_scorer(tmp_path):
     dst = Project.open(tmp_path / "dst")
     r = train_and_queue(dst, batch_size=20, seed=0)
     assert r.strategy == "cold start: stratified"
-    predicted = [max(json.loads(it["probs"]), key=json.loads(it["probs"]).get) for it in queued_items(dst)
-                 if not it["audit"]]  # the 18 stratified picks (2 of the 20 are random audit)
+    predicted = [
+        max(json.loads(it["probs"]), key=json.loads(it["probs"]).get) for it in queued_items(dst) if not it["audit"]
+    ]  # the 18 stratified picks (2 of the 20 are random audit)
     from labelloop.core.loop.al_round import features_for, load_model
+
     art = load_model(dst, iv)
     feats = features_for(dst, featurizer=art["featurizer"])
     pool_pred = art["model"].predict_proba(feats.X[feats.splits == "pool"]).argmax(1)
     n_spam = int((np.array(art["model"].classes_)[pool_pred] == "spam").sum())
-    assert len(predicted) == 18 and predicted.count("spam") == min(9, n_spam) and n_spam < 40  # the rare class is not drowned out
+    assert (
+        len(predicted) == 18 and predicted.count("spam") == min(9, n_spam) and n_spam < 40
+    )  # the rare class is not drowned out
     other = init_project(tmp_path / "other", ["sports", "news"])
     with Project.open(other) as o, pytest.raises(LabelloopError, match="does not have"):
         import_model(o, out)
@@ -186,8 +213,11 @@ def test_model_export_import_as_first_scorer(tmp_path):
 
 def _multi_label_project(tmp_path):
     rng = np.random.default_rng(0)
-    vocab = {"sports": ["goal", "match", "team", "score"], "politics": ["election", "vote", "minister", "party"],
-             "tech": ["software", "computer", "chip", "code"]}
+    vocab = {
+        "sports": ["goal", "match", "team", "score"],
+        "politics": ["election", "vote", "minister", "party"],
+        "tech": ["software", "computer", "chip", "code"],
+    }
     filler = ["today", "news", "people", "said", "week", "city", "report", "new"]
 
     def make(i):
@@ -195,6 +225,7 @@ def _multi_label_project(tmp_path):
         words = [w for lab in labels for w in rng.choice(vocab[lab], 2, replace=False)] + rng.choice(filler, 5).tolist()
         rng.shuffle(words)
         return [f"m{i}", " ".join(words), "|".join(labels)]
+
     rows = [make(i) for i in range(500)]
     d = init_project(tmp_path / "ml", ["sports", "politics", "tech"], multi_label=True)
     write_csv(tmp_path / "ml_pool.csv", ["id", "text"], [r[:2] for r in rows[:400]])
@@ -206,8 +237,9 @@ def _multi_label_project(tmp_path):
 
 
 def test_multi_label_one_vs_rest(tmp_path):
-    from labelloop.core.engine.model import MultiLabelModel
     from labelloop.core.api.workspace import Workspace
+    from labelloop.core.engine.model import MultiLabelModel
+
     p, truth = _multi_label_project(tmp_path)
     train_and_queue(p, seed=0)
     for it in queued_items(p):
@@ -220,10 +252,11 @@ def test_multi_label_one_vs_rest(tmp_path):
     art = json.loads(p.store.scalar("SELECT metrics FROM models WHERE version = 1"))
     assert art["micro_f1"] == m["micro_f1"]
     from labelloop.core.loop.al_round import load_model
+
     assert isinstance(load_model(p, 1)["model"], MultiLabelModel)
     q = queued_items(p)
     probs = json.loads(q[0]["probs"])
-    assert set(probs) == {"sports", "politics", "tech"}       # each label's own probability
+    assert set(probs) == {"sports", "politics", "tech"}  # each label's own probability
     with pytest.raises(LabelloopError, match="not available for multi-label"):
         train_and_queue(p, strategy="bald", seed=2)
     p.close()

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from labelloop.core.loop import readiness as R
 from labelloop.core.engine.features import load_or_build_features
+from labelloop.core.loop import readiness as R
 from labelloop.core.measure.signs import arm_curves, cost_per_point, warning_signs
 from labelloop.core.text.report import CHARTS, write_report
 from tests.tui_helpers import project_copy
@@ -26,12 +26,13 @@ CFG = SimpleNamespace(cost_per_label=0.10, seconds_per_label=15.0, compute_price
 
 # -- the checks ---------------------------------------------------------------------------------------
 
+
 def test_calibration_check():
     assert R.check_calibration({"ece": 0.05, "ece_uncalibrated": 0.09})["status"] == "pass"
     assert R.check_calibration({"ece": 0.20, "ece_uncalibrated": 0.25})["status"] == "fail"
     # calibration made it worse (the issue's example): the raw model should be used, and it says so
     worse = R.check_calibration({"ece": 0.121, "ece_uncalibrated": 0.092})
-    assert worse["status"] == "fail" and "calibration = \"none\"" in worse["todo"] and "worse" in worse["detail"]
+    assert worse["status"] == "fail" and 'calibration = "none"' in worse["todo"] and "worse" in worse["detail"]
     assert R.check_calibration({"ece": 0.08, "ece_uncalibrated": 0.05})["status"] == "warn"
     assert R.check_calibration(None)["status"] == "n/a"
 
@@ -46,7 +47,7 @@ def test_cost_check():
 
 
 def _curve(ns, a=0.9, b=2.0, c=0.6):
-    return [{"n_labels": n, "accuracy": a - b * n ** -c} for n in ns]
+    return [{"n_labels": n, "accuracy": a - b * n**-c} for n in ns]
 
 
 def test_pool_size_check():
@@ -63,24 +64,38 @@ def test_pool_size_check():
 
 def _feats(tmp_path, texts, splits):
     n = len(texts)
-    arrays = (np.array([f"i{i}" for i in range(n)], dtype=object), np.arange(n), np.array(splits, dtype=object),
-              list(texts), np.arange(n, dtype=np.uint64))
+    arrays = (
+        np.array([f"i{i}" for i in range(n)], dtype=object),
+        np.arange(n),
+        np.array(splits, dtype=object),
+        list(texts),
+        np.arange(n, dtype=np.uint64),
+    )
     return load_or_build_features((n, n - 1, "x"), lambda: arrays, tmp_path, embeddings=True)
 
 
 def test_distribution_check(tmp_path):
     rng = np.random.default_rng(0)
-    sport = ["the team won the {} match", "a great goal in the {} game", "the players trained for the {} final",
-             "fans cheered at the {} stadium"]
-    food = ["simmer the {} sauce slowly", "bake the {} bread for an hour", "season the {} soup with salt",
-            "chop the {} onions finely"]
+    sport = [
+        "the team won the {} match",
+        "a great goal in the {} game",
+        "the players trained for the {} final",
+        "fans cheered at the {} stadium",
+    ]
+    food = [
+        "simmer the {} sauce slowly",
+        "bake the {} bread for an hour",
+        "season the {} soup with salt",
+        "chop the {} onions finely",
+    ]
     words = ["big", "late", "second", "first", "local", "new", "old", "long"]
     mixed = [rng.choice(sport + food).format(rng.choice(words)) for _ in range(400)]
     same = _feats(tmp_path / "a", mixed, ["pool"] * 300 + ["test"] * 100)
     ok = R.check_distribution(same, np.arange(300), np.arange(300, 400))
     assert ok["status"] == "pass" and ok["value"] < 0.6
-    texts = [rng.choice(sport).format(rng.choice(words)) for _ in range(300)] + \
-            [rng.choice(food).format(rng.choice(words)) for _ in range(100)]
+    texts = [rng.choice(sport).format(rng.choice(words)) for _ in range(300)] + [
+        rng.choice(food).format(rng.choice(words)) for _ in range(100)
+    ]
     shifted = _feats(tmp_path / "b", texts, ["pool"] * 300 + ["test"] * 100)
     bad = R.check_distribution(shifted, np.arange(300), np.arange(300, 400))
     assert bad["status"] == "fail" and bad["value"] > 0.9 and "sentence embeddings" in bad["detail"]
@@ -105,13 +120,19 @@ def test_guideline_coverage_check():
 
 
 def test_duplicates_and_leakage_check():
-    assert R.check_duplicates({"pool": 1000, "pool_duplicates": 5, "leaked": 0, "leaked_examples": []})["status"] == "pass"
-    assert R.check_duplicates({"pool": 1000, "pool_duplicates": 50, "leaked": 0, "leaked_examples": []})["status"] == "warn"
+    assert (
+        R.check_duplicates({"pool": 1000, "pool_duplicates": 5, "leaked": 0, "leaked_examples": []})["status"] == "pass"
+    )
+    assert (
+        R.check_duplicates({"pool": 1000, "pool_duplicates": 50, "leaked": 0, "leaked_examples": []})["status"]
+        == "warn"
+    )
     leak = R.check_duplicates({"pool": 1000, "pool_duplicates": 0, "leaked": 2, "leaked_examples": ["p1", "p7"]})
     assert leak["status"] == "fail" and "p1, p7" in leak["detail"]
 
 
 # -- the five warning signs ------------------------------------------------------------------------------
+
 
 def _pc(**recalls):
     return {c: {"recall": r, "support": 10} for c, r in recalls.items()}
@@ -129,13 +150,15 @@ def test_recall_divergence_sign():
 
 
 def _agreement(al, audit, n=20):
-    return {"by_arm": {"al": {"percent": {"value": al, "n_items": n}}, "audit": {"percent": {"value": audit, "n_items": n}}}}
+    return {
+        "by_arm": {"al": {"percent": {"value": al, "n_items": n}}, "audit": {"percent": {"value": audit, "n_items": n}}}
+    }
 
 
 def test_agreement_sign():
     assert _signs([], agreement=_agreement(0.6, 0.9))["agreement_lower_on_al"]["fires"]
     assert not _signs([], agreement=_agreement(0.85, 0.9))["agreement_lower_on_al"]["fires"]
-    assert not _signs([], agreement=_agreement(0.3, 0.9, n=5))["agreement_lower_on_al"]["fires"]   # too few items
+    assert not _signs([], agreement=_agreement(0.3, 0.9, n=5))["agreement_lower_on_al"]["fires"]  # too few items
 
 
 def test_ece_sign():
@@ -154,7 +177,9 @@ def test_batch_convergence_sign():
     assert _signs([], signals={"convergence_ratio": 2.1})["batches_converging"]["fires"]
     assert not _signs([], signals={"convergence_ratio": 1.05})["batches_converging"]["fires"]
     # a keyword cold-start batch is similar by design: not a query batch converging
-    assert not _signs([], signals={"convergence_ratio": 2.1}, batch_strategy="cold start: keyword")["batches_converging"]["fires"]
+    assert not _signs([], signals={"convergence_ratio": 2.1}, batch_strategy="cold start: keyword")[
+        "batches_converging"
+    ]["fires"]
 
 
 def test_arm_curves_see_an_arm_with_wrong_labels():
@@ -165,6 +190,7 @@ def test_arm_curves_see_an_arm_with_wrong_labels():
     y = rng.integers(0, 2, n)
     X = np.vstack([rng.normal(y[i] * 2.0, 1.0, d) for i in range(n)])
     import scipy.sparse as sp
+
     X = sp.csr_matrix(X)
     names = np.array(["neg", "pos"], dtype=object)
     lab = np.arange(0, 200)
@@ -172,34 +198,57 @@ def test_arm_curves_see_an_arm_with_wrong_labels():
     ylab = names[y[lab]].copy()
     al_idx = np.arange(10, 105)
     ylab[al_idx] = rng.permutation(ylab[al_idx])
-    ylab[al_idx[:60]] = np.where(ylab[al_idx[:60]] == "pos", "neg", "pos")   # mostly wrong
+    ylab[al_idx[:60]] = np.where(ylab[al_idx[:60]] == "pos", "neg", "pos")  # mostly wrong
     out = arm_curves(X, lab, list(ylab), arms, np.arange(200, 400), list(names[y[200:400]]), ["neg", "pos"])
     assert out["budget"] == 95 and len(out["points"]) >= 3
     last = out["points"][-1]
     assert last["random"] > last["al"] and last["diff_high"] < 0
     assert last["al_low"] <= last["al"] <= last["al_high"]
     assert _signs([{"arms": out}])["random_beats_al"]["fires"]
-    few = arm_curves(X, lab[:14], list(ylab[:14]), ["cold"] * 10 + ["al"] * 2 + ["audit"] * 2, np.arange(200, 400),
-                     list(names[y[200:400]]), ["neg", "pos"])
+    few = arm_curves(
+        X,
+        lab[:14],
+        list(ylab[:14]),
+        ["cold"] * 10 + ["al"] * 2 + ["audit"] * 2,
+        np.arange(200, 400),
+        list(names[y[200:400]]),
+        ["neg", "pos"],
+    )
     assert few["points"] == [] and "compared from" in few["note"]
 
 
 def test_cost_per_accuracy_point_in_a_rolling_window():
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    rows = [{"version": 1, "created_at": t0, "n_labels": 100, "compute_seconds": 0.0, "accuracy": 0.60},
-            {"version": 2, "created_at": t0 + timedelta(days=10), "n_labels": 300, "compute_seconds": 0.0, "accuracy": 0.70},
-            {"version": 3, "created_at": t0 + timedelta(days=45), "n_labels": 500, "compute_seconds": 0.0, "accuracy": 0.72}]
+    rows = [
+        {"version": 1, "created_at": t0, "n_labels": 100, "compute_seconds": 0.0, "accuracy": 0.60},
+        {
+            "version": 2,
+            "created_at": t0 + timedelta(days=10),
+            "n_labels": 300,
+            "compute_seconds": 0.0,
+            "accuracy": 0.70,
+        },
+        {
+            "version": 3,
+            "created_at": t0 + timedelta(days=45),
+            "n_labels": 500,
+            "compute_seconds": 0.0,
+            "accuracy": 0.72,
+        },
+    ]
     c = {r["version"]: r for r in cost_per_point(rows, 0.10, 0.5)}
     assert c[1]["cost_per_point"] is None
-    assert c[2]["cost_per_point"] == pytest.approx(20.0 / 10.0)     # 200 labels x 0.10 for 10 points
+    assert c[2]["cost_per_point"] == pytest.approx(20.0 / 10.0)  # 200 labels x 0.10 for 10 points
     # version 3's window (30 days) starts after version 1 and 2: it has only itself
     assert c[3]["cost_per_point"] is None
 
 
 # -- through a real project: the stored measurements, check and status ---------------------------------
 
+
 def test_each_retrain_stores_a_measurement_that_check_reads_back(tmp_path):
     from labelloop.core.api.service import Service
+
     d = project_copy(tmp_path)
     svc = Service(d, compute="thread", owner="lead")
     try:
@@ -208,18 +257,27 @@ def test_each_retrain_stores_a_measurement_that_check_reads_back(tmp_path):
     finally:
         svc.close()
     ms = r["measurements"]
-    assert [m["version"] for m in ms] == [1]         # the copy has one trained version
+    assert [m["version"] for m in ms] == [1]  # the copy has one trained version
     m = ms[0]
     assert m["n_labels"] > 0 and 0 <= m["accuracy"] <= 1 and m["ece"] is not None and m["features"]
     assert m["n_cold"] + m["n_al"] + m["n_audit"] == m["n_labels"]
-    assert {c["key"] for c in r["checks"]} == {"calibration", "cost", "pool", "distribution", "cold_start",
-                                               "guidelines", "duplicates"}
+    assert {c["key"] for c in r["checks"]} == {
+        "calibration",
+        "cost",
+        "pool",
+        "distribution",
+        "cold_start",
+        "guidelines",
+        "duplicates",
+    }
     assert len(r["warnings"]) == 5 and {w["key"] for w in st["warnings"]} == {w["key"] for w in r["warnings"]}
     from labelloop.core.text.status import format_status
+
     assert "warning signs" in format_status(st)
 
 
 # -- the report --------------------------------------------------------------------------------------------
+
 
 class _Page(HTMLParser):
     def __init__(self):
@@ -242,21 +300,57 @@ def test_report_is_one_offline_page_whose_charts_all_decode(tmp_path):
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     ms = []
     for v, n in enumerate((60, 120, 180, 240), start=1):
-        ms.append({"version": v, "created_at": (t0 + timedelta(days=v)).isoformat(), "n_labels": n, "n_al": n - 60,
-                   "n_audit": 6 * v, "n_cold": 50, "compute_seconds": 3.0 * v, "accuracy": 0.5 + 0.05 * v,
-                   "macro_f1": 0.45 + 0.05 * v, "majority_baseline": 0.4, "ece": 0.08, "ece_uncalibrated": 0.12,
-                   "features": "tfidf", "per_class": {hostile: {"recall": 0.5 + 0.1 * v, "support": 10},
-                                                      "ok": {"recall": 0.6, "support": 10}},
-                   "reliability": {"bin_confidence": [0.55, 0.75, 0.95], "bin_accuracy": [0.5, 0.7, 0.9],
-                                   "bin_counts": [10, 20, 30]},
-                   "arms": {"points": [{"n": 10, "labels_each": 60, "al": 0.6, "al_low": 0.55, "al_high": 0.65,
-                                        "random": 0.58, "random_low": 0.52, "random_high": 0.63, "diff": 0.02,
-                                        "diff_low": -0.02, "diff_high": 0.06}], "cold_labels": 50}})
-    r = {"project": hostile, "labels": [hostile, "ok"], "n_labels": 240, "measurements": ms,
-         "checks": [R.check_duplicates({"pool": 10, "pool_duplicates": 0, "leaked": 1, "leaked_examples": [hostile]})],
-         "warnings": warning_signs(ms), "cost_per_point": [{"version": 2, "spent": 6.0, "gain_points": 5.0,
-                                                             "cost_per_point": 1.2}],
-         "agreement": _agreement(0.8, 0.9)}
+        ms.append(
+            {
+                "version": v,
+                "created_at": (t0 + timedelta(days=v)).isoformat(),
+                "n_labels": n,
+                "n_al": n - 60,
+                "n_audit": 6 * v,
+                "n_cold": 50,
+                "compute_seconds": 3.0 * v,
+                "accuracy": 0.5 + 0.05 * v,
+                "macro_f1": 0.45 + 0.05 * v,
+                "majority_baseline": 0.4,
+                "ece": 0.08,
+                "ece_uncalibrated": 0.12,
+                "features": "tfidf",
+                "per_class": {hostile: {"recall": 0.5 + 0.1 * v, "support": 10}, "ok": {"recall": 0.6, "support": 10}},
+                "reliability": {
+                    "bin_confidence": [0.55, 0.75, 0.95],
+                    "bin_accuracy": [0.5, 0.7, 0.9],
+                    "bin_counts": [10, 20, 30],
+                },
+                "arms": {
+                    "points": [
+                        {
+                            "n": 10,
+                            "labels_each": 60,
+                            "al": 0.6,
+                            "al_low": 0.55,
+                            "al_high": 0.65,
+                            "random": 0.58,
+                            "random_low": 0.52,
+                            "random_high": 0.63,
+                            "diff": 0.02,
+                            "diff_low": -0.02,
+                            "diff_high": 0.06,
+                        }
+                    ],
+                    "cold_labels": 50,
+                },
+            }
+        )
+    r = {
+        "project": hostile,
+        "labels": [hostile, "ok"],
+        "n_labels": 240,
+        "measurements": ms,
+        "checks": [R.check_duplicates({"pool": 10, "pool_duplicates": 0, "leaked": 1, "leaked_examples": [hostile]})],
+        "warnings": warning_signs(ms),
+        "cost_per_point": [{"version": 2, "spent": 6.0, "gain_points": 5.0, "cost_per_point": 1.2}],
+        "agreement": _agreement(0.8, 0.9),
+    }
     page = write_report(r, tmp_path / "out")
     raw = page.read_text(encoding="utf-8")
     assert "<script>" not in raw and "\x1b" not in raw and "http://" not in raw.replace("http://www.w3.org", "")
@@ -267,18 +361,27 @@ def test_report_is_one_offline_page_whose_charts_all_decode(tmp_path):
         assert src.startswith("data:image/svg+xml;base64,")
         root = ET.fromstring(base64.b64decode(src.split(",", 1)[1]))
         assert root.tag.endswith("svg")
-        assert len(list(root.iter())) > 50          # a drawn chart, not an empty canvas
+        assert len(list(root.iter())) > 50  # a drawn chart, not an empty canvas
     text = "".join(p.text)
-    assert hostile.replace("\x1b", "") in text or "alert(1)" in text   # shown as text
+    assert hostile.replace("\x1b", "") in text or "alert(1)" in text  # shown as text
     # the recall chart names the hostile class as plain text ($ escaped, not mathematics)
     svgs = [base64.b64decode(s.split(",", 1)[1]).decode() for s in p.images]
     assert any("$x^2$" in s for s in svgs)
-    for name in ("measurements", "arms", "reliability", "ece", "per_class_recall", "cost_per_point", "agreement",
-                 "checks", "warnings"):
+    for name in (
+        "measurements",
+        "arms",
+        "reliability",
+        "ece",
+        "per_class_recall",
+        "cost_per_point",
+        "agreement",
+        "checks",
+        "warnings",
+    ):
         with open(tmp_path / "out" / f"{name}.csv", newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
         assert len(rows) >= 2, name
     with open(tmp_path / "out" / "measurements.csv", newline="", encoding="utf-8") as f:
         got = list(csv.DictReader(f))
     assert [float(g["accuracy"]) for g in got] == pytest.approx([0.55, 0.6, 0.65, 0.7])
-    json.dumps(r)   # the check output is plain JSON (it travels over the socket)
+    json.dumps(r)  # the check output is plain JSON (it travels over the socket)

@@ -7,10 +7,10 @@ import pytest
 import scipy.sparse as sp
 
 from labelloop.core.engine.calibration import nll
-from labelloop.core.util.errors import ModelError
 from labelloop.core.engine.features import TextFeaturizer
-from labelloop.core.loop.al_round import batch_similarity
 from labelloop.core.engine.model import evaluate, fit_model
+from labelloop.core.loop.al_round import batch_similarity
+from labelloop.core.util.errors import ModelError
 from tests.conftest import ROOT
 
 ROWS = list(csv.DictReader(open(ROOT / "sample_data" / "sms_spam.csv", encoding="utf-8")))
@@ -27,8 +27,12 @@ def data():
     # at 1,500 it helps again. Fold models see 80% of the labels, so their held-out logits are a
     # biased stand-in for the full model's.)
     train = [pool[i] for i in rng.choice(len(pool), 100, replace=False)]
-    return (fz.transform([r["text"] for r in train]), [r["label"] for r in train],
-            fz.transform([r["text"] for r in test]), [r["label"] for r in test])
+    return (
+        fz.transform([r["text"] for r in train]),
+        [r["label"] for r in train],
+        fz.transform([r["text"] for r in test]),
+        [r["label"] for r in test],
+    )
 
 
 @pytest.mark.parametrize("calibration", ["temperature", "platt"])
@@ -60,7 +64,9 @@ def test_evaluate_reports_the_metrics(data):
 def test_class_weight_balanced_raises_minority_recall(data):
     X, y, Xt, yt = data
     plain = evaluate(fit_model(X, y, ["ham", "spam"], seed=0, C=1.0), Xt, yt, ["ham", "spam"])
-    balanced = evaluate(fit_model(X, y, ["ham", "spam"], seed=0, C=1.0, class_weight="balanced"), Xt, yt, ["ham", "spam"])
+    balanced = evaluate(
+        fit_model(X, y, ["ham", "spam"], seed=0, C=1.0, class_weight="balanced"), Xt, yt, ["ham", "spam"]
+    )
     assert balanced["per_class"]["spam"]["recall"] > plain["per_class"]["spam"]["recall"]
 
 
@@ -73,6 +79,7 @@ def test_one_class_is_a_clear_error(data):
 def test_batch_similarity_flags_a_concentrated_batch():
     rng = np.random.default_rng(0)
     from sklearn.preprocessing import normalize
+
     spread = sp.csr_matrix(normalize(rng.random((50, 200)) ** 8))
     same = sp.csr_matrix(normalize(np.tile(rng.random((1, 200)), (50, 1)) + rng.random((50, 200)) * 0.01))
     X = sp.vstack([spread, same]).tocsr()
@@ -83,6 +90,7 @@ def test_batch_similarity_flags_a_concentrated_batch():
 def test_never_returns_the_all_zero_model(data, monkeypatch):
     """lbfgs stops at w = 0 when the starting gradient is below tol (seen with balanced margin batches)."""
     import labelloop.core.engine.model as M
+
     real = M._logreg
     monkeypatch.setattr(M, "_logreg", lambda cw, C, seed, tol=1e-4: real(cw, C, seed, tol=1.0 if tol > 1e-9 else tol))
     X, y, Xt, yt = data
@@ -94,6 +102,7 @@ def test_never_returns_the_all_zero_model(data, monkeypatch):
 def test_approximate_leave_one_out_logits_track_exact_leave_one_out(k):
     """alo_logits against refitting without each item in turn (the thing it approximates)."""
     from labelloop.core.engine.model import CalibratedModel, _fit_lr, alo_logits
+
     rng = np.random.default_rng(k)
     n, d = 60, 20
     centres = rng.normal(0, 1.2, size=(k, d))

@@ -13,7 +13,8 @@ import uuid
 
 import pytest
 
-from labelloop.core.api import protocol, service as service_mod
+from labelloop.core.api import protocol
+from labelloop.core.api import service as service_mod
 from labelloop.core.api.client import LocalClient, SocketClient
 from labelloop.core.api.protocol import OPS, PROTOCOL_VERSION, SOCKET_NAME, ApiError, decode_request
 from labelloop.core.api.server import Server
@@ -34,8 +35,8 @@ def test_every_operation_has_one_handler_and_the_roles_come_from_the_table():
 
 def test_the_readme_protocol_section_matches_the_table():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("### Protocol"):]
-    section = section[:section.index("\n## ")] if "\n## " in section else section
+    section = text[text.index("### Protocol") :]
+    section = section[: section.index("\n## ")] if "\n## " in section else section
     rows = re.findall(r"^\| `(\w+)` \| (\w+) \| ([^|]*)\| ([^|]*)\|", section, re.M)
     documented = {name: (role, args.strip()) for name, role, args, _ in rows}
     assert set(documented) == set(OPS), set(documented) ^ set(OPS)
@@ -45,18 +46,21 @@ def test_the_readme_protocol_section_matches_the_table():
         assert args == (", ".join(f.name for f in dataclasses.fields(op.request)) or "none"), name
 
 
-@pytest.mark.parametrize("args, says", [
-    ({"item_id": "\ud800", "action": "label", "msg_id": "m" * 10}, "lone surrogate"),
-    ({"item_id": "a\x00b", "action": "label", "msg_id": "m" * 10}, "NUL"),
-    ({"item_id": "x" * 70_000, "action": "label", "msg_id": "m" * 10}, "longer than"),
-    ({"item_id": 5, "action": "label", "msg_id": "m" * 10}, "item_id must be text"),
-    ({"item_id": "a", "action": "label", "msg_id": "m" * 10, "labels": "ham"}, "labels must be a list"),
-    ({"item_id": "a", "action": "label", "msg_id": "m" * 10, "labels": [1]}, "labels[0] must be text"),
-    ({"item_id": "a", "action": "label", "msg_id": "m" * 10, "duration_ms": True}, "duration_ms must be a number"),
-    ({"item_id": "a", "action": "label"}, "missing argument 'msg_id'"),
-    ({"item_id": "a", "action": "label", "msg_id": "m" * 10, "actor": "root"}, "unknown argument 'actor'"),
-    ([1, 2], "args must be an object"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        ({"item_id": "\ud800", "action": "label", "msg_id": "m" * 10}, "lone surrogate"),
+        ({"item_id": "a\x00b", "action": "label", "msg_id": "m" * 10}, "NUL"),
+        ({"item_id": "x" * 70_000, "action": "label", "msg_id": "m" * 10}, "longer than"),
+        ({"item_id": 5, "action": "label", "msg_id": "m" * 10}, "item_id must be text"),
+        ({"item_id": "a", "action": "label", "msg_id": "m" * 10, "labels": "ham"}, "labels must be a list"),
+        ({"item_id": "a", "action": "label", "msg_id": "m" * 10, "labels": [1]}, "labels[0] must be text"),
+        ({"item_id": "a", "action": "label", "msg_id": "m" * 10, "duration_ms": True}, "duration_ms must be a number"),
+        ({"item_id": "a", "action": "label"}, "missing argument 'msg_id'"),
+        ({"item_id": "a", "action": "label", "msg_id": "m" * 10, "actor": "root"}, "unknown argument 'actor'"),
+        ([1, 2], "args must be an object"),
+    ],
+)
 def test_a_request_is_checked_against_its_type_before_any_handler(args, says):
     with pytest.raises(ApiError) as e:
         decode_request("decide", args)
@@ -85,20 +89,29 @@ def _fake_server(path, first_line: bytes | None):
             conn.sendall(first_line)
         conn.recv(1 << 16)
         conn.close()
+
     threading.Thread(target=run, daemon=True).start()
     return s
 
 
 def test_a_server_of_another_protocol_version_gets_one_sentence_naming_both(tmp_path):
-    hello = {"protocol": PROTOCOL_VERSION + 1, "labelloop": "9.9.9", "server_user": "root", "server_uid": 0,
-             "project": "x"}
+    hello = {
+        "protocol": PROTOCOL_VERSION + 1,
+        "labelloop": "9.9.9",
+        "server_user": "root",
+        "server_uid": 0,
+        "project": "x",
+    }
     listener = _fake_server(tmp_path / "a.sock", (json.dumps({"hello": hello}) + "\n").encode())
     with pytest.raises(ApiError) as e:
         SocketClient(tmp_path / "a.sock", reconnect_seconds=0)
     listener.close()
     msg = e.value.message
     assert e.value.code == "protocol" and "\n" not in msg
-    assert f"protocol {PROTOCOL_VERSION + 1} (labelloop 9.9.9)" in msg and f"this client protocol {PROTOCOL_VERSION}" in msg
+    assert (
+        f"protocol {PROTOCOL_VERSION + 1} (labelloop 9.9.9)" in msg
+        and f"this client protocol {PROTOCOL_VERSION}" in msg
+    )
     # a wave-2 server (no hello: it waits for the request) is named as the older protocol
     listener = _fake_server(tmp_path / "b.sock", b'{"id": 1, "ok": true, "data": {"actor": "x"}}\n')
     with pytest.raises(ApiError) as e:
@@ -112,13 +125,28 @@ def _requests(d, item_id: str, tmp_path) -> dict[str, dict]:
     """One valid request per operation (in the order they run: decisions before their undo)."""
     src = write_csv(tmp_path / "more.csv", ["id", "text"], [["new-1", "a brand new message"]])
     return {
-        "ping": {}, "open_session": {"client": "test"}, "next": {}, "progress": {}, "poll": {}, "guidelines": {},
+        "ping": {},
+        "open_session": {"client": "test"},
+        "next": {},
+        "progress": {},
+        "poll": {},
+        "guidelines": {},
         "next_items": {"n": 3},
-        "decide": {"item_id": item_id, "action": "label", "labels": [TRUTH[item_id]], "msg_id": uuid.uuid4().hex,
-                   "note": "fine", "duration_ms": 1200.5},
-        "status": {}, "check": {}, "metrics": {"arms": False},
-        "retrain_start": {"why": "test"}, "retrain_poll": {},
-        "review_queue": {"include_decided": True}, "review_item": {"item_id": item_id},
+        "decide": {
+            "item_id": item_id,
+            "action": "label",
+            "labels": [TRUTH[item_id]],
+            "msg_id": uuid.uuid4().hex,
+            "note": "fine",
+            "duration_ms": 1200.5,
+        },
+        "status": {},
+        "check": {},
+        "metrics": {"arms": False},
+        "retrain_start": {"why": "test"},
+        "retrain_poll": {},
+        "review_queue": {"include_decided": True},
+        "review_item": {"item_id": item_id},
         "adjudicate": {"item_id": item_id, "labels": ["ham"], "msg_id": uuid.uuid4().hex, "rationale": "clear"},
         "undo_adjudication": {"msg_id": uuid.uuid4().hex},
         "send_back": {"item_id": item_id, "reason": "read again", "msg_id": uuid.uuid4().hex},
@@ -154,10 +182,14 @@ def test_every_operation_round_trips_with_equal_values(tmp_path, monkeypatch, tr
     srv.start()
     seen: dict[str, list] = {"req": [], "answer": []}
     real_decode, real_encode = service_mod.decode_request, service_mod.encode_response
-    monkeypatch.setattr(service_mod, "decode_request", lambda op, args: seen["req"].append(real_decode(op, args))
-                        or seen["req"][-1])
-    monkeypatch.setattr(service_mod, "encode_response", lambda op, data: seen["answer"].append(real_encode(op, data))
-                        or seen["answer"][-1])
+    monkeypatch.setattr(
+        service_mod, "decode_request", lambda op, args: seen["req"].append(real_decode(op, args)) or seen["req"][-1]
+    )
+    monkeypatch.setattr(
+        service_mod,
+        "encode_response",
+        lambda op, data: seen["answer"].append(real_encode(op, data)) or seen["answer"][-1],
+    )
     client = SocketClient(d / SOCKET_NAME) if transport == "socket" else LocalClient(srv.service, current_actor())
     try:
         first = client.call("next")["item"]["item_id"]
@@ -182,7 +214,7 @@ def test_every_operation_round_trips_with_equal_values(tmp_path, monkeypatch, tr
                 session = answer["session"]
             req = seen["req"][-1]
             sent = dict(args)
-            if transport == "socket" and OPS[op].file:   # the server hands a private copy of the file over
+            if transport == "socket" and OPS[op].file:  # the server hands a private copy of the file over
                 sent.pop("path"), sent.pop("rejects", None), sent.pop("source_name", None)
             for k, v in sent.items():
                 assert getattr(req, k) == v, (op, k)

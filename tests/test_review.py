@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 from labelloop.core.api.client import LocalClient
-from labelloop.core.store.project import Project
 from labelloop.core.api.service import Service
+from labelloop.core.store.project import Project
 from labelloop.tui.review import ReviewApp
 from tests.tui_helpers import TRUTH, build_project
 
@@ -16,8 +16,13 @@ from tests.tui_helpers import TRUTH, build_project
 @pytest.fixture
 def disputed(tmp_path):
     """alice and bob labelled 8 items each (every item needs both); bob disagrees on every 4th."""
-    d = build_project(tmp_path / "proj", n_pool=200, n_test=60, trained=False,
-                      cfg_edits=(("overlap_share = 0.0", "overlap_share = 1.0"),))
+    d = build_project(
+        tmp_path / "proj",
+        n_pool=200,
+        n_test=60,
+        trained=False,
+        cfg_edits=(("overlap_share = 0.0", "overlap_share = 1.0"),),
+    )
     svc = Service(d, compute="thread", owner="lead")
     a, b = LocalClient(svc, "alice"), LocalClient(svc, "bob")
     split = []
@@ -26,8 +31,13 @@ def disputed(tmp_path):
         a.call("decide", item_id=it["item_id"], action="label", labels=[TRUTH[it["item_id"]]], msg_id=uuid.uuid4().hex)
         b.call("next")
         wrong = {"ham": "spam", "spam": "ham"}[TRUTH[it["item_id"]]]
-        b.call("decide", item_id=it["item_id"], action="label", msg_id=uuid.uuid4().hex,
-               labels=[wrong if k % 4 == 0 else TRUTH[it["item_id"]]])
+        b.call(
+            "decide",
+            item_id=it["item_id"],
+            action="label",
+            msg_id=uuid.uuid4().hex,
+            labels=[wrong if k % 4 == 0 else TRUTH[it["item_id"]]],
+        )
         if k % 4 == 0:
             split.append(it["item_id"])
     svc.close()
@@ -52,17 +62,22 @@ async def test_pick_a_version_then_a_digit_with_rationale_and_undo(disputed):
         await pilot.press(letter, *"per guideline 3", "enter")
         second = app.current["item_id"]
         assert second != first and len(app.queue) == 1
-        await pilot.press("2", "enter")                 # a digit: the project's second label, no rationale
+        await pilot.press("2", "enter")  # a digit: the project's second label, no rationale
         assert app.current is None
-        await pilot.press("u")                          # the latest adjudication comes back
+        await pilot.press("u")  # the latest adjudication comes back
         assert app.current["item_id"] == second
     rows = adjudications(d)
     assert [(r["item_id"], r["kind"], r["actor"]) for r in rows] == [
-        (first, "adjudicate", "rita"), (second, "adjudicate", "rita"), (second, "undo", "rita")]
+        (first, "adjudicate", "rita"),
+        (second, "adjudicate", "rita"),
+        (second, "undo", "rita"),
+    ]
     assert rows[0]["labels"] == [alice_label] and rows[0]["note"] == "per guideline 3"
     assert rows[1]["labels"] == ["spam"] and rows[1]["note"] is None
     with Project.open(d) as p:
-        final = dict(p.store.rows("SELECT item_id, decided_by FROM final_labels WHERE item_id IN (?, ?)", [first, second]))
+        final = dict(
+            p.store.rows("SELECT item_id, decided_by FROM final_labels WHERE item_id IN (?, ?)", [first, second])
+        )
     assert final == {first: "adjudication", second: "unresolved"}
 
 
@@ -90,10 +105,13 @@ async def test_send_back_returns_the_item_to_its_annotators_with_the_reason(disp
         assert app.current["item_id"] != first
     with Project.open(d) as p:
         undos = p.store.dicts("SELECT actor, note, target_event FROM event_log WHERE kind = 'undo' ORDER BY event_id")
-        assert [u["note"] for u in undos] == ["sent back: see rule 4 on names"] * 2 and {u["actor"] for u in undos} == {"rita"}
+        assert [u["note"] for u in undos] == ["sent back: see rule 4 on names"] * 2 and {u["actor"] for u in undos} == {
+            "rita"
+        }
         assert p.store.rows("SELECT count(*) FROM final_labels WHERE item_id = ?", [first])[0][0] == 0
     # alice gets it again first, with the reviewer's reason as the why
     from labelloop.core.api.workspace import Workspace
+
     ws = Workspace(d, actor="alice")
     assert ws.current().item_id == first and ws.current().why == "sent back by a reviewer: see rule 4 on names"
     ws.close()
@@ -101,6 +119,7 @@ async def test_send_back_returns_the_item_to_its_annotators_with_the_reason(disp
 
 async def test_metrics_pane_shows_agreement_with_intervals(disputed):
     from labelloop.tui.app import LabelApp
+
     d, _split = disputed
     app = LabelApp(d, actor="carol", retrain_in_process=False)
     async with app.run_test(size=(140, 50)) as pilot:
@@ -120,10 +139,14 @@ async def test_metrics_pane_shows_agreement_with_intervals(disputed):
 async def test_a_hostile_send_back_reason_reaches_the_annotator_as_text(disputed):
     """A reviewer's reason is data: an OSC 52 (clipboard) sequence and markup in it are shown, not acted on."""
     from labelloop.tui.app import LabelApp
+
     d, split = disputed
     svc = Service(d, compute="thread", owner="rita")
-    svc.handle("rita", "send_back", {"item_id": split[0], "reason": "\x1b]52;c;SGk=\x07 [@click=app.quit]x[/] rule 4",
-                                     "msg_id": "hostile-back"})
+    svc.handle(
+        "rita",
+        "send_back",
+        {"item_id": split[0], "reason": "\x1b]52;c;SGk=\x07 [@click=app.quit]x[/] rule 4", "msg_id": "hostile-back"},
+    )
     svc.close()
     app = LabelApp(d, actor="alice", retrain_in_process=False)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -131,4 +154,4 @@ async def test_a_hostile_send_back_reason_reaches_the_annotator_as_text(disputed
         why = str(app.query_one("#why").render())
         assert "\x1b" not in why and "\x07" not in why and "␛]52;c;SGk=" in why and "[@click=app.quit]x[/]" in why
         await pilot.press("1")
-        assert app.is_running                         # the markup did not quit the app
+        assert app.is_running  # the markup did not quit the app

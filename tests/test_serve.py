@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from labelloop.core.api.client import MAX_LINE, SOCKET_NAME, SocketClient
-from labelloop.core.store.project import Project, current_actor
-from labelloop.core.api.server import Server
 from labelloop.core.api.protocol import PROTOCOL_VERSION, ApiError
+from labelloop.core.api.server import Server
+from labelloop.core.store.project import Project, current_actor
 from tests.conftest import ROOT, run_cli, write_csv
 from tests.tui_helpers import TRUTH, project_copy
 
@@ -39,8 +39,12 @@ def served(tmp_path):
 
 
 def _server_process(d: Path, *extra: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "labelloop.tui.cli", "serve", str(d), "--train-in-thread", *extra],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labelloop.tui.cli", "serve", str(d), "--train-in-thread", *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     for _ in range(300):
         try:
             SocketClient(d / SOCKET_NAME, reconnect_seconds=0).close()
@@ -53,8 +57,13 @@ def _server_process(d: Path, *extra: str) -> subprocess.Popen:
 
 
 def _label(c, item, msg=None):
-    return c.call("decide", item_id=item["item_id"], action="label", labels=[TRUTH[item["item_id"]]],
-                  msg_id=msg or uuid.uuid4().hex)
+    return c.call(
+        "decide",
+        item_id=item["item_id"],
+        action="label",
+        labels=[TRUTH[item["item_id"]]],
+        msg_id=msg or uuid.uuid4().hex,
+    )
 
 
 def test_the_actor_is_the_sockets_peer_never_the_request(served):
@@ -71,7 +80,9 @@ def test_the_actor_is_the_sockets_peer_never_the_request(served):
     env = {**os.environ, "LOGNAME": "alice", "USER": "alice"}
     r = run_cli("status", str(d), "--json", env=env)
     assert r.returncode == 0, r.stderr
-    assert [a["actor"] for a in json.loads(r.stdout)["annotators"] if a["actor"] != "seed-annotator"] == [current_actor()]
+    assert [a["actor"] for a in json.loads(r.stdout)["annotators"] if a["actor"] != "seed-annotator"] == [
+        current_actor()
+    ]
     assert [e["actor"] for e in _events(d)] == [current_actor()]
 
 
@@ -96,6 +107,7 @@ def test_commands_work_while_someone_labels(served, tmp_path):
     r = run_cli("export", str(d), str(out))
     assert r.returncode == 0, r.stderr
     import polars as pl
+
     df = pl.read_parquet(out)
     assert item["item_id"] in df["item_id"].to_list()
     f = write_csv(tmp_path / "more.csv", ["id", "text"], [["new-1", "a brand new message"], ["new-2", "another one"]])
@@ -136,8 +148,10 @@ def test_hostile_clients_do_not_stop_the_server(served):
     assert json.loads(bf.readline())["error"]["code"] == "too_large"
     assert bf.readline() == b""
     # a client killed half-way through a request
-    code = (f"import socket, os; s = socket.socket(socket.AF_UNIX); s.connect({str(d / SOCKET_NAME)!r}); "
-            "s.sendall(b'{\"id\": 1, \"op\": \"ne'); os.kill(os.getpid(), 9)")
+    code = (
+        f"import socket, os; s = socket.socket(socket.AF_UNIX); s.connect({str(d / SOCKET_NAME)!r}); "
+        's.sendall(b\'{"id": 1, "op": "ne\'); os.kill(os.getpid(), 9)'
+    )
     subprocess.run([sys.executable, "-c", code], timeout=30)
     item = good.call("next")["item"]
     assert _label(good, item)["event_id"]
@@ -149,6 +163,7 @@ def test_hostile_clients_do_not_stop_the_server(served):
 
 def test_workspace_over_the_socket_is_the_same_api(served):
     from labelloop.core.api.workspace import Workspace
+
     d, srv = served
     ws = Workspace(d)
     assert ws.transport == "socket" and ws.service is None
@@ -160,7 +175,7 @@ def test_workspace_over_the_socket_is_the_same_api(served):
     ws.label(ws.current(), [TRUTH[first.item_id]])
     r = ws.retrain(seed=4)
     assert r.model_version == 2
-    assert ws.current().item_id == second.item_id       # the item in hand stays over a new batch
+    assert ws.current().item_id == second.item_id  # the item in hand stays over a new batch
     ws.close()
     assert [e["kind"] for e in _events(d)] == ["label", "undo", "label"]
 
@@ -175,13 +190,13 @@ def test_kill_9_loses_no_acknowledged_decision_and_clients_reconnect(tmp_path):
         acked.append(_label(c, item)["event_id"])
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert (d / SOCKET_NAME).exists()          # left behind by the dead server
+    assert (d / SOCKET_NAME).exists()  # left behind by the dead server
     # with no server, commands open the project in-process (the stale socket is recognised)
     r = run_cli("status", str(d), "--json")
     assert r.returncode == 0, r.stderr
-    proc = _server_process(d)                   # the new server replaces the stale socket
+    proc = _server_process(d)  # the new server replaces the stale socket
     try:
-        item = c.call("next")["item"]           # the same client reconnects by itself
+        item = c.call("next")["item"]  # the same client reconnects by itself
         acked.append(_label(c, item)["event_id"])
         c.close()
     finally:
@@ -202,7 +217,7 @@ def test_import_and_export_through_the_server_never_open_client_paths(served, tm
     is refused by the client's own open, not read by the server for it."""
     d, srv = served
     c = SocketClient(d / SOCKET_NAME)
-    with pytest.raises(ApiError) as e:        # a bare path, without a descriptor, is not opened
+    with pytest.raises(ApiError) as e:  # a bare path, without a descriptor, is not opened
         c.call("import", path="/etc/shadow", source_name="/etc/shadow")
     assert e.value.code == "bad_request"
     assert "handed over" in e.value.message
@@ -256,7 +271,7 @@ def test_two_real_users_label_at_once_with_identities_from_the_socket(request_cl
     users = ["llalice", "llbob"]
     if subprocess.run(["getent", "group", group], capture_output=True).returncode != 0:
         subprocess.run(["groupadd", group], check=True)
-        request_cleanup.append(("group", group))   # removed after the users, by the fixture
+        request_cleanup.append(("group", group))  # removed after the users, by the fixture
     for u in [*users, "llcarol"]:
         if subprocess.run(["id", u], capture_output=True).returncode != 0:
             subprocess.run(["useradd", "-M", "-G", group, "-s", "/bin/sh", u], check=True)
@@ -265,7 +280,8 @@ def test_two_real_users_label_at_once_with_identities_from_the_socket(request_cl
     if python is None or subprocess.run(["runuser", "-u", users[0], "--", python, "-c", "pass"]).returncode != 0:
         pytest.skip("no system python3 the test users may run")
     import tempfile
-    top = Path(tempfile.mkdtemp(prefix="labelloop-team-"))   # pytest's own tmp folders are private to root
+
+    top = Path(tempfile.mkdtemp(prefix="labelloop-team-"))  # pytest's own tmp folders are private to root
     request_cleanup.append(top)
     os.chmod(top, 0o755)
     base = top / "shared"
@@ -276,34 +292,67 @@ def test_two_real_users_label_at_once_with_identities_from_the_socket(request_cl
             pytest.skip(f"the test users cannot reach {p}")
     shutil.chown(base, group=group)
     os.chmod(base, 0o2770)
-    shutil.chown(d, group=group)   # the project folder's group decides who may use the socket
+    shutil.chown(d, group=group)  # the project folder's group decides who may use the socket
     os.chmod(d, 0o2770)
-    cfg = d / "labelloop.toml"       # roles name alice and bob; carol is in the group but not in the project
+    cfg = d / "labelloop.toml"  # roles name alice and bob; carol is in the group but not in the project
     cfg.write_text(cfg.read_text().replace("annotators = []", 'annotators = ["llalice", "llbob"]'))
-    srv = Server(d, compute="thread")   # run by root, the project's owner; the folder's group is the team
+    srv = Server(d, compute="thread")  # run by root, the project's owner; the folder's group is the team
     srv.start()
     try:
-        procs = [subprocess.Popen(["runuser", "-u", u, "--", "env", "LOGNAME=root", "USER=root", python,
-                                   "-c", RAW_CLIENT, str(d / SOCKET_NAME)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for u in users]
+        procs = [
+            subprocess.Popen(
+                [
+                    "runuser",
+                    "-u",
+                    u,
+                    "--",
+                    "env",
+                    "LOGNAME=root",
+                    "USER=root",
+                    python,
+                    "-c",
+                    RAW_CLIENT,
+                    str(d / SOCKET_NAME),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for u in users
+        ]
         outs = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outs
         assert sorted(o[0].strip() for o in outs) == users
         # carol reaches the socket (same group) but is not a member: one sentence, and a denied event
-        r = subprocess.run(["runuser", "-u", "llcarol", "--", python, "-c", RAW_CLIENT, str(d / SOCKET_NAME)],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            ["runuser", "-u", "llcarol", "--", python, "-c", RAW_CLIENT, str(d / SOCKET_NAME)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode != 0 and "unknown_user: llcarol is not a member of this project" in r.stderr
         # someone outside the group cannot connect at all
-        r = subprocess.run(["runuser", "-u", "nobody", "--", python, "-c",
-                            f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(d / SOCKET_NAME)!r})"],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "nobody",
+                "--",
+                python,
+                "-c",
+                f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(d / SOCKET_NAME)!r})",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode != 0 and "Permission denied" in r.stderr
     finally:
         srv.stop()
     evs = _events(d, "kind <> 'denied'")
     assert [e["actor"] for e in _events(d, "kind = 'denied'")] == ["llcarol"]
     assert sorted({e["actor"] for e in evs}) == users and len(evs) == 10
-    assert len({e["item_id"] for e in evs}) == 10     # nobody got the other's item
+    assert len({e["item_id"] for e in evs}) == 10  # nobody got the other's item
 
 
 # -- the optional TCP listener, and a short team load through it ------------------------------------------
@@ -334,7 +383,7 @@ def test_tcp_listener_is_off_by_default_and_takes_token_users_only(tmp_path):
     tokens = d / "tokens.json"
     assert oct(tokens.stat().st_mode & 0o777) == "0o600" and token not in tokens.read_text()
     port = _free_port()
-    srv = Server(d, compute="thread")            # no --tcp: nothing listens
+    srv = Server(d, compute="thread")  # no --tcp: nothing listens
     srv.start()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
@@ -343,13 +392,14 @@ def test_tcp_listener_is_off_by_default_and_takes_token_users_only(tmp_path):
     srv.start()
     try:
         c = _Tcp(port)
-        assert c.call("next")["error"]["code"] == "unknown_user"                       # sign in first
+        assert c.call("next")["error"]["code"] == "unknown_user"  # sign in first
         assert c.call("auth", user="tess", token="wrong")["error"]["code"] == "unknown_user"
         assert c.call("auth", user="root", token=token)["error"]["code"] == "unknown_user"  # tess's token only
         assert c.call("auth", user="tess", token=token)["data"]["actor"] == "tess"
         item = c.call("next")["data"]["item"]
-        ans = c.call("decide", item_id=item["item_id"], action="label", labels=[TRUTH[item["item_id"]]],
-                     msg_id=uuid.uuid4().hex)
+        ans = c.call(
+            "decide", item_id=item["item_id"], action="label", labels=[TRUTH[item["item_id"]]], msg_id=uuid.uuid4().hex
+        )
         assert ans["ok"]
         assert c.call("export", path=str(tmp_path / "x.parquet"))["error"]["code"] == "bad_request"  # no files
     finally:
@@ -361,11 +411,16 @@ def test_a_short_team_load_loses_nothing_and_never_over_assigns(tmp_path):
     """Eight people (token users over TCP, so no root is needed) label for a few seconds at full speed
     with overlap on; the store is read back. bench/bench_team.py runs the full 22-person, 60 s version."""
     import threading
+
     d = project_copy(tmp_path)
     cfg = d / "labelloop.toml"
-    cfg.write_text(cfg.read_text().replace("overlap_share = 0.0", "overlap_share = 0.3")
-                   .replace("retrain_every = 0", "retrain_every = 20"))
+    cfg.write_text(
+        cfg.read_text()
+        .replace("overlap_share = 0.0", "overlap_share = 0.3")
+        .replace("retrain_every = 0", "retrain_every = 20")
+    )
     from labelloop.core.api.server import add_token
+
     users = [f"u{i}" for i in range(8)]
     tokens = {u: add_token(d, u) for u in users}
     port = _free_port()
@@ -386,15 +441,16 @@ def test_a_short_team_load_loses_nothing_and_never_over_assigns(tmp_path):
                     item = c.call("next")["data"]["item"]
                     continue
                 msg = uuid.uuid4().hex
-                ans = c.call("decide", item_id=item["item_id"], action="label", labels=[TRUTH[item["item_id"]]],
-                             msg_id=msg)
+                ans = c.call(
+                    "decide", item_id=item["item_id"], action="label", labels=[TRUTH[item["item_id"]]], msg_id=msg
+                )
                 if not ans["ok"]:
                     errors.append(ans["error"])
                     item = c.call("next")["data"]["item"]
                     continue
                 acked[u].append(msg)
                 item = ans["data"]["item"]
-        except Exception as exc:   # pragma: no cover - reported by the assertion below
+        except Exception as exc:  # pragma: no cover - reported by the assertion below
             errors.append(repr(exc))
 
     threads = [threading.Thread(target=person, args=(u,)) for u in users]
@@ -405,16 +461,17 @@ def test_a_short_team_load_loses_nothing_and_never_over_assigns(tmp_path):
     srv.stop()
     assert not errors, errors[:3]
     from labelloop.core.api.assign import overlap_need
+
     with Project.open(d) as p:
         rows = p.store.rows("SELECT client_msg_id, item_id, actor FROM event_log WHERE client_msg_id IS NOT NULL")
         retrains = p.store.scalar("SELECT count(*) FROM models")
     stored = {m for m, _i, _a in rows}
     sent = {m for ms in acked.values() for m in ms}
-    assert len(sent) > 100 and sent == stored and len(rows) == len(stored)   # nothing lost, nothing twice
+    assert len(sent) > 100 and sent == stored and len(rows) == len(stored)  # nothing lost, nothing twice
     per_item: dict = {}
     for _m, item_id, actor in rows:
         per_item.setdefault(item_id, []).append(actor)
-    assert all(len(a) == len(set(a)) for a in per_item.values())               # nobody twice on an item
+    assert all(len(a) == len(set(a)) for a in per_item.values())  # nobody twice on an item
     assert all(len(a) <= overlap_need(i, 0.3, 2) for i, a in per_item.items())  # never above the needed count
     assert sum(len(a) == 2 for a in per_item.values()) > 5 and retrains > 2
 
@@ -424,6 +481,7 @@ def test_a_decision_in_hand_survives_a_server_restart(tmp_path):
     so the decision they send after a restart is stored (once), while an item nobody handed them, or
     a forged proof, is still refused."""
     from labelloop.core.api.workspace import Workspace
+
     d = project_copy(tmp_path)
     srv = Server(d, compute="thread")
     srv.start()
@@ -431,17 +489,23 @@ def test_a_decision_in_hand_survives_a_server_restart(tmp_path):
     first = ws.current()
     ws.label(first, [TRUTH[first.item_id]])
     held = ws.current()
-    srv.stop()                                   # (kill -9 loses the same: the leases)
+    srv.stop()  # (kill -9 loses the same: the leases)
     srv = Server(d, compute="thread")
     srv.start()
     try:
-        ws.label(held, [TRUTH[held.item_id]])    # reconnects, resends, proves the lease
-        assert ws.progress().done_session == 2   # the session carried on, its count read from the store
+        ws.label(held, [TRUTH[held.item_id]])  # reconnects, resends, proves the lease
+        assert ws.progress().done_session == 2  # the session carried on, its count read from the store
         raw = SocketClient(d / SOCKET_NAME)
         other = [i for i in raw.call("next_items", n=50)["items"] if i["item_id"] not in (first.item_id, held.item_id)]
         with pytest.raises(ApiError) as e:
-            raw.call("decide", item_id=other[-1]["item_id"], action="label", labels=["ham"], msg_id=uuid.uuid4().hex,
-                     lease="0" * 32)
+            raw.call(
+                "decide",
+                item_id=other[-1]["item_id"],
+                action="label",
+                labels=["ham"],
+                msg_id=uuid.uuid4().hex,
+                lease="0" * 32,
+            )
         assert e.value.code == "not_leased"
         raw.close()
         ws.close()

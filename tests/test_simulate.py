@@ -4,9 +4,16 @@ import numpy as np
 import polars as pl
 import pytest
 
+from labelloop.core.loop.simulate import (
+    SimConfig,
+    format_report,
+    paired_interval,
+    quick_metrics,
+    read_labelled,
+    run_simulation,
+    write_outputs,
+)
 from labelloop.core.util.errors import LabelloopError
-from labelloop.core.loop.simulate import (SimConfig, format_report, paired_interval, quick_metrics, read_labelled,
-                                     run_simulation, write_outputs)
 from tests.conftest import ROOT, SHARED, run_cli, write_csv
 
 SAMPLE = ROOT / "sample_data" / "sms_spam.csv"
@@ -41,8 +48,15 @@ def test_simulate_sample_margin_beats_random(tmp_path):
 
 
 def test_keyword_seeded_simulation(tmp_path):
-    cfg = SimConfig(strategies=["entropy", "random"], seed_size=20, batch=20, budget=60, repeats=1,
-                    seed_query="free|prize|win", features=["tfidf"])
+    cfg = SimConfig(
+        strategies=["entropy", "random"],
+        seed_size=20,
+        batch=20,
+        budget=60,
+        repeats=1,
+        seed_query="free|prize|win",
+        features=["tfidf"],
+    )
     r = run_simulation(SAMPLE, "text", "label", cfg, split_col="split")
     assert r.curves["n_labels"].min() == 20
 
@@ -58,17 +72,27 @@ def test_one_class_label_column(tmp_path):
 
 
 def test_data_smaller_than_seed(tmp_path):
-    _bad(tmp_path, [[f"t{i}", "ab"[i % 2]] for i in range(30)], SimConfig(["margin"], seed_size=50, budget=60),
-         "fewer than --seed-size 50")
+    _bad(
+        tmp_path,
+        [[f"t{i}", "ab"[i % 2]] for i in range(30)],
+        SimConfig(["margin"], seed_size=50, budget=60),
+        "fewer than --seed-size 50",
+    )
 
 
 def test_unknown_strategy(tmp_path):
-    _bad(tmp_path, [[f"t{i}", "ab"[i % 2]] for i in range(30)], SimConfig(["margin", "oracle"]), "unknown strategy name")
+    _bad(
+        tmp_path, [[f"t{i}", "ab"[i % 2]] for i in range(30)], SimConfig(["margin", "oracle"]), "unknown strategy name"
+    )
 
 
 def test_budget_larger_than_pool(tmp_path):
-    _bad(tmp_path, [[f"t{i}", "ab"[i % 2]] for i in range(100)], SimConfig(["margin"], seed_size=10, budget=500),
-         "larger than the pool")
+    _bad(
+        tmp_path,
+        [[f"t{i}", "ab"[i % 2]] for i in range(100)],
+        SimConfig(["margin"], seed_size=10, budget=500),
+        "larger than the pool",
+    )
 
 
 def test_missing_column_and_empty_label(tmp_path):
@@ -81,9 +105,26 @@ def test_missing_column_and_empty_label(tmp_path):
 
 
 def test_cli_simulate_writes_outputs(tmp_path):
-    r = run_cli("simulate", str(SAMPLE), "--split-col", "split", "--strategies", "margin,random", "--seed-size", "20",
-                "--batch", "20", "--budget", "60", "--repeats", "1", "--curves", str(tmp_path / "c.csv"),
-                "--chart", str(tmp_path / "c.png"))
+    r = run_cli(
+        "simulate",
+        str(SAMPLE),
+        "--split-col",
+        "split",
+        "--strategies",
+        "margin,random",
+        "--seed-size",
+        "20",
+        "--batch",
+        "20",
+        "--budget",
+        "60",
+        "--repeats",
+        "1",
+        "--curves",
+        str(tmp_path / "c.csv"),
+        "--chart",
+        str(tmp_path / "c.png"),
+    )
     assert r.returncode == 0, r.stderr
     assert "Verdict (1 repeats):" in r.stdout and (tmp_path / "c.png").exists()
     assert pl.read_csv(tmp_path / "c.csv").height == 6
@@ -91,8 +132,13 @@ def test_cli_simulate_writes_outputs(tmp_path):
     assert r.returncode == 2 and "unknown strategy" in r.stderr and "Traceback" not in r.stderr
 
 
-CLASSIFICATION_SETS = [("sms_spam/sms_spam.csv", None), ("trec/trec6.csv", "split"), ("sst2/sst2.csv", None),
-                       ("rt_polarity/rt_polarity.csv", None), ("arsarcasm/arsarcasm_sentiment.csv", "split")]
+CLASSIFICATION_SETS = [
+    ("sms_spam/sms_spam.csv", None),
+    ("trec/trec6.csv", "split"),
+    ("sst2/sst2.csv", None),
+    ("rt_polarity/rt_polarity.csv", None),
+    ("arsarcasm/arsarcasm_sentiment.csv", "split"),
+]
 
 
 @pytest.mark.parametrize("rel,split", CLASSIFICATION_SETS)
@@ -100,8 +146,9 @@ def test_simulate_runs_on_shared_datasets(rel, split):
     path = SHARED / rel
     if not path.exists():
         pytest.skip(f"{path} not present (shared data sets are outside the repository)")
-    cfg = SimConfig(strategies=["margin", "random"], seed_size=30, batch=30, budget=90, repeats=2,
-                    features=["tfidf", "tfidf+embed"])
+    cfg = SimConfig(
+        strategies=["margin", "random"], seed_size=30, batch=30, budget=90, repeats=2, features=["tfidf", "tfidf+embed"]
+    )
     r = run_simulation(path, "text", "label", cfg, split_col=split)
     assert r.curves.height == 2 * 2 * 2 * 3 and r.verdict
     assert {c["features"] for c in r.choices} == {"tfidf", "tfidf+embed"}
@@ -110,7 +157,7 @@ def test_simulate_runs_on_shared_datasets(rel, split):
 def test_paired_bootstrap_interval_of_a_known_difference():
     rng = np.random.default_rng(0)
     b = rng.normal(100, 20, size=20)
-    a = b + 5 + rng.normal(0, 1, size=20)          # a is 5 higher in every repeat, give or take 1
+    a = b + 5 + rng.normal(0, 1, size=20)  # a is 5 higher in every repeat, give or take 1
     iv = paired_interval(a, b)
     assert iv["low"] < 5 < iv["high"] and iv["low"] > 3.5 and iv["high"] < 6.5
     assert iv["decided"] and iv["repeats_needed"] is None
@@ -128,8 +175,14 @@ def test_paired_bootstrap_interval_of_a_known_difference():
 def test_identical_strategies_are_no_measurable_difference():
     """On a two-class task margin, entropy and least confidence rank items identically: the
     comparison between them must be zero and say "no measurable difference"."""
-    cfg = SimConfig(strategies=["margin", "entropy", "least_confidence", "random"], seed_size=20, batch=20,
-                    budget=100, repeats=3, features=["tfidf"])
+    cfg = SimConfig(
+        strategies=["margin", "entropy", "least_confidence", "random"],
+        seed_size=20,
+        batch=20,
+        budget=100,
+        repeats=3,
+        features=["tfidf"],
+    )
     r = run_simulation(SAMPLE, "text", "label", cfg, split_col="split")
     same = [c for c in r.comparisons if c["b"][1] != "random" and c["a"][0] == c["b"][0] == "tfidf"]
     assert len(same) == 2
@@ -143,7 +196,9 @@ def test_shuffled_labels_are_called_nothing_to_learn(tmp_path):
     texts, labels, _ = read_labelled(SAMPLE, "text", "label")
     rng = np.random.default_rng(1)
     shuffled = list(rng.permutation(labels))
-    f = write_csv(tmp_path / "shuffled.csv", ["text", "label"], [[t, lab] for t, lab in zip(texts[:1500], shuffled[:1500])])
+    f = write_csv(
+        tmp_path / "shuffled.csv", ["text", "label"], [[t, lab] for t, lab in zip(texts[:1500], shuffled[:1500])]
+    )
     cfg = SimConfig(strategies=["margin", "random"], seed_size=20, batch=20, budget=60, repeats=2, features=["tfidf"])
     r = run_simulation(f, "text", "label", cfg)
     assert not r.learnable["holds"]
@@ -151,8 +206,15 @@ def test_shuffled_labels_are_called_nothing_to_learn(tmp_path):
 
 
 def test_the_seed_set_alone_meeting_the_target_is_said(tmp_path):
-    cfg = SimConfig(strategies=["margin", "random"], seed_size=40, batch=20, budget=80, repeats=2,
-                    target_frac=0.5, features=["tfidf"])
+    cfg = SimConfig(
+        strategies=["margin", "random"],
+        seed_size=40,
+        batch=20,
+        budget=80,
+        repeats=2,
+        target_frac=0.5,
+        features=["tfidf"],
+    )
     r = run_simulation(SAMPLE, "text", "label", cfg, split_col="split")
     assert any("seed set alone" in n for n in r.notes)
     assert r.verdict.startswith("inconclusive: the seed set alone")
@@ -161,6 +223,7 @@ def test_the_seed_set_alone_meeting_the_target_is_said(tmp_path):
 def test_quick_metrics_match_the_full_evaluation():
     from labelloop.core.engine.features import TextFeaturizer
     from labelloop.core.engine.model import evaluate, fit_model
+
     texts, labels, _ = read_labelled(SAMPLE, "text", "label")
     X = TextFeaturizer("tfidf").fit(texts).transform_text(texts)
     classes = sorted(set(labels))

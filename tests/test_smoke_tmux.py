@@ -33,7 +33,10 @@ def test_label_20_items_in_tmux(tmp_path):
     session = f"ll-{uuid.uuid4().hex[:8]}"
     cmd = f"{sys.executable} -m labelloop.tui.cli label {d}"
     from tests.conftest import ROOT
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", "-c", str(ROOT), cmd], check=True)
+
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", "-c", str(ROOT), cmd], check=True
+    )
     try:
         _wait_for(session, "left in queue")
         for i in range(20):
@@ -50,7 +53,9 @@ def test_label_20_items_in_tmux(tmp_path):
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     with Project.open(d) as p:
-        rows = p.store.rows("SELECT labels FROM events WHERE actor <> 'seed-annotator' AND kind = 'label' "
-                            "AND via <> 'import' ORDER BY event_id")
+        rows = p.store.rows(
+            "SELECT labels FROM events WHERE actor <> 'seed-annotator' AND kind = 'label' "
+            "AND via <> 'import' ORDER BY event_id"
+        )
     assert len(rows) == 20
     assert [r[0] for r in rows] == [["spam"] if i % 2 == 0 else ["ham"] for i in range(20)]

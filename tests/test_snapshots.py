@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tui_helpers import project_copy
 from labelloop.tui.app import LabelApp
+from tests.tui_helpers import project_copy
 
 SIZES = [(80, 24), (120, 40)]
 
@@ -46,4 +46,5 @@ def test_metrics_screen(snap_compare, tmp_path, size):
     async def run_before(pilot):
         await pilot.press("m")
         await _metrics_ready(pilot)
+
     assert snap_compare(_app(tmp_path), terminal_size=size, run_before=run_before)

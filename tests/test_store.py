@@ -11,10 +11,10 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from labelloop.core.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
 from labelloop.core.store.exports import export_parquet
 from labelloop.core.store.imports import import_file
 from labelloop.core.store.project import Project, init_project
-from labelloop.core.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
 
 ITEMS = ["a", "b", "c", "d"]
 ACTORS = ["import:f.csv", "alice", "bob", "carol"]
@@ -53,8 +53,17 @@ def reference_final(events: list[dict]) -> dict[str, tuple]:
                     how = "agreement" if n > 1 else "single annotator"
         errors = [e["error_category"] for e in per_actor if e.get("error_category")]
         notes = [e["note"] for e in per_actor if e.get("note")]
-        out[item] = (labels, how, n, deciding["event_id"], [e["actor"] for e in per_actor],
-                     ["|".join(e["labels"]) for e in per_actor], [e["via"] for e in per_actor], errors or None, notes or None)
+        out[item] = (
+            labels,
+            how,
+            n,
+            deciding["event_id"],
+            [e["actor"] for e in per_actor],
+            ["|".join(e["labels"]) for e in per_actor],
+            [e["via"] for e in per_actor],
+            errors or None,
+            notes or None,
+        )
     return out
 
 
@@ -69,9 +78,15 @@ def histories(draw):
     decisions = []
     for _ in range(draw(st.integers(0, 25))):
         kind = draw(st.sampled_from(["label", "label", "label", "adjudicate", "undo", "skip"]))
-        d = {"kind": kind, "item_id": draw(st.sampled_from(ITEMS)), "labels": None, "via": None,
-             "undo_pick": draw(st.integers(0, 10_000)), "error_category": draw(st.sampled_from([None, "wrong class"])),
-             "note": draw(st.sampled_from([None, "see rule 3"]))}
+        d = {
+            "kind": kind,
+            "item_id": draw(st.sampled_from(ITEMS)),
+            "labels": None,
+            "via": None,
+            "undo_pick": draw(st.integers(0, 10_000)),
+            "error_category": draw(st.sampled_from([None, "wrong class"])),
+            "note": draw(st.sampled_from([None, "see rule 3"])),
+        }
         if kind in ("label", "adjudicate"):
             d["actor"] = draw(st.sampled_from(ACTORS[1:])) if kind == "label" else "carol"
             d["labels"] = draw(st.sampled_from(LABELS))
@@ -99,10 +114,22 @@ def test_final_decisions_match_the_rules(history):
             import_file(project, csv_path, id_col="id", label_col="label", split_col="split")
             store = project.store
             # the import wrote one event per labelled pool row, numbered by row, whose actor names the file
-            events = [{"event_id": n, "item_id": item, "kind": "label", "via": "import", "actor": "import:f.csv",
-                       "labels": sorted(labels), "target_event": None} for n, item, labels in rows if labels]
+            events = [
+                {
+                    "event_id": n,
+                    "item_id": item,
+                    "kind": "label",
+                    "via": "import",
+                    "actor": "import:f.csv",
+                    "labels": sorted(labels),
+                    "target_event": None,
+                }
+                for n, item, labels in rows
+                if labels
+            ]
             assert store.rows("SELECT event_id, item_id, kind, via, actor, labels FROM events ORDER BY event_id") == [
-                (e["event_id"], e["item_id"], "label", "import", "import:f.csv", e["labels"]) for e in events]
+                (e["event_id"], e["item_id"], "label", "import", "import:f.csv", e["labels"]) for e in events
+            ]
             for d in decisions:
                 undoable = [e["event_id"] for e in events if e["kind"] != "undo"]
                 target = undoable[d["undo_pick"] % len(undoable)] if d["kind"] == "undo" and undoable else None
@@ -110,24 +137,51 @@ def test_final_decisions_match_the_rules(history):
                 labels = d["labels"] or (["ham"] if kind == "label" else None)
                 via = d["via"] or ("key" if kind == "label" else None)
                 extra = {"error_category": d["error_category"], "note": d["note"]} if kind == "label" else {}
-                event_id = store.append_event(d["item_id"], kind, d["actor"], labels=labels, via=via, target_event=target,
-                                              **extra)
-                events.append({"event_id": event_id, "item_id": d["item_id"], "kind": kind, "via": via,
-                               "actor": d["actor"], "labels": labels, "target_event": target, **extra})
-            got = {r[0]: tuple(r[1:]) for r in store.rows(
-                """SELECT item_id, labels, decided_by, n_annotations, deciding_event, annotators, annotator_labels,
+                event_id = store.append_event(
+                    d["item_id"], kind, d["actor"], labels=labels, via=via, target_event=target, **extra
+                )
+                events.append(
+                    {
+                        "event_id": event_id,
+                        "item_id": d["item_id"],
+                        "kind": kind,
+                        "via": via,
+                        "actor": d["actor"],
+                        "labels": labels,
+                        "target_event": target,
+                        **extra,
+                    }
+                )
+            got = {
+                r[0]: tuple(r[1:])
+                for r in store.rows(
+                    """SELECT item_id, labels, decided_by, n_annotations, deciding_event, annotators, annotator_labels,
                           decision_kinds, error_categories, notes
-                   FROM final_decisions""")}
+                   FROM final_decisions"""
+                )
+            }
             assert got == reference_final(events)
             # final_labels is the same decision without the provenance
-            fl = {r[0]: tuple(r[1:]) for r in store.rows(
-                "SELECT item_id, labels, decided_by, n_annotations, deciding_event FROM final_labels")}
+            fl = {
+                r[0]: tuple(r[1:])
+                for r in store.rows(
+                    "SELECT item_id, labels, decided_by, n_annotations, deciding_event FROM final_labels"
+                )
+            }
             assert fl == {k: v[:4] for k, v in got.items()}
             # and the export says the same, whichever way each item was decided
             out = Path(tmp) / "out.parquet"
             export_parquet(project, out)
-            cols = ["labels", "decided_by", "n_annotations", "annotators", "annotator_labels", "decision_kinds",
-                    "error_categories", "notes"]
+            cols = [
+                "labels",
+                "decided_by",
+                "n_annotations",
+                "annotators",
+                "annotator_labels",
+                "decision_kinds",
+                "error_categories",
+                "notes",
+            ]
             df = pl.read_parquet(out).to_dicts()
             exported = {r["item_id"]: tuple(r[c] for c in cols) for r in df if r["decision"] in ("label", "unresolved")}
             assert exported == {k: (*v[:3], *v[4:]) for k, v in got.items()}
@@ -150,20 +204,35 @@ def test_version_1_project_migrates_and_keeps_its_decisions(tmp_path):
     con.execute("INSERT INTO schema_migrations VALUES (?, ?, now())", [version, name])
     con.execute("INSERT INTO imports VALUES (1, 'f.csv', 'csv', 3, 3, 0, 1, now(), 'import:f.csv')")
     for n, item in enumerate("abc", start=1):
-        con.execute("INSERT INTO items (id, ord, text, split, source_labels, source_file, source_row, import_id, imported_at) "
-                    "VALUES (?, ?, ?, 'pool', ?, 'f.csv', ?, 1, now())", [item, n, f"text {item}", ["spam"] if item == "b" else None, n])
-    rows = [(1, "a", "label", "key", "alice", ["ham"]), (2, "a", "label", "key", "bob", ["spam"]),
-            (3, "b", "label", "import", "import:f.csv", ["spam"]), (4, "c", "label", "key", "alice", ["ham"]),
-            (5, "c", "label", "key", "bob", ["ham"])]
+        con.execute(
+            "INSERT INTO items (id, ord, text, split, source_labels, source_file, source_row, import_id, imported_at) "
+            "VALUES (?, ?, ?, 'pool', ?, 'f.csv', ?, 1, now())",
+            [item, n, f"text {item}", ["spam"] if item == "b" else None, n],
+        )
+    rows = [
+        (1, "a", "label", "key", "alice", ["ham"]),
+        (2, "a", "label", "key", "bob", ["spam"]),
+        (3, "b", "label", "import", "import:f.csv", ["spam"]),
+        (4, "c", "label", "key", "alice", ["ham"]),
+        (5, "c", "label", "key", "bob", ["ham"]),
+    ]
     for r in rows:
-        con.execute("INSERT INTO events (event_id, item_id, kind, via, actor, ts, labels) VALUES (?, ?, ?, ?, ?, now(), ?)", list(r))
-    before = con.execute("SELECT item_id, labels, decided_by, n_annotations, deciding_event FROM final_labels ORDER BY 1").fetchall()
+        con.execute(
+            "INSERT INTO events (event_id, item_id, kind, via, actor, ts, labels) VALUES (?, ?, ?, ?, ?, now(), ?)",
+            list(r),
+        )
+    before = con.execute(
+        "SELECT item_id, labels, decided_by, n_annotations, deciding_event FROM final_labels ORDER BY 1"
+    ).fetchall()
     con.close()
     with Store.open(tmp_path) as s:
         assert s.schema_version() == SCHEMA_VERSION
         after = s.rows("SELECT item_id, labels, decided_by, n_annotations, deciding_event FROM final_labels ORDER BY 1")
-        assert after == before == [("a", None, "unresolved", 2, 2), ("b", ["spam"], "import", 1, 3),
-                                   ("c", ["ham"], "agreement", 2, 5)]
+        assert (
+            after
+            == before
+            == [("a", None, "unresolved", 2, 2), ("b", ["spam"], "import", 1, 3), ("c", ["ham"], "agreement", 2, 5)]
+        )
         assert s.scalar("SELECT count(*) FROM schema_migrations") == len(MIGRATIONS)
     with Store.open(tmp_path) as s:  # opening again applies nothing twice
         assert s.scalar("SELECT count(*) FROM schema_migrations") == len(MIGRATIONS)

@@ -4,18 +4,31 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from labelloop.core.engine.strategies import (
+    bald,
+    cal_scores,
+    diversity_select,
+    entropy,
+    least_confidence,
+    margin,
+    percentile_of,
+    power_sample,
+    select_batch,
+    top_k,
+    vote_entropy,
+)
 from labelloop.core.util.errors import LabelloopError
-from labelloop.core.engine.strategies import (bald, cal_scores, diversity_select, entropy, least_confidence, margin, percentile_of,
-                             power_sample, select_batch, top_k, vote_entropy)
 
-P = np.array([
-    [0.50, 0.30, 0.20],
-    [0.40, 0.40, 0.20],   # a tie for the top
-    [0.90, 0.05, 0.05],
-    [1 / 3, 1 / 3, 1 / 3],
-    [0.40, 0.40, 0.20],   # the same as row 1: a tie in every score
-    [1.00, 0.00, 0.00],
-])
+P = np.array(
+    [
+        [0.50, 0.30, 0.20],
+        [0.40, 0.40, 0.20],  # a tie for the top
+        [0.90, 0.05, 0.05],
+        [1 / 3, 1 / 3, 1 / 3],
+        [0.40, 0.40, 0.20],  # the same as row 1: a tie in every score
+        [1.00, 0.00, 0.00],
+    ]
+)
 
 
 def test_least_confidence_reference():
@@ -45,9 +58,7 @@ def test_bald_reference():
 
 
 def test_vote_entropy_reference():
-    committee = np.array([[[0.9, 0.1], [0.6, 0.4]],
-                          [[0.8, 0.2], [0.3, 0.7]],
-                          [[0.7, 0.3], [0.2, 0.8]]])
+    committee = np.array([[[0.9, 0.1], [0.6, 0.4]], [[0.8, 0.2], [0.3, 0.7]], [[0.7, 0.3], [0.2, 0.8]]])
     votes_item1 = [1 / 3, 2 / 3]
     assert np.allclose(vote_entropy(committee), [0.0, scipy.stats.entropy(votes_item1)])
 
@@ -96,19 +107,28 @@ def test_audit_items_are_spread_through_the_batch():
 def test_unlabelled_audit_items_are_carried_into_the_next_batch():
     scores = np.linspace(0, 1, 1000)
     carry = np.array([5, 17, 3])  # audit items of the previous batch nobody reached
-    sel = select_batch("margin", 1000, 50, rng=np.random.default_rng(1), audit_share=0.1, scores=scores,
-                       carry_audit=carry)
+    sel = select_batch(
+        "margin", 1000, 50, rng=np.random.default_rng(1), audit_share=0.1, scores=scores, carry_audit=carry
+    )
     audit = sel.index[sel.audit].tolist()
-    assert len(audit) == 5 and {5, 17, 3} <= set(audit)       # kept, and only two drawn anew
+    assert len(audit) == 5 and {5, 17, 3} <= set(audit)  # kept, and only two drawn anew
     assert not set(audit) & set(sel.index[~sel.audit].tolist())
     # more carried than this batch's share: the share wins, so audit decisions converge to it
-    sel = select_batch("margin", 1000, 20, rng=np.random.default_rng(1), audit_share=0.1, scores=scores,
-                       carry_audit=np.array([1, 2, 3, 4, 5]))
+    sel = select_batch(
+        "margin",
+        1000,
+        20,
+        rng=np.random.default_rng(1),
+        audit_share=0.1,
+        scores=scores,
+        carry_audit=np.array([1, 2, 3, 4, 5]),
+    )
     assert sorted(sel.index[sel.audit].tolist()) == [1, 2]
 
 
-@pytest.mark.parametrize("batch,every,share", [(50, 25, 0.1), (50, 10, 0.1), (20, 25, 0.2), (100, 7, 0.05),
-                                               (10, 3, 0.1)])
+@pytest.mark.parametrize(
+    "batch,every,share", [(50, 25, 0.1), (50, 10, 0.1), (20, 25, 0.2), (100, 7, 0.05), (10, 3, 0.1)]
+)
 def test_audit_share_of_decisions_converges_whatever_the_cadence(batch, every, share):
     """Simulate the loop's queue: label `every` items from the front, retrain (new batch, carrying the
     unlabelled audit items), again and again. The share of decisions on audit items approaches
@@ -121,8 +141,15 @@ def test_audit_share_of_decisions_converges_whatever_the_cadence(batch, every, s
     for _round in range(400):
         cand = np.flatnonzero(alive)
         pos_of = {int(c): i for i, c in enumerate(cand)}
-        sel = select_batch("margin", len(cand), batch, rng=rng, audit_share=share, scores=rng.random(len(cand)),
-                           carry_audit=np.array([pos_of[c] for c in carry_ids if c in pos_of], dtype=np.int64))
+        sel = select_batch(
+            "margin",
+            len(cand),
+            batch,
+            rng=rng,
+            audit_share=share,
+            scores=rng.random(len(cand)),
+            carry_audit=np.array([pos_of[c] for c in carry_ids if c in pos_of], dtype=np.int64),
+        )
         ids = cand[sel.index]
         done = min(every, len(ids))
         alive[ids[:done]] = False
@@ -150,6 +177,7 @@ def test_power_sampling_prefers_high_scores():
 def test_cal_matches_brute_force():
     import scipy.sparse as sp
     from sklearn.preprocessing import normalize
+
     rng = np.random.default_rng(0)
     X_pool = sp.csr_matrix(normalize(rng.random((6, 5))))
     X_lab = sp.csr_matrix(normalize(rng.random((4, 5))))
@@ -166,6 +194,7 @@ def test_cal_matches_brute_force():
 
 def test_diversity_takes_one_item_per_cluster():
     import scipy.sparse as sp
+
     rng = np.random.default_rng(0)
     centers = np.eye(4)
     X = np.vstack([c + rng.normal(0, 0.01, (50, 4)) for c in centers])
@@ -183,6 +212,7 @@ def test_one_registry_names_every_strategy_for_the_loop_the_simulator_and_the_co
     from labelloop.core.config import STRATEGIES as CONFIG_CHOICES
     from labelloop.core.engine.strategies import STRATEGIES, QueryStrategy, get_strategy
     from labelloop.core.util.errors import LabelloopError
+
     assert tuple(STRATEGIES) == CONFIG_CHOICES
     for name, s in STRATEGIES.items():
         assert isinstance(s, QueryStrategy) and str(s) == s.name == name
@@ -192,6 +222,9 @@ def test_one_registry_names_every_strategy_for_the_loop_the_simulator_and_the_co
     # the loop's scores and the simulator's are the same function of the probabilities
     p = np.random.default_rng(0).dirichlet(np.ones(4), size=50)
     from labelloop.core.engine.strategies import Round
+
     for name in ("margin", "entropy", "least_confidence"):
-        assert np.array_equal(STRATEGIES[name].score(p, None, None, Round(model=None)),
-                              {"margin": margin, "entropy": entropy, "least_confidence": least_confidence}[name](p))
+        assert np.array_equal(
+            STRATEGIES[name].score(p, None, None, Round(model=None)),
+            {"margin": margin, "entropy": entropy, "least_confidence": least_confidence}[name](p),
+        )

@@ -20,8 +20,8 @@ import polars as pl
 import pytest
 
 from labelloop.core.config import CONFIG_NAME
-from labelloop.core.store.imports import import_file
 from labelloop.core.loop.al_round import queued_items, train_and_queue
+from labelloop.core.store.imports import import_file
 from labelloop.core.store.project import Project, init_project
 from tests.conftest import ROOT, run_cli, write_csv, write_jsonl
 from tests.tui_helpers import TRUTH, build_project, project_copy
@@ -30,8 +30,9 @@ ESC_BYTES = (b"\x1b", b"\x07", b"\xc2\x9b", b"\xe2\x80\xae")  # ESC, BEL, 8-bit 
 
 
 def cli_bytes(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "labelloop.tui.cli", *args], capture_output=True, cwd=ROOT,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "labelloop.tui.cli", *args], capture_output=True, cwd=ROOT, env=env, timeout=300
+    )
 
 
 def assert_no_raw_controls(data: bytes) -> None:
@@ -45,8 +46,10 @@ def trained(tmp_path, key="default"):
 
 # --- 4. no pickle from the project folder ----------------------------------------------------------
 
+
 class _Evil:
     """Unpickling this creates the marker file: if the marker exists, project data ran code."""
+
     marker = ""
 
     def __reduce__(self):
@@ -86,8 +89,9 @@ def test_planted_pickles_never_run(tmp_path):
     assert not marker.exists()
     # a retrain in the workstation and the metrics pane (Workspace API, same code paths)
     _plant_everywhere(d, marker)
-    from labelloop.core.loop.metrics import arm_comparison, metrics_snapshot
     from labelloop.core.api.workspace import Workspace
+    from labelloop.core.loop.metrics import arm_comparison, metrics_snapshot
+
     ws = Workspace(d, actor="alice")
     try:
         ws.retrain(seed=2)
@@ -120,6 +124,7 @@ def test_models_and_cache_are_stored_without_pickle(tmp_path):
                     assert z[k].dtype.kind in "biufS", (p, k)  # numbers (and scipy's format tag), never objects
     with Project.open(d) as p:
         from labelloop.core.loop.al_round import load_model
+
         art = load_model(p, 1)
         X = np.zeros((1, art["featurizer"].n_features_), dtype=np.float32)
         assert art["model"].predict_proba(X).shape == (1, 2)
@@ -134,6 +139,7 @@ def test_exported_model_round_trips_and_crafted_bundles_are_refused(tmp_path):
     assert r.returncode == 0, r.stderr
     with Project.open(d) as p1, Project.open(other) as p2:
         from labelloop.core.loop.al_round import load_model
+
         a, b = load_model(p1, 1), load_model(p2, 2 if p2.store.scalar("SELECT max(version) FROM models") == 2 else 1)
         texts = ["WIN a free prize now", "see you at lunch"]
         Xa, Xb = a["featurizer"].transform(texts), b["featurizer"].transform(texts)
@@ -188,12 +194,17 @@ def test_cli_prints_hostile_ids_labels_splits_and_errors_as_text(tmp_path):
     r = cli_bytes("train", str(d), "--seed", "0")
     assert r.returncode == 0
     assert_no_raw_controls(r.stdout + r.stderr)
-    for args in (("next", str(d), "--n", "70"), ("status", str(d)), ("next", str(d), "--json"), ("status", str(d), "--json")):
+    for args in (
+        ("next", str(d), "--n", "70"),
+        ("status", str(d)),
+        ("next", str(d), "--json"),
+        ("status", str(d), "--json"),
+    ):
         r = cli_bytes(*args)
         assert r.returncode == 0, r.stderr
         assert_no_raw_controls(r.stdout + r.stderr)
     out = cli_bytes("next", str(d), "--n", "70").stdout.decode()
-    assert "\u241b]52;c;SGVsbG8=\u2407" in out          # shown, visibly: ␛]52;c;...␇
+    assert "\u241b]52;c;SGVsbG8=\u2407" in out  # shown, visibly: ␛]52;c;...␇
     data = json.loads(cli_bytes("next", str(d), "--json", "--n", "70").stdout)
     assert HOSTILE_ID in [it["item_id"] for it in data]  # --json keeps the exact data, escaped
     # an error message that quotes an id: a duplicate id in a second import
@@ -210,9 +221,10 @@ def test_cli_prints_hostile_ids_labels_splits_and_errors_as_text(tmp_path):
 
 def test_sanitiser_makes_every_control_visible():
     from labelloop.core.util.textsafe import clean, safe_json, safe_line
+
     s = "a\x1b[2Jb\x07c\x9bd\u202ee\x00f\tg\nh\x7f"
     out = clean(s)
-    assert not any(ord(c) < 0x20 and c not in "\n" or 0x7f <= ord(c) < 0xa0 or c == "\u202e" for c in out)
+    assert not any(ord(c) < 0x20 and c not in "\n" or 0x7F <= ord(c) < 0xA0 or c == "\u202e" for c in out)
     assert "␛[2J" in out and "<U+009B>" in out and "<U+202E>" in out and "\n" in out
     assert "\n" not in safe_line(s) and len(safe_line("x" * 100, 10)) == 10
     j = safe_json({"k": s})
@@ -220,6 +232,7 @@ def test_sanitiser_makes_every_control_visible():
 
 
 # --- 6. files are written safely ---------------------------------------------------------------------
+
 
 def test_planted_symlinks_at_old_temporary_names_are_not_followed(tmp_path):
     d = trained(tmp_path)
@@ -244,13 +257,16 @@ def test_planted_symlinks_at_old_temporary_names_are_not_followed(tmp_path):
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     import errno
+
     from labelloop.core.util.safeio import atomic_path, atomic_write
+
     target = tmp_path / "model_v1.npz"
     target.write_bytes(b"old")
 
     def disk_full(f):
         f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
+
     with pytest.raises(OSError):
         atomic_write(target, disk_full)
     with pytest.raises(OSError):
@@ -273,6 +289,7 @@ def test_one_helper_writes_every_file():
 
 
 # --- 8. every bad-input case: one sentence, exit code 2 --------------------------------------------
+
 
 def _gz(path: Path, text: str) -> Path:
     path.write_bytes(gzip.compress(text.encode()))
@@ -303,15 +320,26 @@ def test_rejects_file_that_cannot_be_written_imports_nothing(tmp_path, project_d
     assert r.returncode == 2 and "cannot write the rejected rows" in r.stderr and "--rejects" in r.stderr
     with Project.open(project_dir) as p:
         assert p.store.item_count() == 0
-    r = run_cli("import", str(project_dir), str(f), "--id-col", "id", "--skip-invalid",
-                "--rejects", str(tmp_path / "elsewhere.csv"))
+    r = run_cli(
+        "import",
+        str(project_dir),
+        str(f),
+        "--id-col",
+        "id",
+        "--skip-invalid",
+        "--rejects",
+        str(tmp_path / "elsewhere.csv"),
+    )
     assert r.returncode == 0 and (tmp_path / "elsewhere.csv").exists()
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("setpriv"),
-                    reason="needs root and setpriv to run as an unprivileged user")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("setpriv"),
+    reason="needs root and setpriv to run as an unprivileged user",
+)
 def test_skip_invalid_with_a_read_only_input_folder(tmp_path):
     import tempfile
+
     as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable]
     probe = subprocess.run([*as_nobody, "-c", "import labelloop.tui.cli"], capture_output=True, cwd=ROOT, timeout=60)
     if probe.returncode != 0:  # e.g. the checkout lives in a folder only root may read (mktemp -d)
@@ -351,6 +379,7 @@ def test_config_that_is_a_folder(tmp_path):
 
 def test_foreign_duckdb_is_refused_and_left_untouched(tmp_path):
     import duckdb
+
     d = init_project(tmp_path / "p", ["a", "b"])
     (d / "project.duckdb").unlink()
     con = duckdb.connect(str(d / "project.duckdb"))
@@ -365,8 +394,15 @@ def test_foreign_duckdb_is_refused_and_left_untouched(tmp_path):
     assert sorted(os.listdir(d)) == sorted(["project.duckdb", CONFIG_NAME, "guidelines.md", "models", "cache"])
 
 
-@pytest.mark.parametrize("args", [("next", "{d}", "--n", "-1"), ("next", "{d}", "--n", "0"),
-                                  ("train", "{d}", "--batch", "-5"), ("train", "{d}", "--batch", "0")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("next", "{d}", "--n", "-1"),
+        ("next", "{d}", "--n", "0"),
+        ("train", "{d}", "--batch", "-5"),
+        ("train", "{d}", "--batch", "0"),
+    ],
+)
 def test_counts_below_one_are_refused(tmp_path, args):
     d = trained(tmp_path)
     with Project.open(d) as p:
@@ -380,16 +416,22 @@ def test_counts_below_one_are_refused(tmp_path, args):
 def test_deeply_nested_jsonl_is_one_sentence(tmp_path, project_dir):
     deep = "[" * 20000 + "]" * 20000
     f = tmp_path / "deep.jsonl"
-    f.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": "x", "meta": ' + deep + "}\n"
-                 '{"id": "c", "text": ' + deep + "}\n")
+    f.write_text(
+        '{"id": "a", "text": "fine"}\n{"id": "b", "text": "x", "meta": ' + deep + "}\n"
+        '{"id": "c", "text": ' + deep + "}\n"
+    )
     r = run_cli("import", str(project_dir), str(f), "--id-col", "id")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "row 3" in r.stderr, r.stderr
 
 
 def test_status_into_a_closed_pipe_is_quiet(tmp_path):
     d = trained(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "labelloop.tui.cli", "next", str(d), "--n", "5000", "--json"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labelloop.tui.cli", "next", str(d), "--n", "5000", "--json"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.readline()
     proc.stdout.close()  # like `| head -1`
     err = proc.stderr.read()
@@ -417,6 +459,7 @@ def test_damaged_cache_and_stop_set_are_rebuilt(tmp_path):
 
 # --- 9. silent coercions ---------------------------------------------------------------------------
 
+
 def test_bom_csv_imports_with_clean_column_names(tmp_path, project_dir):
     f = tmp_path / "excel.csv"
     f.write_bytes("\ufeffid,text\r\nx1,hello\r\nx2,world\r\n".encode("utf-8"))
@@ -427,8 +470,15 @@ def test_bom_csv_imports_with_clean_column_names(tmp_path, project_dir):
 
 
 def test_jsonl_text_must_be_a_string(tmp_path, project_dir):
-    f = write_jsonl(tmp_path / "t.jsonl", [{"id": "a", "text": {"k": 1}}, {"id": "b", "text": [1, 2]},
-                                           {"id": "c", "text": 5}, {"id": 7, "text": "number ids are fine"}])
+    f = write_jsonl(
+        tmp_path / "t.jsonl",
+        [
+            {"id": "a", "text": {"k": 1}},
+            {"id": "b", "text": [1, 2]},
+            {"id": "c", "text": 5},
+            {"id": 7, "text": "number ids are fine"},
+        ],
+    )
     r = run_cli("import", str(project_dir), str(f), "--id-col", "id")
     assert r.returncode == 2 and "text must be a JSON string, got OBJECT" in r.stderr and "2 more" in r.stderr
     r = run_cli("import", str(project_dir), str(f), "--id-col", "id", "--skip-invalid")
@@ -445,8 +495,9 @@ def test_repeated_header_column_is_refused(tmp_path, project_dir):
 
 def test_one_definition_of_undecided(tmp_path):
     """status, next and the workstation's queue agree, with skips and flags among the decisions."""
-    from labelloop.core.store.reports import project_status
     from labelloop.core.api.workspace import Workspace
+    from labelloop.core.store.reports import project_status
+
     d = trained(tmp_path)
     ws = Workspace(d, actor="alice")
     items = ws.next_items(6)
@@ -465,10 +516,12 @@ def test_one_definition_of_undecided(tmp_path):
 
 # --- 3. a digit that differs from the suggestion is a correction ------------------------------------
 
+
 def test_label_that_differs_from_the_suggestion_is_a_counted_correction(tmp_path):
+    from labelloop.core.api.workspace import Workspace
     from labelloop.core.loop.metrics import metrics_snapshot
     from labelloop.core.store.reports import project_status
-    from labelloop.core.api.workspace import Workspace
+
     d = trained(tmp_path)
     ws = Workspace(d, actor="alice")
     agree = disagree = 0
@@ -496,8 +549,9 @@ def test_label_that_differs_from_the_suggestion_is_a_counted_correction(tmp_path
 
 
 def test_ask_reason_requires_a_reason_from_scripts(tmp_path):
-    from labelloop.core.util.errors import LabelloopError
     from labelloop.core.api.workspace import Workspace
+    from labelloop.core.util.errors import LabelloopError
+
     d = trained(tmp_path)
     cfg = d / CONFIG_NAME
     cfg.write_text(cfg.read_text().replace("ask_reason = false", "ask_reason = true"))
@@ -519,6 +573,7 @@ def _events(d):
 
 # --- 1. the control arm in the loop (core level; the workstation test is in test_tui_trust.py) -----
 
+
 def test_retrain_carries_the_unlabelled_audit_items(tmp_path):
     d = trained(tmp_path)
     with Project.open(d) as p:
@@ -526,32 +581,54 @@ def test_retrain_carries_the_unlabelled_audit_items(tmp_path):
         assert len(before) == 5
         # label the first 20 (what a retrain every 20 would see), then retrain
         for it in queued_items(p)[:20]:
-            p.store.append_event(it["item_id"], "label", "alice", via="key", labels=[TRUTH[it["item_id"]]],
-                                 audit=it["audit"], strategy=it["strategy"], batch_id=it["batch_id"])
-        still_open = {it["item_id"] for it in queued_items(p)} & before   # audit items nobody reached
-        assert len(still_open) == 3   # one audit item in each tenth of the batch: two in the first 20
+            p.store.append_event(
+                it["item_id"],
+                "label",
+                "alice",
+                via="key",
+                labels=[TRUTH[it["item_id"]]],
+                audit=it["audit"],
+                strategy=it["strategy"],
+                batch_id=it["batch_id"],
+            )
+        still_open = {it["item_id"] for it in queued_items(p)} & before  # audit items nobody reached
+        assert len(still_open) == 3  # one audit item in each tenth of the batch: two in the first 20
         train_and_queue(p, seed=9)
         after = {it["item_id"] for it in queued_items(p) if it["audit"]}
-        assert len(after) == 5 and still_open <= after   # kept; only two drawn anew
+        assert len(after) == 5 and still_open <= after  # kept; only two drawn anew
 
 
 # --- 11. duplicates ------------------------------------------------------------------------------------
 
+
 def test_import_reports_duplicates_and_dedupe_keeps_the_first(tmp_path, project_dir):
-    pool = write_csv(tmp_path / "pool.csv", ["id", "text"], [["p1", "same text"], ["p2", "same text"],
-                                                             ["p3", "other"], ["p4", "leaked test text"]])
+    pool = write_csv(
+        tmp_path / "pool.csv",
+        ["id", "text"],
+        [["p1", "same text"], ["p2", "same text"], ["p3", "other"], ["p4", "leaked test text"]],
+    )
     r = run_cli("import", str(project_dir), str(pool), "--id-col", "id")
     assert r.returncode == 0 and "1 rows repeat the exact text of an earlier row" in r.stdout
-    test = write_csv(tmp_path / "test.csv", ["id", "text", "label", "split"],
-                     [["t1", "leaked test text", "ham", "test"], ["t2", "other", "spam", "test"],
-                      ["t3", "fresh", "ham", "test"]])
+    test = write_csv(
+        tmp_path / "test.csv",
+        ["id", "text", "label", "split"],
+        [["t1", "leaked test text", "ham", "test"], ["t2", "other", "spam", "test"], ["t3", "fresh", "ham", "test"]],
+    )
     r = run_cli("import", str(project_dir), str(test), "--id-col", "id", "--label-col", "label", "--split-col", "split")
     assert r.returncode == 0
     assert "2 rows repeat the exact text of an item already in the project" in r.stdout
     assert "Leakage: 2 pool rows" in r.stdout and "--dedupe" in r.stdout
-    more = write_csv(tmp_path / "more.csv", ["id", "text", "split"],
-                     [["m1", "new one", "pool"], ["m2", "new one", "pool"], ["m3", "same text", "pool"],
-                      ["m4", "eval copy", "pool"], ["m5", "eval copy", "test"]])
+    more = write_csv(
+        tmp_path / "more.csv",
+        ["id", "text", "split"],
+        [
+            ["m1", "new one", "pool"],
+            ["m2", "new one", "pool"],
+            ["m3", "same text", "pool"],
+            ["m4", "eval copy", "pool"],
+            ["m5", "eval copy", "test"],
+        ],
+    )
     r = run_cli("import", str(project_dir), str(more), "--id-col", "id", "--split-col", "split", "--dedupe")
     assert r.returncode == 0 and "--dedupe dropped 3 duplicate rows" in r.stdout
     with Project.open(project_dir) as p:
@@ -575,29 +652,38 @@ def test_no_batch_holds_two_identical_texts(tmp_path):
         p.store.append_event(dup["item_id"], "label", "alice", via="key", labels=["spam"])
         for it in queued_items(p):
             if it["item_id"] != dup["item_id"]:
-                p.store.append_event(it["item_id"], "label", "alice", via="key",
-                                     labels=["ham" if "ordinary" in it["text"] else "spam"])
+                p.store.append_event(
+                    it["item_id"], "label", "alice", via="key", labels=["ham" if "ordinary" in it["text"] else "spam"]
+                )
         train_and_queue(p, batch_size=60, seed=1)
         assert not any(it["text"].startswith("Call now") for it in queued_items(p))
 
 
 def test_simulate_removes_pool_test_duplicates(tmp_path):
     from labelloop.core.loop.simulate import SimConfig, run_simulation
-    rows = [[f"p{i}", t, lab, "pool"] for i, (t, lab) in enumerate(
-        [(f"win a prize {i}", "spam") if i % 5 == 0 else (f"see you at {i}", "ham") for i in range(300)])]
+
+    rows = [
+        [f"p{i}", t, lab, "pool"]
+        for i, (t, lab) in enumerate(
+            [(f"win a prize {i}", "spam") if i % 5 == 0 else (f"see you at {i}", "ham") for i in range(300)]
+        )
+    ]
     rows += [["t0", "see you at 1", "ham", "test"], ["t1", "win a prize 5", "spam", "test"]]
     rows += [[f"t{i}", f"hello {i}", "ham", "test"] for i in range(2, 60)] + [["tx", "win big prize", "spam", "test"]]
     f = write_csv(tmp_path / "s.csv", ["id", "text", "label", "split"], rows)
-    rep = run_simulation(f, "text", "label", SimConfig(["random"], seed_size=20, batch=20, budget=60, repeats=1),
-                         split_col="split")
+    rep = run_simulation(
+        f, "text", "label", SimConfig(["random"], seed_size=20, batch=20, budget=60, repeats=1), split_col="split"
+    )
     assert rep.pool_size == 298 and any("removed 2 pool rows" in n for n in rep.notes)
 
 
 # --- 10 and 12. the export's source file, and the demo ----------------------------------------------
 
+
 def test_demo_is_a_good_first_five_minutes(tmp_path):
-    from labelloop.core.loop.demo import GUIDELINES, build_demo
     from labelloop.core.api.workspace import Workspace
+    from labelloop.core.loop.demo import GUIDELINES, build_demo
+
     d, created = build_demo(tmp_path / "demo")
     assert created and (d / "guidelines.md").read_text() == GUIDELINES and "Describe when to use" not in GUIDELINES
     with Project.open(d) as p:
@@ -606,13 +692,18 @@ def test_demo_is_a_good_first_five_minutes(tmp_path):
         sources = p.store.rows("SELECT DISTINCT source_file FROM items")
         assert sources == [(str(ROOT / "sample_data" / "sms_spam.csv"),)]
         # no pool text is also a test text (the sample has 174 such rows; --dedupe drops them)
-        assert p.store.scalar("""SELECT count(*) FROM items a JOIN items b ON a.text = b.text
-                                 WHERE a.split = 'pool' AND b.split = 'test'""") == 0
+        assert (
+            p.store.scalar("""SELECT count(*) FROM items a JOIN items b ON a.text = b.text
+                                 WHERE a.split = 'pool' AND b.split = 'test'""")
+            == 0
+        )
         assert p.store.scalar("SELECT count(*) FROM items WHERE split = 'pool' AND source_labels IS NOT NULL") == 0
         matched = [it for it in queued_items(p) if "keyword match" in it["strategy"]]
-        assert matched and not any("showing" in it["text"].lower() and "win" not in it["text"].lower().split()
-                                   for it in matched)
+        assert matched and not any(
+            "showing" in it["text"].lower() and "win" not in it["text"].lower().split() for it in matched
+        )
     import re
+
     assert not re.search(cfg.seed_query, "he was showing the tools", re.I)
     # label the first 25 as a careful annotator would; the first model must beat the majority baseline
     ws = Workspace(d, actor="oracle")
@@ -630,13 +721,14 @@ def test_demo_is_a_good_first_five_minutes(tmp_path):
 
 def test_prior_correction_weights_keyword_seeded_labels():
     from labelloop.core.loop.al_round import prior_correction
+
     y = ["spam"] * 18 + ["ham"] * 2 + ["ham"] * 18 + ["spam"] * 2
     origins = ["keyword"] * 20 + ["random"] * 20
     w = prior_correction(y, origins)
     # random half: 18 ham / 2 spam -> prior ham (19/22); training share ham 20/40
     shares = {c: float(np.sum(w[np.array(y) == c])) / len(y) for c in ("ham", "spam")}
     assert shares["ham"] == pytest.approx(19 / 22) and shares["spam"] == pytest.approx(3 / 22)
-    assert prior_correction(y, ["random"] * 40) is None            # no keyword seeding: no correction
+    assert prior_correction(y, ["random"] * 40) is None  # no keyword seeding: no correction
     assert prior_correction(y, ["keyword"] * 38 + ["random"] * 2) is None  # too few random labels
 
 

@@ -7,15 +7,17 @@ import json
 import pytest
 
 from labelloop.core.store.project import Project
+from labelloop.tui.app import LabelApp
 from tests.conftest import write_csv
 from tests.tui_helpers import TRUTH, build_project, project_copy
-from labelloop.tui.app import LabelApp
 
 
 def events(d, where="TRUE"):
     with Project.open(d) as p:
-        return p.store.dicts(f"SELECT * FROM events WHERE via IS DISTINCT FROM 'import' AND actor <> 'seed-annotator' "
-                             f"AND {where} ORDER BY event_id")
+        return p.store.dicts(
+            f"SELECT * FROM events WHERE via IS DISTINCT FROM 'import' AND actor <> 'seed-annotator' "
+            f"AND {where} ORDER BY event_id"
+        )
 
 
 async def _settle(pilot, app, timeout=30.0):
@@ -36,15 +38,19 @@ async def test_label_key_records_the_label_with_context(proj, open_app):
     async with app.run_test(size=(120, 40)) as pilot:
         first = app.ws.current()
         assert first.probs and first.model_version == 1
-        await pilot.press({"ham": "1", "spam": "2"}[first.suggestion])   # the suggestion's own label key
+        await pilot.press({"ham": "1", "spam": "2"}[first.suggestion])  # the suggestion's own label key
         second = app.ws.current()
         assert second.item_id != first.item_id
     app.ws.close()
     ev = events(proj)
     assert len(ev) == 1
     e = ev[0]
-    assert (e["item_id"], e["kind"], e["labels"], e["actor"]) == (first.item_id, "label", [first.suggestion],
-                                                                  open_app.actor)
+    assert (e["item_id"], e["kind"], e["labels"], e["actor"]) == (
+        first.item_id,
+        "label",
+        [first.suggestion],
+        open_app.actor,
+    )
     assert e["via"] in ("key", "key-agrees") and e["duration_ms"] > 0
     assert e["model_version"] == 1 and e["batch_id"] == first.batch_id and e["strategy"] == first.strategy
     assert json.loads(e["shown_probs"]) == pytest.approx(first.probs) and e["suggestion"] == first.suggestion
@@ -65,17 +71,26 @@ async def test_reject_with_reason_in_two_keys_and_with_a_note(proj, open_app):
     app = open_app(proj)
     async with app.run_test(size=(120, 40)) as pilot:
         a = app.ws.current()
-        await pilot.press("x", "4")                      # binary: the right label is the other one
+        await pilot.press("x", "4")  # binary: the right label is the other one
         b = app.ws.current()
         await pilot.press("x", "n", *"spam words", "enter", "1")
     app.ws.close()
     e1, e2 = events(proj)
     other = {"ham": "spam", "spam": "ham"}
     assert (e1["item_id"], e1["via"], e1["labels"], e1["error_category"], e1["note"]) == (
-        a.item_id, "correction", [other[a.suggestion]], "out of distribution", None)
+        a.item_id,
+        "correction",
+        [other[a.suggestion]],
+        "out of distribution",
+        None,
+    )
     assert e1["suggestion"] == a.suggestion
     assert (e2["item_id"], e2["labels"], e2["error_category"], e2["note"]) == (
-        b.item_id, [other[b.suggestion]], "wrong class", "spam words")
+        b.item_id,
+        [other[b.suggestion]],
+        "wrong class",
+        "spam words",
+    )
 
 
 async def test_escape_cancels_a_correction(proj, open_app):
@@ -110,17 +125,21 @@ async def test_undo_several_deep(proj, open_app):
             await pilot.press(key)
         await pilot.press("u", "backspace", "u")
         assert app.ws.current().item_id == shown[0]
-        await pilot.press("u")                        # nothing left of alice's to undo
-        await pilot.press("2")                        # relabel the first item
+        await pilot.press("u")  # nothing left of alice's to undo
+        await pilot.press("2")  # relabel the first item
     app.ws.close()
     ev = events(proj)
     decisions = [e for e in ev if e["kind"] == "label"]
     undos = [e for e in ev if e["kind"] == "undo"]
-    assert [u["target_event"] for u in undos] == [decisions[2]["event_id"], decisions[1]["event_id"], decisions[0]["event_id"]]
+    assert [u["target_event"] for u in undos] == [
+        decisions[2]["event_id"],
+        decisions[1]["event_id"],
+        decisions[0]["event_id"],
+    ]
     assert [u["item_id"] for u in undos] == shown[::-1]
     with Project.open(proj) as p:
         final = dict(p.store.rows("SELECT item_id, labels FROM final_labels WHERE item_id IN (?, ?, ?)", shown))
-    assert final == {shown[0]: ["spam"]}                # only the relabel stands
+    assert final == {shown[0]: ["spam"]}  # only the relabel stands
 
 
 async def test_resume_after_restart(proj, open_app):
@@ -149,12 +168,12 @@ async def test_retrain_while_labelling(proj, monkeypatch, tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("t")
         assert app.retraining
-        for _ in range(200):                         # the child process has started computing
+        for _ in range(200):  # the child process has started computing
             if marker.exists():
                 break
             await pilot.pause(0.05)
         assert marker.exists() and app.ws.service.retrainer.executor is not None
-        await pilot.press("1", "2")                   # labelling goes on during the retrain
+        await pilot.press("1", "2")  # labelling goes on during the retrain
         assert app.retraining and len(events(proj)) == 2
         on_screen = app.ws.current()
         await _settle(pilot, app)
@@ -182,7 +201,7 @@ async def test_auto_retrain_every_n_decisions(tmp_path, open_app):
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("1", "1")
         assert not app.retraining and app.last_report is None
-        await pilot.press("1")                        # the third label starts a retrain by itself
+        await pilot.press("1")  # the third label starts a retrain by itself
         await _settle(pilot, app)
         assert app.last_report is not None and app.last_report.model_version == 2
     app.ws.close()
@@ -197,7 +216,7 @@ async def test_blind_items_hide_the_suggestion(tmp_path, open_app):
         item = app.ws.current()
         assert item.suggestion_hidden
         assert "Suggestion hidden" in str(app.query_one("#suggestion").render())
-        await pilot.press("enter")                    # nothing to accept
+        await pilot.press("enter")  # nothing to accept
         assert app.ws.current().item_id == item.item_id
         await pilot.press("1")
     app.ws.close()
@@ -228,8 +247,14 @@ HOSTILE = [
 
 
 async def test_hostile_text_is_shown_not_interpreted(tmp_path, open_app):
-    d = build_project(tmp_path / "hostile", n_pool=0, n_test=20, trained=False, extra_rows=HOSTILE,
-                      cfg_edits=(("max_text_chars = 100000", "max_text_chars = 2000000"),))
+    d = build_project(
+        tmp_path / "hostile",
+        n_pool=0,
+        n_test=20,
+        trained=False,
+        extra_rows=HOSTILE,
+        cfg_edits=(("max_text_chars = 100000", "max_text_chars = 2000000"),),
+    )
     app = open_app(d)
     seen = {}
     async with app.run_test(size=(80, 24)) as pilot:
@@ -246,14 +271,15 @@ async def test_hostile_text_is_shown_not_interpreted(tmp_path, open_app):
     assert "<U+202E>" in seen["h-rtl"] and "مرحبا" in seen["h-rtl"]
     assert "first 20,000 of 1,000,000 characters" in seen["h-huge"]
     assert len(events(d)) == len(HOSTILE)
-    with Project.open(d) as p:   # the stored text is untouched
+    with Project.open(d) as p:  # the stored text is untouched
         assert p.store.scalar("SELECT text FROM items WHERE id = 'h-ansi'") == HOSTILE[0][1]
 
 
 async def test_multi_label_toggle_then_enter(tmp_path, open_app):
-    from labelloop.core.store.imports import import_file
     from labelloop.core.loop.al_round import train_and_queue
+    from labelloop.core.store.imports import import_file
     from labelloop.core.store.project import init_project
+
     d = init_project(tmp_path / "ml", ["sports", "politics", "tech"], multi_label=True)
     write_csv(tmp_path / "ml.csv", ["id", "text"], [[f"m{i}", f"item number {i}"] for i in range(10)])
     with Project.open(d) as p:
@@ -262,7 +288,7 @@ async def test_multi_label_toggle_then_enter(tmp_path, open_app):
     app = open_app(d)
     async with app.run_test(size=(120, 40)) as pilot:
         item = app.ws.current()
-        await pilot.press("1", "3", "1", "2", "enter")   # sports on, tech on, sports off, politics on
+        await pilot.press("1", "3", "1", "2", "enter")  # sports on, tech on, sports off, politics on
     app.ws.close()
     e = events(d)[0]
     assert (e["item_id"], e["labels"]) == (item.item_id, ["politics", "tech"])
@@ -289,6 +315,7 @@ async def test_help_and_metrics_screens_open(proj, open_app):
 def test_workspace_api_for_scripts(tmp_path):
     """The same operations the workstation uses, from a script: next, label, undo, retrain, metrics."""
     from labelloop.core.api.workspace import Workspace
+
     d = project_copy(tmp_path)
     ws = Workspace(d, actor="script")
     nxt = ws.next_items(3)
@@ -296,12 +323,12 @@ def test_workspace_api_for_scripts(tmp_path):
     for it in nxt:
         ws.label(it, [TRUTH[it.item_id]], duration_ms=100.0)
     back = ws.undo()
-    assert back.item_id == nxt[2].item_id == ws.current().item_id   # the undone item comes back first
+    assert back.item_id == nxt[2].item_id == ws.current().item_id  # the undone item comes back first
     ws.label(back, [TRUTH[back.item_id]])
     shown = ws.current()
     r = ws.retrain(seed=3)
     assert r.model_version == 2 and r.n_train == 43
-    assert ws.current() is shown and shown.model_version == 1   # the current item stays until decided
+    assert ws.current() is shown and shown.model_version == 1  # the current item stays until decided
     ws.label(shown, [TRUTH[shown.item_id]])
     assert ws.current().model_version == 2
     m = ws.metrics()["snapshot"]
@@ -326,6 +353,7 @@ async def test_a_new_batch_from_someone_elses_retrain_is_announced(tmp_path):
     and keeps the item in hand."""
     from labelloop.core.api.client import SOCKET_NAME, SocketClient
     from labelloop.core.api.server import Server
+
     d = project_copy(tmp_path)
     srv = Server(d, compute="thread")
     srv.start()
@@ -337,7 +365,7 @@ async def test_a_new_batch_from_someone_elses_retrain_is_announced(tmp_path):
             job = other.call("retrain_start", why="someone else")["job"]
             while other.call("retrain_poll", job=job["id"])["job"]["running"]:
                 await pilot.pause(0.1)
-            for _ in range(60):                      # the workstation polls every 2 s while idle
+            for _ in range(60):  # the workstation polls every 2 s while idle
                 if app.last_report is not None:
                     break
                 await pilot.pause(0.1)
@@ -389,6 +417,6 @@ async def test_a_poll_that_fires_while_the_app_closes_does_not_crash_it(proj, op
     app = open_app(proj)
     async with app.run_test(size=(80, 24)):
         await app.screen_stack[0].query_one("#status").remove()
-        app._poll_count = 7          # the next poll is not skipped
-        app._poll()                  # must not raise
+        app._poll_count = 7  # the next poll is not skipped
+        app._poll()  # must not raise
     app.ws.close()

@@ -14,15 +14,14 @@ import termios
 import time
 from pathlib import Path
 
-
 from labelloop.core.config import CONFIG_NAME
-from labelloop.core.store.imports import import_file
 from labelloop.core.loop.al_round import train_and_queue
+from labelloop.core.store.imports import import_file
 from labelloop.core.store.project import Project, init_project
-from tests.conftest import ROOT, write_csv
-from tests.tui_helpers import SAMPLE, TRUTH, project_copy
 from labelloop.tui.app import EXIT_STORE_FAILED, LabelApp
 from labelloop.tui.screens import CorrectionScreen, FatalScreen
+from tests.conftest import ROOT, write_csv
+from tests.tui_helpers import SAMPLE, TRUTH, project_copy
 
 
 def stored(d, where="TRUE"):
@@ -46,7 +45,11 @@ def default_project(tmp_path: Path, n_pool: int = 900) -> Path:
     pool = [r for r in SAMPLE if r["split"] == "pool"][:n_pool]
     test = [r for r in SAMPLE if r["split"] == "test"][:300]
     write_csv(tmp_path / "pool.csv", ["id", "text"], [[r["id"], r["text"]] for r in pool])
-    write_csv(tmp_path / "test.csv", ["id", "text", "label", "split"], [[r["id"], r["text"], r["label"], "test"] for r in test])
+    write_csv(
+        tmp_path / "test.csv",
+        ["id", "text", "label", "split"],
+        [[r["id"], r["text"], r["label"], "test"] for r in test],
+    )
     with Project.open(d) as p:
         assert (p.config.batch_size, p.config.retrain_every, p.config.audit_share) == (50, 25, 0.10)
         import_file(p, tmp_path / "pool.csv", id_col="id")
@@ -56,6 +59,7 @@ def default_project(tmp_path: Path, n_pool: int = 900) -> Path:
 
 
 # --- acceptance: the control arm gets its share, through the real workstation ------------------------
+
 
 async def test_two_hundred_items_at_default_settings_give_the_audit_arm_its_share(tmp_path, open_app):
     d = default_project(tmp_path)
@@ -81,6 +85,7 @@ async def test_two_hundred_items_at_default_settings_give_the_audit_arm_its_shar
         retrains = p.store.scalar("SELECT count(*) FROM models")
         assert batches >= 8 and retrains >= 6, (batches, retrains)
         from labelloop.core.loop.metrics import arm_counts
+
         arms = arm_counts(p)
         assert arms["audit"] == sum(bool(e["audit"]) for e in ev) and arms["total"] == 200
 
@@ -99,7 +104,7 @@ async def test_the_item_on_screen_does_not_change_when_a_retrain_lands(tmp_path,
         assert str(app.query_one("#item-text").render()) == text_before
         progress = str(app.query_one("#progress").render())
         assert "majority" in progress and "acc" in progress  # accuracy beside the majority-class baseline
-        await pilot.press("1")   # the key decides the item that was read
+        await pilot.press("1")  # the key decides the item that was read
         nxt = app.ws.current()
     app.ws.close()
     ev = stored(d)
@@ -108,6 +113,7 @@ async def test_the_item_on_screen_does_not_change_when_a_retrain_lands(tmp_path,
 
 
 # --- 3. a label key that differs from the suggestion -------------------------------------------------
+
 
 async def test_label_key_against_the_suggestion_is_a_correction(tmp_path):
     d = project_copy(tmp_path)
@@ -120,7 +126,12 @@ async def test_label_key_against_the_suggestion_is_a_correction(tmp_path):
         await pilot.press(app.ws.config.label_keys[agree.suggestion])
     app.ws.close()
     e1, e2 = stored(d)
-    assert (e1["via"], e1["error_category"], e1["labels"], e1["suggestion"]) == ("correction", "unspecified", [other], item.suggestion)
+    assert (e1["via"], e1["error_category"], e1["labels"], e1["suggestion"]) == (
+        "correction",
+        "unspecified",
+        [other],
+        item.suggestion,
+    )
     assert (e2["via"], e2["error_category"]) == ("key-agrees", None)
 
 
@@ -137,27 +148,40 @@ async def test_ask_reason_opens_the_reason_picker_with_the_label_chosen(tmp_path
         await pilot.press("n")
         await pilot.press(*"both fit")
         await pilot.press("enter")
-        await pilot.press("2")   # "ambiguous"
+        await pilot.press("2")  # "ambiguous"
         await pilot.pause()
         assert app.ws.current() is not item
     app.ws.close()
     e = stored(d)[0]
     assert (e["item_id"], e["via"], e["labels"], e["error_category"], e["note"]) == (
-        item.item_id, "correction", [other], "ambiguous", "both fit")
+        item.item_id,
+        "correction",
+        [other],
+        "ambiguous",
+        "both fit",
+    )
 
 
 # --- 5. hostile ids, labels and config on screen -------------------------------------------------------
+
 
 def hostile_project(tmp_path: Path, labels=("x[/]", "spam")) -> Path:
     d = init_project(tmp_path / "proj", list(labels), name="[bold]name[/bold]\x1b]0;T\x07")
     cfg = d / CONFIG_NAME
     text = cfg.read_text().replace("retrain_every = 25", "retrain_every = 0").replace("seed_size = 50", "seed_size = 6")
     # keyword seeding on the hostile texts puts every hostile id in the first batch
-    text = text.replace('cold_start = "random"', 'cold_start = "keyword"').replace('seed_query = ""', 'seed_query = "hostile"')
-    text = text.replace('reasons = ["wrong class"', 'reasons = ["[red]bad[/red]\\u001b]52;c;SGVsbG8=\\u0007", "wrong class"')
+    text = text.replace('cold_start = "random"', 'cold_start = "keyword"').replace(
+        'seed_query = ""', 'seed_query = "hostile"'
+    )
+    text = text.replace(
+        'reasons = ["wrong class"', 'reasons = ["[red]bad[/red]\\u001b]52;c;SGVsbG8=\\u0007", "wrong class"'
+    )
     cfg.write_text(text)
-    (d / "guidelines.md").write_text("# Rules\n\x1b]52;c;SGVsbG8=\x07 clipboard\n\x1b]0;PWNED\x07 title\n"
-                                     "\x1b[2J clear\n[@click=app.quit]click me[/]\n", encoding="utf-8")
+    (d / "guidelines.md").write_text(
+        "# Rules\n\x1b]52;c;SGVsbG8=\x07 clipboard\n\x1b]0;PWNED\x07 title\n"
+        "\x1b[2J clear\n[@click=app.quit]click me[/]\n",
+        encoding="utf-8",
+    )
     ids = ["reddit[/r/python]1", "[@click=app.quit]q[/]", "plain\x1b[31mred", "a\u202eb"]
     rows = [[i, f"hostile id item {n} \x1b]0;PWNED\x07 [bold]x[/bold]"] for n, i in enumerate(ids)]
     rows += [[f"n{i}", f"normal text {i}"] for i in range(60)]
@@ -179,6 +203,7 @@ async def test_hostile_ids_and_labels_never_crash_or_act(tmp_path):
     def recording_notify(message, **kw):
         toasts.append((message, kw.get("markup", True)))
         return real_notify(message, **kw)
+
     app.notify = recording_notify
     async with app.run_test(size=(120, 40)) as pilot:
         seen = set()
@@ -186,7 +211,7 @@ async def test_hostile_ids_and_labels_never_crash_or_act(tmp_path):
             item = app.ws.current()
             seen.add(item.item_id)
             await pilot.press("2")
-            await pilot.press("u")          # the undo toast names the id
+            await pilot.press("u")  # the undo toast names the id
             await pilot.pause()
             assert app.is_running
             await pilot.press("2")
@@ -194,7 +219,7 @@ async def test_hostile_ids_and_labels_never_crash_or_act(tmp_path):
         await pilot.press("question_mark")  # guidelines with escapes and markup
         await pilot.pause()
         await pilot.press("escape")
-        app.start_retrain("hostile labels in warnings")   # seed adequacy warning names 'x[/]'
+        app.start_retrain("hostile labels in warnings")  # seed adequacy warning names 'x[/]'
         await wait_retrain(pilot, app)
         await pilot.press("m")
         await pilot.pause(0.5)
@@ -203,18 +228,22 @@ async def test_hostile_ids_and_labels_never_crash_or_act(tmp_path):
     # every toast is plain text: the ids and the label 'x[/]' appear literally, never as markup or links
     assert toasts and all(markup is False for _m, markup in toasts)
     assert any("[@click=app.quit]q[/]" in m for m, _ in toasts) and any("reddit[/r/python]1" in m for m, _ in toasts)
-    assert any("x[/]" in m for m, _ in toasts)          # the seed-adequacy warning names the label
+    assert any("x[/]" in m for m, _ in toasts)  # the seed-adequacy warning names the label
     assert all("\x1b" not in m for m, _ in toasts) and any("\u241b" in m for m, _ in toasts)
     ev = stored(d, "kind = 'label'")
     assert len([e for e in ev]) == 48 and {e["item_id"] for e in ev} >= {"reddit[/r/python]1", "[@click=app.quit]q[/]"}
     with Project.open(d) as p:  # the stored text is unchanged
-        assert p.store.scalar("SELECT text FROM items WHERE id = 'plain\x1b[31mred'").startswith("hostile id item 2 \x1b]0;")
+        assert p.store.scalar("SELECT text FROM items WHERE id = 'plain\x1b[31mred'").startswith(
+            "hostile id item 2 \x1b]0;"
+        )
 
 
 # --- the bytes a real terminal receives --------------------------------------------------------------
 
-def run_in_pty(args: list[str], keys: list[tuple[float, bytes]], *, env: dict | None = None, timeout: float = 60.0,
-               size=(120, 40)) -> tuple[bytes, int]:
+
+def run_in_pty(
+    args: list[str], keys: list[tuple[float, bytes]], *, env: dict | None = None, timeout: float = 60.0, size=(120, 40)
+) -> tuple[bytes, int]:
     """Run labelloop in a pseudo-terminal, type ``keys`` (delay, bytes), return (every byte written, exit code)."""
     pid, fd = pty.fork()
     if pid == 0:  # child
@@ -294,17 +323,18 @@ async def test_store_failure_stops_the_keys_and_keeps_what_was_saved(tmp_path, m
     monkeypatch.setenv("LABELLOOP_FAULT", "store-append")
     monkeypatch.setenv("LABELLOOP_FAULT_AFTER", "2")
     import labelloop.core.util.faults
+
     monkeypatch.setattr(labelloop.core.util.faults, "_calls", {})
     app = LabelApp(d, actor="alice")
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("1", "2")
         before = app.ws.current()
-        await pilot.press("1")                 # the store fails here
+        await pilot.press("1")  # the store fails here
         await pilot.pause()
         assert isinstance(app.screen, FatalScreen) and app.store_failed is not None
-        assert app.ws.current() is before      # nothing moved on
+        assert app.ws.current() is before  # nothing moved on
         assert not app.check_action("accept", ()) and not app.check_action("undo", ())
-        await pilot.press("x")                 # any key closes
+        await pilot.press("x")  # any key closes
         await pilot.pause()
     assert app.return_code == EXIT_STORE_FAILED
     app.ws.close()

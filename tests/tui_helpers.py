@@ -6,10 +6,9 @@ import csv
 import shutil
 from pathlib import Path
 
-
 from labelloop.core.config import CONFIG_NAME
-from labelloop.core.store.imports import import_file
 from labelloop.core.loop.al_round import train_and_queue
+from labelloop.core.store.imports import import_file
 from labelloop.core.store.project import Project, init_project
 from tests.conftest import ROOT, write_csv
 
@@ -17,14 +16,25 @@ SAMPLE = list(csv.DictReader(open(ROOT / "sample_data" / "sms_spam.csv", encodin
 TRUTH = {r["id"]: r["label"] for r in SAMPLE}
 
 
-def build_project(path: Path, *, n_pool: int = 400, n_test: int = 150, trained: bool = True,
-                  cfg_edits: tuple = (), extra_rows: list | None = None) -> Path:
+def build_project(
+    path: Path,
+    *,
+    n_pool: int = 400,
+    n_test: int = 150,
+    trained: bool = True,
+    cfg_edits: tuple = (),
+    extra_rows: list | None = None,
+) -> Path:
     d = init_project(path, ["ham", "spam"], name="tui-test")
     cfg = d / CONFIG_NAME
     text = cfg.read_text()
     # the seed labels below are another annotator's: without overlap, none of them is owed a second label
-    for old, new in (("retrain_every = 25", "retrain_every = 0"), ("seed_size = 50", "seed_size = 40"),
-                     ("overlap_share = 0.1", "overlap_share = 0.0"), *cfg_edits):
+    for old, new in (
+        ("retrain_every = 25", "retrain_every = 0"),
+        ("seed_size = 50", "seed_size = 40"),
+        ("overlap_share = 0.1", "overlap_share = 0.0"),
+        *cfg_edits,
+    ):
         assert old in text, old
         text = text.replace(old, new)
     cfg.write_text(text)
@@ -32,18 +42,29 @@ def build_project(path: Path, *, n_pool: int = 400, n_test: int = 150, trained: 
     test = [r for r in SAMPLE if r["split"] == "test"][:n_test]
     rows = [[r["id"], r["text"]] for r in pool] + (extra_rows or [])
     write_csv(path.parent / f"{path.name}_pool.csv", ["id", "text"], rows)
-    write_csv(path.parent / f"{path.name}_test.csv", ["id", "text", "label", "split"],
-              [[r["id"], r["text"], r["label"], "test"] for r in test])
+    write_csv(
+        path.parent / f"{path.name}_test.csv",
+        ["id", "text", "label", "split"],
+        [[r["id"], r["text"], r["label"], "test"] for r in test],
+    )
     with Project.open(d) as p:
         import_file(p, path.parent / f"{path.name}_pool.csv", id_col="id")
         import_file(p, path.parent / f"{path.name}_test.csv", id_col="id", label_col="label", split_col="split")
         train_and_queue(p, seed=0)
         if trained:
             from labelloop.core.loop.al_round import queued_items
+
             for it in queued_items(p):
-                p.store.append_event(it["item_id"], "label", "seed-annotator", via="key",
-                                     labels=[TRUTH[it["item_id"]]], batch_id=it["batch_id"], strategy=it["strategy"],
-                                     audit=it["audit"])
+                p.store.append_event(
+                    it["item_id"],
+                    "label",
+                    "seed-annotator",
+                    via="key",
+                    labels=[TRUTH[it["item_id"]]],
+                    batch_id=it["batch_id"],
+                    strategy=it["strategy"],
+                    audit=it["audit"],
+                )
             train_and_queue(p, seed=1)
     return d
 
@@ -55,6 +76,7 @@ def project_copy(tmp_path: Path, key: str = "default", **kw) -> Path:
     """A fresh copy of a template project (building it once per test session)."""
     if key not in _TEMPLATES:
         import tempfile
+
         base = Path(tempfile.mkdtemp(prefix=f"labelloop-tpl-{key}-"))
         _TEMPLATES[key] = build_project(base / "proj", **kw)
     dst = tmp_path / "proj"

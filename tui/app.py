@@ -19,9 +19,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Footer, Header, ProgressBar, Static
 
-from labelloop.core.util.errors import LabelloopError, StoreError
 from labelloop.core.api.protocol import ApiError
 from labelloop.core.api.workspace import QueueItem, Report, Workspace
+from labelloop.core.util.errors import LabelloopError, StoreError
 from labelloop.tui.safe_text import safe_line, safe_text
 from labelloop.tui.screens import CorrectionScreen, FatalScreen, HelpScreen, MetricsScreen, NoteScreen
 
@@ -50,14 +50,21 @@ class LabelApp(App):
 
     retraining: reactive[bool] = reactive(False)
 
-    def __init__(self, project_dir: Path | str, *, actor: str | None = None, workspace: Workspace | None = None,
-                 retrain_in_process: bool = True):
+    def __init__(
+        self,
+        project_dir: Path | str,
+        *,
+        actor: str | None = None,
+        workspace: Workspace | None = None,
+        retrain_in_process: bool = True,
+    ):
         super().__init__()
         # In-process, retrains train and score in a child process (one, reused), so they never hold the
         # interpreter lock the UI thread needs; retrain_in_process=False runs them in a thread instead.
         self._own_ws = workspace is None
-        self.ws = workspace or Workspace(project_dir, actor=actor,
-                                         compute="process" if retrain_in_process else "thread")
+        self.ws = workspace or Workspace(
+            project_dir, actor=actor, compute="process" if retrain_in_process else "thread"
+        )
         self.retrain_in_process = retrain_in_process
         self._seen_batch = self.ws.batch
 
@@ -65,7 +72,7 @@ class LabelApp(App):
         self.key_to_label = {self._key_name(k): lab for lab, k in cfg.label_keys.items()}
         self.toggled: list[str] = []
         self.shown_at = time.perf_counter()
-        self.latencies_ms: list[float] = []   # key handler -> next item rendered (read by bench/)
+        self.latencies_ms: list[float] = []  # key handler -> next item rendered (read by bench/)
         self.last_report: Report | None = None
         self.store_failed: StoreError | None = None
         self.sub_title = f"{safe_line(cfg.name, 40)} · {safe_line(self.ws.actor, 24)}"
@@ -101,8 +108,14 @@ class LabelApp(App):
     def on_mount(self) -> None:
         # Keys remapped in labelloop.toml [keys] override the defaults by binding id.
         from labelloop.core.config import DEFAULT_ACTION_KEYS
-        self.set_keymap({action: self._key_name(key) for action, key in self.ws.config.action_keys.items()
-                         if key != DEFAULT_ACTION_KEYS[action]})
+
+        self.set_keymap(
+            {
+                action: self._key_name(key)
+                for action, key in self.ws.config.action_keys.items()
+                if key != DEFAULT_ACTION_KEYS[action]
+            }
+        )
         self._q("#retrain-bar").display = False
         self.show_item()
         # Everything built so far (Textual, the store, numpy, ...) lives as long as the app: taking it out
@@ -126,10 +139,15 @@ class LabelApp(App):
         self.toggled = []
         text_w = self._q("#item-text", Static)
         if item is None:
-            text_w.update(Text(self.ws.paused or "No items for you in the queue." + (
-                " A new batch is being prepared…" if self.retraining else
-                " Press t to retrain and fill it.") + (
-                f" ({self.ws.others} others are working.)" if self.ws.others else ""), style="italic"))
+            text_w.update(
+                Text(
+                    self.ws.paused
+                    or "No items for you in the queue."
+                    + (" A new batch is being prepared…" if self.retraining else " Press t to retrain and fill it.")
+                    + (f" ({self.ws.others} others are working.)" if self.ws.others else ""),
+                    style="italic",
+                )
+            )
             self._q("#meta", Static).update("")
             self._q("#suggestion", Static).update("")
             self._q("#why", Static).update("")
@@ -191,7 +209,7 @@ class LabelApp(App):
             t.append("uncertainty ", style="dim")
             t.append(f"{item.score:.3f}\n")
         t.append("why: ", style="dim")
-        t.append(safe_line(item.why, None))   # a reviewer's reason is text from a person
+        t.append(safe_line(item.why, None))  # a reviewer's reason is text from a person
         return t
 
     def _labelbar(self) -> Text:
@@ -272,9 +290,10 @@ class LabelApp(App):
         self.store_failed = exc
         while len(self.screen_stack) > 1:
             self.pop_screen()
-        self.push_screen(FatalScreen(title, str(exc) +
-                                     " The workstation will close; press any key (exit code 3)."),
-                         lambda _r: self.exit(return_code=EXIT_STORE_FAILED))
+        self.push_screen(
+            FatalScreen(title, str(exc) + " The workstation will close; press any key (exit code 3)."),
+            lambda _r: self.exit(return_code=EXIT_STORE_FAILED),
+        )
 
     def _duration(self) -> float:
         return (time.perf_counter() - self.shown_at) * 1000
@@ -312,6 +331,7 @@ class LabelApp(App):
         differs = bool(item.suggestion) and not item.suggestion_hidden and sorted(labels) != item.suggested_labels
         duration = self._duration()
         if differs and self.ws.config.ask_reason:
+
             def done(result) -> None:
                 if result is None:
                     return
@@ -319,6 +339,7 @@ class LabelApp(App):
                 t = time.perf_counter()
                 if self._decide(self.ws.label, item, chosen, reason=reason, note=note, duration_ms=duration):
                     self._decided(t)
+
             self.push_screen(CorrectionScreen(self.ws.config, item.suggestion, preset=labels), done)
             return
         if self._decide(self.ws.label, item, labels, duration_ms=duration):
@@ -350,6 +371,7 @@ class LabelApp(App):
             started = time.perf_counter()
             if self._decide(self.ws.correction, item, labels, reason, note, duration_ms=duration):
                 self._decided(started)
+
         self.push_screen(CorrectionScreen(self.ws.config, item.suggestion), done)
 
     def _decide_with_note(self, decide, title: str, prompt: str) -> None:
@@ -365,14 +387,16 @@ class LabelApp(App):
             started = time.perf_counter()
             if self._decide(decide, item, note, duration_ms=duration):
                 self._decided(started)
+
         self.push_screen(NoteScreen(title, prompt), done)
 
     def action_skip(self) -> None:
         self._decide_with_note(self.ws.skip, "Skip this item", "Why (optional)? Enter skips, Escape cancels.")
 
     def action_flag(self) -> None:
-        self._decide_with_note(self.ws.flag, "Flag for review",
-                               "Note for the reviewer (optional). Enter flags, Escape cancels.")
+        self._decide_with_note(
+            self.ws.flag, "Flag for review", "Note for the reviewer (optional). Enter flags, Escape cancels."
+        )
 
     def action_undo(self) -> None:
         result: list = []
@@ -428,6 +452,7 @@ class LabelApp(App):
         if self.store_failed or (not self.retraining and self._poll_skip()):
             return
         from textual.css.query import NoMatches
+
         try:
             self._poll_once()
         except NoMatches:
@@ -482,9 +507,14 @@ class LabelApp(App):
         # the item on screen stays until it is decided (it is leased to this annotator)
         if r.get("model_version") and (r.get("metrics") or {}).get("accuracy") is not None:
             m = r.metrics
-            base = f" (majority baseline {m['majority_baseline']:.3f})" if m.get("majority_baseline") is not None else ""
-            self.toast(f"Model v{r.model_version}: test accuracy {m['accuracy']:.3f}{base}, "
-                       f"ECE {m['ece']:.3f}; new batch of {r.batch_size}.", timeout=4)
+            base = (
+                f" (majority baseline {m['majority_baseline']:.3f})" if m.get("majority_baseline") is not None else ""
+            )
+            self.toast(
+                f"Model v{r.model_version}: test accuracy {m['accuracy']:.3f}{base}, "
+                f"ECE {m['ece']:.3f}; new batch of {r.batch_size}.",
+                timeout=4,
+            )
         else:
             self.toast(f"New batch of {r.batch_size} ({safe_line(r.strategy, 40)}).", timeout=3)
         for w in (r.get("warnings") or [])[:2]:
@@ -512,6 +542,7 @@ def run_app(project_dir: Path) -> int:
             pass
     if app.store_failed is not None:
         import sys
+
         print(f"labelloop: {safe_line(str(app.store_failed), None)}", file=sys.stderr)
         return EXIT_STORE_FAILED
     return app.return_code or 0

@@ -17,6 +17,7 @@ def say(text: str = "", *, file=None) -> None:
     """Print text that may hold ids, labels, split names or texts from data files: every control
     character is made visible (core/util/textsafe.py), so nothing reaches the terminal as a sequence."""
     from labelloop.core.util.textsafe import clean
+
     print(clean(text), file=file or sys.stdout)
 
 
@@ -33,11 +34,13 @@ def positive_int(value: str) -> int:
 def _client(path: str, compute: str = "thread"):
     """The project API: through the project's server when one runs, else in this process."""
     from labelloop.core.api.client import connect
+
     return connect(path, compute=compute)
 
 
 def cmd_init(args) -> int:
     from labelloop.core.api.offline import create_project
+
     path, labels = create_project(args.dir, args.labels, multi_label=args.multi_label, name=args.name)
     say(f"Created project {path} with labels {', '.join(labels)}.")
     say(f"Next: labelloop import {path} FILE --text-col text   (then: labelloop label {path})")
@@ -47,15 +50,26 @@ def cmd_init(args) -> int:
 def cmd_import(args) -> int:
     from labelloop.core.api.client import SocketClient
     from labelloop.core.util.errors import InputFileError, LabelloopError
+
     meta = None if args.meta_cols is None else [c.strip() for c in args.meta_cols.split(",") if c.strip()]
-    opts = dict(text_col=args.text_col, id_col=args.id_col, label_col=args.label_col, split_col=args.split_col,
-                meta_cols=meta, skip_invalid=args.skip_invalid, label_sep=args.label_sep, dedupe=args.dedupe)
+    opts = dict(
+        text_col=args.text_col,
+        id_col=args.id_col,
+        label_col=args.label_col,
+        split_col=args.split_col,
+        meta_cols=meta,
+        skip_invalid=args.skip_invalid,
+        label_sep=args.label_sep,
+        dedupe=args.dedupe,
+    )
     with _client(args.dir) as client:
         if isinstance(client, SocketClient):
             # the server reads the file through a descriptor opened here, with this user's rights
             if args.rejects:
-                raise LabelloopError("--rejects is not available while the project's server runs (the server "
-                                     "writes rejected rows into the project folder and says where)")
+                raise LabelloopError(
+                    "--rejects is not available while the project's server runs (the server "
+                    "writes rejected rows into the project folder and says where)"
+                )
             try:
                 f = open(args.file, "rb")
             except FileNotFoundError:
@@ -65,8 +79,10 @@ def cmd_import(args) -> int:
         else:
             r = client.call("import", path=args.file, rejects=args.rejects, **opts)
     splits = ", ".join(f"{k} {v:,}" for k, v in r["splits"].items()) or "none"
-    say(f"Imported {r['rows_imported']:,} of {r['rows_read']:,} rows from {r['source']} ({splits}; "
-        f"{r['labelled']:,} with labels) in {r['seconds']:.2f} s.")
+    say(
+        f"Imported {r['rows_imported']:,} of {r['rows_read']:,} rows from {r['source']} ({splits}; "
+        f"{r['labelled']:,} with labels) in {r['seconds']:.2f} s."
+    )
     if r["rows_rejected"]:
         say(f"Rejected {r['rows_rejected']:,} rows; reasons in {r['rejects_file']}.")
     for line in r["duplicate_lines"]:
@@ -76,6 +92,7 @@ def cmd_import(args) -> int:
 
 def cmd_export(args) -> int:
     from labelloop.core.api.client import SocketClient
+
     with _client(args.dir) as client:
         if isinstance(client, SocketClient):
             r = _export_through_server(client, Path(args.out), args.what)
@@ -87,6 +104,7 @@ def cmd_export(args) -> int:
 
 def _export_through_server(client, out: Path, what: str) -> dict:
     from labelloop.core.util.errors import LabelloopError
+
     if out.suffix.lower() not in (".parquet", ".pq"):
         raise LabelloopError(f"{out}: the export is Parquet; name the file .parquet.")
     return _write_through_server(client, "export", out, what=what)
@@ -97,6 +115,7 @@ def _write_through_server(client, op: str, out: Path, **args) -> dict:
     then renamed over ``out``: the server never opens a path a client names."""
     from labelloop.core.util.errors import LabelloopError
     from labelloop.core.util.safeio import atomic_write
+
     if not out.parent.exists():
         raise LabelloopError(f"{out.parent} does not exist; create the folder first.")
     if out.is_dir():
@@ -108,6 +127,7 @@ def _write_through_server(client, op: str, out: Path, **args) -> dict:
 
 def cmd_status(args) -> int:
     from labelloop.core.text.status import format_status
+
     with _client(args.dir) as client:
         st = client.call("status")
     print(safe_json(st, indent=2, default=str)) if args.json else say(format_status(st))
@@ -116,6 +136,7 @@ def cmd_status(args) -> int:
 
 def cmd_check(args) -> int:
     from labelloop.core.text.status import format_readiness
+
     with _client(args.dir) as client:
         r = client.call("check")
     print(safe_json(r, indent=2, default=str)) if args.json else say(format_readiness(r))
@@ -125,6 +146,7 @@ def cmd_check(args) -> int:
 
 def cmd_report(args) -> int:
     from labelloop.core.text.report import write_report
+
     with _client(args.dir) as client:
         r = client.call("check")
     page = write_report(r, Path(args.out))
@@ -135,9 +157,11 @@ def cmd_report(args) -> int:
 def cmd_train(args) -> int:
     from labelloop.core.api.client import retrain_and_wait
     from labelloop.core.api.workspace import Report
+
     with _client(args.dir) as client:
-        opts = {k: v for k, v in (("strategy", args.strategy), ("batch", args.batch), ("seed", args.seed))
-                if v is not None}
+        opts = {
+            k: v for k, v in (("strategy", args.strategy), ("batch", args.batch), ("seed", args.seed)) if v is not None
+        }
         job = retrain_and_wait(client, "labelloop train", timeout=24 * 3600, poll_seconds=0.1, **opts)
     r = Report(job["report"])
     if args.json:
@@ -147,18 +171,26 @@ def cmd_train(args) -> int:
         m = r.metrics
         say(f"Model v{r.model_version}: trained on {r.n_train:,} labels in {r.seconds.get('train', 0):.2f} s.")
         if m.get("n_test"):
-            base = f" (majority-class baseline {m['majority_baseline']:.3f})" if m.get("majority_baseline") is not None else ""
-            say(f"  test (n={m['n_test']:,}): accuracy {m['accuracy']:.3f}{base}, macro-F1 {m['macro_f1']:.3f}, "
-                  f"ECE {m['ece']:.3f} (uncalibrated {m['ece_uncalibrated']:.3f}), Brier {m['brier']:.3f}, NLL {m['nll']:.3f}")
+            base = (
+                f" (majority-class baseline {m['majority_baseline']:.3f})"
+                if m.get("majority_baseline") is not None
+                else ""
+            )
+            say(
+                f"  test (n={m['n_test']:,}): accuracy {m['accuracy']:.3f}{base}, macro-F1 {m['macro_f1']:.3f}, "
+                f"ECE {m['ece']:.3f} (uncalibrated {m['ece_uncalibrated']:.3f}), Brier {m['brier']:.3f}, NLL {m['nll']:.3f}"
+            )
             for c, pc in m["per_class"].items():
                 say(f"    {c:<20} precision {pc['precision']:.3f}  recall {pc['recall']:.3f}  (n={pc['support']})")
     else:
         say(f"No model yet ({r.n_train} labels, need two classes): queued a cold-start batch.")
     ad = r.adequacy
-    say("Seed adequacy: " + ", ".join(f"{c} {n}" for c, n in ad["per_class"].items()) +
-          f" (minimum {ad['minimum']} per class)")
-    say(f"Queued batch {r.batch_id}: {r.batch_size} items by {r.strategy} "
-          f"in {r.seconds.get('score_select', 0):.2f} s.")
+    say(
+        "Seed adequacy: "
+        + ", ".join(f"{c} {n}" for c, n in ad["per_class"].items())
+        + f" (minimum {ad['minimum']} per class)"
+    )
+    say(f"Queued batch {r.batch_id}: {r.batch_size} items by {r.strategy} in {r.seconds.get('score_select', 0):.2f} s.")
     for note in r.notes:
         say(f"note: {note}")
     for w in r.warnings:
@@ -189,19 +221,39 @@ def cmd_next(args) -> int:
 
 def cmd_simulate(args) -> int:
     from labelloop.core.api.offline import simulate
-    options = dict(strategies=[s.strip() for s in args.strategies.split(",") if s.strip()], seed_size=args.seed_size,
-                   batch=args.batch, budget=args.budget, repeats=args.repeats, test_frac=args.test_frac,
-                   seed_query=args.seed_query, target_frac=args.target, cost_per_label=args.cost_per_label,
-                   seconds_per_label=args.seconds_per_label, compute_price_per_hour=args.compute_price,
-                   seed=args.seed, calibration=args.calibration, engineering_cost=args.engineering_cost,
-                   features=[f.strip() for f in args.features.split(",") if f.strip()])
+
+    options = dict(
+        strategies=[s.strip() for s in args.strategies.split(",") if s.strip()],
+        seed_size=args.seed_size,
+        batch=args.batch,
+        budget=args.budget,
+        repeats=args.repeats,
+        test_frac=args.test_frac,
+        seed_query=args.seed_query,
+        target_frac=args.target,
+        cost_per_label=args.cost_per_label,
+        seconds_per_label=args.seconds_per_label,
+        compute_price_per_hour=args.compute_price,
+        seed=args.seed,
+        calibration=args.calibration,
+        engineering_cost=args.engineering_cost,
+        features=[f.strip() for f in args.features.split(",") if f.strip()],
+    )
 
     def progress(frac, msg):
         if sys.stderr.isatty():
             print(f"\r{frac:5.0%} {msg:<40}", end="", file=sys.stderr, flush=True)
-    text = simulate(Path(args.data), args.text_col, args.label_col, options, split_col=args.split_col,
-                    curves=Path(args.curves) if args.curves else None, chart=Path(args.chart) if args.chart else None,
-                    progress=progress)
+
+    text = simulate(
+        Path(args.data),
+        args.text_col,
+        args.label_col,
+        options,
+        split_col=args.split_col,
+        curves=Path(args.curves) if args.curves else None,
+        chart=Path(args.chart) if args.chart else None,
+        progress=progress,
+    )
     if sys.stderr.isatty():
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr)
     say(text)
@@ -215,6 +267,7 @@ def cmd_simulate(args) -> int:
 def cmd_model(args) -> int:
     from labelloop.core.api.client import SocketClient
     from labelloop.core.util.errors import LabelloopError
+
     with _client(args.dir) as client:
         through_server = isinstance(client, SocketClient)
         if args.action == "export":
@@ -229,17 +282,21 @@ def cmd_model(args) -> int:
                 if not path.is_file():
                     raise LabelloopError(f"{path} does not exist or is not a file.")
                 with open(path, "rb") as f:
-                    r = client.call("model_import", _fds=[f.fileno()], source_name=str(path.resolve()),
-                                    trust=args.trust)
+                    r = client.call(
+                        "model_import", _fds=[f.fileno()], source_name=str(path.resolve()), trust=args.trust
+                    )
             else:
                 r = client.call("model_import", path=args.file, trust=args.trust)
-            say(f"Imported {args.file} as model v{r['version']}; it ranks the queue until this project trains its "
-                "own (run labelloop train).")
+            say(
+                f"Imported {args.file} as model v{r['version']}; it ranks the queue until this project trains its "
+                "own (run labelloop train)."
+            )
     return 0
 
 
 def cmd_demo(args) -> int:
     from labelloop.core.api.offline import demo_project
+
     path, created = demo_project(args.dir)
     say(("Built" if created else "Opening existing") + f" demo project {path}.", file=sys.stderr)
     if args.no_open:
@@ -254,13 +311,17 @@ def cmd_label(args) -> int:
 def _open_app(path: Path, args) -> int:
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         from labelloop.core.util.errors import LabelloopError
+
         raise LabelloopError("the workstation needs a terminal; run it in an interactive shell (or over ssh -t).")
     from labelloop.tui.app import run_app  # Textual is imported only here
+
     return run_app(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="labelloop", description="Active learning and human-in-the-loop annotation in the terminal.")
+    p = argparse.ArgumentParser(
+        prog="labelloop", description="Active learning and human-in-the-loop annotation in the terminal."
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -288,11 +349,18 @@ def _project_commands(sub) -> None:
     s.add_argument("--split-col", help="column with pool/train, test or gold (default: everything is pool)")
     s.add_argument("--meta-cols", help="comma-separated metadata columns (default: every other column)")
     s.add_argument("--label-sep", default="|", help="separator of several labels in one cell (multi-label)")
-    s.add_argument("--skip-invalid", action="store_true", help="import the valid rows, write rejected ones beside the input")
-    s.add_argument("--rejects", help="with --skip-invalid: where to write the rejected rows (default: FILE.rejected.csv)")
-    s.add_argument("--dedupe", action="store_true",
-                   help="drop rows whose exact text is already in the file or the project (the first copy stays; "
-                        "a pool row that repeats a test or gold text is dropped)")
+    s.add_argument(
+        "--skip-invalid", action="store_true", help="import the valid rows, write rejected ones beside the input"
+    )
+    s.add_argument(
+        "--rejects", help="with --skip-invalid: where to write the rejected rows (default: FILE.rejected.csv)"
+    )
+    s.add_argument(
+        "--dedupe",
+        action="store_true",
+        help="drop rows whose exact text is already in the file or the project (the first copy stays; "
+        "a pool row that repeats a test or gold text is dropped)",
+    )
     s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("export", help="export final labels with provenance (or the event log) to Parquet")
@@ -339,13 +407,20 @@ def _simulate_command(sub) -> None:
     s.add_argument("--label-col", default="label")
     s.add_argument("--split-col", help="column whose 'test' rows form the test split (default: --test-frac)")
     s.add_argument("--strategies", default="margin,entropy,random")
-    s.add_argument("--features", default="auto",
-                   help="comma-separated featurizers to cross with the strategies: tfidf, embed, tfidf+embed, auto")
+    s.add_argument(
+        "--features",
+        default="auto",
+        help="comma-separated featurizers to cross with the strategies: tfidf, embed, tfidf+embed, auto",
+    )
     s.add_argument("--seed-size", type=positive_int, default=50)
     s.add_argument("--batch", type=positive_int, default=50)
     s.add_argument("--budget", type=positive_int, default=500)
-    s.add_argument("--repeats", type=positive_int, default=10,
-                   help="repeats (paired: each uses one seed set for every arm); comparisons get intervals over them")
+    s.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=10,
+        help="repeats (paired: each uses one seed set for every arm); comparisons get intervals over them",
+    )
     s.add_argument("--test-frac", type=float, default=0.2)
     s.add_argument("--seed-query", help="regex: seed half the first batch with matching items")
     s.add_argument("--target", type=float, default=0.95, help="target as a share of the full-pool accuracy")
@@ -353,8 +428,12 @@ def _simulate_command(sub) -> None:
     s.add_argument("--cost-per-label", type=float, default=0.10)
     s.add_argument("--seconds-per-label", type=float, default=15.0)
     s.add_argument("--compute-price", type=float, default=0.50, help="money per compute hour")
-    s.add_argument("--engineering-cost", type=float, default=200.0,
-                   help="fixed money for setting up and running the AL pipeline (counted in the cost condition)")
+    s.add_argument(
+        "--engineering-cost",
+        type=float,
+        default=200.0,
+        help="fixed money for setting up and running the AL pipeline (counted in the cost condition)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--curves", help="write the learning curves here (.csv or .parquet)")
     s.add_argument("--chart", help="write a PNG chart of the learning curves here")
@@ -368,9 +447,12 @@ def _workstation_and_team_commands(sub) -> None:
     s.add_argument("dir")
     s.add_argument("file")
     s.add_argument("--version", type=positive_int, help="model version to export (default: latest trained)")
-    s.add_argument("--trust", action="store_true",
-                   help="import a pickle model file from an older labelloop: only for a file you made or trust, "
-                        "since loading a pickle can run any code")
+    s.add_argument(
+        "--trust",
+        action="store_true",
+        help="import a pickle model file from an older labelloop: only for a file you made or trust, "
+        "since loading a pickle can run any code",
+    )
     s.set_defaults(func=cmd_model)
 
     s = sub.add_parser("demo", help="build the sample SMS spam project and open it")
@@ -389,8 +471,9 @@ def _workstation_and_team_commands(sub) -> None:
     s = sub.add_parser("serve", help="serve the project to several annotators (a Unix socket in the folder)")
     s.add_argument("dir")
     s.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP for users with tokens (off by default)")
-    s.add_argument("--train-in-thread", action="store_true",
-                   help="train in a thread of the server instead of a separate process")
+    s.add_argument(
+        "--train-in-thread", action="store_true", help="train in a thread of the server instead of a separate process"
+    )
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("token", help="manage tokens for the server's optional TCP listener")
@@ -403,26 +486,34 @@ def _workstation_and_team_commands(sub) -> None:
 def cmd_review(args) -> int:
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         from labelloop.core.util.errors import LabelloopError
+
         raise LabelloopError("the review screen needs a terminal; run it in an interactive shell (or over ssh -t).")
     from labelloop.tui.review import run_review  # Textual is imported only here
+
     return run_review(Path(args.dir))
 
 
 def cmd_serve(args) -> int:
-    from labelloop.core.util.errors import LabelloopError
     from labelloop.core.api.server import serve
+    from labelloop.core.util.errors import LabelloopError
+
     tcp = None
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         if not host or not port.isdigit():
             raise LabelloopError(f"--tcp {args.tcp!r}: give it as HOST:PORT, e.g. 127.0.0.1:7420")
         tcp = (host, int(port))
-    return serve(args.dir, compute="thread" if args.train_in_thread else "process", tcp=tcp,
-                 log=lambda msg: say(msg, file=sys.stderr))
+    return serve(
+        args.dir,
+        compute="thread" if args.train_in_thread else "process",
+        tcp=tcp,
+        log=lambda msg: say(msg, file=sys.stderr),
+    )
 
 
 def cmd_token(args) -> int:
     from labelloop.core.api.server import add_token
+
     token = add_token(args.dir, args.user)
     say(f"Token for {args.user} (shown once; give it to them over a safe channel):")
     print(token)
@@ -433,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from labelloop.core.util.errors import LabelloopError
+
     try:
         return args.func(args) or 0
     except LabelloopError as exc:
@@ -453,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except OSError as exc:
         from labelloop.core.api.workspace import as_store_error
+
         if args.debug:
             traceback.print_exc()
         if as_store_error(exc) is not None:  # a full disk or an I/O error under the store
@@ -466,11 +559,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or os.environ.get("LABELLOOP_DEBUG"):
             traceback.print_exc()
         from labelloop.core.api.workspace import as_store_error
+
         if as_store_error(exc) is not None:  # a full disk or an I/O error under the store
             say(f"labelloop: {safe_line(as_store_error(exc), None)}", file=sys.stderr)
             return 3
-        say(f"labelloop: unexpected error: {type(exc).__name__}: {safe_line(str(exc).splitlines()[0] if str(exc) else '', 300)} "
-            "(run with --debug for the traceback).", file=sys.stderr)
+        say(
+            f"labelloop: unexpected error: {type(exc).__name__}: {safe_line(str(exc).splitlines()[0] if str(exc) else '', 300)} "
+            "(run with --debug for the traceback).",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -37,8 +37,13 @@ class ReviewApp(App):
     """
     TITLE = "labelloop review"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [Binding("n", "skip", "Next"), Binding("u", "undo", "Undo"), Binding("z", "send_back", "Send back"),
-                Binding("question_mark", "help", "Help", key_display="?"), Binding("q", "quit", "Quit")]
+    BINDINGS = [
+        Binding("n", "skip", "Next"),
+        Binding("u", "undo", "Undo"),
+        Binding("z", "send_back", "Send back"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+    ]
 
     def __init__(self, project_dir: Path | str, *, actor: str | None = None, client=None):
         super().__init__()
@@ -46,16 +51,17 @@ class ReviewApp(App):
         self._own = client is None
         hello = self.client.call("open_session", client="review")
         import tomllib
+
         self.config = parse_config(tomllib.loads(hello["config_toml"]), Path(hello["config_path"]))
         self.actor = hello["actor"]
         self.queue: list[dict] = []
         self.counts: dict = {}
-        self.passed: set[str] = set()        # moved on from without deciding (this session)
+        self.passed: set[str] = set()  # moved on from without deciding (this session)
         self.current: dict | None = None
         self.versions: list[dict] = []
         self.decided = 0
         self.sub_title = f"{safe_line(self.config.name, 40)} · {safe_line(self.actor, 24)}"
-        self.load_queue()                    # refuses annotators before the screen opens
+        self.load_queue()  # refuses annotators before the screen opens
         gold = self.client.call("status").get("gold") or {}
         self.below = {a: g for a, g in gold.items() if g["below_threshold"]}
 
@@ -80,11 +86,18 @@ class ReviewApp(App):
     def show(self) -> None:
         self.current = self.queue[0] if self.queue else None
         counts = ", ".join(f"{k} {v}" for k, v in self.counts.items()) or "nothing"
-        below = "".join(f" · gold: {safe_line(a, 16)} {g['accuracy']:.2f} (n={g['n']}) below threshold"
-                        for a, g in sorted(self.below.items()))
-        self.query_one("#queue", Static).update(Text(
-            f" {len(self.queue)} to review" + (f", {len(self.passed)} passed over" if self.passed else "")
-            + f" (waiting in all: {counts}) · {self.decided} decided this session{below}", style="bold"))
+        below = "".join(
+            f" · gold: {safe_line(a, 16)} {g['accuracy']:.2f} (n={g['n']}) below threshold"
+            for a, g in sorted(self.below.items())
+        )
+        self.query_one("#queue", Static).update(
+            Text(
+                f" {len(self.queue)} to review"
+                + (f", {len(self.passed)} passed over" if self.passed else "")
+                + f" (waiting in all: {counts}) · {self.decided} decided this session{below}",
+                style="bold",
+            )
+        )
         if self.current is None:
             self.versions = []
             self.query_one("#text", Static).update(Text("Nothing waits for review.", style="italic"))
@@ -100,8 +113,11 @@ class ReviewApp(App):
             t.append(f" {letter} ", style="reverse")
             t.append(f" {safe_line(v['labels'], 30)}", style="bold")
             t.append(f"  by {safe_line(v['actor'], 16)} ({safe_line(v['via'] or '', 12)})\n")
-            shown = "suggestion hidden" if v["suggestion_hidden"] else (
-                f"saw suggestion {safe_line(v['suggestion'], 20)}" if v["suggestion"] else "no suggestion")
+            shown = (
+                "suggestion hidden"
+                if v["suggestion_hidden"]
+                else (f"saw suggestion {safe_line(v['suggestion'], 20)}" if v["suggestion"] else "no suggestion")
+            )
             t.append(f"     {shown}; {safe_line((v['ts'] or '')[:19], 19)}", style="dim")
             if v["error_category"]:
                 t.append(f"; reason {safe_line(v['error_category'], 30)}", style="dim")
@@ -126,7 +142,7 @@ class ReviewApp(App):
             return
         key = event.key
         labels = None
-        if key in LETTERS[:len(self.versions)]:
+        if key in LETTERS[: len(self.versions)]:
             labels = self.versions[LETTERS.index(key)]["labels"].split("|")
         else:
             by_key = {k: lab for lab, k in self.config.label_keys.items()}
@@ -142,8 +158,14 @@ class ReviewApp(App):
             if rationale is None:
                 return
             self._record("adjudicate", item_id=item["item_id"], labels=labels, rationale=rationale or None)
-        self.push_screen(NoteScreen(f"Final label: {' | '.join(labels)}",
-                                    "Rationale for the record (optional). Enter stores it, Escape cancels."), done)
+
+        self.push_screen(
+            NoteScreen(
+                f"Final label: {' | '.join(labels)}",
+                "Rationale for the record (optional). Enter stores it, Escape cancels.",
+            ),
+            done,
+        )
 
     def _record(self, op: str, **args) -> None:
         """Store one review decision (a fresh message id, so a resend counts once), then the next item.
@@ -178,8 +200,13 @@ class ReviewApp(App):
                     self.notify("Say why it goes back (the annotators will see it).", severity="warning", timeout=3)
                 return
             self._record("send_back", item_id=item["item_id"], reason=reason)
-        self.push_screen(NoteScreen("Send back to the annotators",
-                                    "Why? They will see it with the item. Enter sends, Escape cancels."), done)
+
+        self.push_screen(
+            NoteScreen(
+                "Send back to the annotators", "Why? They will see it with the item. Enter sends, Escape cancels."
+            ),
+            done,
+        )
 
     def action_undo(self) -> None:
         r = self.client.call("undo_adjudication", msg_id=uuid.uuid4().hex)

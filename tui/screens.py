@@ -156,19 +156,29 @@ class HelpScreen(ModalScreen):
 
     def _keys(self) -> Table:
         k = self.config.action_keys
+
         def show(key: str) -> str:
             return {"question_mark": "?", "enter": "Enter", "backspace": "Backspace"}.get(key, key)
+
         table = Table(title="Keys", show_header=False, box=None, padding=(0, 2))
         table.add_column(style="bold reverse")
         table.add_column()
         for lab, key in self.config.label_keys.items():
-            table.add_row(Text(f" {safe_line(key, 12)} "),
-                          Text(f"label {safe_line(lab, 30)}" + (" (toggle; Enter confirms)" if self.config.multi_label else "")))
-        rows = [("accept", "accept the model's suggestion"), ("correction", "correct it: right label + reason (+ n for a note)"),
-                ("skip", "skip (optional reason)"), ("flag", "flag for a reviewer"),
-                ("undo", "undo the last decision (again and again); Backspace too"),
-                ("retrain", "retrain now (labelling goes on)"), ("metrics", "metrics: curves, calibration, recall"),
-                ("help", "this help; F1 too"), ("quit", "quit (every decision is already saved)")]
+            table.add_row(
+                Text(f" {safe_line(key, 12)} "),
+                Text(f"label {safe_line(lab, 30)}" + (" (toggle; Enter confirms)" if self.config.multi_label else "")),
+            )
+        rows = [
+            ("accept", "accept the model's suggestion"),
+            ("correction", "correct it: right label + reason (+ n for a note)"),
+            ("skip", "skip (optional reason)"),
+            ("flag", "flag for a reviewer"),
+            ("undo", "undo the last decision (again and again); Backspace too"),
+            ("retrain", "retrain now (labelling goes on)"),
+            ("metrics", "metrics: curves, calibration, recall"),
+            ("help", "this help; F1 too"),
+            ("quit", "quit (every decision is already saved)"),
+        ]
         for action, what in rows:
             table.add_row(Text(f" {safe_line(show(k[action]), 12)} "), Text(what))
         return table
@@ -249,8 +259,10 @@ class MetricsScreen(Screen):
         head.append("Is AL working? ", style="bold")
         head.append(safe_line(snap.get("summary") or "no model measured yet", None))
         if fired:
-            head.append("\nWarning signs: " + ", ".join(fired) + " (details below; labelloop check for what to do)",
-                        style="yellow")
+            head.append(
+                "\nWarning signs: " + ", ".join(fired) + " (details below; labelloop check for what to do)",
+                style="yellow",
+            )
         self.query_one("#metrics-summary", Static).update(head)
 
         # One point per model version, markers that differ without colour, legends in the titles (outside
@@ -308,8 +320,9 @@ class MetricsScreen(Screen):
         pc = latest.get("per_class") or {}
         if pc:
             plt.title("Recall per class")
-            plt.bar([safe_line(c, 12) for c in pc], [v["recall"] for v in pc.values()], orientation="horizontal",
-                    width=0.4)
+            plt.bar(
+                [safe_line(c, 12) for c in pc], [v["recall"] for v in pc.values()], orientation="horizontal", width=0.4
+            )
             plt.xticks([0, 0.25, 0.5, 0.75, 1.0])
         else:
             plt.title("Per-class recall: no model yet")
@@ -317,18 +330,26 @@ class MetricsScreen(Screen):
         self.query_one("#numbers", Static).update(self._numbers(snap, pts))
 
     def _numbers(self, snap: dict, arm_points: list) -> Text:
+        """The metrics pane's numbers: the latest model, AL against random, agreement, warnings.
+
+        Long because each figure is one line of the pane, in the pane's order.
+        """
         t = Text()
         latest = snap.get("latest") or {}
         if latest:
             t.append(f"Model v{latest['version']}", style="bold")
             if latest.get("n_test"):
                 base = latest.get("majority_baseline")
-                t.append(f"  acc {latest['accuracy']:.3f}" + (f" (majority {base:.3f})" if base is not None else "") +
-                         f"  macro-F1 {latest['macro_f1']:.3f}\n"
-                         f"ECE {latest['ece']:.3f} (raw {latest.get('ece_uncalibrated') or 0:.3f})  "
-                         f"Brier {latest.get('brier') or 0:.3f}  NLL {latest.get('nll') or 0:.3f}\n")
+                t.append(
+                    f"  acc {latest['accuracy']:.3f}"
+                    + (f" (majority {base:.3f})" if base is not None else "")
+                    + f"  macro-F1 {latest['macro_f1']:.3f}\n"
+                    f"ECE {latest['ece']:.3f} (raw {latest.get('ece_uncalibrated') or 0:.3f})  "
+                    f"Brier {latest.get('brier') or 0:.3f}  NLL {latest.get('nll') or 0:.3f}\n"
+                )
             if isinstance(latest.get("features"), dict):
                 from labelloop.core.text.status import describe
+
                 t.append(safe_line(describe(latest["features"]), None) + "\n", style="dim")
         else:
             t.append("No model yet.\n", style="bold")
@@ -342,13 +363,19 @@ class MetricsScreen(Screen):
         if not dist:
             t.append("  none\n")
         t.append("Throughput: ", style="bold")
-        t.append(", ".join(f"{safe_line(a['actor'], 12)} {a['decisions']} ({a['last_hour']} last hour)"
-                           for a in snap["throughput"]) or "none")
+        t.append(
+            ", ".join(
+                f"{safe_line(a['actor'], 12)} {a['decisions']} ({a['last_hour']} last hour)" for a in snap["throughput"]
+            )
+            or "none"
+        )
         counts = snap.get("arms") or {}
         if counts:
             t.append("\nDecisions by arm: ", style="bold")
-            t.append(f"AL {counts['al']}, random audit {counts['audit']}, cold start {counts['cold_start']}"
-                     f" (audit {counts['audit_share']:.0%} of {counts['total']})")
+            t.append(
+                f"AL {counts['al']}, random audit {counts['audit']}, cold start {counts['cold_start']}"
+                f" (audit {counts['audit_share']:.0%} of {counts['total']})"
+            )
         if snap["corrections"]:
             t.append("\nCorrections: ", style="bold")
             t.append(", ".join(f"{safe_line(k, 24)} {v}" for k, v in snap["corrections"].items()))
@@ -358,25 +385,48 @@ class MetricsScreen(Screen):
         ag = snap.get("agreement")
         if ag and ag.get("n_items_overlap"):
             from labelloop.core.text.status import agreement_lines
+
             t.append("\n" + "\n".join(safe_line(x, None) for x in agreement_lines(ag)[1:]))
-            worst = sorted(((a, r["agree_with_others"]) for a, r in ag["per_annotator"].items()
-                            if r["agree_with_others"]["value"] is not None), key=lambda x: x[1]["value"])
+            worst = sorted(
+                (
+                    (a, r["agree_with_others"])
+                    for a, r in ag["per_annotator"].items()
+                    if r["agree_with_others"]["value"] is not None
+                ),
+                key=lambda x: x[1]["value"],
+            )
             if worst:
-                t.append("\n  per annotator (agreement with the others): " + ", ".join(
-                    f"{safe_line(a, 12)} {r['value']:.2f}"
-                    + (f" [{r['low']:.2f}, {r['high']:.2f}]" if r["low"] is not None else "") for a, r in worst[:4]))
+                t.append(
+                    "\n  per annotator (agreement with the others): "
+                    + ", ".join(
+                        f"{safe_line(a, 12)} {r['value']:.2f}"
+                        + (f" [{r['low']:.2f}, {r['high']:.2f}]" if r["low"] is not None else "")
+                        for a, r in worst[:4]
+                    )
+                )
             per_class = [(c, r["fleiss_kappa"]) for c, r in ag["per_class"].items()]
             if per_class:
-                t.append("\n  per class (kappa): " + ", ".join(
-                    f"{safe_line(c, 12)} " + (f"{r['value']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
-                                              if r["value"] is not None and r["low"] is not None else
-                                              f"{r['value']:.2f}" if r["value"] is not None else "undefined")
-                    for c, r in per_class[:6]))
+                t.append(
+                    "\n  per class (kappa): "
+                    + ", ".join(
+                        f"{safe_line(c, 12)} "
+                        + (
+                            f"{r['value']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
+                            if r["value"] is not None and r["low"] is not None
+                            else f"{r['value']:.2f}"
+                            if r["value"] is not None
+                            else "undefined"
+                        )
+                        for c, r in per_class[:6]
+                    )
+                )
         t.append("\nAL vs random audit at equal budget (95% bootstrap bands over test items):", style="bold")
         for p in arm_points:
-            t.append(f"\n  {p['labels_each']} labels each: AL {p['al']:.3f} [{p['al_low']:.3f}, {p['al_high']:.3f}], "
-                     f"random {p['random']:.3f} [{p['random_low']:.3f}, {p['random_high']:.3f}], "
-                     f"AL - random {p['diff']:+.3f} [{p['diff_low']:+.3f}, {p['diff_high']:+.3f}]")
+            t.append(
+                f"\n  {p['labels_each']} labels each: AL {p['al']:.3f} [{p['al_low']:.3f}, {p['al_high']:.3f}], "
+                f"random {p['random']:.3f} [{p['random_low']:.3f}, {p['random_high']:.3f}], "
+                f"AL - random {p['diff']:+.3f} [{p['diff_low']:+.3f}, {p['diff_high']:+.3f}]"
+            )
         if not arm_points:
             t.append("\n  not enough random-audit labels yet", style="dim")
         t.append("\n\nWarnings\n", style="bold")

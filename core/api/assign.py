@@ -30,13 +30,13 @@ def overlap_need(item_id: str, share: float, per_item: int) -> int:
     if share <= 0 or per_item <= 1:
         return 1
     h = hashlib.sha1(b"overlap\0" + item_id.encode("utf-8", "surrogatepass")).digest()
-    return per_item if int.from_bytes(h[:8], "big") / 2 ** 64 < share else 1
+    return per_item if int.from_bytes(h[:8], "big") / 2**64 < share else 1
 
 
 @dataclass
 class Slot:
     item_id: str
-    row: dict                                  # the queue row (provenance) with the item's text
+    row: dict  # the queue row (provenance) with the item's text
     need: int
     labelled: dict = field(default_factory=dict)  # actor -> label ("a|b" for several) of the labels standing
     passed: dict = field(default_factory=dict)  # actor -> 'skip' | 'flag'
@@ -44,15 +44,23 @@ class Slot:
 
 
 class Assignment:
-    def __init__(self, *, share: float, per_item: int, lease_seconds: float, skip_hides: bool, flag_hides: bool,
-                 tie_breaker: bool = False):
+    def __init__(
+        self,
+        *,
+        share: float,
+        per_item: int,
+        lease_seconds: float,
+        skip_hides: bool,
+        flag_hides: bool,
+        tie_breaker: bool = False,
+    ):
         self.tie_breaker = tie_breaker
         self.share = share
         self.per_item = per_item
         self.lease_seconds = lease_seconds
         self.skip_hides = skip_hides
         self.flag_hides = flag_hides
-        self.slots: dict[str, Slot] = {}      # serving order: owed items first, then the batch by position
+        self.slots: dict[str, Slot] = {}  # serving order: owed items first, then the batch by position
         self.front: dict[str, list[str]] = {}  # per actor: items given back by an undo, latest last
 
     # -- state -------------------------------------------------------------------------
@@ -81,13 +89,22 @@ class Assignment:
         return len(slot.labelled) + others < slot.need
 
     def may_take(self, slot: Slot, actor: str, now: float) -> bool:
-        return (not self.complete(slot) and actor not in slot.labelled and actor not in slot.passed
-                and self._room(slot, actor, now))
+        return (
+            not self.complete(slot)
+            and actor not in slot.labelled
+            and actor not in slot.passed
+            and self._room(slot, actor, now)
+        )
 
     def holds(self, actor: str, item_id: str) -> bool:
         slot = self.slots.get(item_id)
-        return slot is not None and actor in slot.leases and not self.complete(slot) \
-            and actor not in slot.labelled and actor not in slot.passed
+        return (
+            slot is not None
+            and actor in slot.leases
+            and not self.complete(slot)
+            and actor not in slot.labelled
+            and actor not in slot.passed
+        )
 
     # -- serving -------------------------------------------------------------------------
     def _lease(self, slot: Slot, actor: str, now: float) -> Slot:
@@ -140,7 +157,7 @@ class Assignment:
         n = 0
         for s in self.slots.values():
             if not s.labelled and not s.passed and not s.leases:
-                n += 1   # untouched: anyone may take it
+                n += 1  # untouched: anyone may take it
             elif self.holds(actor, s.item_id) or self.may_take(s, actor, now):
                 n += 1
         return n
@@ -214,9 +231,13 @@ class Assignment:
     def new_batch(self, rows: list[dict], decisions: list[tuple], now: float) -> int:
         """A retrain queued a new batch: keep what is owed or held (held items stay where they are,
         so the item on an annotator's screen does not change), drop the rest, add the batch."""
-        kept = {k: s for k, s in self.slots.items()
-                if self.owed(s) or any(exp > now or self.holds(a, k) for a, exp in s.leases.items())
-                or any(k in f for f in self.front.values())}
+        kept = {
+            k: s
+            for k, s in self.slots.items()
+            if self.owed(s)
+            or any(exp > now or self.holds(a, k) for a, exp in s.leases.items())
+            or any(k in f for f in self.front.values())
+        }
         kept = {k: s for k, s in kept.items() if not self.complete(s)}
         owed_first = sorted(kept, key=lambda k: 0 if self.owed(kept[k]) else 1)
         self.slots = {k: kept[k] for k in owed_first}

@@ -20,8 +20,17 @@ import socket
 import time
 from pathlib import Path
 
-from labelloop.core.api.protocol import (MAX_ANSWER, MAX_LINE, OPS, SOCKET_NAME, ApiError, Hello, ServerGone,
-                                         check_hello, raise_error)
+from labelloop.core.api.protocol import (
+    MAX_ANSWER,
+    MAX_LINE,
+    OPS,
+    SOCKET_NAME,
+    ApiError,
+    Hello,
+    ServerGone,
+    check_hello,
+    raise_error,
+)
 from labelloop.core.api.service import InProcess, Service
 from labelloop.core.util.errors import LabelloopError
 
@@ -107,14 +116,20 @@ class SocketClient(Client):
             try:
                 first = json.loads(self._readline())
             except socket.timeout:
-                raise ApiError("protocol", f"the server at {self.path} sent no greeting within {HELLO_SECONDS:.0f} s: "
-                               "it is not a labelloop server of this version (or it is stuck)") from None
+                raise ApiError(
+                    "protocol",
+                    f"the server at {self.path} sent no greeting within {HELLO_SECONDS:.0f} s: "
+                    "it is not a labelloop server of this version (or it is stuck)",
+                ) from None
             except ValueError:
                 raise ApiError("protocol", f"the server at {self.path} does not speak the labelloop protocol") from None
             hello = first.get("hello") if isinstance(first, dict) else None
             if not isinstance(hello, dict):
-                raise ApiError("protocol", f"the server at {self.path} sent no hello: it speaks an older labelloop "
-                               "protocol (1); use the same labelloop for the server and its clients.")
+                raise ApiError(
+                    "protocol",
+                    f"the server at {self.path} sent no hello: it speaks an older labelloop "
+                    "protocol (1); use the same labelloop for the server and its clients.",
+                )
             self.hello = check_hello(hello)
         except BaseException:
             self._sock = None
@@ -165,8 +180,10 @@ class SocketClient(Client):
                 if isinstance(exc, socket.timeout):
                     raise ServerGone(f"the labelloop server did not answer within {self.timeout:.0f} s") from None
                 if not (op in OPS and OPS[op].resend) or time.monotonic() > deadline:
-                    raise ServerGone("the labelloop server stopped (the connection closed); what it acknowledged "
-                                     "is saved. Start it again with: labelloop serve DIR") from None
+                    raise ServerGone(
+                        "the labelloop server stopped (the connection closed); what it acknowledged "
+                        "is saved. Start it again with: labelloop serve DIR"
+                    ) from None
                 time.sleep(0.2)
         if not answer.get("ok"):
             raise_error(answer.get("error") or {})
@@ -176,8 +193,7 @@ class SocketClient(Client):
         self._drop()
 
 
-def retrain_and_wait(client: Client, why: str, *, timeout: float = 600, poll_seconds: float = 0.05,
-                     **options) -> dict:
+def retrain_and_wait(client: Client, why: str, *, timeout: float = 600, poll_seconds: float = 0.05, **options) -> dict:
     """Start a retrain (or join the one running) and poll it until it ends; the finished job. Options:
     strategy, batch, seed (admins). Raises LabelloopError when it fails or outlasts ``timeout``."""
     job = client.call("retrain_start", why=why, **options)["job"]
@@ -209,8 +225,10 @@ def server_client(project_dir: Path | str) -> SocketClient | None:
         if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):  # a socket left by a server that died
             return None
         if exc.errno == errno.EACCES:
-            raise LabelloopError(f"{path}: you may not use this project's server (permission denied); the "
-                                 "project's admin can add you to the folder's group.") from None
+            raise LabelloopError(
+                f"{path}: you may not use this project's server (permission denied); the "
+                "project's admin can add you to the folder's group."
+            ) from None
         raise
 
 
@@ -222,6 +240,7 @@ def connect(project_dir: Path | str, *, actor: str | None = None, compute: str =
         client.reconnect_seconds = 15.0
         return client
     from labelloop.core.store.project import current_actor
+
     actor = actor or current_actor()
     # in-process, the caller owns the file (and could write to it directly): they are its admin
     service = Service(project_dir, compute=compute, owner=actor)

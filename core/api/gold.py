@@ -35,8 +35,13 @@ class GoldDesk:
             done: dict[str, set] = {}
             for a, i in review.gold_done(self.service.store):
                 done.setdefault(a, set()).add(i)
-            self._state = {"items": review.gold_items(self.service.store), "done": done, "hold": {}, "since": {},
-                           "score": {}}
+            self._state = {
+                "items": review.gold_items(self.service.store),
+                "done": done,
+                "hold": {},
+                "since": {},
+                "score": {},
+            }
         return self._state
 
     def held(self, actor: str, item_id: str) -> dict | None:
@@ -76,11 +81,24 @@ class GoldDesk:
     def item(self, actor: str, row: dict) -> dict:
         """A gold item as the annotator sees it: like any item without a suggestion shown."""
         meta = json.loads(row["metadata"]) if row.get("metadata") else {}
-        return {"item_id": row["item_id"], "text": row["text"], "lease": self.service.lease_proof(actor, row["item_id"]),
-                "metadata": meta if isinstance(meta, dict) else {"value": meta}, "batch_id": None, "position": None,
-                "strategy": "random", "score": None, "rank": None, "percentile": None, "audit": False,
-                "model_version": None, "probs": {}, "suggestion_hidden": True,
-                "multi_label": self.service.config.multi_label, "review_note": None}
+        return {
+            "item_id": row["item_id"],
+            "text": row["text"],
+            "lease": self.service.lease_proof(actor, row["item_id"]),
+            "metadata": meta if isinstance(meta, dict) else {"value": meta},
+            "batch_id": None,
+            "position": None,
+            "strategy": "random",
+            "score": None,
+            "rank": None,
+            "percentile": None,
+            "audit": False,
+            "model_version": None,
+            "probs": {},
+            "suggestion_hidden": True,
+            "multi_label": self.service.config.multi_label,
+            "review_note": None,
+        }
 
     def decide(self, actor: str, sess, gold: dict, action: str, labels, note, duration_ms, msg_id: str) -> int:
         """Store the answer to a gold item; returns the event id."""
@@ -89,14 +107,22 @@ class GoldDesk:
         svc = self.service
         labels = svc.check_labels(labels)
         event_id = svc.store.append_event(
-            gold["item_id"], "label", actor, labels=labels, via="key", note=(note or None), strategy="gold",
+            gold["item_id"],
+            "label",
+            actor,
+            labels=labels,
+            via="key",
+            note=(note or None),
+            strategy="gold",
             duration_ms=float(duration_ms) if duration_ms is not None else None,
-            session_id=sess.id if sess else None, client_msg_id=msg_id)
+            session_id=sess.id if sess else None,
+            client_msg_id=msg_id,
+        )
         g = self.state
         g["hold"].pop(actor, None)
         g["done"].setdefault(actor, set()).add(gold["item_id"])
         g["since"][actor] = 0
-        g["score"].pop(actor, None)   # re-read on the next request
+        g["score"].pop(actor, None)  # re-read on the next request
         return event_id
 
     def undone(self, actor: str, item_id: str) -> dict | None:
@@ -130,8 +156,10 @@ class GoldDesk:
         if not self.paused(actor):
             return None
         n, k = self.state["score"][actor]
-        return (f"{actor} is paused: {k} of {n} check items right, below the project's "
-                f"{self.service.config.gold_min_accuracy:.0%} ([team] gold_pause); talk to a reviewer.")
+        return (
+            f"{actor} is paused: {k} of {n} check items right, below the project's "
+            f"{self.service.config.gold_min_accuracy:.0%} ([team] gold_pause); talk to a reviewer."
+        )
 
     def accuracy(self, store) -> dict:
         """Accuracy on gold per annotator, with a Wilson 95 % interval, per class and per tier; who is
@@ -153,5 +181,6 @@ class GoldDesk:
                 for c in p[group].values():
                     c["accuracy"] = c["correct"] / c["n"]
             p["below_threshold"] = p["high"] < cfg.gold_min_accuracy or (
-                p["n"] >= 10 and p["accuracy"] < cfg.gold_min_accuracy)
+                p["n"] >= 10 and p["accuracy"] < cfg.gold_min_accuracy
+            )
         return per

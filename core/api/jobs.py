@@ -26,12 +26,14 @@ def training_executor():
     from concurrent.futures import ProcessPoolExecutor
 
     from labelloop.core.loop.al_round import warm_up, worker_quiet
+
     captured = sys.stderr
     with open(os.devnull, "w") as devnull:
         try:
             sys.stderr = devnull
-            executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=worker_quiet)
+            executor = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=worker_quiet
+            )
             executor.submit(warm_up)
         finally:
             sys.stderr = captured
@@ -55,6 +57,7 @@ def retrain_in_process(executor, project: Project, progress, kw: dict):
 
     from labelloop.core.engine.features import FeatureCacheError, invalidate_feature_cache
     from labelloop.core.loop.al_round import commit_round, compute_round, plan_round
+
     for attempt in range(2):
         progress(0.05, "reading the store")
         inp = plan_round(project, keep_features=False, **kw)
@@ -83,9 +86,19 @@ def retrain_in_process(executor, project: Project, progress, kw: dict):
 
 def report_dict(r) -> dict:
     """A TrainReport as the API gives it."""
-    return {"model_version": r.model_version, "batch_id": r.batch_id, "batch_size": r.batch_size,
-            "strategy": r.strategy, "n_train": r.n_train, "metrics": r.metrics, "adequacy": r.adequacy,
-            "signals": r.signals, "warnings": r.warnings, "notes": r.notes, "seconds": r.seconds}
+    return {
+        "model_version": r.model_version,
+        "batch_id": r.batch_id,
+        "batch_size": r.batch_size,
+        "strategy": r.strategy,
+        "n_train": r.n_train,
+        "metrics": r.metrics,
+        "adequacy": r.adequacy,
+        "signals": r.signals,
+        "warnings": r.warnings,
+        "notes": r.notes,
+        "seconds": r.seconds,
+    }
 
 
 class _Cancelled(Exception):
@@ -113,9 +126,16 @@ class Job:
         return self.finished is None
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "why": self.why, "running": self.running, "fraction": self.fraction,
-                "step": self.step, "report": self.report, "error": self.error,
-                "seconds": round((self.finished or time.time()) - self.started, 2)}
+        return {
+            "id": self.id,
+            "why": self.why,
+            "running": self.running,
+            "fraction": self.fraction,
+            "step": self.step,
+            "report": self.report,
+            "error": self.error,
+            "seconds": round((self.finished or time.time()) - self.started, 2),
+        }
 
 
 class Retrainer:
@@ -152,13 +172,15 @@ class Retrainer:
         if self.compute == "process" and self.executor is None:
             self.executor = training_executor()
         executor = self.executor if self.compute == "process" else None
-        job.thread = threading.Thread(target=self._run, args=(job, executor), daemon=True,
-                                      name=f"labelloop-retrain-{job.id}")
+        job.thread = threading.Thread(
+            target=self._run, args=(job, executor), daemon=True, name=f"labelloop-retrain-{job.id}"
+        )
         job.thread.start()
         return job
 
     def _run(self, job: Job, executor) -> None:
         from labelloop.core.loop.al_round import train_and_queue
+
         svc = self.service
         project = Project(svc.dir, svc.config, Store(svc.store.cursor(), svc.store.path))
 

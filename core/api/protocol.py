@@ -44,8 +44,20 @@ MAX_LIST = 10_000
 MAX_DEPTH = 32
 """JSON nested deeper than this is refused (Python's parser would otherwise recurse until it fails)."""
 
-ERROR_CODES = ("bad_request", "unknown_op", "unknown_item", "not_leased", "unknown_user", "denied", "store_failed",
-               "too_large", "busy", "server_gone", "internal", "protocol")
+ERROR_CODES = (
+    "bad_request",
+    "unknown_op",
+    "unknown_item",
+    "not_leased",
+    "unknown_user",
+    "denied",
+    "store_failed",
+    "too_large",
+    "busy",
+    "server_gone",
+    "internal",
+    "protocol",
+)
 """Codes a program can test; appended to, never renamed."""
 
 
@@ -101,17 +113,24 @@ def check_hello(hello: dict) -> Hello:
     try:
         h = Hello(**hello)
     except TypeError:
-        raise ApiError("protocol", "the labelloop server sent a greeting this client cannot read; "
-                       f"this client speaks protocol {PROTOCOL_VERSION}.") from None
+        raise ApiError(
+            "protocol",
+            "the labelloop server sent a greeting this client cannot read; "
+            f"this client speaks protocol {PROTOCOL_VERSION}.",
+        ) from None
     if h.protocol != PROTOCOL_VERSION:
-        raise ApiError("protocol", f"the labelloop server speaks protocol {h.protocol} (labelloop {h.labelloop}) "
-                       f"and this client protocol {PROTOCOL_VERSION} (labelloop {package_version()}); "
-                       "use the same labelloop for both.")
+        raise ApiError(
+            "protocol",
+            f"the labelloop server speaks protocol {h.protocol} (labelloop {h.labelloop}) "
+            f"and this client protocol {PROTOCOL_VERSION} (labelloop {package_version()}); "
+            "use the same labelloop for both.",
+        )
     return h
 
 
 def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("labelloop")
     except PackageNotFoundError:
@@ -452,9 +471,9 @@ class Op:
     response: type
     role: str
     summary: str
-    reads: bool = False       # scans the project on a reader cursor of its own, outside the service lock
-    resend: bool = False      # safe to send again after a dropped connection (reads; decisions carry msg_id)
-    file: str | None = None   # over the socket: "in" reads a file the client opened, "out" writes into one
+    reads: bool = False  # scans the project on a reader cursor of its own, outside the service lock
+    resend: bool = False  # safe to send again after a dropped connection (reads; decisions carry msg_id)
+    file: str | None = None  # over the socket: "in" reads a file the client opened, "out" writes into one
 
 
 OPS: dict[str, Op] = {
@@ -569,10 +588,12 @@ def decode_request(op: str, args) -> Any:
     fields = {f.name: f for f in dataclasses.fields(spec.request)}
     unknown = [k for k in args if k not in fields]
     if unknown:
-        raise _bad(op, f"unknown argument {str(unknown[0])[:40]!r} (it takes "
-                   f"{', '.join(fields) or 'none'})")
-    missing = [n for n, f in fields.items() if n not in args and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+        raise _bad(op, f"unknown argument {str(unknown[0])[:40]!r} (it takes {', '.join(fields) or 'none'})")
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in args and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise _bad(op, f"missing argument {missing[0]!r}")
     return spec.request(**{k: _check(op, k, v, hints[k]) for k, v in args.items()})

@@ -19,7 +19,7 @@ class ProjectReads:
     def __init__(self, service):
         self.service = service
         self._local = threading.local()
-        self._arms: dict | None = None        # {"version": v, "arms": {...}} cached learning curves by arm
+        self._arms: dict | None = None  # {"version": v, "arms": {...}} cached learning curves by arm
         self.arms_thread: threading.Thread | None = None
 
     def reader(self) -> Project:
@@ -40,6 +40,7 @@ class ProjectReads:
         from labelloop.core.loop.metrics import metrics_snapshot
         from labelloop.core.measure.agreement import agreement_report
         from labelloop.core.store.reports import annotation_ratings
+
         reader = self.reader()
         snap = metrics_snapshot(reader)
         ratings, audit = annotation_ratings(reader.store)
@@ -55,13 +56,15 @@ class ProjectReads:
             else:
                 out["arms_pending"] = True
                 if self.arms_thread is None or not self.arms_thread.is_alive():
-                    self.arms_thread = threading.Thread(target=self._compute_arms, args=(version,), daemon=True,
-                                                        name="labelloop-arms")
+                    self.arms_thread = threading.Thread(
+                        target=self._compute_arms, args=(version,), daemon=True, name="labelloop-arms"
+                    )
                     self.arms_thread.start()
         return out
 
     def _compute_arms(self, version) -> None:
         from labelloop.core.loop.metrics import arm_comparison
+
         svc = self.service
         project = Project(svc.dir, svc.config, Store(svc.store.cursor(), svc.store.path))
         try:
@@ -76,33 +79,43 @@ class ProjectReads:
     def check(self) -> dict:
         """The readiness checklist, the five warning signs and every version's live measurement."""
         from labelloop.core.loop.readiness import readiness
+
         cfg = self.service.config
         r = readiness(self.reader())
         r["project"] = cfg.name
         r["labels"] = list(cfg.labels)
-        r["cost"] = {"per_label": cfg.cost_per_label, "seconds_per_label": cfg.seconds_per_label,
-                     "compute_price_per_hour": cfg.compute_price_per_hour}
+        r["cost"] = {
+            "per_label": cfg.cost_per_label,
+            "seconds_per_label": cfg.seconds_per_label,
+            "compute_price_per_hour": cfg.compute_price_per_hour,
+        }
         return r
 
     def status(self) -> dict:
         from labelloop.core.measure.agreement import agreement_report
         from labelloop.core.measure.signs import warning_signs
         from labelloop.core.store.reports import annotation_ratings, measurements, metrics_rows, project_status
+
         svc = self.service
         reader = self.reader()
         st = project_status(reader)
         ratings, audit = annotation_ratings(reader.store)
         full = agreement_report(ratings, categories=self._scale(), audit_items=audit, bootstrap=500)
-        st["agreement"] = {k: full[k] for k in ("n_items_rated", "n_items_overlap", "annotators", "prevalence",
-                                                "overall", "by_arm")}
+        st["agreement"] = {
+            k: full[k] for k in ("n_items_rated", "n_items_overlap", "annotators", "prevalence", "overall", "by_arm")
+        }
         with svc.lock:
             rq = svc.review.queue()
         st["review"] = {"waiting": len(rq["items"]), "by_reason": rq["counts"]}
         st["gold"] = svc.gold.accuracy(reader.store)
         batch = metrics_rows(reader.store)["batch"]
         signals = json.loads(batch[0]["signals"]) if batch and batch[0]["signals"] else {}
-        st["warnings"] = warning_signs(measurements(reader.store), agreement=full, signals=signals,
-                                       batch_strategy=batch[0]["strategy"] if batch else None)
+        st["warnings"] = warning_signs(
+            measurements(reader.store),
+            agreement=full,
+            signals=signals,
+            batch_strategy=batch[0]["strategy"] if batch else None,
+        )
         with svc.lock:
             st["team"] = svc.team()
         return st

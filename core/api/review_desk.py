@@ -33,8 +33,7 @@ class ReviewDesk:
             elif len(distinct) == 1:
                 probs = json.loads(c["probs"]) if c.get("probs") else {}
                 top = max(probs, key=probs.get) if probs else None
-                if top is not None and not cfg.multi_label and top != labels[0] \
-                        and probs[top] >= cfg.dissent_threshold:
+                if top is not None and not cfg.multi_label and top != labels[0] and probs[top] >= cfg.dissent_threshold:
                     reasons.append(f"model dissent ({top} {probs[top]:.2f})")
                 elif cfg.review_unanimous:
                     reasons.append("unanimous (review_unanimous = true)")
@@ -52,9 +51,17 @@ class ReviewDesk:
             for r in reasons:
                 key = r.split(" (")[0]
                 counts[key] = counts.get(key, 0) + 1
-            items.append({"item_id": c["item_id"], "reasons": reasons, "annotators": c["actors"],
-                          "labels": c["labels"], "n_flags": c["n_flags"], "audit": bool(c["audit"]),
-                          "adjudicated": bool(c["adjudicated"])})
+            items.append(
+                {
+                    "item_id": c["item_id"],
+                    "reasons": reasons,
+                    "annotators": c["actors"],
+                    "labels": c["labels"],
+                    "n_flags": c["n_flags"],
+                    "audit": bool(c["audit"]),
+                    "adjudicated": bool(c["adjudicated"]),
+                }
+            )
         return {"items": items, "counts": counts}
 
     def item(self, item_id: str) -> dict:
@@ -73,8 +80,9 @@ class ReviewDesk:
         if not svc.store.item_exists(item_id):
             raise ApiError("unknown_item", f"there is no item {item_id[:60]!r} in this project")
         labels = svc.check_labels(labels)
-        event_id = svc.store.append_event(item_id, "adjudicate", actor, via="review", labels=labels,
-                                          note=rationale or None, client_msg_id=msg_id)
+        event_id = svc.store.append_event(
+            item_id, "adjudicate", actor, via="review", labels=labels, note=rationale or None, client_msg_id=msg_id
+        )
         svc.msgs[(actor, msg_id)] = event_id
         return {"event_id": event_id, "duplicate": False}
 
@@ -88,8 +96,9 @@ class ReviewDesk:
         last = review.latest_adjudication(svc.store, actor)
         if last is None:
             return {"undone": None, "duplicate": False}
-        event_id = svc.store.append_event(last["item_id"], "undo", actor, target_event=last["event_id"],
-                                          client_msg_id=msg_id)
+        event_id = svc.store.append_event(
+            last["item_id"], "undo", actor, target_event=last["event_id"], client_msg_id=msg_id
+        )
         svc.msgs[(actor, msg_id)] = event_id
         return {"undone": last["item_id"], "duplicate": False}
 
@@ -112,8 +121,9 @@ class ReviewDesk:
         first = None
         with svc.store.transaction():
             for k, (event_id, _who, _kind) in enumerate(standing):
-                eid = svc.store.append_event(item_id, "undo", actor, target_event=event_id, note=note,
-                                             client_msg_id=msg_id if k == 0 else None)
+                eid = svc.store.append_event(
+                    item_id, "undo", actor, target_event=event_id, note=note, client_msg_id=msg_id if k == 0 else None
+                )
                 first = first or eid
         svc.msgs[(actor, msg_id)] = first
         assign = svc.assign

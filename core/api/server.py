@@ -33,8 +33,16 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from labelloop.core.api.protocol import (MAX_LINE, OPS, PROTOCOL_VERSION, SOCKET_NAME, ApiError, Hello, loads_line,
-                                         package_version)
+from labelloop.core.api.protocol import (
+    MAX_LINE,
+    OPS,
+    PROTOCOL_VERSION,
+    SOCKET_NAME,
+    ApiError,
+    Hello,
+    loads_line,
+    package_version,
+)
 from labelloop.core.api.service import Service
 from labelloop.core.util.errors import LabelloopError
 from labelloop.core.util.safeio import atomic_write_text
@@ -99,8 +107,9 @@ def token_user(project_dir: Path, user, token) -> str | None:
 
 # -- the server -----------------------------------------------------------------------------------
 class Server:
-    def __init__(self, project_dir: Path | str, *, compute: str = "process", tcp: tuple[str, int] | None = None,
-                 log=None):
+    def __init__(
+        self, project_dir: Path | str, *, compute: str = "process", tcp: tuple[str, int] | None = None, log=None
+    ):
         self.dir = Path(project_dir)
         self.path = self.dir / SOCKET_NAME
         self.log = log or (lambda msg: None)
@@ -119,8 +128,13 @@ class Server:
             user = pwd.getpwuid(uid).pw_name
         except KeyError:
             user = f"uid{uid}"
-        hello = Hello(protocol=PROTOCOL_VERSION, labelloop=package_version(), server_user=user, server_uid=uid,
-                      project=str(self.service.config.name))
+        hello = Hello(
+            protocol=PROTOCOL_VERSION,
+            labelloop=package_version(),
+            server_user=user,
+            server_uid=uid,
+            project=str(self.service.config.name),
+        )
         self._hello = (json.dumps({"hello": hello.__dict__}) + "\n").encode()
 
     def _check_not_running(self) -> None:
@@ -171,8 +185,10 @@ class Server:
             group = grp.getgrgid(self.dir.stat().st_gid).gr_name
         except KeyError:
             group = str(self.dir.stat().st_gid)
-        self.log(f"labelloop serve: {self.dir} on {self.path} (group {group})"
-                 + (f" and TCP {self.tcp[0]}:{self.tcp[1]}" if self.tcp else ""))
+        self.log(
+            f"labelloop serve: {self.dir} on {self.path} (group {group})"
+            + (f" and TCP {self.tcp[0]}:{self.tcp[1]}" if self.tcp else "")
+        )
 
     def serve_forever(self) -> None:
         self.start()
@@ -231,14 +247,18 @@ class Server:
                         for level, kind, data in anc:
                             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                                 got = array.array("i")
-                                got.frombytes(data[:len(data) - len(data) % 4])
+                                got.frombytes(data[: len(data) - len(data) % 4])
                                 fds.extend(got)
                     if not chunk:
                         return
                     buf += chunk
-                    if len(buf) > MAX_LINE and b"\n" not in buf[:MAX_LINE + 1]:
-                        self._send(conn, None, False, {"code": "too_large",
-                                                       "message": f"a request line may hold at most {MAX_LINE} bytes"})
+                    if len(buf) > MAX_LINE and b"\n" not in buf[: MAX_LINE + 1]:
+                        self._send(
+                            conn,
+                            None,
+                            False,
+                            {"code": "too_large", "message": f"a request line may hold at most {MAX_LINE} bytes"},
+                        )
                         return  # the stream cannot be resynchronised: close this connection only
                 line, _, buf = buf.partition(b"\n")
                 req_fds, fds = fds, []
@@ -283,7 +303,11 @@ class Server:
         try:
             req = loads_line(line)
         except (ValueError, RecursionError) as exc:
-            return None, False, {"code": "bad_request", "message": f"a request is one JSON object per line ({exc})"[:200]}
+            return (
+                None,
+                False,
+                {"code": "bad_request", "message": f"a request is one JSON object per line ({exc})"[:200]},
+            )
         if not isinstance(req, dict):
             return None, False, {"code": "bad_request", "message": "a request is one JSON object per line"}
         req_id = req.get("id")
@@ -311,15 +335,21 @@ class Server:
             return req_id, False, {"code": "bad_request", "message": str(exc)}
         except Exception as exc:  # a bug answers this request and keeps serving the others
             self.log(f"labelloop serve: {op}: {type(exc).__name__}: {exc}")
-            return req_id, False, {"code": "internal", "message": f"the server failed on {str(op)[:40]!r}: "
-                                   f"{type(exc).__name__}"}
+            return (
+                req_id,
+                False,
+                {"code": "internal", "message": f"the server failed on {str(op)[:40]!r}: {type(exc).__name__}"},
+            )
 
     def _file_op(self, op: str, args, actor: str, conn, fds: list[int], tcp: bool) -> dict:
         if not isinstance(args, dict):
             raise ApiError("bad_request", "args must be an object")
         if tcp or len(fds) != 1:
-            raise ApiError("bad_request", f"{op} through the server needs the file handed over the Unix socket "
-                           "(labelloop import, export and model do this)")
+            raise ApiError(
+                "bad_request",
+                f"{op} through the server needs the file handed over the Unix socket "
+                "(labelloop import, export and model do this)",
+            )
         if not self.service.allowed(actor, op):
             # the refusal (and its event) comes from the service, before any file is touched
             return self.db.submit(self.service.handle, actor, op, {**args, "path": ""}, conn=conn).result()
@@ -334,8 +364,9 @@ class Server:
                     shutil.copyfileobj(src, out, 1 << 20)
                 extra = {"rejects": None} if op == "import" else {}
                 # rejected rows are written next to the private copy, never to a path the client names
-                return self.db.submit(self.service.handle, actor, op,
-                                      {**args, "path": tmp, "source_name": name, **extra}, conn=conn).result()
+                return self.db.submit(
+                    self.service.handle, actor, op, {**args, "path": tmp, "source_name": name, **extra}, conn=conn
+                ).result()
             finally:
                 os.unlink(tmp)
         suffix = Path(str(args.get("path") or "x.parquet")).suffix[:10] or ".out"

@@ -29,8 +29,16 @@ from pathlib import Path
 from labelloop.core.api.assign import Assignment, Slot
 from labelloop.core.api.gold import GoldDesk
 from labelloop.core.api.jobs import Job, Retrainer
-from labelloop.core.api.protocol import (OPS, ROLES, ApiError, StoreFailed, decode_request, encode_response, ops_for,
-                                         request_args)
+from labelloop.core.api.protocol import (
+    OPS,
+    ROLES,
+    ApiError,
+    StoreFailed,
+    decode_request,
+    encode_response,
+    ops_for,
+    request_args,
+)
 from labelloop.core.api.reads import ProjectReads
 from labelloop.core.api.review_desk import ReviewDesk
 from labelloop.core.config import CONFIG_NAME
@@ -39,8 +47,8 @@ from labelloop.core.store.project import Project, current_actor
 from labelloop.core.util.errors import LabelloopError, StoreError
 from labelloop.core.util.safeio import atomic_write_bytes
 
-UNSPECIFIED = "unspecified"   # the reason of a correction made with a label key, when none is asked for
-SESSION_IDLE_SECONDS = 120     # a session not heard from for this long no longer counts as working
+UNSPECIFIED = "unspecified"  # the reason of a correction made with a label key, when none is asked for
+SESSION_IDLE_SECONDS = 120  # a session not heard from for this long no longer counts as working
 MAX_NEXT_ITEMS = 1000
 ROLE_OPS = {role: ops_for(role) for role in ROLES}
 ACTIONS = ("label", "accept", "correction", "skip", "flag")
@@ -66,8 +74,7 @@ class Service:
     lock); a retrain job works beside them on its own cursor and takes the lock only to hand over its
     new batch; the whole-project reads run on cursors of their own, outside the lock."""
 
-    def __init__(self, project_dir: Path | str, *, owner: str | None = None, compute: str = "process",
-                 clock=time.time):
+    def __init__(self, project_dir: Path | str, *, owner: str | None = None, compute: str = "process", clock=time.time):
         if compute not in ("process", "thread"):
             raise ValueError(f"compute must be process or thread, got {compute!r}")
         self.project = Project.open(project_dir)
@@ -79,11 +86,11 @@ class Service:
         self.clock = clock
         self.lock = threading.RLock()
         self.sessions: dict[str, Session] = {}
-        self._conns: dict[int, tuple[object, str]] = {}   # live transport connections and their users
+        self._conns: dict[int, tuple[object, str]] = {}  # live transport connections and their users
         self._request_conn: object | None = None
         self.store_failure: StoreError | None = None
         self.labels_since_train = 0
-        self._assign: Assignment | None = None                  # built on first use (see assign)
+        self._assign: Assignment | None = None  # built on first use (see assign)
         self._msg_ids: dict[tuple[str, str], int] | None = None  # (actor, client message id) -> event id
         self.batch_id = self.store.latest_batch_id()
         self.started = clock()
@@ -98,9 +105,14 @@ class Service:
         """Who labels what: read from the store on first use (a one-off ``status`` never needs it)."""
         if self._assign is None:
             cfg = self.config
-            self._assign = Assignment(share=cfg.overlap_share, per_item=cfg.annotators_per_item,
-                                      lease_seconds=cfg.lease_minutes * 60, skip_hides=cfg.skip_hides,
-                                      flag_hides=cfg.flag_hides, tie_breaker=cfg.tie_breaker)
+            self._assign = Assignment(
+                share=cfg.overlap_share,
+                per_item=cfg.annotators_per_item,
+                lease_seconds=cfg.lease_minutes * 60,
+                skip_hides=cfg.skip_hides,
+                flag_hides=cfg.flag_hides,
+                tie_breaker=cfg.tie_breaker,
+            )
             self._load_assignment(self.store)
         return self._assign
 
@@ -163,12 +175,21 @@ class Service:
                 raise StoreFailed(str(self.store_failure))
             roles = self.roles_of(actor)
             if not roles:
-                raise self.deny(actor, "unknown_user",
-                                f"{actor} is not a member of this project; an admin can add them under [roles] "
-                                f"in {self.dir / CONFIG_NAME}.", op)
+                raise self.deny(
+                    actor,
+                    "unknown_user",
+                    f"{actor} is not a member of this project; an admin can add them under [roles] "
+                    f"in {self.dir / CONFIG_NAME}.",
+                    op,
+                )
             if not self.allowed(actor, op):
-                raise self.deny(actor, "denied", f"{actor} may not {spec.summary} in this project "
-                                f"(it needs the {spec.role} role; {actor} has {', '.join(roles)}).", op)
+                raise self.deny(
+                    actor,
+                    "denied",
+                    f"{actor} may not {spec.summary} in this project "
+                    f"(it needs the {spec.role} role; {actor} has {', '.join(roles)}).",
+                    op,
+                )
             if conn is not None:
                 self._conns[id(conn)] = (conn, actor)
             self._request_conn = conn
@@ -205,8 +226,7 @@ class Service:
             for s in self.sessions.values():
                 if s.conn is conn:  # kept, detached: a client that reconnects carries on with it
                     s.conn, actor = None, s.actor
-            if actor is not None and self._assign is not None \
-                    and not any(a == actor for _c, a in self._conns.values()):
+            if actor is not None and self._assign is not None and not any(a == actor for _c, a in self._conns.values()):
                 self._assign.release(actor, self.clock())
 
     # -- assignment ---------------------------------------------------------------------
@@ -228,7 +248,8 @@ class Service:
             if not self._assign.complete(probe):
                 owed.append(item_id)
         from labelloop.core.store import review
-        back = review.sent_back(store)   # items a reviewer sent back: served first, with the reason
+
+        back = review.sent_back(store)  # items a reviewer sent back: served first, with the reason
         rows = store.queue_rows(item_ids=list(back) + owed)
         for r in rows:
             if r["item_id"] in back:
@@ -259,7 +280,7 @@ class Service:
         if share <= 0:
             return False
         h = hashlib.sha1(f"{actor}\0{item_id}".encode("utf-8", "surrogatepass")).digest()
-        return int.from_bytes(h[:8], "big") / 2 ** 64 < share
+        return int.from_bytes(h[:8], "big") / 2**64 < share
 
     def _item(self, actor: str, row: dict) -> dict:
         """An item as its annotator sees it: text, why it was chosen and the model's view (none of
@@ -267,13 +288,24 @@ class Service:
         probs = json.loads(row["probs"]) if row.get("probs") else {}
         meta = json.loads(row["metadata"]) if row.get("metadata") else {}
         hidden = bool(probs) and self._blind(actor, row["item_id"])
-        return {"item_id": row["item_id"], "text": row["text"], "lease": self.lease_proof(actor, row["item_id"]),
-                "metadata": meta if isinstance(meta, dict) else {"value": meta},
-                "batch_id": row.get("batch_id"), "position": row.get("position"), "strategy": row.get("strategy"),
-                "score": row.get("score"), "rank": row.get("rank"), "percentile": row.get("percentile"),
-                "audit": bool(row.get("audit")), "model_version": row.get("model_version"),
-                "probs": {} if hidden else probs, "suggestion_hidden": hidden,
-                "multi_label": self.config.multi_label, "review_note": row.get("review_note")}
+        return {
+            "item_id": row["item_id"],
+            "text": row["text"],
+            "lease": self.lease_proof(actor, row["item_id"]),
+            "metadata": meta if isinstance(meta, dict) else {"value": meta},
+            "batch_id": row.get("batch_id"),
+            "position": row.get("position"),
+            "strategy": row.get("strategy"),
+            "score": row.get("score"),
+            "rank": row.get("rank"),
+            "percentile": row.get("percentile"),
+            "audit": bool(row.get("audit")),
+            "model_version": row.get("model_version"),
+            "probs": {} if hidden else probs,
+            "suggestion_hidden": hidden,
+            "multi_label": self.config.multi_label,
+            "review_note": row.get("review_note"),
+        }
 
     def lease_proof(self, actor: str, item_id: str) -> str:
         """Proof that this project's server handed ``item_id`` to ``actor``: a keyed hash whose key
@@ -325,12 +357,17 @@ class Service:
 
     def _others(self, actor: str) -> int:
         now = self.clock()
-        return len({s.actor for s in self.sessions.values()
-                    if s.actor != actor and s.conn is not None and now - s.last_seen < SESSION_IDLE_SECONDS})
+        return len(
+            {
+                s.actor
+                for s in self.sessions.values()
+                if s.actor != actor and s.conn is not None and now - s.last_seen < SESSION_IDLE_SECONDS
+            }
+        )
 
     def _serve(self, actor: str) -> dict | None:
         if self.gold.paused(actor):
-            return None   # (the answer's "paused" says why; a decision already made stays stored)
+            return None  # (the answer's "paused" says why; a decision already made stays stored)
         front = self.assign.front.get(actor)
         gold = None if front else self.gold.due(actor)
         if gold is not None:
@@ -343,16 +380,22 @@ class Service:
 
     def _state(self, actor: str, sess: Session | None) -> dict:
         job = self.job
-        return {"left": self.assign.left_for(actor, self.clock()), "batch": self.batch_id,
-                "paused": self.gold.pause_text(actor) if self.config.gold_pause else None,
-                "retraining": bool(job and job.running), "job": job.to_dict() if job else None,
-                "others": self._others(actor), "done_session": sess.decisions if sess else 0,
-                "summary": self._summary()}
+        return {
+            "left": self.assign.left_for(actor, self.clock()),
+            "batch": self.batch_id,
+            "paused": self.gold.pause_text(actor) if self.config.gold_pause else None,
+            "retraining": bool(job and job.running),
+            "job": job.to_dict() if job else None,
+            "others": self._others(actor),
+            "done_session": sess.decisions if sess else 0,
+            "summary": self._summary(),
+        }
 
     def _summary(self) -> str:
         """The labelling screen's summary line, recomputed when a new model version is stored."""
         from labelloop.core.measure.signs import summary_line
         from labelloop.core.store.reports import latest_measurement
+
         v = self.batch_id
         cached = getattr(self, "_summary_cache", None)
         if cached is None or cached[0] != v:
@@ -368,10 +411,17 @@ class Service:
             self._start_job("the queue is empty", {})
 
     def team(self) -> dict:
-        return {"working": sorted({s.actor for s in self.sessions.values() if s.conn is not None
-                                   and self.clock() - s.last_seen < SESSION_IDLE_SECONDS}),
-                "open_items": self.assign.open_count(self.clock()) if self._assign is not None else None,
-                "retraining": self.retrainer.running}
+        return {
+            "working": sorted(
+                {
+                    s.actor
+                    for s in self.sessions.values()
+                    if s.conn is not None and self.clock() - s.last_seen < SESSION_IDLE_SECONDS
+                }
+            ),
+            "open_items": self.assign.open_count(self.clock()) if self._assign is not None else None,
+            "retraining": self.retrainer.running,
+        }
 
     # -- checks shared by the handlers -------------------------------------------------------
     @staticmethod
@@ -403,9 +453,15 @@ class Service:
         sess = Session(sid, actor, client[:40], now, self._request_conn)
         self.sessions[sid] = sess
         cfg_path = self.dir / CONFIG_NAME
-        return {"session": sid, "actor": actor, "roles": self.roles_of(actor),
-                "config_toml": cfg_path.read_text(encoding="utf-8"), "config_path": str(cfg_path),
-                "project_dir": str(self.dir), **self._state(actor, sess)}
+        return {
+            "session": sid,
+            "actor": actor,
+            "roles": self.roles_of(actor),
+            "config_toml": cfg_path.read_text(encoding="utf-8"),
+            "config_path": str(cfg_path),
+            "project_dir": str(self.dir),
+            **self._state(actor, sess),
+        }
 
     def close_session(self, actor: str, session: str | None = None) -> dict:
         s = self._session(actor, session)
@@ -420,9 +476,19 @@ class Service:
             raise self.deny(actor, "denied", paused, "next")
         return {"item": self._serve(actor), **self._state(actor, sess)}
 
-    def decide(self, actor: str, item_id: str, action: str, msg_id: str, labels: list[str] | None = None,
-               reason: str | None = None, note: str | None = None, duration_ms: float | None = None,
-               session: str | None = None, lease: str | None = None) -> dict:
+    def decide(
+        self,
+        actor: str,
+        item_id: str,
+        action: str,
+        msg_id: str,
+        labels: list[str] | None = None,
+        reason: str | None = None,
+        note: str | None = None,
+        duration_ms: float | None = None,
+        session: str | None = None,
+        lease: str | None = None,
+    ) -> dict:
         """One decision on an item in the actor's hands, stored as one event with the provenance of
         the service's own queue slot; answers with the next item."""
         sess = self._session(actor, session)
@@ -443,13 +509,26 @@ class Service:
         probs = json.loads(row["probs"]) if row.get("probs") else None
         hidden = bool(probs) and self._blind(actor, item_id)
         event_id = self.store.append_event(
-            item_id, kind, actor, labels=labels, note=(note or None),
+            item_id,
+            kind,
+            actor,
+            labels=labels,
+            note=(note or None),
             duration_ms=float(duration_ms) if duration_ms is not None else None,
-            model_version=row.get("model_version"), batch_id=row.get("batch_id"), strategy=row.get("strategy"),
-            score=row.get("score"), rank=row.get("rank"), percentile=row.get("percentile"), audit=bool(row.get("audit")),
-            suggestion="|".join(suggested) or None, shown_probs=probs if (probs and not hidden) else None,
-            suggestion_hidden=hidden if probs else None, session_id=sess.id if sess else None,
-            client_msg_id=msg_id, **fields)
+            model_version=row.get("model_version"),
+            batch_id=row.get("batch_id"),
+            strategy=row.get("strategy"),
+            score=row.get("score"),
+            rank=row.get("rank"),
+            percentile=row.get("percentile"),
+            audit=bool(row.get("audit")),
+            suggestion="|".join(suggested) or None,
+            shown_probs=probs if (probs and not hidden) else None,
+            suggestion_hidden=hidden if probs else None,
+            session_id=sess.id if sess else None,
+            client_msg_id=msg_id,
+            **fields,
+        )
         self.assign.record(actor, item_id, kind, "|".join(labels) if kind == "label" else None)
         self.gold.counted(actor)
         if kind == "label":
@@ -466,16 +545,22 @@ class Service:
         """The queue row of an item in the actor's hands; ApiError when it is not."""
         slot = self.assign.slots.get(item_id)
         now = self.clock()
-        if slot is not None and not self.assign.holds(actor, item_id) and self._lease_proof_ok(actor, item_id, lease) \
-                and self.assign.may_take(slot, actor, now) and not any(e > now for e in slot.leases.values()):
+        if (
+            slot is not None
+            and not self.assign.holds(actor, item_id)
+            and self._lease_proof_ok(actor, item_id, lease)
+            and self.assign.may_take(slot, actor, now)
+            and not any(e > now for e in slot.leases.values())
+        ):
             # the item was handed to this actor (the proof says so) by a server that has restarted since
             # (leases live in memory); nobody holds it now, so the resent decision stands
             slot.leases[actor] = now + self.assign.lease_seconds
         if slot is None or not self.assign.holds(actor, item_id):
             if slot is None and not self.store.item_exists(item_id):
                 raise ApiError("unknown_item", f"there is no item {item_id[:60]!r} in this project")
-            raise ApiError("not_leased", f"item {item_id[:60]!r} is not in your hands (ask for the next item); "
-                           "nothing was stored")
+            raise ApiError(
+                "not_leased", f"item {item_id[:60]!r} is not in your hands (ask for the next item); nothing was stored"
+            )
         return slot.row
 
     def _labels_and_via(self, action: str, labels, reason: str | None, suggested: list[str]) -> tuple[list, dict]:
@@ -488,8 +573,9 @@ class Service:
         labels = self.check_labels(labels)
         if action == "correction" or (suggested and sorted(labels) != suggested):
             if reason is None and action == "label" and self.config.ask_reason:
-                raise ApiError("bad_request", "this project asks for a reason with every correction "
-                               "([labels] ask_reason)")
+                raise ApiError(
+                    "bad_request", "this project asks for a reason with every correction ([labels] ask_reason)"
+                )
             reason = reason or UNSPECIFIED
             if reason not in self.config.taxonomy and reason != UNSPECIFIED:
                 raise ApiError("bad_request", f"'{reason[:60]}' is not in the project's error taxonomy")
@@ -517,13 +603,19 @@ class Service:
         last = self.store.latest_decision(actor)
         if last is None:
             return {"undone": None, "duplicate": False, "item": self._serve(actor), **self._state(actor, sess)}
-        event_id = self.store.append_event(last["item_id"], "undo", actor, target_event=last["event_id"],
-                                           session_id=sess.id if sess else None, client_msg_id=msg_id)
+        event_id = self.store.append_event(
+            last["item_id"],
+            "undo",
+            actor,
+            target_event=last["event_id"],
+            session_id=sess.id if sess else None,
+            client_msg_id=msg_id,
+        )
         self.msgs[(actor, msg_id)] = event_id
         if sess is not None:
             sess.decisions = max(0, sess.decisions - 1)
         gold_item = self.gold.undone(actor, last["item_id"])
-        if gold_item is not None:   # a gold item comes back to this annotator first
+        if gold_item is not None:  # a gold item comes back to this annotator first
             return {"undone": last["item_id"], "duplicate": False, "item": gold_item, **self._state(actor, sess)}
         rows = self.store.queue_rows(item_ids=[last["item_id"]]) if last["item_id"] not in self.assign.slots else []
         row = next((r for r in rows if r["batch_id"] == last["batch_id"]), rows[0] if rows else None)
@@ -565,12 +657,22 @@ class Service:
         return self.reads.check()
 
     # -- retraining (jobs.py) ----------------------------------------------------------------
-    def retrain_start(self, actor: str, why: str = "asked for", strategy: str | None = None,
-                      batch: int | None = None, seed: int | None = None) -> dict:
+    def retrain_start(
+        self,
+        actor: str,
+        why: str = "asked for",
+        strategy: str | None = None,
+        batch: int | None = None,
+        seed: int | None = None,
+    ) -> dict:
         kw = {k: v for k, v in (("strategy", strategy), ("batch_size", batch), ("seed", seed)) if v is not None}
         if kw and "admin" not in self.roles_of(actor):
-            raise self.deny(actor, "denied", f"{actor} may retrain but not choose the strategy, batch or seed "
-                            "(admins only)", "retrain_start")
+            raise self.deny(
+                actor,
+                "denied",
+                f"{actor} may retrain but not choose the strategy, batch or seed (admins only)",
+                "retrain_start",
+            )
         if self.retrainer.running:
             return {"job": self.job.to_dict(), "started": False}
         return {"job": self._start_job(why[:80], kw).to_dict(), "started": True}
@@ -588,17 +690,42 @@ class Service:
     # -- files -----------------------------------------------------------------------------
     def export(self, actor: str, path: str, what: str = "final") -> dict:
         from labelloop.core.store.exports import export_parquet
+
         return asdict(export_parquet(self.project, path, what=what))
 
-    def import_(self, actor: str, path: str, text_col: str = "text", id_col: str | None = None,
-                label_col: str | None = None, split_col: str | None = None, meta_cols: list[str] | None = None,
-                skip_invalid: bool = False, label_sep: str = "|", dedupe: bool = False,
-                rejects: str | None = None, source_name: str | None = None) -> dict:
+    def import_(
+        self,
+        actor: str,
+        path: str,
+        text_col: str = "text",
+        id_col: str | None = None,
+        label_col: str | None = None,
+        split_col: str | None = None,
+        meta_cols: list[str] | None = None,
+        skip_invalid: bool = False,
+        label_sep: str = "|",
+        dedupe: bool = False,
+        rejects: str | None = None,
+        source_name: str | None = None,
+    ) -> dict:
         from labelloop.core.store.imports import import_file
+
         try:
-            r = import_file(self.project, path, text_col=text_col, id_col=id_col, label_col=label_col,
-                            split_col=split_col, meta_cols=meta_cols, skip_invalid=skip_invalid, label_sep=label_sep,
-                            dedupe=dedupe, rejects_path=rejects, actor=actor, source_name=source_name)
+            r = import_file(
+                self.project,
+                path,
+                text_col=text_col,
+                id_col=id_col,
+                label_col=label_col,
+                split_col=split_col,
+                meta_cols=meta_cols,
+                skip_invalid=skip_invalid,
+                label_sep=label_sep,
+                dedupe=dedupe,
+                rejects_path=rejects,
+                actor=actor,
+                source_name=source_name,
+            )
         except LabelloopError as exc:
             if source_name and path in str(exc) and as_store_error(exc) is None:
                 # the server imports a private copy: the message names the user's file
@@ -609,14 +736,19 @@ class Service:
 
     def model_export(self, actor: str, path: str, version: int | None = None) -> dict:
         from labelloop.core.loop.transfer import export_model
+
         out, v = export_model(self.project, path, version)
         return {"path": str(out), "version": v}
 
     def model_import(self, actor: str, path: str, trust: bool = False, source_name: str | None = None) -> dict:
         from labelloop.core.loop.transfer import import_model
+
         if trust and self._request_conn is not None and not isinstance(self._request_conn, InProcess):
-            raise ApiError("denied", "--trust loads a pickle, which can run code: not through the server. Stop "
-                           "the server and run labelloop model import --trust as the project's owner.")
+            raise ApiError(
+                "denied",
+                "--trust loads a pickle, which can run code: not through the server. Stop "
+                "the server and run labelloop model import --trust as the project's owner.",
+            )
         return {"version": import_model(self.project, path, trust=trust)}
 
     # -- review (review_desk.py) -------------------------------------------------------------
@@ -626,7 +758,9 @@ class Service:
     def review_item(self, actor: str, item_id: str) -> dict:
         return self.review.item(item_id)
 
-    def adjudicate(self, actor: str, item_id: str, labels: list[str], msg_id: str, rationale: str | None = None) -> dict:
+    def adjudicate(
+        self, actor: str, item_id: str, labels: list[str], msg_id: str, rationale: str | None = None
+    ) -> dict:
         return self.review.adjudicate(actor, item_id, labels, msg_id, rationale)
 
     def undo_adjudication(self, actor: str, msg_id: str) -> dict:

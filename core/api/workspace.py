@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labelloop.core.api.client import Client, connect, retrain_and_wait
-from labelloop.core.config import parse_config
 from labelloop.core.api.protocol import ApiError, StoreFailed  # noqa: F401  (re-exported)
+from labelloop.core.config import parse_config
 from labelloop.core.store import as_store_error  # noqa: F401  (re-exported for the CLI)
 
 
@@ -40,7 +40,7 @@ class QueueItem:
     suggestion_hidden: bool = False
     multi_label: bool = False
     lease: str | None = field(default=None, compare=False, repr=False)  # the server's proof it was handed out
-    review_note: str | None = None      # why a reviewer sent the item back
+    review_note: str | None = None  # why a reviewer sent the item back
 
     @property
     def suggested_labels(self) -> list[str]:
@@ -93,17 +93,37 @@ class Report(dict):
 def _item(d: dict | None) -> QueueItem | None:
     if d is None:
         return None
-    return QueueItem(d["item_id"], d["text"], d.get("metadata") or {}, d.get("batch_id"), d.get("position"),
-                     d.get("strategy"), d.get("score"), d.get("rank"), d.get("percentile"), bool(d.get("audit")),
-                     d.get("model_version"), d.get("probs") or {}, bool(d.get("suggestion_hidden")),
-                     bool(d.get("multi_label")), d.get("lease"), d.get("review_note"))
+    return QueueItem(
+        d["item_id"],
+        d["text"],
+        d.get("metadata") or {},
+        d.get("batch_id"),
+        d.get("position"),
+        d.get("strategy"),
+        d.get("score"),
+        d.get("rank"),
+        d.get("percentile"),
+        bool(d.get("audit")),
+        d.get("model_version"),
+        d.get("probs") or {},
+        bool(d.get("suggestion_hidden")),
+        bool(d.get("multi_label")),
+        d.get("lease"),
+        d.get("review_note"),
+    )
 
 
 class Workspace:
     """One annotator's session on a project, over the project API."""
 
-    def __init__(self, project_dir: Path | str | None = None, *, actor: str | None = None,
-                 client: Client | None = None, compute: str = "process"):
+    def __init__(
+        self,
+        project_dir: Path | str | None = None,
+        *,
+        actor: str | None = None,
+        client: Client | None = None,
+        compute: str = "process",
+    ):
         self.client = client or connect(project_dir, actor=actor, compute=compute)
         hello = self.client.call("open_session", client="workstation")
         self.actor = hello["actor"]
@@ -119,9 +139,9 @@ class Workspace:
         self.retraining = False
         self.job: dict | None = None
         self.others = 0
-        self.summary = ""   # the service's one line on whether AL is working (core/measure.summary_line)
+        self.summary = ""  # the service's one line on whether AL is working (core/measure.summary_line)
         self.decisions_session = 0
-        self.paused: str | None = None      # [team] gold_pause: why this annotator gets no more items
+        self.paused: str | None = None  # [team] gold_pause: why this annotator gets no more items
         self.session_started = time.time()
         self._update(self.client.call("next", session=self.session_id))
 
@@ -196,28 +216,50 @@ class Workspace:
 
     # -- decisions -----------------------------------------------------------------------------------
     def _decide(self, item: QueueItem, action: str, **args) -> int:
-        answer = self.call("decide", item_id=item.item_id, action=action, msg_id=uuid.uuid4().hex,
-                           session=self.session_id, lease=item.lease,
-                           **{k: v for k, v in args.items() if v is not None})
+        answer = self.call(
+            "decide",
+            item_id=item.item_id,
+            action=action,
+            msg_id=uuid.uuid4().hex,
+            session=self.session_id,
+            lease=item.lease,
+            **{k: v for k, v in args.items() if v is not None},
+        )
         self._update(answer)
         return answer["event_id"]
 
-    def label(self, item: QueueItem, labels: list[str], *, reason: str | None = None, note: str | None = None,
-              duration_ms: float | None = None) -> int:
+    def label(
+        self,
+        item: QueueItem,
+        labels: list[str],
+        *,
+        reason: str | None = None,
+        note: str | None = None,
+        duration_ms: float | None = None,
+    ) -> int:
         """The annotator pressed a label key (or toggled labels and confirmed). A label that differs
         from the suggestion on screen is stored as a correction (reason from the taxonomy, or
         "unspecified" unless the project asks for a reason on every correction)."""
-        return self._decide(item, "label", labels=list(labels), reason=reason, note=note or None,
-                            duration_ms=duration_ms)
+        return self._decide(
+            item, "label", labels=list(labels), reason=reason, note=note or None, duration_ms=duration_ms
+        )
 
     def accept(self, item: QueueItem, *, duration_ms: float | None = None) -> int:
         return self._decide(item, "accept", duration_ms=duration_ms)
 
-    def correction(self, item: QueueItem, labels: list[str], reason: str, note: str | None = None, *,
-                   duration_ms: float | None = None) -> int:
+    def correction(
+        self,
+        item: QueueItem,
+        labels: list[str],
+        reason: str,
+        note: str | None = None,
+        *,
+        duration_ms: float | None = None,
+    ) -> int:
         """The suggestion was wrong: the right label and why, from the project's error taxonomy."""
-        return self._decide(item, "correction", labels=list(labels), reason=reason, note=note or None,
-                            duration_ms=duration_ms)
+        return self._decide(
+            item, "correction", labels=list(labels), reason=reason, note=note or None, duration_ms=duration_ms
+        )
 
     def skip(self, item: QueueItem, reason: str | None = None, *, duration_ms: float | None = None) -> int:
         return self._decide(item, "skip", note=reason or None, duration_ms=duration_ms)

@@ -38,8 +38,14 @@ class ArtifactError(LabelloopError):
 
 def save_bundle(path: Path | str, meta: dict, arrays: dict[str, np.ndarray]) -> Path:
     """Write ``meta`` (JSON-able) and numeric ``arrays`` to ``path`` (atomic, never pickled)."""
-    payload = {META_KEY: np.frombuffer(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **meta},
-                                                  ensure_ascii=False).encode("utf-8"), dtype=np.uint8)}
+    payload = {
+        META_KEY: np.frombuffer(
+            json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **meta}, ensure_ascii=False).encode(
+                "utf-8"
+            ),
+            dtype=np.uint8,
+        )
+    }
     for k, a in arrays.items():
         a = np.asarray(a)
         if a.dtype.kind not in "biuf":
@@ -50,6 +56,7 @@ def save_bundle(path: Path | str, meta: dict, arrays: dict[str, np.ndarray]) -> 
         buf = io.BytesIO()
         np.savez(buf, **payload)  # numeric arrays only (checked above): nothing to pickle
         f.write(buf.getvalue())
+
     return atomic_write(path, write)
 
 
@@ -60,8 +67,10 @@ def load_bundle(path: Path | str, *, what: str = "model file") -> tuple[dict, di
     if not path.is_file():
         raise ArtifactError(f"{path}: the {what} does not exist.")
     if not zipfile.is_zipfile(path):
-        raise ArtifactError(f"{path} is not a labelloop {what} (not in the safe .npz format; "
-                            "a pickle is never loaded from a project folder).")
+        raise ArtifactError(
+            f"{path} is not a labelloop {what} (not in the safe .npz format; "
+            "a pickle is never loaded from a project folder)."
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             names = list(z.files)
@@ -71,8 +80,10 @@ def load_bundle(path: Path | str, *, what: str = "model file") -> tuple[dict, di
     except ArtifactError:
         raise
     except Exception as exc:  # object arrays (ValueError), bad zip members, truncation
-        raise ArtifactError(f"{path} is damaged or not a labelloop {what} ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}).") from None
+        raise ArtifactError(
+            f"{path} is damaged or not a labelloop {what} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})."
+        ) from None
     raw = arrays.pop(META_KEY)
     try:
         meta = json.loads(raw.tobytes().decode("utf-8"))
@@ -81,7 +92,9 @@ def load_bundle(path: Path | str, *, what: str = "model file") -> tuple[dict, di
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a labelloop {what}.")
     if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ArtifactError(f"{path} was written by a newer labelloop (format {meta.get('format_version')}); upgrade labelloop.")
+        raise ArtifactError(
+            f"{path} was written by a newer labelloop (format {meta.get('format_version')}); upgrade labelloop."
+        )
     for k, a in arrays.items():
         if a.dtype.kind not in "biuf":
             raise ArtifactError(f"{path}: entry {k!r} is not numeric; the {what} is damaged.")

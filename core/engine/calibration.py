@@ -44,6 +44,7 @@ class PlattCalibrator:
 
     def fit(self, logits: np.ndarray, y: np.ndarray) -> "PlattCalibrator":
         from sklearn.linear_model import LogisticRegression
+
         k = logits.shape[1]
         self.coef_ = np.ones(k)
         self.intercept_ = np.zeros(k)
@@ -81,9 +82,14 @@ def reliability(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> dict:
     n = max(len(y), 1)
     ece = float(np.sum(counts / n * gaps))
     mce = float(np.max(np.where(counts > 0, gaps, 0.0))) if len(y) else 0.0
-    return {"ece": ece, "mce": mce, "bin_edges": edges.tolist(), "bin_counts": counts.tolist(),
-            "bin_confidence": [None if np.isnan(v) else float(v) for v in avg_conf],
-            "bin_accuracy": [None if np.isnan(v) else float(v) for v in accuracy]}
+    return {
+        "ece": ece,
+        "mce": mce,
+        "bin_edges": edges.tolist(),
+        "bin_counts": counts.tolist(),
+        "bin_confidence": [None if np.isnan(v) else float(v) for v in avg_conf],
+        "bin_accuracy": [None if np.isnan(v) else float(v) for v in accuracy],
+    }
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> float:

@@ -19,8 +19,9 @@ def random_seed(n_pool: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return rng.choice(n_pool, size=min(k, n_pool), replace=False)
 
 
-def keyword_seed(matched: np.ndarray, n_pool: int, k: int, rng: np.random.Generator,
-                 match_share: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def keyword_seed(
+    matched: np.ndarray, n_pool: int, k: int, rng: np.random.Generator, match_share: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """Half (match_share) from the pool rows matching the query, the rest at random from the others.
     Returns (rows, matched_flag)."""
     k = min(k, n_pool)
@@ -30,12 +31,16 @@ def keyword_seed(matched: np.ndarray, n_pool: int, k: int, rng: np.random.Genera
     mask[pick] = False
     others = np.flatnonzero(mask)
     rest = rng.choice(others, size=min(k - n_match, len(others)), replace=False)
-    return np.concatenate([pick, rest]).astype(np.int64), np.concatenate([np.ones(len(pick), bool), np.zeros(len(rest), bool)])
+    return np.concatenate([pick, rest]).astype(np.int64), np.concatenate(
+        [np.ones(len(pick), bool), np.zeros(len(rest), bool)]
+    )
 
 
 def check_seed_query(query: str) -> str:
     if not query or not query.strip():
-        raise LabelloopError("keyword seeding needs a query: set [strategy] seed_query or pass --seed-query 'free|prize'.")
+        raise LabelloopError(
+            "keyword seeding needs a query: set [strategy] seed_query or pass --seed-query 'free|prize'."
+        )
     try:
         re.compile(query)
     except re.error as exc:
@@ -43,12 +48,14 @@ def check_seed_query(query: str) -> str:
     return query
 
 
-def typicality_seed(X_pool, k: int, rng: np.random.Generator, *, sample: int = 20_000, svd_dims: int = 64,
-                    neighbours: int = 20) -> np.ndarray:
+def typicality_seed(
+    X_pool, k: int, rng: np.random.Generator, *, sample: int = 20_000, svd_dims: int = 64, neighbours: int = 20
+) -> np.ndarray:
     """k-means into k clusters; from each, the item with the highest typicality
     (inverse mean distance to its nearest neighbours inside the cluster)."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import TruncatedSVD
+
     n = X_pool.shape[0]
     k = min(k, n)
     rows = rng.choice(n, size=min(sample, n), replace=False) if n > sample else np.arange(n)
@@ -68,7 +75,7 @@ def typicality_seed(X_pool, k: int, rng: np.random.Generator, *, sample: int = 2
         Zm = Z[members]
         d = np.sqrt(np.maximum(2 - 2 * (Zm @ Zm.T), 0))  # unit vectors: euclidean from cosine
         kn = min(neighbours, len(members) - 1)
-        nearest = np.partition(d, kn, axis=1)[:, 1:kn + 1]
+        nearest = np.partition(d, kn, axis=1)[:, 1 : kn + 1]
         typicality = 1.0 / (nearest.mean(axis=1) + 1e-9)
         chosen.append(rows[members[int(np.argmax(typicality))]])
     chosen = np.array(chosen, dtype=np.int64)

@@ -41,19 +41,26 @@ def load_embedder():
                 import wordllama
                 from wordllama import WordLlama
             except ImportError:
-                raise LabelloopError("sentence embeddings need the 'wordllama' package "
-                                     "(pip install wordllama); features kind 'tfidf' works without it.") from None
+                raise LabelloopError(
+                    "sentence embeddings need the 'wordllama' package "
+                    "(pip install wordllama); features kind 'tfidf' works without it."
+                ) from None
             try:
-                _model = WordLlama.load(config="l2_supercat", dim=EMBED_DIM,
-                                        cache_dir=Path(wordllama.__file__).parent, disable_download=True)
+                _model = WordLlama.load(
+                    config="l2_supercat",
+                    dim=EMBED_DIM,
+                    cache_dir=Path(wordllama.__file__).parent,
+                    disable_download=True,
+                )
             except FileNotFoundError as exc:
-                raise LabelloopError(f"the embedding model's files are missing from the wordllama package ({exc}); "
-                                     "reinstall it (pip install --force-reinstall wordllama).") from None
+                raise LabelloopError(
+                    f"the embedding model's files are missing from the wordllama package ({exc}); "
+                    "reinstall it (pip install --force-reinstall wordllama)."
+                ) from None
         return _model
 
 
-def embed_texts(texts: list[str], *, chunk: int = CHUNK, out: np.ndarray | None = None,
-                progress=None) -> np.ndarray:
+def embed_texts(texts: list[str], *, chunk: int = CHUNK, out: np.ndarray | None = None, progress=None) -> np.ndarray:
     """float16 embeddings (n, 256), rows L2-normalised (an empty text gets a zero row).
 
     Chunk by chunk so the float32 temporaries of one chunk are all that exists besides the result;
@@ -63,12 +70,12 @@ def embed_texts(texts: list[str], *, chunk: int = CHUNK, out: np.ndarray | None 
     if out is None:
         out = np.empty((n, EMBED_DIM), dtype=np.float16)
     for start in range(0, n, chunk):
-        part = model.embed(list(texts[start:start + chunk]), norm=False, batch_size=512)
+        part = model.embed(list(texts[start : start + chunk]), norm=False, batch_size=512)
         part = np.asarray(part, dtype=np.float32)
         norms = np.linalg.norm(part, axis=1, keepdims=True)
         np.divide(part, norms, out=part, where=norms > 0)
         part[~np.isfinite(part)] = 0.0
-        out[start:start + len(part)] = part.astype(np.float16)
+        out[start : start + len(part)] = part.astype(np.float16)
         if progress:
             progress(min(1.0, (start + len(part)) / max(n, 1)))
     return out

@@ -25,11 +25,19 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from labelloop.core.engine.embed import CHUNK as EMBED_CHUNK, EMBED_DIM, EMBED_MODEL, embed_texts
-from labelloop.core.engine.artifacts import ArtifactError, array_to_strings, load_bundle, require, save_bundle, strings_to_array
+from labelloop.core.engine.artifacts import (
+    ArtifactError,
+    array_to_strings,
+    load_bundle,
+    require,
+    save_bundle,
+    strings_to_array,
+)
+from labelloop.core.engine.embed import CHUNK as EMBED_CHUNK
+from labelloop.core.engine.embed import EMBED_DIM, EMBED_MODEL, embed_texts
 from labelloop.core.util.safeio import atomic_write, atomic_write_text
 
-FEATURIZER_VERSION = 4   # 4: features.json names the items' fingerprint (the embeddings' cache key)
+FEATURIZER_VERSION = 4  # 4: features.json names the items' fingerprint (the embeddings' cache key)
 FEATURE_MODES = ("tfidf", "embed", "tfidf+embed")
 SPLIT_CODES = ("pool", "test", "gold")
 IDF_SAMPLE = 200_000
@@ -42,8 +50,15 @@ class TextFeaturizer:
     Rows are L2-normalised, so a dot product between two rows is their cosine similarity.
     """
 
-    def __init__(self, kind: str = "tfidf", *, max_word_features: int = 200_000, max_char_features: int = 300_000,
-                 hash_bits: int = 18, min_df: int = 2):
+    def __init__(
+        self,
+        kind: str = "tfidf",
+        *,
+        max_word_features: int = 200_000,
+        max_char_features: int = 300_000,
+        hash_bits: int = 18,
+        min_df: int = 2,
+    ):
         if kind not in ("tfidf", "hashing"):
             raise ValueError(f"unknown featurizer kind {kind!r}")
         self.kind = kind
@@ -51,12 +66,15 @@ class TextFeaturizer:
         self.max_char_features = max_char_features
         self.hash_bits = hash_bits
         self.min_df = min_df
-        self.mode = "tfidf"        # which blocks transform() gives: see with_mode
+        self.mode = "tfidf"  # which blocks transform() gives: see with_mode
         self.embed_weight = 1.0
 
     def __str__(self) -> str:
-        text = (f"{self.kind}(word 1-2, char 2-5)" if self.kind == "tfidf"
-                else f"hashing(2^{self.hash_bits}, word 1-2, char 4)")
+        text = (
+            f"{self.kind}(word 1-2, char 2-5)"
+            if self.kind == "tfidf"
+            else f"hashing(2^{self.hash_bits}, word 1-2, char 4)"
+        )
         if self.mode == "embed":
             return EMBED_MODEL
         if self.mode == "tfidf+embed":
@@ -68,25 +86,49 @@ class TextFeaturizer:
         if mode not in FEATURE_MODES:
             raise ValueError(f"unknown features mode {mode!r}")
         import copy
+
         fz = copy.copy(self)
         fz.mode, fz.embed_weight = mode, float(weight)
         fz.n_features_ = _width(mode, self.n_text_features_)
         return fz
 
     def _word(self, min_df: int):
-        return TfidfVectorizer(analyzer="word", ngram_range=(1, 2), min_df=min_df, sublinear_tf=True,
-                               max_features=self.max_word_features, dtype=np.float32, token_pattern=r"(?u)\b\w+\b")
+        return TfidfVectorizer(
+            analyzer="word",
+            ngram_range=(1, 2),
+            min_df=min_df,
+            sublinear_tf=True,
+            max_features=self.max_word_features,
+            dtype=np.float32,
+            token_pattern=r"(?u)\b\w+\b",
+        )
 
     def _char(self, min_df: int):
-        return TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=min_df, sublinear_tf=True,
-                               max_features=self.max_char_features, dtype=np.float32)
+        return TfidfVectorizer(
+            analyzer="char_wb",
+            ngram_range=(2, 5),
+            min_df=min_df,
+            sublinear_tf=True,
+            max_features=self.max_char_features,
+            dtype=np.float32,
+        )
 
     def _hashers(self):
-        n = 2 ** self.hash_bits
-        return (HashingVectorizer(analyzer="word", ngram_range=(1, 2), n_features=n, alternate_sign=False,
-                                  norm=None, dtype=np.float32, token_pattern=r"(?u)\b\w+\b"),
-                HashingVectorizer(analyzer="char_wb", ngram_range=(4, 4), n_features=n, alternate_sign=False,
-                                  norm=None, dtype=np.float32))
+        n = 2**self.hash_bits
+        return (
+            HashingVectorizer(
+                analyzer="word",
+                ngram_range=(1, 2),
+                n_features=n,
+                alternate_sign=False,
+                norm=None,
+                dtype=np.float32,
+                token_pattern=r"(?u)\b\w+\b",
+            ),
+            HashingVectorizer(
+                analyzer="char_wb", ngram_range=(4, 4), n_features=n, alternate_sign=False, norm=None, dtype=np.float32
+            ),
+        )
 
     def fit(self, texts: list[str]) -> "TextFeaturizer":
         min_df = self.min_df if len(texts) >= 50 else 1
@@ -118,8 +160,9 @@ class TextFeaturizer:
         """TF-IDF, chunk by chunk, so the temporary matrices of one chunk are all that exists besides
         the result."""
         if len(texts) > chunk:
-            return sp.vstack([self.transform_text(texts[i:i + chunk], chunk) for i in range(0, len(texts), chunk)],
-                             format="csr")
+            return sp.vstack(
+                [self.transform_text(texts[i : i + chunk], chunk) for i in range(0, len(texts), chunk)], format="csr"
+            )
         if self.kind == "tfidf":
             parts = [self.word_.transform(texts), self.char_.transform(texts)]
         else:
@@ -130,10 +173,17 @@ class TextFeaturizer:
 
     # -- a state of numbers and strings (stored without pickle; see core/engine/artifacts.py) --------------
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        meta = {"kind": self.kind, "max_word_features": self.max_word_features,
-                "max_char_features": self.max_char_features, "hash_bits": self.hash_bits, "min_df": self.min_df,
-                "n_features": int(self.n_features_), "mode": self.mode, "embed_weight": float(self.embed_weight),
-                "embed_model": EMBED_MODEL if self.mode != "tfidf" else None}
+        meta = {
+            "kind": self.kind,
+            "max_word_features": self.max_word_features,
+            "max_char_features": self.max_char_features,
+            "hash_bits": self.hash_bits,
+            "min_df": self.min_df,
+            "n_features": int(self.n_features_),
+            "mode": self.mode,
+            "embed_weight": float(self.embed_weight),
+            "embed_model": EMBED_MODEL if self.mode != "tfidf" else None,
+        }
         if self.kind == "tfidf":
             arrays = {}
             for name, vec in (("word", self.word_), ("char", self.char_)):
@@ -142,8 +192,10 @@ class TextFeaturizer:
                 arrays[f"fz_{name}_terms"] = strings_to_array(terms)
                 arrays[f"fz_{name}_idf"] = np.asarray(vec.idf_, dtype=np.float64)
         else:
-            arrays = {"fz_word_idf": np.asarray(self.idf_word_.idf_, dtype=np.float64),
-                      "fz_char_idf": np.asarray(self.idf_char_.idf_, dtype=np.float64)}
+            arrays = {
+                "fz_word_idf": np.asarray(self.idf_word_.idf_, dtype=np.float64),
+                "fz_char_idf": np.asarray(self.idf_char_.idf_, dtype=np.float64),
+            }
         return meta, arrays
 
     @classmethod
@@ -151,24 +203,35 @@ class TextFeaturizer:
         kind = meta.get("kind")
         require(kind in ("tfidf", "hashing"), where, f"unknown featurizer kind {kind!r}")
         try:
-            fz = cls(kind, max_word_features=int(meta["max_word_features"]),
-                     max_char_features=int(meta["max_char_features"]), hash_bits=int(meta["hash_bits"]),
-                     min_df=int(meta["min_df"]))
+            fz = cls(
+                kind,
+                max_word_features=int(meta["max_word_features"]),
+                max_char_features=int(meta["max_char_features"]),
+                hash_bits=int(meta["hash_bits"]),
+                min_df=int(meta["min_df"]),
+            )
         except (KeyError, TypeError, ValueError):
             raise ArtifactError(f"{where}: the featurizer settings are incomplete; the file is damaged.") from None
         require(8 <= fz.hash_bits <= 24, where, "hash_bits is out of range")
         if kind == "tfidf":
             for name, make in (("word", fz._word), ("char", fz._char)):
-                require(f"fz_{name}_terms" in arrays and f"fz_{name}_idf" in arrays, where, f"the {name} vocabulary is missing")
+                require(
+                    f"fz_{name}_terms" in arrays and f"fz_{name}_idf" in arrays,
+                    where,
+                    f"the {name} vocabulary is missing",
+                )
                 terms = array_to_strings(arrays[f"fz_{name}_terms"], where=where)
                 idf = np.asarray(arrays[f"fz_{name}_idf"], dtype=np.float64)
-                require(idf.ndim == 1 and len(idf) == len(terms) and len(set(terms)) == len(terms), where,
-                        f"the {name} vocabulary and its idf weights do not match")
+                require(
+                    idf.ndim == 1 and len(idf) == len(terms) and len(set(terms)) == len(terms),
+                    where,
+                    f"the {name} vocabulary and its idf weights do not match",
+                )
                 vec = make(1).set_params(vocabulary={t: i for i, t in enumerate(terms)})
                 vec.idf_ = idf
                 setattr(fz, f"{name}_", vec)
         else:
-            n = 2 ** fz.hash_bits
+            n = 2**fz.hash_bits
             for name in ("word", "char"):
                 idf = np.asarray(arrays.get(f"fz_{name}_idf", np.zeros(0)), dtype=np.float64)
                 require(idf.shape == (n,), where, f"the {name} idf weights have the wrong size")
@@ -176,11 +239,14 @@ class TextFeaturizer:
                 t.idf_ = idf
                 setattr(fz, f"idf_{name}_", t)
         fz.n_text_features_ = fz.transform_text(["x"]).shape[1]
-        mode = meta.get("mode", "tfidf")            # files written before embeddings existed: TF-IDF
+        mode = meta.get("mode", "tfidf")  # files written before embeddings existed: TF-IDF
         require(mode in FEATURE_MODES, where, f"unknown features mode {mode!r}")
         if mode != "tfidf":
-            require(meta.get("embed_model") == EMBED_MODEL, where,
-                    f"the model was trained on embeddings of {meta.get('embed_model')!r}; this install has {EMBED_MODEL}")
+            require(
+                meta.get("embed_model") == EMBED_MODEL,
+                where,
+                f"the model was trained on embeddings of {meta.get('embed_model')!r}; this install has {EMBED_MODEL}",
+            )
         try:
             weight = float(meta.get("embed_weight", 1.0))
         except (TypeError, ValueError):
@@ -203,7 +269,7 @@ class TextFeaturizer:
 def _chunked(fn, texts: list[str], size: int = 50_000) -> sp.csr_matrix:
     if len(texts) <= size:
         return fn(texts)
-    return sp.vstack([fn(texts[i:i + size]) for i in range(0, len(texts), size)], format="csr")
+    return sp.vstack([fn(texts[i : i + size]) for i in range(0, len(texts), size)], format="csr")
 
 
 def _width(mode: str, n_text: int) -> int:
@@ -275,17 +341,18 @@ class FeatureSet:
     """The project's features: row i is the item ``ids[i]`` (items in ``ord`` order). ``T`` is the
     TF-IDF matrix, ``E`` the embeddings (None until ``attach_embeddings``), ``X`` the rows of the
     mode in use (``use``)."""
+
     T: sp.csr_matrix
-    ids: np.ndarray            # item ids, object array
-    ords: np.ndarray           # item ord, sorted ascending: rows_for_ords maps ord -> row
-    splits: np.ndarray         # 'pool' | 'test' | 'gold'
+    ids: np.ndarray  # item ids, object array
+    ords: np.ndarray  # item ord, sorted ascending: rows_for_ords maps ord -> row
+    splits: np.ndarray  # 'pool' | 'test' | 'gold'
     featurizer: TextFeaturizer
     fingerprint: str
     from_cache: bool = False
-    text_hash: np.ndarray | None = None   # 64-bit hash of each item's exact text (duplicates share one)
-    note: str | None = None               # e.g. why the cache was rebuilt
-    items_fp: str | None = None           # the items' fingerprint (the embeddings cache key)
-    E: np.ndarray | None = None           # (n, 256) float16 embeddings, memory-mapped from the cache
+    text_hash: np.ndarray | None = None  # 64-bit hash of each item's exact text (duplicates share one)
+    note: str | None = None  # e.g. why the cache was rebuilt
+    items_fp: str | None = None  # the items' fingerprint (the embeddings cache key)
+    E: np.ndarray | None = None  # (n, 256) float16 embeddings, memory-mapped from the cache
     mode: str = "tfidf"
     embed_weight: float = 1.0
 
@@ -358,9 +425,16 @@ def invalidate_feature_cache(cache_dir: Path) -> None:
         pass
 
 
-def load_or_build_features(items_state: tuple, read_items, cache_dir: Path, *, hashing_above: int = 500_000,
-                           featurizer: TextFeaturizer | None = None, check_only: bool = False,
-                           embeddings: bool = False) -> FeatureSet | str:
+def load_or_build_features(
+    items_state: tuple,
+    read_items,
+    cache_dir: Path,
+    *,
+    hashing_above: int = 500_000,
+    featurizer: TextFeaturizer | None = None,
+    check_only: bool = False,
+    embeddings: bool = False,
+) -> FeatureSet | str:
     """Features for every item, from the cache when no item was added since it was built.
 
     ``items_state``: (count, highest ord, latest import) of the items; ``read_items()``: their arrays
@@ -411,8 +485,10 @@ def load_or_build_features(items_state: tuple, read_items, cache_dir: Path, *, h
     atomic_write(cache_dir / "feature_text_hash.npy", lambda f: np.save(f, text_hash, allow_pickle=False))
     fz_meta, fz_arrays = featurizer.state()
     save_bundle(cache_dir / "featurizer.npz", {"featurizer": fz_meta}, fz_arrays)
-    atomic_write_text(cache_dir / "features.json", json.dumps(
-        {"fingerprint": fp, "items": items_fp, "featurizer": str(featurizer), "shape": list(X.shape)}))
+    atomic_write_text(
+        cache_dir / "features.json",
+        json.dumps({"fingerprint": fp, "items": items_fp, "featurizer": str(featurizer), "shape": list(X.shape)}),
+    )
     feats = FeatureSet(X, ids, ords, splits, featurizer, fp, text_hash=text_hash, note=note, items_fp=items_fp)
     if embeddings or featurizer.mode != "tfidf":
         attach_embeddings(feats, cache_dir, lambda: texts)
@@ -423,7 +499,7 @@ def load_or_build_features(items_state: tuple, read_items, cache_dir: Path, *, h
 
 def _load_cache(cache_dir: Path, fp: str) -> FeatureSet:
     where = str(cache_dir)
-    X = sp.load_npz(cache_dir / "features.npz").tocsr()          # scipy reads it with allow_pickle=False
+    X = sp.load_npz(cache_dir / "features.npz").tocsr()  # scipy reads it with allow_pickle=False
     items_fp = json.loads((cache_dir / "features.json").read_text(encoding="utf-8")).get("items")
     ids = json.loads((cache_dir / "feature_ids.json").read_text(encoding="utf-8"))
     ords = np.load(cache_dir / "feature_ords.npy", allow_pickle=False)
@@ -432,27 +508,45 @@ def _load_cache(cache_dir: Path, fp: str) -> FeatureSet:
     meta, arrays = load_bundle(cache_dir / "featurizer.npz", what="featurizer")
     fz = TextFeaturizer.from_state(meta.get("featurizer") or {}, arrays, where=where)
     n = X.shape[0]
-    require(isinstance(ids, list) and len(ids) == n and all(isinstance(i, str) for i in ids), where, "item ids do not match")
+    require(
+        isinstance(ids, list) and len(ids) == n and all(isinstance(i, str) for i in ids), where, "item ids do not match"
+    )
     require(ords.shape == (n,) and codes.shape == (n,) and text_hash.shape == (n,), where, "cache arrays do not match")
-    require(ords.dtype.kind == "i" and codes.dtype.kind == "i" and text_hash.dtype == np.uint64, where, "wrong array types")
+    require(
+        ords.dtype.kind == "i" and codes.dtype.kind == "i" and text_hash.dtype == np.uint64, where, "wrong array types"
+    )
     require(bool(np.all((codes >= 0) & (codes < len(SPLIT_CODES)))), where, "unknown split codes")
     require(X.shape[1] == fz.n_features_, where, "the matrix does not match the featurizer")
     splits = np.array(SPLIT_CODES, dtype=object)[codes]
-    feats = FeatureSet(X, np.array(ids, dtype=object), ords, splits, fz, fp, from_cache=True, text_hash=text_hash,
-                       items_fp=items_fp if isinstance(items_fp, str) else None)
+    feats = FeatureSet(
+        X,
+        np.array(ids, dtype=object),
+        ords,
+        splits,
+        fz,
+        fp,
+        from_cache=True,
+        text_hash=text_hash,
+        items_fp=items_fp if isinstance(items_fp, str) else None,
+    )
     _attach_cached_embeddings(feats, cache_dir)
     return feats
 
 
 # -- embeddings: computed once per item, cached as float16 .npy beside the TF-IDF matrix ---------------
 
+
 def _embeddings_current(cache_dir: Path, items_fp: str | None, n: int) -> bool:
     try:
         meta = json.loads((cache_dir / "embeddings.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (items_fp is not None and meta.get("items") == items_fp and meta.get("model") == EMBED_MODEL
-            and meta.get("shape") == [n, EMBED_DIM])
+    return (
+        items_fp is not None
+        and meta.get("items") == items_fp
+        and meta.get("model") == EMBED_MODEL
+        and meta.get("shape") == [n, EMBED_DIM]
+    )
 
 
 def _attach_cached_embeddings(feats: FeatureSet, cache_dir: Path) -> bool:
@@ -494,14 +588,18 @@ def ensure_embeddings(cache_dir: Path, items_fp: str | None, n: int, read_texts,
     if len(texts) != n:
         raise FeatureCacheError("the items changed while their embeddings were computed; try again")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    def write(f):   # the .npy header, then the rows chunk by chunk: one chunk in memory at a time
-        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f2")),
-                                                 "fortran_order": False, "shape": (n, EMBED_DIM)})
+
+    def write(f):  # the .npy header, then the rows chunk by chunk: one chunk in memory at a time
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f2")), "fortran_order": False, "shape": (n, EMBED_DIM)}
+        )
         for start in range(0, n, EMBED_CHUNK):
-            part = embed_texts(texts[start:start + EMBED_CHUNK])
+            part = embed_texts(texts[start : start + EMBED_CHUNK])
             f.write(np.ascontiguousarray(part, dtype="<f2").tobytes())
             if progress:
                 progress(min(1.0, (start + EMBED_CHUNK) / n))
+
     atomic_write(cache_dir / "embeddings.npy", write)
-    atomic_write_text(cache_dir / "embeddings.json", json.dumps(
-        {"items": items_fp, "model": EMBED_MODEL, "shape": [n, EMBED_DIM]}))
+    atomic_write_text(
+        cache_dir / "embeddings.json", json.dumps({"items": items_fp, "model": EMBED_MODEL, "shape": [n, EMBED_DIM]})
+    )

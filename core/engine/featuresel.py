@@ -27,9 +27,9 @@ EMBED_WEIGHTS = (0.5, 1.0, 2.0)
 C_GRID = (1.0, 10.0, 100.0)
 C_DEFAULT = 10.0
 FALLBACK = ("tfidf+embed", 1.0)
-MAX_ROWS = 1000        # cross-validate on at most this many labels (a random sample beyond)
-MAX_FOLDS = 3          # 3 folds: the choice needs a ranking, not a precise estimate
-CV_TOL = 1e-3          # likewise a looser solver tolerance (5x fewer iterations at C=100)
+MAX_ROWS = 1000  # cross-validate on at most this many labels (a random sample beyond)
+MAX_FOLDS = 3  # 3 folds: the choice needs a ranking, not a precise estimate
+CV_TOL = 1e-3  # likewise a looser solver tolerance (5x fewer iterations at C=100)
 
 
 def candidates_for(kind: str) -> list[tuple[str, float]]:
@@ -97,8 +97,9 @@ def _ev(mean: float, sd: float) -> list:
     return [round(mean, 4) if np.isfinite(mean) else None, round(sd, 4) if np.isfinite(sd) else None]
 
 
-def choose_features(T, E, rows: np.ndarray, y, *, kind: str = "auto", seed: int = 0, choose_c: bool = True,
-                    max_rows: int = MAX_ROWS) -> dict:
+def choose_features(
+    T, E, rows: np.ndarray, y, *, kind: str = "auto", seed: int = 0, choose_c: bool = True, max_rows: int = MAX_ROWS
+) -> dict:
     """The features and C for a model trained on ``rows`` with labels ``y``.
 
     ``T``: TF-IDF matrix (CSR, all items), ``E``: embeddings (all items) or None. Returns
@@ -116,8 +117,13 @@ def choose_features(T, E, rows: np.ndarray, y, *, kind: str = "auto", seed: int 
     folds = _folds(y, MAX_FOLDS, rng)
     if not folds:
         mode, w = cands[0] if len(cands) == 1 else (FALLBACK if E is not None else ("tfidf", 1.0))
-        out.update(mode=mode, weight=w, C=C_DEFAULT, name=name_of(mode, w),
-                   reason="not cross-validated: fewer than two classes have two labels or more")
+        out.update(
+            mode=mode,
+            weight=w,
+            C=C_DEFAULT,
+            name=name_of(mode, w),
+            reason="not cross-validated: fewer than two classes have two labels or more",
+        )
         return out
     out["folds"] = len(folds)
     T_lab = T[rows] if T is not None else None
@@ -135,7 +141,7 @@ def choose_features(T, E, rows: np.ndarray, y, *, kind: str = "auto", seed: int 
     mode, w, X = best
     C = C_DEFAULT
     if choose_c:
-        best_c = (best_key, C_DEFAULT)      # the default keeps ties
+        best_c = (best_key, C_DEFAULT)  # the default keeps ties
         out["c_evidence"][f"{C_DEFAULT:g}"] = out["evidence"][name_of(mode, w)]
         for c in C_GRID:
             if c == C_DEFAULT:
@@ -145,6 +151,11 @@ def choose_features(T, E, rows: np.ndarray, y, *, kind: str = "auto", seed: int 
             if _better((mean, loss), best_c[0]):
                 best_c = ((mean, loss), c)
         C = best_c[1]
-    out.update(mode=mode, weight=w, C=C, name=name_of(mode, w),
-               reason=f"{len(folds)}-fold cross-validated accuracy on {len(rows)} labels")
+    out.update(
+        mode=mode,
+        weight=w,
+        C=C,
+        name=name_of(mode, w),
+        reason=f"{len(folds)}-fold cross-validated accuracy on {len(rows)} labels",
+    )
     return out

@@ -30,13 +30,19 @@ CALIBRATION_SPLIT_MIN = 2000  # from this many labels on, calibrate on a 20% spl
 @dataclass
 class LinearWeights:
     """The fitted weights of a linear classifier, as loaded from an artifact (what ``decision`` needs)."""
+
     coef_: np.ndarray
     intercept_: np.ndarray
 
 
 def _logreg(class_weight: str | None, C: float, seed: int, tol: float = 1e-4) -> LogisticRegression:
-    return LogisticRegression(C=C, max_iter=500, class_weight=None if class_weight in (None, "none") else class_weight,
-                              random_state=seed, tol=tol)
+    return LogisticRegression(
+        C=C,
+        max_iter=500,
+        class_weight=None if class_weight in (None, "none") else class_weight,
+        random_state=seed,
+        tol=tol,
+    )
 
 
 def _fit_lr(X, y, class_weight, C, seed, sample_weight=None, init=None) -> LogisticRegression:
@@ -57,6 +63,7 @@ def _fit_lr(X, y, class_weight, C, seed, sample_weight=None, init=None) -> Logis
 class CalibratedModel:
     """A fitted classifier with a calibration map. ``predict_proba(X)`` gives calibrated probabilities
     over ``classes_`` (label names)."""
+
     classes_: list[str]
     clf: LogisticRegression
     calibration: str = "temperature"
@@ -89,10 +96,14 @@ class CalibratedModel:
 
 def model_state(model) -> tuple[dict, dict[str, np.ndarray]]:
     """A model as JSON-able metadata and numeric arrays (stored without pickle; core/engine/artifacts.py)."""
-    meta = {"kind": "multilabel" if isinstance(model, MultiLabelModel) else "multiclass",
-            "classes": list(model.classes_), "calibration": model.calibration,
-            "temperature": float(model.temperature_), "fit_seconds": float(model.fit_seconds_),
-            "info": {k: v for k, v in model.info.items() if isinstance(v, (int, float, str, bool, type(None)))}}
+    meta = {
+        "kind": "multilabel" if isinstance(model, MultiLabelModel) else "multiclass",
+        "classes": list(model.classes_),
+        "calibration": model.calibration,
+        "temperature": float(model.temperature_),
+        "fit_seconds": float(model.fit_seconds_),
+        "info": {k: v for k, v in model.info.items() if isinstance(v, (int, float, str, bool, type(None)))},
+    }
     if isinstance(model, MultiLabelModel):
         d = next((c.coef_.shape[1] for c in model.clfs if not isinstance(c, float)), 0)
         coef = np.zeros((len(model.clfs), d))
@@ -104,8 +115,10 @@ def model_state(model) -> tuple[dict, dict[str, np.ndarray]]:
             else:
                 coef[j], intercept[j] = c.coef_[0], c.intercept_[0]
         return meta, {"coef": coef, "intercept": intercept, "constant": const, "n_features": np.array([d])}
-    arrays = {"coef": np.asarray(model.clf.coef_, dtype=np.float64),
-              "intercept": np.asarray(model.clf.intercept_, dtype=np.float64)}
+    arrays = {
+        "coef": np.asarray(model.clf.coef_, dtype=np.float64),
+        "intercept": np.asarray(model.clf.intercept_, dtype=np.float64),
+    }
     if model.platt_ is not None:
         arrays["platt_coef"] = np.asarray(model.platt_.coef_, dtype=np.float64)
         arrays["platt_intercept"] = np.asarray(model.platt_.intercept_, dtype=np.float64)
@@ -115,32 +128,63 @@ def model_state(model) -> tuple[dict, dict[str, np.ndarray]]:
 def model_from_state(meta: dict, arrays: dict[str, np.ndarray], *, where: str):
     """Rebuild a model from ``model_state`` output, checking every shape (a crafted file is refused)."""
     from labelloop.core.engine.artifacts import ArtifactError, require
+
     try:
         kind, classes = meta["kind"], meta["classes"]
         calibration, temperature = meta["calibration"], float(meta["temperature"])
     except (KeyError, TypeError, ValueError):
         raise ArtifactError(f"{where}: the model's settings are incomplete; the file is damaged.") from None
-    require(isinstance(classes, list) and len(classes) >= 1 and all(isinstance(c, str) for c in classes)
-            and len(set(classes)) == len(classes), where, "the class list is invalid")
+    require(
+        isinstance(classes, list)
+        and len(classes) >= 1
+        and all(isinstance(c, str) for c in classes)
+        and len(set(classes)) == len(classes),
+        where,
+        "the class list is invalid",
+    )
     require(calibration in ("temperature", "platt", "none"), where, f"unknown calibration {calibration!r}")
     require(np.isfinite(temperature) and temperature > 0, where, "the temperature is not a positive number")
     coef, intercept = arrays.get("coef"), arrays.get("intercept")
-    require(coef is not None and intercept is not None and coef.ndim == 2 and intercept.ndim == 1, where,
-            "the weights are missing or have the wrong shape")
-    require(bool(np.all(np.isfinite(coef))) and bool(np.all(np.isfinite(intercept))), where, "the weights are not finite")
+    require(
+        coef is not None and intercept is not None and coef.ndim == 2 and intercept.ndim == 1,
+        where,
+        "the weights are missing or have the wrong shape",
+    )
+    require(
+        bool(np.all(np.isfinite(coef))) and bool(np.all(np.isfinite(intercept))), where, "the weights are not finite"
+    )
     k = len(classes)
     if kind == "multilabel":
         const = arrays.get("constant")
-        require(coef.shape[0] == k and intercept.shape == (k,) and const is not None and const.shape == (k,), where,
-                "the weights do not match the classes")
-        clfs = [float(intercept[j]) if const[j] else LinearWeights(coef[j:j + 1], intercept[j:j + 1]) for j in range(k)]
-        return MultiLabelModel(list(classes), clfs, calibration, temperature,
-                               fit_seconds_=float(meta.get("fit_seconds", 0.0)), info=dict(meta.get("info") or {}))
+        require(
+            coef.shape[0] == k and intercept.shape == (k,) and const is not None and const.shape == (k,),
+            where,
+            "the weights do not match the classes",
+        )
+        clfs = [
+            float(intercept[j]) if const[j] else LinearWeights(coef[j : j + 1], intercept[j : j + 1]) for j in range(k)
+        ]
+        return MultiLabelModel(
+            list(classes),
+            clfs,
+            calibration,
+            temperature,
+            fit_seconds_=float(meta.get("fit_seconds", 0.0)),
+            info=dict(meta.get("info") or {}),
+        )
     require(kind == "multiclass", where, f"unknown model kind {kind!r}")
     rows = 1 if k == 2 else k
-    require(k >= 2 and coef.shape[0] == rows and intercept.shape == (rows,), where, "the weights do not match the classes")
-    model = CalibratedModel(list(classes), LinearWeights(coef, intercept), calibration, temperature,
-                            fit_seconds_=float(meta.get("fit_seconds", 0.0)), info=dict(meta.get("info") or {}))
+    require(
+        k >= 2 and coef.shape[0] == rows and intercept.shape == (rows,), where, "the weights do not match the classes"
+    )
+    model = CalibratedModel(
+        list(classes),
+        LinearWeights(coef, intercept),
+        calibration,
+        temperature,
+        fit_seconds_=float(meta.get("fit_seconds", 0.0)),
+        info=dict(meta.get("info") or {}),
+    )
     if "platt_coef" in arrays:
         pc, pi = arrays["platt_coef"], arrays.get("platt_intercept")
         require(pi is not None and pc.shape == (k,) and pi.shape == (k,), where, "the Platt parameters do not match")
@@ -153,14 +197,26 @@ def check_trainable(y_names: list[str]) -> None:
     present = sorted(set(y_names))
     if len(present) < 2:
         which = f"only '{present[0]}'" if present else "none"
-        raise ModelError(f"training needs labels of at least two classes; the labelled pool has {which}. "
-                         "Label more items (the cold-start batch mixes classes) and try again.")
+        raise ModelError(
+            f"training needs labels of at least two classes; the labelled pool has {which}. "
+            "Label more items (the cold-start batch mixes classes) and try again."
+        )
 
 
-def fit_model(X, y_names: list[str], classes: list[str], *, calibration: str = "temperature",
-              class_weight: str | None = None, C: float = 100.0, seed: int = 0, folds: int = 5,
-              sample_weight: np.ndarray | None = None, held_out: str = "crossfit",
-              warm_from: "CalibratedModel | None" = None) -> CalibratedModel:
+def fit_model(
+    X,
+    y_names: list[str],
+    classes: list[str],
+    *,
+    calibration: str = "temperature",
+    class_weight: str | None = None,
+    C: float = 100.0,
+    seed: int = 0,
+    folds: int = 5,
+    sample_weight: np.ndarray | None = None,
+    held_out: str = "crossfit",
+    warm_from: "CalibratedModel | None" = None,
+) -> CalibratedModel:
     """Fit the classifier on all labelled rows and a calibration map on held-out predictions.
     ``sample_weight`` (e.g. the loop's class-prior correction) weights the fit and the calibration.
 
@@ -180,8 +236,12 @@ def fit_model(X, y_names: list[str], classes: list[str], *, calibration: str = "
         # regression target; it is not, and the warning would reach the user's terminal
         warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
         init = None
-        if (warm_from is not None and list(warm_from.classes_) == present
-                and isinstance(warm_from.clf, LogisticRegression) and warm_from.clf.coef_.shape[1] == X.shape[1]):
+        if (
+            warm_from is not None
+            and list(warm_from.classes_) == present
+            and isinstance(warm_from.clf, LogisticRegression)
+            and warm_from.clf.coef_.shape[1] == X.shape[1]
+        ):
             init = (warm_from.clf.coef_, warm_from.clf.intercept_)
         clf = _fit_lr(X, y, class_weight, C, seed, sample_weight, init=init)
         model = CalibratedModel(present, clf, calibration)
@@ -194,7 +254,8 @@ def fit_model(X, y_names: list[str], classes: list[str], *, calibration: str = "
                 if not len(y_held):
                     model.info["calibration_skipped"] = (
                         "every class needs two labels for cross-fitted calibration; "
-                        f"{int(np.sum(np.bincount(y) < 2))} class(es) have one")
+                        f"{int(np.sum(np.bincount(y) < 2))} class(es) have one"
+                    )
             if len(y_held):
                 if calibration == "temperature":
                     model.temperature_ = fit_temperature(logits, y_held, w_held)
@@ -205,7 +266,7 @@ def fit_model(X, y_names: list[str], classes: list[str], *, calibration: str = "
     return model
 
 
-ALO_MAX_ROWS = 3000   # the n x n systems of alo_logits; beyond, cross-fitting (a 20% split) is cheaper
+ALO_MAX_ROWS = 3000  # the n x n systems of alo_logits; beyond, cross-fitting (a 20% split) is cheaper
 
 
 def alo_logits(model: CalibratedModel, X, y: np.ndarray, C: float, sample_weight=None) -> np.ndarray:
@@ -217,7 +278,7 @@ def alo_logits(model: CalibratedModel, X, y: np.ndarray, C: float, sample_weight
     cross-class curvature is left out (one block per class). Measured against 5-fold cross-fitting
     on TREC-6 and SMS spam (bench/bench_simulate_speed.py), the temperatures fitted on these logits
     give the same or lower test ECE."""
-    Z = model.decision(X)                                   # (n, k), binary expanded to [-s/2, s/2]
+    Z = model.decision(X)  # (n, k), binary expanded to [-s/2, s/2]
     n, k = Z.shape
     w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     K = X @ X.T
@@ -227,7 +288,7 @@ def alo_logits(model: CalibratedModel, X, y: np.ndarray, C: float, sample_weight
     Y = np.zeros_like(P)
     Y[np.arange(n), y] = 1.0
     out = Z.copy()
-    if k == 2:   # one score s = z1 - z0 with logistic loss: one system
+    if k == 2:  # one score s = z1 - z0 with logistic loss: one system
         p = P[:, 1]
         d, g = w * p * (1 - p), w * (p - Y[:, 1])
         h = np.diag(np.linalg.solve((d[:, None] * K + lam).T, K.T).T)
@@ -290,7 +351,9 @@ def evaluate(model: CalibratedModel, X, y_names: list[str], all_classes: list[st
     pred_names = [model.classes_[i] for i in pred]
     acc = float(accuracy_score(y_names, pred_names))
     labels_present = [c for c in all_classes if c in set(y_names) | set(pred_names)]
-    prec, rec, f1, support = precision_recall_fscore_support(y_names, pred_names, labels=labels_present, zero_division=0)
+    prec, rec, f1, support = precision_recall_fscore_support(
+        y_names, pred_names, labels=labels_present, zero_division=0
+    )
     rel = reliability(probs[known], y[known]) if known.any() else reliability(probs[:0], y[:0])
     raw = model.uncalibrated_proba(X)
     return {
@@ -298,9 +361,12 @@ def evaluate(model: CalibratedModel, X, y_names: list[str], all_classes: list[st
         "accuracy": acc,
         **majority_baseline(y_names),
         "macro_f1": float(f1_score(y_names, pred_names, labels=labels_present, average="macro", zero_division=0)),
-        "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for c, p, r, f, s in zip(labels_present, prec, rec, f1, support)},
-        "ece": rel["ece"], "mce": rel["mce"],
+        "per_class": {
+            c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for c, p, r, f, s in zip(labels_present, prec, rec, f1, support)
+        },
+        "ece": rel["ece"],
+        "mce": rel["mce"],
         "ece_uncalibrated": reliability(raw[known], y[known])["ece"] if known.any() else None,
         "brier": brier(probs[known], y[known]) if known.any() else None,
         "nll": nll(probs[known], y[known]) if known.any() else None,
@@ -311,6 +377,7 @@ def evaluate(model: CalibratedModel, X, y_names: list[str], all_classes: list[st
 
 # --- multi-label: one binary logistic regression per label (one-vs-rest) ---------------------------
 
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
@@ -319,6 +386,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 class MultiLabelModel:
     """One-vs-rest logistic regression. ``predict_proba`` gives each label's own calibrated probability
     (rows do not sum to 1); the suggestion is every label at 0.5 or above."""
+
     classes_: list[str]
     clfs: list
     calibration: str = "temperature"
@@ -330,7 +398,7 @@ class MultiLabelModel:
     def decision(self, X) -> np.ndarray:
         cols = []
         for clf in self.clfs:
-            if isinstance(clf, float):      # a label that was always (or never) present: a constant logit
+            if isinstance(clf, float):  # a label that was always (or never) present: a constant logit
                 cols.append(np.full(X.shape[0], clf))
             else:
                 z = X @ clf.coef_.T.astype(np.float32)
@@ -364,13 +432,25 @@ def label_matrix(y_lists: list[list[str]], classes: list[str]) -> np.ndarray:
 def check_trainable_multi(Y: np.ndarray, classes: list[str]) -> None:
     varied = [c for j, c in enumerate(classes) if 0 < Y[:, j].sum() < len(Y)]
     if not varied:
-        raise ModelError("training needs at least one label that some labelled items have and others lack; "
-                         "label more items and try again.")
+        raise ModelError(
+            "training needs at least one label that some labelled items have and others lack; "
+            "label more items and try again."
+        )
 
 
-def fit_multilabel(X, y_lists: list[list[str]], classes: list[str], *, calibration: str = "temperature",
-                   class_weight: str | None = None, C: float = 100.0, seed: int = 0, folds: int = 5) -> MultiLabelModel:
+def fit_multilabel(
+    X,
+    y_lists: list[list[str]],
+    classes: list[str],
+    *,
+    calibration: str = "temperature",
+    class_weight: str | None = None,
+    C: float = 100.0,
+    seed: int = 0,
+    folds: int = 5,
+) -> MultiLabelModel:
     from scipy.optimize import minimize_scalar
+
     Y = label_matrix(y_lists, classes)
     check_trainable_multi(Y, classes)
     started = time.perf_counter()
@@ -384,6 +464,7 @@ def fit_multilabel(X, y_lists: list[list[str]], classes: list[str], *, calibrati
             else:
                 out.append(_fit_lr(Xs, col, class_weight, C, seed))
         return out
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         # many classes and few labels (TREC-50 at its seed set): scikit-learn asks whether y is a
@@ -392,14 +473,19 @@ def fit_multilabel(X, y_lists: list[list[str]], classes: list[str], *, calibrati
         model = MultiLabelModel(list(classes), fit_all(X, Y), calibration)
         if calibration != "none" and len(Y) >= 2 * folds:
             from sklearn.model_selection import KFold
+
             logits, targets = [], []
             for tr, te in KFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(Y))):
                 fold = MultiLabelModel(list(classes), fit_all(X[tr], Y[tr]), "none")
                 logits.append(fold.decision(X[te]))
                 targets.append(Y[te])
             L, T = np.vstack(logits), np.vstack(targets)
-            res = minimize_scalar(lambda lt: _binary_nll(L, T, np.exp(lt)), bounds=(np.log(0.05), np.log(20.0)),
-                                  method="bounded", options={"xatol": 1e-4})
+            res = minimize_scalar(
+                lambda lt: _binary_nll(L, T, np.exp(lt)),
+                bounds=(np.log(0.05), np.log(20.0)),
+                method="bounded",
+                options={"xatol": 1e-4},
+            )
             model.temperature_ = float(np.exp(res.x))
             model.info["calibration_n"] = int(len(T))
     model.fit_seconds_ = time.perf_counter() - started
@@ -420,13 +506,16 @@ def evaluate_multilabel(model: MultiLabelModel, X, y_lists: list[list[str]], all
     raw = model.uncalibrated_proba(X).ravel()
     return {
         "n_test": int(len(y_lists)),
-        "accuracy": float(np.mean((pred == Y).all(axis=1))),   # exact set match
+        "accuracy": float(np.mean((pred == Y).all(axis=1))),  # exact set match
         **majority_baseline(["|".join(sorted(y)) for y in y_lists]),
         "macro_f1": float(f1_score(Y, pred, average="macro", zero_division=0)),
         "micro_f1": float(f1_score(Y, pred, average="micro", zero_division=0)),
-        "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for c, p, r, f, s in zip(model.classes_, prec, rec, f1, support)},
-        "ece": rel["ece"], "mce": rel["mce"],
+        "per_class": {
+            c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for c, p, r, f, s in zip(model.classes_, prec, rec, f1, support)
+        },
+        "ece": rel["ece"],
+        "mce": rel["mce"],
         "ece_uncalibrated": reliability(np.column_stack([1 - raw, raw]), Y.ravel().astype(int))["ece"],
         "brier": float(np.mean((P - Y) ** 2)),
         "nll": _binary_nll(np.log(np.clip(P, 1e-12, 1) / np.clip(1 - P, 1e-12, 1)), Y, 1.0),

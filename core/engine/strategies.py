@@ -26,6 +26,7 @@ COMMITTEE_SIZE = 5
 
 # --- uncertainty scores on probability arrays (n, k) ------------------------------------------
 
+
 def least_confidence(p: np.ndarray) -> np.ndarray:
     return 1.0 - p.max(axis=1)
 
@@ -77,9 +78,8 @@ def ml_entropy(p: np.ndarray) -> np.ndarray:
     return np.sum(-(q * np.log(q) + (1 - q) * np.log(1 - q)), axis=1)
 
 
-
-
 # --- selection -------------------------------------------------------------------------------
+
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores, highest first; ties go to the lower index. O(n) + O(k log k)."""
@@ -105,6 +105,7 @@ def percentile_of(all_scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:
 @dataclass
 class Selection:
     """A selected batch: pool row indices with why each was chosen."""
+
     index: np.ndarray
     strategy: list[str]
     score: np.ndarray
@@ -126,11 +127,13 @@ def power_sample(scores: np.ndarray, k: int, rng: np.random.Generator, beta: flo
     return top_k(keys, k)
 
 
-def diversity_select(X_pool, scores: np.ndarray, k: int, rng: np.random.Generator, beta: int = 10,
-                     svd_dims: int = 64) -> np.ndarray:
+def diversity_select(
+    X_pool, scores: np.ndarray, k: int, rng: np.random.Generator, beta: int = 10, svd_dims: int = 64
+) -> np.ndarray:
     """Margin pre-filter of beta*k candidates, k-means into k clusters, the most uncertain of each."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import TruncatedSVD
+
     cand = top_k(scores, beta * k)
     if len(cand) <= k:
         return cand
@@ -151,8 +154,9 @@ def diversity_select(X_pool, scores: np.ndarray, k: int, rng: np.random.Generato
     return chosen[np.lexsort((chosen, -scores[chosen]))]
 
 
-def cal_scores(X_pool, p_pool: np.ndarray, X_lab, p_lab: np.ndarray, k_neighbours: int = 10,
-               chunk: int = 2048) -> np.ndarray:
+def cal_scores(
+    X_pool, p_pool: np.ndarray, X_lab, p_lab: np.ndarray, k_neighbours: int = 10, chunk: int = 2048
+) -> np.ndarray:
     """CAL: mean KL(p_neighbour || p_item) over the item's k nearest labelled neighbours (cosine)."""
     n_lab = X_lab.shape[0]
     if n_lab == 0:
@@ -162,20 +166,20 @@ def cal_scores(X_pool, p_pool: np.ndarray, X_lab, p_lab: np.ndarray, k_neighbour
     XlT = X_lab.T.tocsc() if hasattr(X_lab, "tocsc") else np.ascontiguousarray(X_lab.T)
     logp_lab = np.log(np.clip(p_lab, 1e-12, 1))
     for start in range(0, X_pool.shape[0], chunk):
-        sims = (X_pool[start:start + chunk] @ XlT)
+        sims = X_pool[start : start + chunk] @ XlT
         sims = sims.toarray() if hasattr(sims, "toarray") else np.asarray(sims)
         nn = np.argpartition(-sims, kn - 1, axis=1)[:, :kn]  # (c, kn)
-        pi = np.clip(p_pool[start:start + chunk], 1e-12, 1)[:, None, :]  # (c, 1, k)
+        pi = np.clip(p_pool[start : start + chunk], 1e-12, 1)[:, None, :]  # (c, 1, k)
         pn = p_lab[nn]  # (c, kn, k)
         kl = np.sum(pn * (logp_lab[nn] - np.log(pi)), axis=2)  # (c, kn)
-        out[start:start + chunk] = kl.mean(axis=1)
+        out[start : start + chunk] = kl.mean(axis=1)
     return out
 
 
-def fit_committee(X, y: list[str], classes: list[str], model, rng, k: int = COMMITTEE_SIZE,
-                  class_weight=None) -> list:
+def fit_committee(X, y: list[str], classes: list[str], model, rng, k: int = COMMITTEE_SIZE, class_weight=None) -> list:
     """K models on bootstrap resamples, sharing the main model's temperature."""
     from labelloop.core.engine.model import fit_model
+
     y_arr = np.array(y)
     members = []
     for _ in range(k):
@@ -183,23 +187,33 @@ def fit_committee(X, y: list[str], classes: list[str], model, rng, k: int = COMM
             idx = rng.integers(0, len(y_arr), size=len(y_arr))
             if len(set(y_arr[idx])) == len(set(y_arr)):
                 break
-        m = fit_model(X[idx], list(y_arr[idx]), classes, calibration="none", class_weight=class_weight,
-                      seed=int(rng.integers(1 << 30)))
+        m = fit_model(
+            X[idx],
+            list(y_arr[idx]),
+            classes,
+            calibration="none",
+            class_weight=class_weight,
+            seed=int(rng.integers(1 << 30)),
+        )
         m.calibration, m.temperature_ = "temperature", model.temperature_
         if m.classes_ == model.classes_:  # a resample that lost a class cannot vote on it: leave it out
             members.append(m)
     if len(members) < 2:
-        raise ModelError("could not build a committee of two or more models with every class; label more items "
-                         "of the rare classes or use the margin strategy.")
+        raise ModelError(
+            "could not build a committee of two or more models with every class; label more items "
+            "of the rare classes or use the margin strategy."
+        )
     return members
 
 
 # --- the registry: one object per strategy, used by the loop and by simulate alike -------------------
 
+
 @dataclass
 class Round:
     """What a strategy may use besides a chunk's probabilities, prepared once per round (``prepare``):
     the model, the labelled rows (features, labels, and their rows in the neighbour space), the rng."""
+
     model: object
     X_lab: object = None
     y_lab: list = field(default_factory=list)
@@ -218,8 +232,8 @@ class QueryStrategy(abc.ABC):
     which turns the pool's scores into the batch's rows."""
 
     name: str = ""
-    multi_label = True       # available for multi-label projects
-    uses_scores = True       # False: the picks ignore the scores (simulate skips computing them)
+    multi_label = True  # available for multi-label projects
+    uses_scores = True  # False: the picks ignore the scores (simulate skips computing them)
 
     def __str__(self) -> str:
         return self.name
@@ -267,8 +281,9 @@ class Committee(QueryStrategy):
         self.name, self._measure = name, measure
 
     def prepare(self, rnd):
-        rnd.committee = fit_committee(rnd.X_lab, rnd.y_lab, rnd.classes, rnd.model, rnd.rng,
-                                      class_weight=rnd.class_weight)
+        rnd.committee = fit_committee(
+            rnd.X_lab, rnd.y_lab, rnd.classes, rnd.model, rnd.rng, class_weight=rnd.class_weight
+        )
         return rnd
 
     def score(self, p, Xc, Nc, rnd):
@@ -308,17 +323,20 @@ class PowerMargin(QueryStrategy):
         return power_sample(scores, k, rng)
 
 
-STRATEGIES: dict[str, QueryStrategy] = {s.name: s for s in (
-    RandomSampling(),
-    Uncertainty("least_confidence", least_confidence, ml_least_confidence),
-    Uncertainty("margin", margin, ml_margin),
-    Uncertainty("entropy", entropy, ml_entropy),
-    Committee("bald", bald),
-    Committee("qbc", vote_entropy),
-    ContrastiveAL(),
-    DiversityMargin(),
-    PowerMargin(),
-)}
+STRATEGIES: dict[str, QueryStrategy] = {
+    s.name: s
+    for s in (
+        RandomSampling(),
+        Uncertainty("least_confidence", least_confidence, ml_least_confidence),
+        Uncertainty("margin", margin, ml_margin),
+        Uncertainty("entropy", entropy, ml_entropy),
+        Committee("bald", bald),
+        Committee("qbc", vote_entropy),
+        ContrastiveAL(),
+        DiversityMargin(),
+        PowerMargin(),
+    )
+}
 """Every strategy by its stable name (the names of ``[strategy] name`` and ``simulate --strategies``)."""
 
 
@@ -331,8 +349,10 @@ def get_strategy(name, *, multi_label: bool = False) -> QueryStrategy:
     else:
         raise LabelloopError(f"unknown strategy '{name}'; choose from {', '.join(STRATEGIES)}.")
     if multi_label and not strat.multi_label:
-        raise LabelloopError(f"strategy '{strat}' is not available for multi-label projects; use one of "
-                             f"{', '.join(n for n, s in STRATEGIES.items() if s.multi_label)}.")
+        raise LabelloopError(
+            f"strategy '{strat}' is not available for multi-label projects; use one of "
+            f"{', '.join(n for n, s in STRATEGIES.items() if s.multi_label)}."
+        )
     return strat
 
 
@@ -358,9 +378,18 @@ def audit_positions(batch_size: int, n_audit: int, rng: np.random.Generator) -> 
     return pos
 
 
-def assemble_batch(main: np.ndarray, main_strategy: list[str], main_scores: np.ndarray, main_pct: np.ndarray,
-                   n_pool: int, n_audit: int, rng: np.random.Generator, *, scores: np.ndarray | None = None,
-                   carry_audit: np.ndarray | None = None) -> Selection:
+def assemble_batch(
+    main: np.ndarray,
+    main_strategy: list[str],
+    main_scores: np.ndarray,
+    main_pct: np.ndarray,
+    n_pool: int,
+    n_audit: int,
+    rng: np.random.Generator,
+    *,
+    scores: np.ndarray | None = None,
+    carry_audit: np.ndarray | None = None,
+) -> Selection:
     """The batch: the strategy's picks in rank order, with ``n_audit`` random-audit items spread through
     it. Audit items still unlabelled from the previous batch (``carry_audit``) are kept first, so a
     retrain never throws away the control arm's draws; only the rest are drawn anew."""
@@ -394,9 +423,17 @@ def assemble_batch(main: np.ndarray, main_strategy: list[str], main_scores: np.n
     return Selection(index=index, strategy=list(strat), score=score, rank=rank, percentile=pct, audit=is_audit)
 
 
-def select_batch(strategy: str | QueryStrategy, n_pool: int, batch_size: int, *, rng: np.random.Generator,
-                 audit_share: float = 0.0, scores: np.ndarray | None = None,
-                 X_pool=None, carry_audit: np.ndarray | None = None) -> Selection:
+def select_batch(
+    strategy: str | QueryStrategy,
+    n_pool: int,
+    batch_size: int,
+    *,
+    rng: np.random.Generator,
+    audit_share: float = 0.0,
+    scores: np.ndarray | None = None,
+    X_pool=None,
+    carry_audit: np.ndarray | None = None,
+) -> Selection:
     """Pick ``batch_size`` pool rows: (1 - audit_share) by the strategy's scores, the rest at random
     from what is left, marked as audit and spread through the batch (``assemble_batch``).
     ``scores`` is required for every strategy but random."""
@@ -406,8 +443,12 @@ def select_batch(strategy: str | QueryStrategy, n_pool: int, batch_size: int, *,
     batch_size = min(batch_size, n_pool)
     n_audit = n_audit_for(batch_size, audit_share) if strat.uses_scores else 0
     # the previous batch's unlabelled audit items, in their order, at most this batch's audit share
-    carry = np.array([c for c in dict.fromkeys(int(x) for x in (carry_audit if carry_audit is not None else []))
-                      if 0 <= c < n_pool][:n_audit], dtype=np.int64)
+    carry = np.array(
+        [c for c in dict.fromkeys(int(x) for x in (carry_audit if carry_audit is not None else [])) if 0 <= c < n_pool][
+            :n_audit
+        ],
+        dtype=np.int64,
+    )
     n_main = batch_size - n_audit
     if not strat.uses_scores:
         main = strat.pick(np.zeros(n_pool), n_main, rng)
@@ -423,5 +464,6 @@ def select_batch(strategy: str | QueryStrategy, n_pool: int, batch_size: int, *,
         main = strat.pick(pick_scores, n_main, rng, X_pool)
         main_scores = scores[main]
         pct = percentile_of(scores, main_scores)
-    return assemble_batch(main, [strat.name] * len(main), main_scores, pct, n_pool, n_audit, rng,
-                          scores=scores, carry_audit=carry)
+    return assemble_batch(
+        main, [strat.name] * len(main), main_scores, pct, n_pool, n_audit, rng, scores=scores, carry_audit=carry
+    )

@@ -18,16 +18,30 @@ from sklearn.metrics import cohen_kappa_score
 
 from labelloop.core.engine import coldstart
 from labelloop.core.engine.artifacts import ArtifactError
+from labelloop.core.engine.features import FeatureSet, load_cached_features, load_or_build_features
+from labelloop.core.engine.model import (
+    CalibratedModel,
+    MultiLabelModel,
+    evaluate,
+    evaluate_multilabel,
+    fit_model,
+    fit_multilabel,
+)
+from labelloop.core.engine.modelfile import read_model_file, save_model_file
+from labelloop.core.engine.strategies import (
+    QueryStrategy,
+    Round,
+    Selection,
+    assemble_batch,
+    get_strategy,
+    n_audit_for,
+    select_batch,
+)
+from labelloop.core.store import rounds
+from labelloop.core.store.project import Project
 from labelloop.core.util.errors import EmptyPoolError, LabelloopError, ModelError
 from labelloop.core.util.faults import fault_point
-from labelloop.core.engine.features import FeatureSet, load_cached_features, load_or_build_features
-from labelloop.core.engine.model import CalibratedModel, MultiLabelModel, evaluate, evaluate_multilabel, fit_model, fit_multilabel
-from labelloop.core.engine.modelfile import read_model_file, save_model_file
-from labelloop.core.store.project import Project
 from labelloop.core.util.safeio import atomic_write_text
-from labelloop.core.store import rounds
-from labelloop.core.engine.strategies import (QueryStrategy, Round, Selection, assemble_batch, get_strategy, n_audit_for,
-                                              select_batch)
 
 SCORE_CHUNK = 100_000
 STOP_SET_SIZE = 1000
@@ -40,14 +54,14 @@ CONVERGENCE_RATIO = 3.0
 class PoolState:
     feats: FeatureSet
     labelled_rows: np.ndarray
-    y: list[str]                   # first label (single-label projects)
+    y: list[str]  # first label (single-label projects)
     test_rows: np.ndarray
     y_test: list[str]
-    y_lists: list[list[str]] = field(default_factory=list)        # every label (multi-label projects)
+    y_lists: list[list[str]] = field(default_factory=list)  # every label (multi-label projects)
     y_test_lists: list[list[str]] = field(default_factory=list)
     candidate_rows: np.ndarray = None  # pool rows that may be queued (undecided; one per distinct text)
-    origins: list[str] = field(default_factory=list)   # per labelled row: 'keyword', 'random' or 'other'
-    n_duplicates_dropped: int = 0      # undecided pool rows left out because their text is queued or decided
+    origins: list[str] = field(default_factory=list)  # per labelled row: 'keyword', 'random' or 'other'
+    n_duplicates_dropped: int = 0  # undecided pool rows left out because their text is queued or decided
 
 
 @dataclass
@@ -72,8 +86,13 @@ def store_features(store, cache_dir, **kw):
 
 def features_for(project: Project, featurizer=None) -> FeatureSet:
     cache = project.cache_dir if featurizer is None else project.cache_dir / "imported"
-    return store_features(project.store, cache, hashing_above=project.config.hashing_above,
-                          featurizer=featurizer, embeddings=project.config.features != "tfidf")
+    return store_features(
+        project.store,
+        cache,
+        hashing_above=project.config.hashing_above,
+        featurizer=featurizer,
+        embeddings=project.config.features != "tfidf",
+    )
 
 
 def use_latest_features(project: Project, feats: FeatureSet) -> dict | None:
@@ -92,14 +111,28 @@ def decide_features(cfg, feats: FeatureSet, rows: np.ndarray, y: list, prev: dic
     cross-validated), or the best by cross-validation for ``auto``. A decision is kept until the labels
     double (or the setting changes), so a retrain does not pay for it every time."""
     from labelloop.core.engine.featuresel import C_DEFAULT, choose_features
+
     kind = cfg.features
-    if cfg.multi_label:   # one-vs-rest models: the selection is not evaluated there
+    if cfg.multi_label:  # one-vs-rest models: the selection is not evaluated there
         mode = "tfidf" if kind == "auto" else kind
-        return {"kind": kind, "mode": mode, "weight": 1.0, "C": 100.0, "name": mode, "n": len(rows),
-                "evidence": {}, "reason": "multi-label project: the setting is used as it is (auto means tfidf)"}
-    if (prev and prev.get("kind") == kind and prev.get("mode") and prev.get("folds")
-            and len(rows) < 2 * int(prev.get("decided_at", prev.get("n", 0)) or 0)
-            and (prev["mode"] == "tfidf" or feats.E is not None)):
+        return {
+            "kind": kind,
+            "mode": mode,
+            "weight": 1.0,
+            "C": 100.0,
+            "name": mode,
+            "n": len(rows),
+            "evidence": {},
+            "reason": "multi-label project: the setting is used as it is (auto means tfidf)",
+        }
+    if (
+        prev
+        and prev.get("kind") == kind
+        and prev.get("mode")
+        and prev.get("folds")
+        and len(rows) < 2 * int(prev.get("decided_at", prev.get("n", 0)) or 0)
+        and (prev["mode"] == "tfidf" or feats.E is not None)
+    ):
         return {**prev, "reused": True}
     choice = choose_features(feats.T, feats.E, rows, y, kind=kind, seed=seed)
     choice["decided_at"] = int(len(rows))
@@ -159,8 +192,10 @@ def state_from(feats: FeatureSet, labelled: list, test: list, taken_ords: list) 
 
 def _arms(labelled: list) -> list[str]:
     """Each labelled row's arm: 'audit' (random-audit control), 'cold' (the cold start) or 'al'."""
-    return ["audit" if a else ("cold" if (st or "").startswith("cold start") or not st else "al")
-            for _o, _l, st, a in labelled]
+    return [
+        "audit" if a else ("cold" if (st or "").startswith("cold start") or not st else "al")
+        for _o, _l, st, a in labelled
+    ]
 
 
 def _origin(strategy: str | None, audit: bool | None) -> str:
@@ -195,8 +230,16 @@ def prior_correction(y: list[str], origins: list[str], min_random: int = 5) -> n
     return w * (len(w) / w.sum())
 
 
-def score_pool(model: CalibratedModel, X, rows: np.ndarray, strategy: QueryStrategy | str, rnd: Round | None = None,
-               *, N=None, chunk: int = SCORE_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def score_pool(
+    model: CalibratedModel,
+    X,
+    rows: np.ndarray,
+    strategy: QueryStrategy | str,
+    rnd: Round | None = None,
+    *,
+    N=None,
+    chunk: int = SCORE_CHUNK,
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores, calibrated probabilities) for the given pool rows, in vectorised chunks. ``rnd``: what
     ``strategy.prepare`` made of the round; ``N``: the neighbour space (default ``X``)."""
     strategy = get_strategy(strategy, multi_label=isinstance(model, MultiLabelModel))
@@ -205,11 +248,11 @@ def score_pool(model: CalibratedModel, X, rows: np.ndarray, strategy: QueryStrat
     probs = np.empty((n, len(model.classes_)), dtype=np.float32)
     scores = np.empty(n, dtype=np.float64)
     for start in range(0, n, chunk):
-        Xc = X.lazy(rows[start:start + chunk]) if hasattr(X, "lazy") else X[rows[start:start + chunk]]
+        Xc = X.lazy(rows[start : start + chunk]) if hasattr(X, "lazy") else X[rows[start : start + chunk]]
         p = model.predict_proba(Xc)
-        probs[start:start + chunk] = p
-        Nc = Xc if N is None else N[rows[start:start + chunk]]
-        scores[start:start + chunk] = strategy.score(p, Xc, Nc, rnd)
+        probs[start : start + chunk] = p
+        Nc = Xc if N is None else N[rows[start : start + chunk]]
+        scores[start : start + chunk] = strategy.score(p, Xc, Nc, rnd)
     return scores, probs
 
 
@@ -218,7 +261,7 @@ def batch_similarity(X, rows: np.ndarray) -> float:
     if len(rows) < 2:
         return 0.0
     Xb = X[rows]
-    S = (Xb @ Xb.T)
+    S = Xb @ Xb.T
     S = S.toarray() if hasattr(S, "toarray") else np.asarray(S)
     n = len(rows)
     return float((S.sum() - np.trace(S)) / (n * (n - 1)))
@@ -232,8 +275,10 @@ def load_model(project: Project, version: int) -> dict:
     if "/" in name or "\\" in name or name in ("", ".", ".."):
         raise ArtifactError(f"model v{version}: its artifact name {name!r} is not a file in {project.models_dir}.")
     if name.endswith(".pkl"):
-        raise ArtifactError(f"model v{version} was saved by an older labelloop as a pickle ({name}), which is never "
-                            "loaded from a project folder (it could run code); retrain with labelloop train.")
+        raise ArtifactError(
+            f"model v{version} was saved by an older labelloop as a pickle ({name}), which is never "
+            "loaded from a project folder (it could run code); retrain with labelloop train."
+        )
     return read_model_file(project.models_dir / name, what=f"model v{version} file")
 
 
@@ -259,6 +304,7 @@ def stop_set_ords(project: Project) -> np.ndarray:
 class RoundInput:
     """Everything one round of the loop needs from the store, read up front (``plan_round``), so that
     the computing (``compute_round``) can run where the store is not: in another process."""
+
     config: object
     cache_dir: str
     fingerprint: str
@@ -266,38 +312,45 @@ class RoundInput:
     batch_size: int | None
     seed: int
     retrain: bool
-    labelled: list          # (ord, labels, strategy, audit) in deciding order
-    test: list              # (ord, reference labels)
-    taken_ords: list        # decided pool items
-    open_audit_ords: list   # audit items of the current batch nobody decided yet
+    labelled: list  # (ord, labels, strategy, audit) in deciding order
+    test: list  # (ord, reference labels)
+    taken_ords: list  # decided pool items
+    open_audit_ords: list  # audit items of the current batch nobody decided yet
     keyword_ords: list | None
     stop_ords: np.ndarray
     prev_stop: dict | None
     prev_version: int | None
     prev_kappas: list
-    latest: tuple | None = None     # (version, model) to reuse when not retraining
-    imported: tuple | None = None   # (version, model) of an imported first scorer
+    latest: tuple | None = None  # (version, model) to reuse when not retraining
+    imported: tuple | None = None  # (version, model) of an imported first scorer
     feats: FeatureSet | None = None  # in-process only: the features plan_round already has
-    features_seconds: float = 0.0    # what loading (or building) them took in plan_round
+    features_seconds: float = 0.0  # what loading (or building) them took in plan_round
     prev_features: dict | None = None  # the latest trained model's feature choice (re-decided as labels double)
 
 
 @dataclass
 class RoundOutput:
     report: TrainReport
-    model: object | None = None          # a newly trained model, to be stored by commit_round
+    model: object | None = None  # a newly trained model, to be stored by commit_round
     featurizer: object | None = None
     selection: Selection | None = None
     selected_ids: list = field(default_factory=list)
-    selected_probs: np.ndarray | None = None   # (batch, classes) calibrated probabilities, or None
-    pool_size: int = 0                    # candidates the batch was chosen from
-    scorer: object | None = None          # the model whose classes the probabilities follow
+    selected_probs: np.ndarray | None = None  # (batch, classes) calibrated probabilities, or None
+    pool_size: int = 0  # candidates the batch was chosen from
+    scorer: object | None = None  # the model whose classes the probabilities follow
     stop_predictions: list | None = None
-    arms: dict | None = None              # AL against random-audit labels at equal budget (core/measure/signs.py)
+    arms: dict | None = None  # AL against random-audit labels at equal budget (core/measure/signs.py)
 
 
-def train_and_queue(project: Project, *, strategy: str | None = None, batch_size: int | None = None,
-                    seed: int | None = None, retrain: bool = True, progress=None) -> TrainReport:
+def train_and_queue(
+    project: Project,
+    *,
+    strategy: str | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    retrain: bool = True,
+    progress=None,
+) -> TrainReport:
     """Retrain (when there are labels of two classes), then refill the queue with a new batch.
 
     ``progress(fraction, message)`` is called between steps; raising from it cancels the run.
@@ -308,8 +361,15 @@ def train_and_queue(project: Project, *, strategy: str | None = None, batch_size
     return commit_round(project, inp, out)
 
 
-def plan_round(project: Project, *, strategy: str | None = None, batch_size: int | None = None,
-               seed: int | None = None, retrain: bool = True, keep_features: bool = True) -> RoundInput:
+def plan_round(
+    project: Project,
+    *,
+    strategy: str | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    retrain: bool = True,
+    keep_features: bool = True,
+) -> RoundInput:
     """Read what a round needs from the store (and make sure the feature cache is current)."""
     cfg = project.config
     strategy = get_strategy(strategy or cfg.strategy, multi_label=cfg.multi_label).name
@@ -332,8 +392,14 @@ def plan_round(project: Project, *, strategy: str | None = None, batch_size: int
                 imported, featurizer = (v, art["model"]), art["featurizer"]
     cache = project.cache_dir if featurizer is None else project.cache_dir / "imported"
     t_features = time.perf_counter()
-    feats = store_features(s, cache, hashing_above=cfg.hashing_above, featurizer=featurizer,
-                           check_only=not keep_features, embeddings=cfg.features != "tfidf")
+    feats = store_features(
+        s,
+        cache,
+        hashing_above=cfg.hashing_above,
+        featurizer=featurizer,
+        check_only=not keep_features,
+        embeddings=cfg.features != "tfidf",
+    )
     t_features = time.perf_counter() - t_features
     keyword = None
     if cfg.cold_start == "keyword" and not labelled:
@@ -343,17 +409,28 @@ def plan_round(project: Project, *, strategy: str | None = None, batch_size: int
     kappas = rounds.recent_stop_kappas(s, STOP_ROUNDS)
     prev_features = (rounds.model_metrics(s, prev) or {}).get("features") if prev is not None else None
     return RoundInput(
-        config=cfg, cache_dir=str(cache), fingerprint=feats.fingerprint if isinstance(feats, FeatureSet) else feats,
-        strategy=strategy, batch_size=batch_size,
-        seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"), retrain=retrain,
+        config=cfg,
+        cache_dir=str(cache),
+        fingerprint=feats.fingerprint if isinstance(feats, FeatureSet) else feats,
+        strategy=strategy,
+        batch_size=batch_size,
+        seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"),
+        retrain=retrain,
         labelled=labelled,
-        test=_test_split(s), taken_ords=_decided_ords(s),
+        test=_test_split(s),
+        taken_ords=_decided_ords(s),
         open_audit_ords=rounds.open_audit_ords(s),
-        keyword_ords=keyword, stop_ords=stop_set_ords(project),
-        prev_stop=_read_stop_set(project, prev) if prev is not None else None, prev_version=prev,
-        prev_kappas=kappas, latest=latest, imported=imported,
-        feats=feats if isinstance(feats, FeatureSet) else None, features_seconds=t_features,
-        prev_features=prev_features if isinstance(prev_features, dict) else None)
+        keyword_ords=keyword,
+        stop_ords=stop_set_ords(project),
+        prev_stop=_read_stop_set(project, prev) if prev is not None else None,
+        prev_version=prev,
+        prev_kappas=kappas,
+        latest=latest,
+        imported=imported,
+        feats=feats if isinstance(feats, FeatureSet) else None,
+        features_seconds=t_features,
+        prev_features=prev_features if isinstance(prev_features, dict) else None,
+    )
 
 
 def _trainable(cfg, y_lists: list[list[str]]) -> bool:
@@ -376,6 +453,7 @@ def worker_quiet() -> None:
         pass
     try:
         from threadpoolctl import threadpool_limits
+
         threadpool_limits(1)
     except Exception:  # threadpoolctl comes with scikit-learn; without it the defaults stand
         pass
@@ -423,8 +501,10 @@ def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
     if feats.note:
         report.notes.append(feats.note)
     if state.n_duplicates_dropped:
-        report.notes.append(f"{state.n_duplicates_dropped:,} undecided pool items repeat the exact text of another "
-                            "item (queued or decided) and are left out of selection.")
+        report.notes.append(
+            f"{state.n_duplicates_dropped:,} undecided pool items repeat the exact text of another "
+            "item (queued or decided) and are left out of selection."
+        )
     model = None
     trainable = _trainable(cfg, state.y_lists)
     if inp.retrain and trainable:
@@ -448,32 +528,62 @@ def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
     return out
 
 
+def _fit(cfg, X_lab, state, choice: dict, rng, report: TrainReport):
+    """The round's model on the labelled rows; keyword-seeded labels reweighted to the class shares of
+    the random labels (the prior correction), said in the report."""
+    if cfg.multi_label:
+        model = fit_multilabel(
+            X_lab,
+            state.y_lists,
+            cfg.labels,
+            calibration=cfg.calibration,
+            class_weight=cfg.class_weight,
+            seed=int(rng.integers(1 << 30)),
+        )
+    else:
+        weights = prior_correction(state.y, state.origins) if cfg.class_weight == "none" else None
+        model = fit_model(
+            X_lab,
+            state.y,
+            cfg.labels,
+            calibration=cfg.calibration,
+            C=float(choice["C"]),
+            class_weight=cfg.class_weight,
+            seed=int(rng.integers(1 << 30)),
+            sample_weight=weights,
+        )
+        if weights is not None:
+            model.info["prior_correction"] = json.dumps(
+                {c: round(float(weights[state.y.index(c)]), 4) for c in sorted(set(state.y))}
+            )
+            report.notes.append(
+                "class-prior correction: the keyword-seeded labels were reweighted to the class "
+                "shares of the random labels ("
+                + ", ".join(f"{c} x{w}" for c, w in json.loads(model.info["prior_correction"]).items())
+                + ")."
+            )
+    return model
+
+
 def _train(inp: RoundInput, feats: FeatureSet, state, rng, out: RoundOutput, step):
     """A new model: features chosen, trained (with the class-prior correction of keyword-seeded
     labels), calibrated, evaluated on the test split, the arms measured, the stop signal computed."""
     cfg, report, timings = inp.config, out.report, out.report.seconds
     step(0.15, "choosing features")
     t = time.perf_counter()
-    choice = decide_features(cfg, feats, state.labelled_rows, state.y if not cfg.multi_label else [],
-                             inp.prev_features, int(rng.integers(1 << 30)))
+    choice = decide_features(
+        cfg,
+        feats,
+        state.labelled_rows,
+        state.y if not cfg.multi_label else [],
+        inp.prev_features,
+        int(rng.integers(1 << 30)),
+    )
     feats.use(choice["mode"], choice["weight"])
     timings["choose_features"] = time.perf_counter() - t
     step(0.2, "training")
     t = time.perf_counter()
-    X_lab = feats.X[state.labelled_rows]
-    if cfg.multi_label:
-        model = fit_multilabel(X_lab, state.y_lists, cfg.labels, calibration=cfg.calibration,
-                               class_weight=cfg.class_weight, seed=int(rng.integers(1 << 30)))
-    else:
-        weights = prior_correction(state.y, state.origins) if cfg.class_weight == "none" else None
-        model = fit_model(X_lab, state.y, cfg.labels, calibration=cfg.calibration, C=float(choice["C"]),
-                          class_weight=cfg.class_weight, seed=int(rng.integers(1 << 30)), sample_weight=weights)
-        if weights is not None:
-            model.info["prior_correction"] = json.dumps(
-                {c: round(float(weights[state.y.index(c)]), 4) for c in sorted(set(state.y))})
-            report.notes.append("class-prior correction: the keyword-seeded labels were reweighted to the class "
-                                "shares of the random labels (" + ", ".join(
-                                    f"{c} x{w}" for c, w in json.loads(model.info["prior_correction"]).items()) + ").")
+    model = _fit(cfg, feats.X[state.labelled_rows], state, choice, rng, report)
     timings["train"] = time.perf_counter() - t
     step(0.5, "evaluating")
     X_test = feats.X[state.test_rows]
@@ -489,8 +599,18 @@ def _train(inp: RoundInput, feats: FeatureSet, state, rng, out: RoundOutput, ste
         step(0.6, "measuring the arms")
         t = time.perf_counter()
         from labelloop.core.measure.signs import arm_curves
-        out.arms = arm_curves(feats.X, state.labelled_rows, state.y, _arms(inp.labelled), state.test_rows,
-                              state.y_test, cfg.labels, C=float(choice["C"]), seed=inp.seed)
+
+        out.arms = arm_curves(
+            feats.X,
+            state.labelled_rows,
+            state.y,
+            _arms(inp.labelled),
+            state.test_rows,
+            state.y_test,
+            cfg.labels,
+            C=float(choice["C"]),
+            seed=inp.seed,
+        )
         timings["measure"] = time.perf_counter() - t
     model.info["features_mode"], model.info["embed_weight"] = feats.mode, feats.embed_weight
     out.model, out.featurizer = model, feats.featurizer_in_use
@@ -509,8 +629,10 @@ def _reuse_latest(inp: RoundInput, feats: FeatureSet, report: TrainReport):
         raise ModelError(f"model v{v} uses sentence embeddings but they are not loaded; retrain instead.")
     feats.use(mode, float(model.info.get("embed_weight", 1.0)))
     if feats.X.shape[1] != _model_width(model):
-        raise ModelError(f"model v{v} was trained on other features than the project's current ones; "
-                         "retrain (labelloop train) instead of reusing it.")
+        raise ModelError(
+            f"model v{v} was trained on other features than the project's current ones; "
+            "retrain (labelloop train) instead of reusing it."
+        )
     return model
 
 
@@ -527,27 +649,61 @@ def _select(inp: RoundInput, feats: FeatureSet, state, model, trainable: bool, r
     if not trainable and cfg.cold_start == "stratified":
         # An imported model's predicted classes stratify the first batch: every class gets its share.
         X = feats.X
-        probs = np.vstack([model.predict_proba(X.lazy(state.candidate_rows[i:i + SCORE_CHUNK]) if hasattr(X, "lazy")
-                                               else X[state.candidate_rows[i:i + SCORE_CHUNK]])
-                           for i in range(0, len(state.candidate_rows), SCORE_CHUNK)])
+        probs = np.vstack(
+            [
+                model.predict_proba(
+                    X.lazy(state.candidate_rows[i : i + SCORE_CHUNK])
+                    if hasattr(X, "lazy")
+                    else X[state.candidate_rows[i : i + SCORE_CHUNK]]
+                )
+                for i in range(0, len(state.candidate_rows), SCORE_CHUNK)
+            ]
+        )
         n = len(state.candidate_rows)
         k = min(batch_size, n)
         n_audit = n_audit_for(k, cfg.audit_share)
         eligible = np.setdiff1d(np.arange(n), carry)
-        picked = eligible[coldstart.stratified_seed(probs[eligible].argmax(axis=1), len(model.classes_), k - n_audit, rng)]
+        picked = eligible[
+            coldstart.stratified_seed(probs[eligible].argmax(axis=1), len(model.classes_), k - n_audit, rng)
+        ]
         m = len(picked)
         report.strategy = "cold start: stratified"
-        return assemble_batch(picked, ["cold start: stratified"] * m, np.full(m, np.nan), np.full(m, np.nan),
-                              n, n_audit, rng, carry_audit=carry), probs
+        return assemble_batch(
+            picked,
+            ["cold start: stratified"] * m,
+            np.full(m, np.nan),
+            np.full(m, np.nan),
+            n,
+            n_audit,
+            rng,
+            carry_audit=carry,
+        ), probs
     strat = get_strategy(inp.strategy)
     # neighbours (CAL, diversity) are found in embedding space when embeddings are loaded
-    rnd = strat.prepare(Round(model=model, X_lab=feats.X[state.labelled_rows], y_lab=state.y,
-                              N_lab=feats.neighbour_X[state.labelled_rows], classes=cfg.labels, rng=rng,
-                              class_weight=cfg.class_weight, multi_label=cfg.multi_label))
+    rnd = strat.prepare(
+        Round(
+            model=model,
+            X_lab=feats.X[state.labelled_rows],
+            y_lab=state.y,
+            N_lab=feats.neighbour_X[state.labelled_rows],
+            classes=cfg.labels,
+            rng=rng,
+            class_weight=cfg.class_weight,
+            multi_label=cfg.multi_label,
+        )
+    )
     scores, probs = score_pool(model, feats.X, state.candidate_rows, strat, rnd, N=feats.neighbour_X)
     pool_X = feats.neighbour_X[state.candidate_rows] if strat.name == "diversity" else None
-    return select_batch(strat, len(state.candidate_rows), batch_size, rng=rng, audit_share=cfg.audit_share,
-                        scores=scores, X_pool=pool_X, carry_audit=carry), probs
+    return select_batch(
+        strat,
+        len(state.candidate_rows),
+        batch_size,
+        rng=rng,
+        audit_share=cfg.audit_share,
+        scores=scores,
+        X_pool=pool_X,
+        carry_audit=carry,
+    ), probs
 
 
 def commit_round(project: Project, inp: RoundInput, out: RoundOutput) -> TrainReport:
@@ -573,12 +729,15 @@ def _open_audit_candidates(feats: FeatureSet, state: PoolState, ords: list) -> n
     except LookupError:
         return np.zeros(0, dtype=np.int64)
     idx = np.searchsorted(state.candidate_rows, rows)
-    ok = (idx < len(state.candidate_rows)) & (state.candidate_rows[np.minimum(idx, len(state.candidate_rows) - 1)] == rows)
+    ok = (idx < len(state.candidate_rows)) & (
+        state.candidate_rows[np.minimum(idx, len(state.candidate_rows) - 1)] == rows
+    )
     return idx[ok].astype(np.int64)
 
 
-def _cold_start_batch(cfg, feats: FeatureSet, state: PoolState, k: int, rng, carry: np.ndarray,
-                      keyword_ords: list | None) -> Selection:
+def _cold_start_batch(
+    cfg, feats: FeatureSet, state: PoolState, k: int, rng, carry: np.ndarray, keyword_ords: list | None
+) -> Selection:
     rows = state.candidate_rows
     n = len(rows)
     k = min(k, n)
@@ -605,8 +764,10 @@ def _cold_start_batch(cfg, feats: FeatureSet, state: PoolState, k: int, rng, car
             method = f"random (no model yet for {method})"
     picked = eligible[picked]
     m = len(picked)
-    names = [f"cold start: {method}" + (" (keyword match)" if flags is not None and f else "")
-             for f in (flags if flags is not None else [False] * m)]
+    names = [
+        f"cold start: {method}" + (" (keyword match)" if flags is not None and f else "")
+        for f in (flags if flags is not None else [False] * m)
+    ]
     return assemble_batch(picked, names, np.full(m, np.nan), np.full(m, np.nan), n, n_audit, rng, carry_audit=carry)
 
 
@@ -628,8 +789,10 @@ def _stop_signal(inp: RoundInput, feats: FeatureSet, model, out: RoundOutput) ->
     out.stop_predictions = preds
     kappa = None
     if inp.prev_version is not None and inp.prev_stop is None:
-        out.report.notes.append(f"the stop-set predictions of model v{inp.prev_version} are missing or damaged; the "
-                                "stopping signal starts again from this model.")
+        out.report.notes.append(
+            f"the stop-set predictions of model v{inp.prev_version} are missing or damaged; the "
+            "stopping signal starts again from this model."
+        )
     if inp.prev_stop:
         common = [(inp.prev_stop[o], p) for o, p in zip(stop_ords.tolist(), preds) if o in inp.prev_stop]
         if common:
@@ -644,19 +807,37 @@ def _store_model(project: Project, out: RoundOutput, inp: RoundInput) -> int:
     version = rounds.next_model_version(s)
     project.models_dir.mkdir(exist_ok=True)
     artifact = f"model_v{version}.npz"
-    save_model_file(project.models_dir / artifact, model, out.featurizer,
-                    {"features_fingerprint": inp.fingerprint, "labels": project.config.labels, "version": version})
-    atomic_write_text(project.models_dir / f"stopset_v{version}.json",
-                      json.dumps({"ords": [int(o) for o in inp.stop_ords], "predictions": out.stop_predictions},
-                                 ensure_ascii=False))
+    save_model_file(
+        project.models_dir / artifact,
+        model,
+        out.featurizer,
+        {"features_fingerprint": inp.fingerprint, "labels": project.config.labels, "version": version},
+    )
+    atomic_write_text(
+        project.models_dir / f"stopset_v{version}.json",
+        json.dumps({"ords": [int(o) for o in inp.stop_ords], "predictions": out.stop_predictions}, ensure_ascii=False),
+    )
     n_audit = rounds.audit_label_count(s)
-    stored = {**report.metrics, "n_train": report.n_train, "n_audit_labels": int(n_audit or 0),
-              "label_counts": report.adequacy["per_class"], "fit_seconds": model.fit_seconds_,
-              "calibration_n": model.info.get("calibration_n")}
-    rounds.insert_model(s, version, n_train=report.n_train, classes=list(model.classes_),
-                        calibration=model.calibration,
-                        temperature=model.temperature_ if model.calibration == "temperature" else None,
-                        train_seconds=report.seconds.get("train"), metrics=stored, artifact=artifact, origin="trained")
+    stored = {
+        **report.metrics,
+        "n_train": report.n_train,
+        "n_audit_labels": int(n_audit or 0),
+        "label_counts": report.adequacy["per_class"],
+        "fit_seconds": model.fit_seconds_,
+        "calibration_n": model.info.get("calibration_n"),
+    }
+    rounds.insert_model(
+        s,
+        version,
+        n_train=report.n_train,
+        classes=list(model.classes_),
+        calibration=model.calibration,
+        temperature=model.temperature_ if model.calibration == "temperature" else None,
+        train_seconds=report.seconds.get("train"),
+        metrics=stored,
+        artifact=artifact,
+        origin="trained",
+    )
     report.metrics = stored
     return version
 
@@ -665,17 +846,30 @@ def _store_measurement(project: Project, out: RoundOutput, inp: RoundInput, vers
     """The live measurement of this model version (core/measure/signs.py reads them all back)."""
     m = out.report.metrics or {}
     arms = _arms(inp.labelled)
-    data = {k: m.get(k) for k in ("accuracy", "macro_f1", "majority_baseline", "ece", "ece_uncalibrated", "n_test",
-                                  "stop_kappa", "per_class", "reliability")}
+    data = {
+        k: m.get(k)
+        for k in (
+            "accuracy",
+            "macro_f1",
+            "majority_baseline",
+            "ece",
+            "ece_uncalibrated",
+            "n_test",
+            "stop_kappa",
+            "per_class",
+            "reliability",
+        )
+    }
     data["features"] = (m.get("features") or {}).get("name")
     data["arms"] = out.arms
     data["signals"] = {k: out.report.signals.get(k) for k in ("convergence_ratio", "converging", "stop")}
     # the warning signs as they stand with this version (the labelling screen's summary line reads them)
     from labelloop.core.measure.agreement import agreement_report
     from labelloop.core.measure.signs import warning_signs
-    from labelloop.core.store import reports
+
     # error rate on the gold set by difficulty tier, as it stands with this version
-    from labelloop.core.store import review
+    from labelloop.core.store import reports, review
+
     tiers: dict = {}
     for _actor, given, ref, tier in review.gold_answers(project.store, project.config.gold_tier_key):
         t = tiers.setdefault(tier or "(none)", {"n": 0, "errors": 0})
@@ -686,13 +880,23 @@ def _store_measurement(project: Project, out: RoundOutput, inp: RoundInput, vers
     ratings, audit = reports.annotation_ratings(project.store)
     agreement = agreement_report(ratings, audit_items=audit, bootstrap=0) if ratings else None
     previous = reports.measurements(project.store)
-    data["warnings"] = [w["key"] for w in warning_signs(previous + [data], agreement=agreement,
-                                                        signals=out.report.signals,
-                                                        batch_strategy=out.report.strategy) if w["fires"]]
-    rounds.insert_measurement(project.store, version, n_labels=len(inp.labelled), n_al=arms.count("al"),
-                              n_audit=arms.count("audit"), n_cold=arms.count("cold"),
-                              compute_seconds=float(sum(v for k, v in out.report.seconds.items() if k != "total")),
-                              data=data)
+    data["warnings"] = [
+        w["key"]
+        for w in warning_signs(
+            previous + [data], agreement=agreement, signals=out.report.signals, batch_strategy=out.report.strategy
+        )
+        if w["fires"]
+    ]
+    rounds.insert_measurement(
+        project.store,
+        version,
+        n_labels=len(inp.labelled),
+        n_al=arms.count("al"),
+        n_audit=arms.count("audit"),
+        n_cold=arms.count("cold"),
+        compute_seconds=float(sum(v for k, v in out.report.seconds.items() if k != "total")),
+        data=data,
+    )
 
 
 def _read_stop_set(project: Project, version: int) -> dict | None:
@@ -701,15 +905,18 @@ def _read_stop_set(project: Project, version: int) -> dict | None:
     try:
         data = json.loads((project.models_dir / f"stopset_v{version}.json").read_text(encoding="utf-8"))
         ords, preds = data["ords"], data["predictions"]
-        if len(ords) != len(preds) or not all(isinstance(o, int) for o in ords) or not all(isinstance(p, str) for p in preds):
+        if (
+            len(ords) != len(preds)
+            or not all(isinstance(o, int) for o in ords)
+            or not all(isinstance(p, str) for p in preds)
+        ):
             return None
         return dict(zip(ords, preds))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _signals(feats: FeatureSet, state: PoolState, sel: Selection, rng, report: TrainReport,
-             inp: RoundInput) -> dict:
+def _signals(feats: FeatureSet, state: PoolState, sel: Selection, rng, report: TrainReport, inp: RoundInput) -> dict:
     main = state.candidate_rows[sel.index[~sel.audit]]
     sample = rng.choice(state.candidate_rows, size=min(len(main), len(state.candidate_rows)), replace=False)
     sim = batch_similarity(feats.neighbour_X, main)
@@ -719,30 +926,42 @@ def _signals(feats: FeatureSet, state: PoolState, sel: Selection, rng, report: T
         kappas = [report.metrics["stop_kappa"], *kappas]
     kappas = kappas[:STOP_ROUNDS]
     stable = len(kappas) == STOP_ROUNDS and all(k is not None and k >= STOP_KAPPA for k in kappas)
-    return {"batch_similarity": sim, "pool_similarity": base,
-            "convergence_ratio": (sim / base) if base > 0 else None,
-            "converging": bool(base > 0 and sim / base >= CONVERGENCE_RATIO),
-            "stop_kappas": kappas, "stop": stable}
+    return {
+        "batch_similarity": sim,
+        "pool_similarity": base,
+        "convergence_ratio": (sim / base) if base > 0 else None,
+        "converging": bool(base > 0 and sim / base >= CONVERGENCE_RATIO),
+        "stop_kappas": kappas,
+        "stop": stable,
+    }
 
 
 def warnings_for(report: TrainReport) -> list[str]:
     out = []
     m = report.metrics or {}
     if isinstance(m.get("ece"), float) and m["ece"] > 0.10:
-        out.append(f"ECE {m['ece']:.3f} on the test split is above 0.10: uncertainty is poorly calibrated, "
-                   "so uncertainty sampling may not beat random.")
+        out.append(
+            f"ECE {m['ece']:.3f} on the test split is above 0.10: uncertainty is poorly calibrated, "
+            "so uncertainty sampling may not beat random."
+        )
     if not report.adequacy.get("adequate", True):
         short = ", ".join(f"{c} needs {n} more" for c, n in report.adequacy["short"].items())
         out.append(f"Seed set below {report.adequacy['minimum']} labels per class: {short}.")
     sig = report.signals or {}
     if sig.get("stop"):
-        out.append(f"Stopping signal: predictions on the stop set agreed (kappa >= {STOP_KAPPA}) for "
-                   f"{STOP_ROUNDS} rounds; more labels are unlikely to change the model much.")
+        out.append(
+            f"Stopping signal: predictions on the stop set agreed (kappa >= {STOP_KAPPA}) for "
+            f"{STOP_ROUNDS} rounds; more labels are unlikely to change the model much."
+        )
     if sig.get("converging"):
-        out.append(f"Batch convergence: this batch is {sig['convergence_ratio']:.1f}x more self-similar than a random "
-                   "batch; the strategy is concentrating on one region (consider diversity or more audit).")
+        out.append(
+            f"Batch convergence: this batch is {sig['convergence_ratio']:.1f}x more self-similar than a random "
+            "batch; the strategy is concentrating on one region (consider diversity or more audit)."
+        )
     if m.get("n_test", 1) == 0:
-        out.append("No held-out test split: accuracy and calibration cannot be measured (import items with split=test).")
+        out.append(
+            "No held-out test split: accuracy and calibration cannot be measured (import items with split=test)."
+        )
     return out
 
 
@@ -754,14 +973,29 @@ def _write_batch(project: Project, out: RoundOutput, model_version: int | None) 
         p = None
         if out.selected_probs is not None and classes is not None:
             p = json.dumps({c: round(float(v), 6) for c, v in zip(classes, out.selected_probs[pos])})
-        rows.append([pos, item_id, sel.strategy[pos],
-                     None if np.isnan(sel.score[pos]) else float(sel.score[pos]),
-                     int(sel.rank[pos]) if sel.rank[pos] else None,
-                     None if np.isnan(sel.percentile[pos]) else float(sel.percentile[pos]),
-                     bool(sel.audit[pos]), model_version, p])
-    return rounds.insert_batch(project.store, model_version=model_version, strategy=report.strategy, size=len(sel),
-                               n_audit=int(sel.audit.sum()), pool_size=out.pool_size, signals=report.signals,
-                               queue_columns=[list(c) for c in zip(*rows)] if rows else [])
+        rows.append(
+            [
+                pos,
+                item_id,
+                sel.strategy[pos],
+                None if np.isnan(sel.score[pos]) else float(sel.score[pos]),
+                int(sel.rank[pos]) if sel.rank[pos] else None,
+                None if np.isnan(sel.percentile[pos]) else float(sel.percentile[pos]),
+                bool(sel.audit[pos]),
+                model_version,
+                p,
+            ]
+        )
+    return rounds.insert_batch(
+        project.store,
+        model_version=model_version,
+        strategy=report.strategy,
+        size=len(sel),
+        n_audit=int(sel.audit.sum()),
+        pool_size=out.pool_size,
+        signals=report.signals,
+        queue_columns=[list(c) for c in zip(*rows)] if rows else [],
+    )
 
 
 def queued_items(project: Project, n: int | None = None) -> list[dict]:

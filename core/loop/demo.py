@@ -59,7 +59,10 @@ Messages written by a person to this person, whatever they are about.
 def sample_path() -> Path:
     if not SAMPLE.exists():
         from labelloop.core.util.errors import ProjectError
-        raise ProjectError(f"the bundled sample {SAMPLE} is missing; run labelloop from a full checkout of the repository.")
+
+        raise ProjectError(
+            f"the bundled sample {SAMPLE} is missing; run labelloop from a full checkout of the repository."
+        )
     return SAMPLE
 
 
@@ -81,10 +84,20 @@ def build_demo(project_dir: Path | str, *, sample: Path | None = None) -> tuple[
         atomic_write_text(cfg, text)
         atomic_write_text(project_dir / "guidelines.md", GUIDELINES)
         with Project.open(project_dir) as project:
-            import_file(project, sample, id_col="id", label_col="label", split_col="split", prelabel_pool=False,
-                        dedupe=True, source_name=str(sample), actor=f"import:{sample.name}")
+            import_file(
+                project,
+                sample,
+                id_col="id",
+                label_col="label",
+                split_col="split",
+                prelabel_pool=False,
+                dedupe=True,
+                source_name=str(sample),
+                actor=f"import:{sample.name}",
+            )
             # Fill the queue now (the keyword-seeded cold-start batch), so the workstation opens on an item.
             from labelloop.core.loop.al_round import train_and_queue
+
             train_and_queue(project, seed=0)
     except BaseException:
         if not existed:  # never delete a folder the user had before

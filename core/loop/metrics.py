@@ -8,16 +8,26 @@ import json
 
 import numpy as np
 
-from labelloop.core.loop.al_round import (STOP_KAPPA, STOP_ROUNDS, features_for, pool_state, use_latest_features,
-                                 warnings_for, TrainReport)
 from labelloop.core.engine.model import evaluate, fit_model
-from labelloop.core.store.project import Project
+from labelloop.core.loop.al_round import (
+    STOP_KAPPA,
+    STOP_ROUNDS,
+    TrainReport,
+    features_for,
+    pool_state,
+    use_latest_features,
+    warnings_for,
+)
 from labelloop.core.store import reports
+from labelloop.core.store.project import Project
 from labelloop.core.store.reports import arm_counts  # noqa: F401  (re-exported: the metrics pane shows it too)
 
 
 def metrics_snapshot(project: Project) -> dict:
-    """Cheap: read what the store already holds (no training)."""
+    """Cheap: read what the store already holds (no training).
+
+    Long because it assembles the pane's read model field by field from one read of the store.
+    """
     r = reports.metrics_rows(project.store)
     models = r["models"]
     curve = []
@@ -25,8 +35,15 @@ def metrics_snapshot(project: Project) -> dict:
     for m in models:
         mm = json.loads(m["metrics"]) if m["metrics"] else {}
         if mm.get("n_test"):
-            curve.append({"version": m["version"], "n_train": m["n_train"], "accuracy": mm["accuracy"],
-                          "macro_f1": mm["macro_f1"], "ece": mm["ece"]})
+            curve.append(
+                {
+                    "version": m["version"],
+                    "n_train": m["n_train"],
+                    "accuracy": mm["accuracy"],
+                    "macro_f1": mm["macro_f1"],
+                    "ece": mm["ece"],
+                }
+            )
         latest = {"version": m["version"], **mm}
     distribution, throughput, corrections = r["distribution"], r["throughput"], r["corrections"]
     arms = arm_counts(project)
@@ -38,10 +55,18 @@ def metrics_snapshot(project: Project) -> dict:
             if c in counts:
                 counts[c] += v
     from labelloop.core.engine.coldstart import seed_adequacy
+
     adequacy = seed_adequacy(counts, project.config.labels, project.config.min_labels_per_class)
-    report = TrainReport(latest["version"] if latest else None, batch[0]["batch_id"] if batch else None, 0,
-                         batch[0]["strategy"] if batch else "", sum(counts.values()),
-                         metrics=latest or {}, adequacy=adequacy, signals=signals)
+    report = TrainReport(
+        latest["version"] if latest else None,
+        batch[0]["batch_id"] if batch else None,
+        0,
+        batch[0]["strategy"] if batch else "",
+        sum(counts.values()),
+        metrics=latest or {},
+        adequacy=adequacy,
+        signals=signals,
+    )
     # Anchoring: how often the human label equals the model's top label, with and without seeing it.
     anchoring: dict[str, dict] = {}
     for hidden, label, probs in r["anchoring"]:
@@ -52,16 +77,42 @@ def metrics_snapshot(project: Project) -> dict:
     for a in anchoring.values():
         a["agree_with_model"] = a.pop("agree") / a["n"]
     from labelloop.core.measure.signs import summary_line
+
     measured = reports.measurements(project.store)
-    compact = [{k: m.get(k) for k in ("version", "n_labels", "n_al", "n_audit", "n_cold", "accuracy", "macro_f1",
-                                      "ece", "ece_uncalibrated", "warnings")} for m in measured]
+    compact = [
+        {
+            k: m.get(k)
+            for k in (
+                "version",
+                "n_labels",
+                "n_al",
+                "n_audit",
+                "n_cold",
+                "accuracy",
+                "macro_f1",
+                "ece",
+                "ece_uncalibrated",
+                "warnings",
+            )
+        }
+        for m in measured
+    ]
     last_arms = measured[-1].get("arms") if measured else None
-    return {"measurements": compact, "arms_latest": last_arms,
-            "summary": summary_line(measured[-1] if measured else None),
-            "curve": curve, "latest": latest, "distribution": distribution, "throughput": throughput,
-            "corrections": corrections, "arms": arms, "signals": signals, "warnings": warnings_for(report),
-            "anchoring": anchoring,
-            "stop_rule": f"kappa >= {STOP_KAPPA} on the stop set for {STOP_ROUNDS} rounds"}
+    return {
+        "measurements": compact,
+        "arms_latest": last_arms,
+        "summary": summary_line(measured[-1] if measured else None),
+        "curve": curve,
+        "latest": latest,
+        "distribution": distribution,
+        "throughput": throughput,
+        "corrections": corrections,
+        "arms": arms,
+        "signals": signals,
+        "warnings": warnings_for(report),
+        "anchoring": anchoring,
+        "stop_rule": f"kappa >= {STOP_KAPPA} on the stop set for {STOP_ROUNDS} rounds",
+    }
 
 
 def arm_comparison(project: Project, checkpoints: int = 5, seed: int = 0) -> dict:
@@ -76,8 +127,10 @@ def arm_comparison(project: Project, checkpoints: int = 5, seed: int = 0) -> dic
     if len(state.test_rows) == 0:
         return {"al": [], "random": [], "note": "no test split"}
     rows = reports.arm_label_rows(project.store)
-    arms = {"al": [(o, lab) for o, lab, audit, strat in rows if not audit and strat and not strat.startswith("cold start")],
-            "random": [(o, lab) for o, lab, audit, _s in rows if audit]}
+    arms = {
+        "al": [(o, lab) for o, lab, audit, strat in rows if not audit and strat and not strat.startswith("cold start")],
+        "random": [(o, lab) for o, lab, audit, _s in rows if audit],
+    }
     X_test = feats.X[state.test_rows]
     out = {}
     for arm, items in arms.items():
@@ -89,8 +142,14 @@ def arm_comparison(project: Project, checkpoints: int = 5, seed: int = 0) -> dic
                 y = labels[:n]
                 if len(set(y)) < 2:
                     continue
-                m = fit_model(feats.X[feats.rows_for_ords(ords[:n])], y, project.config.labels,
-                              calibration="none", seed=seed, C=float((choice or {}).get("C", 100.0)))
+                m = fit_model(
+                    feats.X[feats.rows_for_ords(ords[:n])],
+                    y,
+                    project.config.labels,
+                    calibration="none",
+                    seed=seed,
+                    C=float((choice or {}).get("C", 100.0)),
+                )
                 ev = evaluate(m, X_test, state.y_test, project.config.labels)
                 points.append({"n": n, "accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"]})
         out[arm] = points

@@ -37,12 +37,12 @@ import numpy as np
 import polars as pl
 
 from labelloop.core.engine import coldstart
-from labelloop.core.util.errors import InputFileError, LabelloopError
-from labelloop.core.util.safeio import atomic_write
 from labelloop.core.engine.features import FEATURE_MODES, TextFeaturizer, combine
 from labelloop.core.engine.featuresel import C_DEFAULT, FEATURE_KINDS, candidates_for, choose_features
 from labelloop.core.engine.model import evaluate, fit_model
 from labelloop.core.engine.strategies import STRATEGIES, Round, get_strategy, select_batch
+from labelloop.core.util.errors import InputFileError, LabelloopError
+from labelloop.core.util.safeio import atomic_write
 
 ECE_LIMIT = 0.10
 POOL_RATIO = 10.0
@@ -65,7 +65,7 @@ class SimConfig:
     cost_per_label: float = 0.10
     seconds_per_label: float = 15.0
     compute_price_per_hour: float = 0.50
-    engineering_cost: float = 200.0     # money: setting up and running the AL pipeline (fixed)
+    engineering_cost: float = 200.0  # money: setting up and running the AL pipeline (fixed)
     features: list[str] = field(default_factory=lambda: ["auto"])
     seed: int = 0
 
@@ -95,24 +95,32 @@ class SimReport:
 def read_labelled(path: Path, text_col: str, label_col: str, split_col: str | None = None):
     """(texts, labels, splits or None) from CSV/TSV/JSONL/Parquet, with clear errors."""
     import duckdb
+
     from labelloop.core.store.imports import detect_format
+
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path} does not exist.")
     fmt = detect_format(path)
     p = str(path).replace("'", "''")
-    reader = {"csv": f"read_csv('{p}', header=true, all_varchar=true, delim=',', quote='\"', escape='\"')",
-              "tsv": f"read_csv('{p}', header=true, all_varchar=true, delim='\\t', quote='\"', escape='\"')",
-              "jsonl": f"read_json('{p}', format='newline_delimited')",
-              "parquet": f"read_parquet('{p}')"}[fmt]
+    reader = {
+        "csv": f"read_csv('{p}', header=true, all_varchar=true, delim=',', quote='\"', escape='\"')",
+        "tsv": f"read_csv('{p}', header=true, all_varchar=true, delim='\\t', quote='\"', escape='\"')",
+        "jsonl": f"read_json('{p}', format='newline_delimited')",
+        "parquet": f"read_parquet('{p}')",
+    }[fmt]
     con = duckdb.connect()
     try:
         cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
         for flag, c in (("--text-col", text_col), ("--label-col", label_col), ("--split-col", split_col)):
             if c is not None and c not in cols:
-                raise LabelloopError(f"{path}: column '{c}' (asked for by {flag}) is missing; the file has: {', '.join(cols)}.")
+                raise LabelloopError(
+                    f"{path}: column '{c}' (asked for by {flag}) is missing; the file has: {', '.join(cols)}."
+                )
         split_sql = f', CAST("{split_col}" AS VARCHAR)' if split_col else ""
-        rows = con.execute(f'SELECT CAST("{text_col}" AS VARCHAR), CAST("{label_col}" AS VARCHAR){split_sql} FROM {reader}').fetchall()
+        rows = con.execute(
+            f'SELECT CAST("{text_col}" AS VARCHAR), CAST("{label_col}" AS VARCHAR){split_sql} FROM {reader}'
+        ).fetchall()
     except duckdb.Error as exc:
         raise InputFileError(f"{path}: cannot be read ({str(exc).splitlines()[0]}).") from None
     finally:
@@ -151,13 +159,20 @@ def validate(cfg: SimConfig, labels: list[str]) -> None:
         raise LabelloopError("--strategies names a strategy twice.")
     bad = [f for f in cfg.features if f not in FEATURE_KINDS]
     if bad or not cfg.features:
-        raise LabelloopError(f"unknown features {', '.join(bad) or '(none given)'}; choose from {', '.join(FEATURE_KINDS)}.")
+        raise LabelloopError(
+            f"unknown features {', '.join(bad) or '(none given)'}; choose from {', '.join(FEATURE_KINDS)}."
+        )
     if len(set(cfg.features)) != len(cfg.features):
         raise LabelloopError("--features names a featurizer twice.")
     classes = sorted(set(labels))
     if len(classes) < 2:
         raise LabelloopError(f"the label column has one class only ('{classes[0]}'); a classifier needs at least two.")
-    for name, v in (("--seed-size", cfg.seed_size), ("--batch", cfg.batch), ("--budget", cfg.budget), ("--repeats", cfg.repeats)):
+    for name, v in (
+        ("--seed-size", cfg.seed_size),
+        ("--batch", cfg.batch),
+        ("--budget", cfg.budget),
+        ("--repeats", cfg.repeats),
+    ):
         if v < 1:
             raise LabelloopError(f"{name} must be at least 1, got {v}.")
     if not 0 < cfg.test_frac < 1:
@@ -183,6 +198,7 @@ def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 @dataclass
 class _Data:
     """A labelled file split into pool and test, with the feature blocks every arm shares."""
+
     texts: list[str]
     pool: np.ndarray
     test: np.ndarray
@@ -208,13 +224,16 @@ class _Data:
         """(pool matrix, test matrix) for a featurizer; built once, shared by every arm."""
         key = (mode, round(w, 6))
         if key not in self.matrices:
-            self.matrices[key] = (combine(self.T_pool, self.E_pool, np.arange(self.n_pool), mode, w),
-                                  combine(self.T_test, self.E_test, np.arange(len(self.test)), mode, w))
+            self.matrices[key] = (
+                combine(self.T_pool, self.E_pool, np.arange(self.n_pool), mode, w),
+                combine(self.T_test, self.E_test, np.arange(len(self.test)), mode, w),
+            )
         return self.matrices[key]
 
 
-def run_simulation(path: Path, text_col: str, label_col: str, cfg: SimConfig, *, split_col: str | None = None,
-                   progress=None) -> SimReport:
+def run_simulation(
+    path: Path, text_col: str, label_col: str, cfg: SimConfig, *, split_col: str | None = None, progress=None
+) -> SimReport:
     started = time.perf_counter()
     data = _load(path, text_col, label_col, split_col, cfg, progress)
     full_by, learnable = _learnability(data, cfg)
@@ -225,12 +244,31 @@ def run_simulation(path: Path, text_col: str, label_col: str, cfg: SimConfig, *,
     curves = curves.select(["features", "strategy", *[c for c in curves.columns if c not in ("features", "strategy")]])
     out = _summarise(curves, cfg, target, data.n_pool, learnable)
     if data.n_leaked:
-        out["notes"].insert(0, f"removed {data.n_leaked:,} pool rows whose exact text is also in the test split "
-                               "(leakage) before measuring.")
-    return SimReport(curves, out["summary"], full_acc, target, out["verdict"], out["conditions"], out["best_strategy"],
-                     out["saving"], data.n_pool, len(data.test), data.classes, time.perf_counter() - started,
-                     out["notes"], comparisons=out["comparisons"], learnable=learnable, full_by_features=full_by,
-                     best_features=out["best_features"], choices=choices)
+        out["notes"].insert(
+            0,
+            f"removed {data.n_leaked:,} pool rows whose exact text is also in the test split "
+            "(leakage) before measuring.",
+        )
+    return SimReport(
+        curves,
+        out["summary"],
+        full_acc,
+        target,
+        out["verdict"],
+        out["conditions"],
+        out["best_strategy"],
+        out["saving"],
+        data.n_pool,
+        len(data.test),
+        data.classes,
+        time.perf_counter() - started,
+        out["notes"],
+        comparisons=out["comparisons"],
+        learnable=learnable,
+        full_by_features=full_by,
+        best_features=out["best_features"],
+        choices=choices,
+    )
 
 
 def _load(path: Path, text_col: str, label_col: str, split_col: str | None, cfg: SimConfig, progress) -> _Data:
@@ -249,7 +287,9 @@ def _load(path: Path, text_col: str, label_col: str, split_col: str | None, cfg:
     if n_pool < cfg.seed_size:
         raise LabelloopError(f"the data set has {n_pool} pool rows, fewer than --seed-size {cfg.seed_size}.")
     if cfg.budget > n_pool:
-        raise LabelloopError(f"--budget {cfg.budget} is larger than the pool ({n_pool} rows after holding out the test split).")
+        raise LabelloopError(
+            f"--budget {cfg.budget} is larger than the pool ({n_pool} rows after holding out the test split)."
+        )
     if progress:
         progress(0.0, "features")
     featurizer = TextFeaturizer("tfidf").fit([texts[i] for i in pool])
@@ -257,16 +297,26 @@ def _load(path: Path, text_col: str, label_col: str, split_col: str | None, cfg:
     E = None
     if any(f != "tfidf" for f in cfg.features):
         from labelloop.core.engine.embed import embed_texts
+
         E = embed_texts(texts)
-    return _Data(texts, pool, test, list(y_all[pool]), list(y_all[test]), sorted(set(labels)), int(leaked.sum()),
-                 T[pool], T[test], *((E[pool], E[test]) if E is not None else (None, None)))
+    return _Data(
+        texts,
+        pool,
+        test,
+        list(y_all[pool]),
+        list(y_all[test]),
+        sorted(set(labels)),
+        int(leaked.sum()),
+        T[pool],
+        T[test],
+        *((E[pool], E[test]) if E is not None else (None, None)),
+    )
 
 
 def _learnability(data: _Data, cfg: SimConfig) -> tuple[dict, dict]:
     """A model on the whole pool per featurizer involved: the accuracy to reach (the best), and whether
     it is measurably above the majority class and chance."""
-    modes = sorted({m for f in cfg.features for m in ((FEATURE_MODES if f == "auto" else (f,)))},
-                   key=FEATURE_MODES.index)
+    modes = sorted({m for f in cfg.features for m in (FEATURE_MODES if f == "auto" else (f,))}, key=FEATURE_MODES.index)
     full_by = {}
     for mode in modes:
         Xp, Xt = data.mats(mode, 1.0)
@@ -277,8 +327,14 @@ def _learnability(data: _Data, cfg: SimConfig) -> tuple[dict, dict]:
     majority = max(np.mean(np.array(data.y_test, dtype=object) == c) for c in data.classes)
     chance = 1.0 / len(data.classes)
     lo, hi = _wilson(int(round(full_acc * len(data.test))), len(data.test))
-    return full_by, {"accuracy": full_acc, "interval": [lo, hi], "majority": float(majority), "chance": chance,
-                     "features": best_mode, "holds": bool(lo > max(majority, chance))}
+    return full_by, {
+        "accuracy": full_acc,
+        "interval": [lo, hi],
+        "majority": float(majority),
+        "chance": chance,
+        "features": best_mode,
+        "holds": bool(lo > max(majority, chance)),
+    }
 
 
 def _replay(data: _Data, cfg: SimConfig, progress) -> tuple[list[dict], list[dict]]:
@@ -305,18 +361,36 @@ def _replay(data: _Data, cfg: SimConfig, progress) -> tuple[list[dict], list[dic
             fseed = int(np.random.default_rng([cfg.seed, r, 99, fi]).integers(1 << 30))
 
             def choose(rows, feat=feat, fseed=fseed, C=None):
-                ch = choose_features(data.T_pool, data.E_pool, rows, y_pool_arr[rows], kind=feat, seed=fseed,
-                                     choose_c=C is None)
+                ch = choose_features(
+                    data.T_pool, data.E_pool, rows, y_pool_arr[rows], kind=feat, seed=fseed, choose_c=C is None
+                )
                 if C is not None:
                     ch["C"] = C
                 Xp, Xt = data.mats(ch["mode"], ch["weight"])
                 return ch, Xp, Xt
+
             first = choose(seed_rows)
-            choices.append({"repeat": r, "features": feat, "n": len(seed_rows),
-                            **{k: first[0][k] for k in ("name", "mode", "weight", "C", "reason")}})
+            choices.append(
+                {
+                    "repeat": r,
+                    "features": feat,
+                    "n": len(seed_rows),
+                    **{k: first[0][k] for k in ("name", "mode", "weight", "C", "reason")},
+                }
+            )
             for strategy in cfg.strategies:
-                recs = _run_arm(strategy, r, seed_rows, first, choose, data.y_pool, data.y_test, data.classes, cfg,
-                                np.random.default_rng([cfg.seed, r, list(STRATEGIES).index(strategy)]))
+                recs = _run_arm(
+                    strategy,
+                    r,
+                    seed_rows,
+                    first,
+                    choose,
+                    data.y_pool,
+                    data.y_test,
+                    data.classes,
+                    cfg,
+                    np.random.default_rng([cfg.seed, r, list(STRATEGIES).index(strategy)]),
+                )
                 for rec in recs:
                     rec["features"] = feat
                 records.extend(recs)
@@ -341,6 +415,7 @@ def quick_metrics(model, X_test, y_idx: np.ndarray, classes: list[str]) -> dict:
     ``core.model.evaluate``: accuracy, macro-F1 over the classes present in truth or prediction,
     per-class recall, top-label ECE with 15 bins, calibrated and raw)."""
     from labelloop.core.engine.calibration import reliability, softmax_t
+
     logits = model.decision(X_test)
     probs = model.calibrate_logits(logits)
     raw = softmax_t(logits, 1.0)
@@ -359,9 +434,12 @@ def quick_metrics(model, X_test, y_idx: np.ndarray, classes: list[str]) -> dict:
     local = {c: i for i, c in enumerate(model.classes_)}
     y_local = np.array([local.get(classes[i], -1) for i in y_idx])
     known = y_local >= 0
-    out = {"accuracy": float(np.mean(pred == y_idx)), "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-           "ece": reliability(probs[known], y_local[known])["ece"],
-           "ece_raw": reliability(raw[known], y_local[known])["ece"]}
+    out = {
+        "accuracy": float(np.mean(pred == y_idx)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "ece": reliability(probs[known], y_local[known])["ece"],
+        "ece_raw": reliability(raw[known], y_local[known])["ece"],
+    }
     for i, c in enumerate(classes):
         out[f"recall_{c}"] = float(rec[i])
     return out
@@ -371,8 +449,7 @@ def cfg_features_kind(choice: dict) -> str:
     return choice.get("kind", "tfidf")
 
 
-def _run_arm(strategy, repeat, seed_rows, first, choose, y_pool, y_test, classes, cfg: SimConfig,
-             rng) -> list[dict]:
+def _run_arm(strategy, repeat, seed_rows, first, choose, y_pool, y_test, classes, cfg: SimConfig, rng) -> list[dict]:
     """One learning curve: train, measure on the test split, score only the remaining pool, select.
     ``first``: the (choice, pool matrix, test matrix) decided on the seed labels; ``choose(rows)``
     re-decides them when the labels have doubled since."""
@@ -393,17 +470,31 @@ def _run_arm(strategy, repeat, seed_rows, first, choose, y_pool, y_test, classes
             # too doubled the simulation's time and left the bare-loop comparison without one C)
             new = choose(np.array(labelled, dtype=np.int64), C=choice["C"])
             if (new[0]["mode"], new[0]["weight"]) != (choice["mode"], choice["weight"]):
-                model = None          # other features: nothing to warm-start from
+                model = None  # other features: nothing to warm-start from
             choice, X_pool, X_test = new
             decided_at = len(labelled)
         C = float(choice["C"])
-        model = fit_model(X_pool[labelled], list(y_arr[labelled]), classes, calibration=cfg.calibration, C=C,
-                          seed=int(rng.integers(1 << 30)), held_out="alo", warm_from=model)
+        model = fit_model(
+            X_pool[labelled],
+            list(y_arr[labelled]),
+            classes,
+            calibration=cfg.calibration,
+            C=C,
+            seed=int(rng.integers(1 << 30)),
+            held_out="alo",
+            warm_from=model,
+        )
         fit_s = time.perf_counter() - t
         m = quick_metrics(model, X_test, y_test_idx, classes)
-        row = {"strategy": strategy, "repeat": repeat, "n_labels": len(labelled), **m,
-               "calibration_skipped": model.info.get("calibration_skipped") or "", "C": C,
-               "features_used": choice["name"]}
+        row = {
+            "strategy": strategy,
+            "repeat": repeat,
+            "n_labels": len(labelled),
+            **m,
+            "calibration_skipped": model.info.get("calibration_skipped") or "",
+            "C": C,
+            "features_used": choice["name"],
+        }
         if len(labelled) >= cfg.budget or not unlabelled_mask.any():
             row["compute_seconds"] = fit_s
             row["selected"] = False
@@ -412,16 +503,7 @@ def _run_arm(strategy, repeat, seed_rows, first, choose, y_pool, y_test, classes
         t = time.perf_counter()
         cand = np.flatnonzero(unlabelled_mask)
         k = min(cfg.batch, cfg.budget - len(labelled), len(cand))
-        scores = None
-        strat = get_strategy(strategy)
-        if strat.uses_scores:   # the loop's own scoring: the same strategy object, the same Round
-            Xc = X_pool[cand]
-            rnd = strat.prepare(Round(model=model, X_lab=X_pool[labelled], y_lab=list(y_arr[labelled]),
-                                      N_lab=X_pool[labelled], classes=classes, rng=rng))
-            scores = strat.score(model.predict_proba(Xc), Xc, Xc, rnd)
-        sel = select_batch(strat, len(cand), k, rng=rng, audit_share=0.0, scores=scores,
-                           X_pool=X_pool[cand] if strategy == "diversity" else None)
-        chosen = cand[sel.index]
+        chosen = _arm_pick(get_strategy(strategy), model, X_pool, cand, labelled, y_arr, classes, k, rng)
         row["compute_seconds"] = fit_s + (time.perf_counter() - t)
         row["selected"] = True
         out.append(row)
@@ -430,27 +512,61 @@ def _run_arm(strategy, repeat, seed_rows, first, choose, y_pool, y_test, classes
     return out
 
 
+def _arm_pick(strat, model, X_pool, cand: np.ndarray, labelled: list, y_arr, classes, k: int, rng) -> np.ndarray:
+    """The next batch of an arm: the pool rows ``strat`` picks among the candidates, scored as the
+    workstation's loop scores (the same strategy object, the same Round)."""
+    scores = None
+    if strat.uses_scores:
+        Xc = X_pool[cand]
+        rnd = strat.prepare(
+            Round(
+                model=model,
+                X_lab=X_pool[labelled],
+                y_lab=list(y_arr[labelled]),
+                N_lab=X_pool[labelled],
+                classes=classes,
+                rng=rng,
+            )
+        )
+        scores = strat.score(model.predict_proba(Xc), Xc, Xc, rnd)
+    sel = select_batch(
+        strat,
+        len(cand),
+        k,
+        rng=rng,
+        audit_share=0.0,
+        scores=scores,
+        X_pool=X_pool[cand] if strat.name == "diversity" else None,
+    )
+    return cand[sel.index]
+
+
 def labels_to_target(curves: pl.DataFrame, target: float) -> pl.DataFrame:
     """Per arm (features, strategy) and repeat: the first label count whose accuracy reaches the
     target (null if never), with the numbers the comparisons and conditions use."""
-    return (curves.sort("n_labels")
-            .group_by("features", "strategy", "repeat", maintain_order=True)
-            .agg(pl.col("n_labels").filter(pl.col("accuracy") >= target).first().alias("labels_to_target"),
-                 pl.col("accuracy").first().alias("seed_accuracy"),
-                 pl.col("accuracy").last().alias("final_accuracy"),
-                 pl.col("ece").last().alias("final_ece"),
-                 pl.col("ece").filter(pl.col("selected")).mean().alias("selecting_ece"),
-                 pl.col("ece").filter(pl.col("selected")).max().alias("selecting_ece_max"),
-                 pl.col("ece_raw").filter(pl.col("selected")).mean().alias("selecting_ece_raw"),
-                 (pl.col("calibration_skipped") != "").sum().alias("calibration_skipped_rounds"),
-                 pl.col("accuracy").mean().alias("mean_accuracy"),
-                 pl.col("compute_seconds").filter(pl.col("selected")).mean().alias("compute_per_round"),
-                 pl.col("compute_seconds").filter(pl.col("selected")).sum().alias("compute_total"),
-                 pl.col("selected").sum().alias("rounds")))
+    return (
+        curves.sort("n_labels")
+        .group_by("features", "strategy", "repeat", maintain_order=True)
+        .agg(
+            pl.col("n_labels").filter(pl.col("accuracy") >= target).first().alias("labels_to_target"),
+            pl.col("accuracy").first().alias("seed_accuracy"),
+            pl.col("accuracy").last().alias("final_accuracy"),
+            pl.col("ece").last().alias("final_ece"),
+            pl.col("ece").filter(pl.col("selected")).mean().alias("selecting_ece"),
+            pl.col("ece").filter(pl.col("selected")).max().alias("selecting_ece_max"),
+            pl.col("ece_raw").filter(pl.col("selected")).mean().alias("selecting_ece_raw"),
+            (pl.col("calibration_skipped") != "").sum().alias("calibration_skipped_rounds"),
+            pl.col("accuracy").mean().alias("mean_accuracy"),
+            pl.col("compute_seconds").filter(pl.col("selected")).mean().alias("compute_per_round"),
+            pl.col("compute_seconds").filter(pl.col("selected")).sum().alias("compute_total"),
+            pl.col("selected").sum().alias("rounds"),
+        )
+    )
 
 
-def paired_interval(a: np.ndarray, b: np.ndarray, *, n_boot: int = BOOTSTRAP, seed: int = 0,
-                    level: float = 0.95) -> dict:
+def paired_interval(
+    a: np.ndarray, b: np.ndarray, *, n_boot: int = BOOTSTRAP, seed: int = 0, level: float = 0.95
+) -> dict:
     """Mean of the paired differences a - b over repeats, with a percentile bootstrap interval
     (repeats resampled with replacement). ``decided``: the interval excludes zero. ``repeats_needed``:
     about how many repeats would give an interval narrower than the difference, if it is real."""
@@ -458,8 +574,15 @@ def paired_interval(a: np.ndarray, b: np.ndarray, *, n_boot: int = BOOTSTRAP, se
     n = len(d)
     mean = float(d.mean()) if n else float("nan")
     if n < 2:
-        return {"mean": mean, "low": float("nan"), "high": float("nan"), "n": n, "decided": False,
-                "repeats_needed": None, "sd": float("nan")}
+        return {
+            "mean": mean,
+            "low": float("nan"),
+            "high": float("nan"),
+            "n": n,
+            "decided": False,
+            "repeats_needed": None,
+            "sd": float("nan"),
+        }
     rng = np.random.default_rng(seed)
     boots = d[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
@@ -468,51 +591,67 @@ def paired_interval(a: np.ndarray, b: np.ndarray, *, n_boot: int = BOOTSTRAP, se
     needed = None
     if not decided and abs(mean) > 1e-12 and sd > 0:
         needed = int(math.ceil((1.96 * sd / abs(mean)) ** 2))
-    return {"mean": mean, "low": float(lo), "high": float(hi), "n": n, "decided": decided, "sd": sd,
-            "repeats_needed": needed}
+    return {
+        "mean": mean,
+        "low": float(lo),
+        "high": float(hi),
+        "n": n,
+        "decided": decided,
+        "sd": sd,
+        "repeats_needed": needed,
+    }
 
 
 def _compare(per: pl.DataFrame, a: tuple, b: tuple, budget: int, seed: int) -> dict:
     """Paired comparison of arm ``a`` against arm ``b`` (each (features, strategy)) over repeats."""
+
     def arm(key):
         return per.filter((pl.col("features") == key[0]) & (pl.col("strategy") == key[1])).sort("repeat")
+
     A, B = arm(a), arm(b)
     common = sorted(set(A["repeat"]) & set(B["repeat"]))
     A, B = A.filter(pl.col("repeat").is_in(common)), B.filter(pl.col("repeat").is_in(common))
     la = A["labels_to_target"].fill_null(budget).to_numpy().astype(float)
     lb = B["labels_to_target"].fill_null(budget).to_numpy().astype(float)
-    return {"a": a, "b": b,
-            # labels: b - a, so that a positive number means a needs fewer labels
-            "labels_saved": paired_interval(lb, la, seed=seed),
-            "labels_a": float(la.mean()), "labels_b": float(lb.mean()),
-            "reached_a": int(A["labels_to_target"].is_not_null().sum()),
-            "reached_b": int(B["labels_to_target"].is_not_null().sum()),
-            "auc": paired_interval(A["mean_accuracy"].to_numpy(), B["mean_accuracy"].to_numpy(), seed=seed + 1),
-            "final": paired_interval(A["final_accuracy"].to_numpy(), B["final_accuracy"].to_numpy(), seed=seed + 2)}
+    return {
+        "a": a,
+        "b": b,
+        # labels: b - a, so that a positive number means a needs fewer labels
+        "labels_saved": paired_interval(lb, la, seed=seed),
+        "labels_a": float(la.mean()),
+        "labels_b": float(lb.mean()),
+        "reached_a": int(A["labels_to_target"].is_not_null().sum()),
+        "reached_b": int(B["labels_to_target"].is_not_null().sum()),
+        "auc": paired_interval(A["mean_accuracy"].to_numpy(), B["mean_accuracy"].to_numpy(), seed=seed + 1),
+        "final": paired_interval(A["final_accuracy"].to_numpy(), B["final_accuracy"].to_numpy(), seed=seed + 2),
+    }
 
 
 def _summary_table(per: pl.DataFrame, cfg: SimConfig) -> pl.DataFrame:
     """Per arm (features, strategy): labels to target, accuracy, calibration, compute and money."""
-    summary = (per.group_by("features", "strategy", maintain_order=True)
-               .agg(pl.col("labels_to_target").mean().alias("labels_to_target_mean"),
-                    pl.col("labels_to_target").std().alias("labels_to_target_std"),
-                    pl.col("labels_to_target").is_not_null().sum().alias("reached"),
-                    pl.len().alias("repeats"),
-                    pl.col("labels_to_target").fill_null(cfg.budget).mean().alias("labels_needed"),
-                    pl.col("final_accuracy").mean().alias("final_accuracy_mean"),
-                    pl.col("final_accuracy").std().alias("final_accuracy_std"),
-                    pl.col("final_ece").mean().alias("final_ece_mean"),
-                    pl.col("selecting_ece").mean().alias("selecting_ece_mean"),
-                    pl.col("selecting_ece_max").max().alias("selecting_ece_max"),
-                    pl.col("selecting_ece_raw").mean().alias("selecting_ece_raw_mean"),
-                    pl.col("calibration_skipped_rounds").sum().alias("calibration_skipped_rounds"),
-                    pl.col("rounds").sum().alias("rounds_total"),
-                    pl.col("mean_accuracy").mean().alias("area_under_curve"),
-                    pl.col("compute_per_round").mean().alias("compute_per_round_s"),
-                    pl.col("compute_total").mean().alias("compute_total_s")))
+    summary = per.group_by("features", "strategy", maintain_order=True).agg(
+        pl.col("labels_to_target").mean().alias("labels_to_target_mean"),
+        pl.col("labels_to_target").std().alias("labels_to_target_std"),
+        pl.col("labels_to_target").is_not_null().sum().alias("reached"),
+        pl.len().alias("repeats"),
+        pl.col("labels_to_target").fill_null(cfg.budget).mean().alias("labels_needed"),
+        pl.col("final_accuracy").mean().alias("final_accuracy_mean"),
+        pl.col("final_accuracy").std().alias("final_accuracy_std"),
+        pl.col("final_ece").mean().alias("final_ece_mean"),
+        pl.col("selecting_ece").mean().alias("selecting_ece_mean"),
+        pl.col("selecting_ece_max").max().alias("selecting_ece_max"),
+        pl.col("selecting_ece_raw").mean().alias("selecting_ece_raw_mean"),
+        pl.col("calibration_skipped_rounds").sum().alias("calibration_skipped_rounds"),
+        pl.col("rounds").sum().alias("rounds_total"),
+        pl.col("mean_accuracy").mean().alias("area_under_curve"),
+        pl.col("compute_per_round").mean().alias("compute_per_round_s"),
+        pl.col("compute_total").mean().alias("compute_total_s"),
+    )
     return summary.with_columns(
-        (pl.col("labels_needed") * cfg.cost_per_label + pl.col("compute_total_s") * cfg.compute_price_per_hour / 3600)
-        .alias("money_to_target"))
+        (
+            pl.col("labels_needed") * cfg.cost_per_label + pl.col("compute_total_s") * cfg.compute_price_per_hour / 3600
+        ).alias("money_to_target")
+    )
 
 
 def _summarise(curves: pl.DataFrame, cfg: SimConfig, target: float, n_pool: int, learnable: dict) -> dict:
@@ -535,30 +674,46 @@ def _summarise(curves: pl.DataFrame, cfg: SimConfig, target: float, n_pool: int,
     seed_hits = per.filter(pl.col("seed_accuracy") >= target).select("features", "repeat").unique()
     seed_repeats = seed_hits["repeat"].n_unique() if seed_hits.height else 0
     if seed_repeats:
-        notes.append(f"the seed set alone ({cfg.seed_size} labels) already reached the target in {seed_repeats} of "
-                     f"{cfg.repeats} repeats: the target is too easy to tell strategies apart there "
-                     "(raise --target or lower --seed-size).")
+        notes.append(
+            f"the seed set alone ({cfg.seed_size} labels) already reached the target in {seed_repeats} of "
+            f"{cfg.repeats} repeats: the target is too easy to tell strategies apart there "
+            "(raise --target or lower --seed-size)."
+        )
     skipped = int(summary["calibration_skipped_rounds"].sum())
     if skipped:
         reason = curves.filter(pl.col("calibration_skipped") != "")["calibration_skipped"][0]
-        notes.append(f"calibration was skipped in {skipped} of {curves.height} rounds ({reason}); those rounds' "
-                     "probabilities are uncalibrated.")
+        notes.append(
+            f"calibration was skipped in {skipped} of {curves.height} rounds ({reason}); those rounds' "
+            "probabilities are uncalibrated."
+        )
 
     # the best arm: fewest labels needed among AL arms (then the best curve)
     best_arm = None
     if al:
-        best_arm = min(((f, st) for f in cfg.features for st in al),
-                       key=lambda k: (rows[k]["labels_needed"], -rows[k]["area_under_curve"]))
-    best_features, best = (best_arm if best_arm else (cfg.features[0], None))
+        best_arm = min(
+            ((f, st) for f in cfg.features for st in al),
+            key=lambda k: (rows[k]["labels_needed"], -rows[k]["area_under_curve"]),
+        )
+    best_features, best = best_arm if best_arm else (cfg.features[0], None)
     # is the best AL arm measurably better than the other AL strategies under its features?
     for st in al:
         if best_arm and st != best:
             comparisons.append(_compare(per, best_arm, (best_features, st), cfg.budget, cfg.seed))
-    main = next((c for c in comparisons if best_arm and c["a"] == best_arm and c["b"] == (best_features, "random")), None)
+    main = next(
+        (c for c in comparisons if best_arm and c["a"] == best_arm and c["b"] == (best_features, "random")), None
+    )
     conditions = _conditions(rows[best_arm] if best_arm else None, main, cfg, n_pool, notes)
     verdict, saving = _verdict(learnable, best_arm, main, seed_repeats, cfg, conditions)
-    return {"summary": summary, "best_strategy": best, "saving": saving, "conditions": conditions,
-            "verdict": verdict, "notes": notes, "comparisons": comparisons, "best_features": best_features}
+    return {
+        "summary": summary,
+        "best_strategy": best,
+        "saving": saving,
+        "conditions": conditions,
+        "verdict": verdict,
+        "notes": notes,
+        "comparisons": comparisons,
+        "best_features": best_features,
+    }
 
 
 def _conditions(b: dict | None, main: dict | None, cfg: SimConfig, n_pool: int, notes: list[str]) -> dict:
@@ -570,75 +725,106 @@ def _conditions(b: dict | None, main: dict | None, cfg: SimConfig, n_pool: int, 
         return conditions
     ece = b["selecting_ece_mean"]
     raw = b["selecting_ece_raw_mean"]
-    conditions["calibrated"] = {"holds": bool(ece is not None and ece <= ECE_LIMIT), "ece": ece,
-                                "ece_max": b["selecting_ece_max"], "ece_raw": raw, "final_ece": b["final_ece_mean"],
-                                "limit": ECE_LIMIT}
+    conditions["calibrated"] = {
+        "holds": bool(ece is not None and ece <= ECE_LIMIT),
+        "ece": ece,
+        "ece_max": b["selecting_ece_max"],
+        "ece_raw": raw,
+        "final_ece": b["final_ece_mean"],
+        "limit": ECE_LIMIT,
+    }
     if ece is not None and raw is not None and raw < ece:
-        notes.append(f"calibration made the selecting models' ECE worse ({raw:.3f} raw, {ece:.3f} calibrated): "
-                     "use the raw probabilities ([strategy] calibration = \"none\").")
+        notes.append(
+            f"calibration made the selecting models' ECE worse ({raw:.3f} raw, {ece:.3f} calibrated): "
+            'use the raw probabilities ([strategy] calibration = "none").'
+        )
     if main is not None:
         saved_labels = main["labels_saved"]["mean"]
         hourly = cfg.cost_per_label / max(cfg.seconds_per_label, 1e-9) * 3600
         compute_s = b["compute_total_s"] or 0.0
         rounds_n = (b["rounds_total"] or 0) / max(b["repeats"], 1)
-        waiting_money = compute_s * hourly / 3600          # annotators idle while each retrain runs
+        waiting_money = compute_s * hourly / 3600  # annotators idle while each retrain runs
         compute_money = compute_s * cfg.compute_price_per_hour / 3600
         overhead = compute_money + waiting_money + cfg.engineering_cost
         saved_money = saved_labels * cfg.cost_per_label
         conditions["annotation_dominates"] = {
-            "holds": bool(saved_money > overhead), "saved_money": saved_money, "overhead": overhead,
-            "compute_money": compute_money, "waiting_money": waiting_money, "engineering": cfg.engineering_cost,
-            "rounds": rounds_n, "compute_per_round_s": b["compute_per_round_s"]}
+            "holds": bool(saved_money > overhead),
+            "saved_money": saved_money,
+            "overhead": overhead,
+            "compute_money": compute_money,
+            "waiting_money": waiting_money,
+            "engineering": cfg.engineering_cost,
+            "rounds": rounds_n,
+            "compute_per_round_s": b["compute_per_round_s"],
+        }
     needed = b["labels_needed"]
-    conditions["pool_large_enough"] = {"holds": bool(n_pool >= POOL_RATIO * needed), "pool": n_pool,
-                                       "labels_needed": needed, "ratio": n_pool / needed if needed else None}
+    conditions["pool_large_enough"] = {
+        "holds": bool(n_pool >= POOL_RATIO * needed),
+        "pool": n_pool,
+        "labels_needed": needed,
+        "ratio": n_pool / needed if needed else None,
+    }
     return conditions
 
 
-def _verdict(learnable: dict, best_arm, main: dict | None, seed_repeats: int, cfg: SimConfig,
-             conditions: dict) -> tuple[str, float | None]:
+def _verdict(
+    learnable: dict, best_arm, main: dict | None, seed_repeats: int, cfg: SimConfig, conditions: dict
+) -> tuple[str, float | None]:
     """The verdict line, in order: learnability, a baseline to compare with, the seed set alone,
     then the paired interval of labels saved by the best AL arm against random; and the share saved."""
     saving = None
     best_features = best_arm[0] if best_arm else cfg.features[0]
     if not learnable["holds"]:
-        verdict = (f"nothing to learn: a model trained on the whole pool reaches {learnable['accuracy']:.3f} "
-                   f"[{learnable['interval'][0]:.3f}, {learnable['interval'][1]:.3f}], not above the majority-class "
-                   f"rate {learnable['majority']:.3f} (chance {learnable['chance']:.3f}); check the labels before "
-                   "choosing a strategy")
+        verdict = (
+            f"nothing to learn: a model trained on the whole pool reaches {learnable['accuracy']:.3f} "
+            f"[{learnable['interval'][0]:.3f}, {learnable['interval'][1]:.3f}], not above the majority-class "
+            f"rate {learnable['majority']:.3f} (chance {learnable['chance']:.3f}); check the labels before "
+            "choosing a strategy"
+        )
     elif best_arm is None:
         verdict = "use random sampling (no active-learning strategy was simulated)"
     elif main is None:
         verdict = "unknown: no random baseline (add random to --strategies)"
     elif seed_repeats * 2 > cfg.repeats:
-        verdict = (f"inconclusive: the seed set alone reached the target in {seed_repeats} of {cfg.repeats} repeats; "
-                   "raise --target")
+        verdict = (
+            f"inconclusive: the seed set alone reached the target in {seed_repeats} of {cfg.repeats} repeats; "
+            "raise --target"
+        )
     else:
         ls = main["labels_saved"]
         auc = main["auc"]
         st = best_arm[1]
         feat_txt = f" with {best_features} features" if len(cfg.features) > 1 else ""
         if main["reached_a"] == 0 and main["reached_b"] == 0:
-            verdict = (f"inconclusive: neither {st} nor random reached the target within {cfg.budget} labels "
-                       f"(raise --budget); area under the curve {st} - random = {_fmt_iv(auc, 3)}")
+            verdict = (
+                f"inconclusive: neither {st} nor random reached the target within {cfg.budget} labels "
+                f"(raise --budget); area under the curve {st} - random = {_fmt_iv(auc, 3)}"
+            )
         elif ls["decided"] and ls["mean"] > 0:
             saving = ls["mean"] / main["labels_b"] if main["labels_b"] else None
             failed = [k for k, v in conditions.items() if not v["holds"]]
-            verdict = ("AL pays off" if (saving or 0) >= PAYS_OFF_SAVING and not failed else "marginal")
-            verdict += (f": {st}{feat_txt} needs {ls['mean']:.0f} fewer labels than random "
-                        f"[{ls['low']:.0f}, {ls['high']:.0f}] ({saving:.0%} saved)")
+            verdict = "AL pays off" if (saving or 0) >= PAYS_OFF_SAVING and not failed else "marginal"
+            verdict += (
+                f": {st}{feat_txt} needs {ls['mean']:.0f} fewer labels than random "
+                f"[{ls['low']:.0f}, {ls['high']:.0f}] ({saving:.0%} saved)"
+            )
             if failed:
                 verdict += " (fails: " + ", ".join(failed) + ")"
         elif ls["decided"] and ls["mean"] < 0:
             saving = ls["mean"] / main["labels_b"] if main["labels_b"] else None
-            verdict = (f"use random sampling: random needs {-ls['mean']:.0f} fewer labels than {st}{feat_txt} "
-                       f"[{-ls['high']:.0f}, {-ls['low']:.0f}]")
+            verdict = (
+                f"use random sampling: random needs {-ls['mean']:.0f} fewer labels than {st}{feat_txt} "
+                f"[{-ls['high']:.0f}, {-ls['low']:.0f}]"
+            )
         else:
-            verdict = (f"no measurable difference between {st}{feat_txt} and random in labels to target: "
-                       f"{_fmt_iv(ls, 0)} labels saved over {ls['n']} repeats")
+            verdict = (
+                f"no measurable difference between {st}{feat_txt} and random in labels to target: "
+                f"{_fmt_iv(ls, 0)} labels saved over {ls['n']} repeats"
+            )
             if ls["repeats_needed"]:
-                verdict += (f"; about {ls['repeats_needed']} repeats would resolve a difference of this size "
-                            "if it is real")
+                verdict += (
+                    f"; about {ls['repeats_needed']} repeats would resolve a difference of this size if it is real"
+                )
             elif ls["n"] >= 2:
                 verdict += "; the repeats agree on no difference"
             verdict += "; use random sampling unless it is measured otherwise"
@@ -664,19 +850,24 @@ def write_outputs(report: SimReport, curves_path: Path | None, chart_path: Path 
 
 def plot_curves(report: SimReport, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    agg = (report.curves.group_by("features", "strategy", "n_labels")
-           .agg(pl.col("accuracy").mean().alias("m"), pl.col("accuracy").std().fill_null(0).alias("s"))
-           .sort("features", "strategy", "n_labels"))
+    agg = (
+        report.curves.group_by("features", "strategy", "n_labels")
+        .agg(pl.col("accuracy").mean().alias("m"), pl.col("accuracy").std().fill_null(0).alias("s"))
+        .sort("features", "strategy", "n_labels")
+    )
     several = agg["features"].n_unique() > 1
     markers = "osD^v<>phx*"
     for i, ((feat, strategy), d) in enumerate(agg.group_by("features", "strategy", maintain_order=True)):
         x, m, s = d["n_labels"].to_numpy(), d["m"].to_numpy(), d["s"].to_numpy()
         name = f"{strategy} / {feat}" if several else strategy
-        ax.plot(x, m, label=name, lw=1.5, marker=markers[i % len(markers)], ms=4,
-                ls="--" if strategy == "random" else "-")
+        ax.plot(
+            x, m, label=name, lw=1.5, marker=markers[i % len(markers)], ms=4, ls="--" if strategy == "random" else "-"
+        )
         ax.fill_between(x, m - s, m + s, alpha=0.12)
     ax.axhline(report.target, color="grey", lw=1, ls=":", label=f"target {report.target:.3f}")
     ax.set_xlabel("labels (seed set included)")
@@ -692,63 +883,101 @@ def plot_curves(report: SimReport, path: Path) -> None:
 
 
 def format_report(report: SimReport, cfg: SimConfig) -> str:
+    """The simulation's report as ``labelloop simulate`` prints it.
+
+    Long because the report is written top to bottom in the order a lead reads it: data, learnability,
+    arms, comparisons with their intervals, conditions, verdict.
+    """
     L = report.learnable
-    lines = [f"pool {report.pool_size:,} / test {report.test_size:,} items, {len(report.classes)} classes; "
-             f"{cfg.repeats} repeats; {report.seconds:.1f} s",
-             "full-pool accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in report.full_by_features.items())
-             + f"; target {report.target:.3f} ({cfg.target_frac:.0%} of the best)",
-             f"learnable: {'yes' if L.get('holds') else 'NO'}: {L.get('accuracy', 0):.3f} "
-             f"[{L.get('interval', [0, 0])[0]:.3f}, {L.get('interval', [0, 0])[1]:.3f}] against the majority-class "
-             f"rate {L.get('majority', 0):.3f} and chance {L.get('chance', 0):.3f}"]
+    lines = [
+        f"pool {report.pool_size:,} / test {report.test_size:,} items, {len(report.classes)} classes; "
+        f"{cfg.repeats} repeats; {report.seconds:.1f} s",
+        "full-pool accuracy: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in report.full_by_features.items())
+        + f"; target {report.target:.3f} ({cfg.target_frac:.0%} of the best)",
+        f"learnable: {'yes' if L.get('holds') else 'NO'}: {L.get('accuracy', 0):.3f} "
+        f"[{L.get('interval', [0, 0])[0]:.3f}, {L.get('interval', [0, 0])[1]:.3f}] against the majority-class "
+        f"rate {L.get('majority', 0):.3f} and chance {L.get('chance', 0):.3f}",
+    ]
     used = {}
     for c in report.choices:
         used.setdefault(c["features"], []).append(f"{c['name']} C={c['C']:g}")
     for f, names in used.items():
         counts = {n: names.count(n) for n in dict.fromkeys(names)}
-        last = (report.curves.filter(pl.col("features") == f).sort("n_labels")
-                .group_by("strategy", "repeat").agg(pl.col("features_used").last())["features_used"].to_list())
+        last = (
+            report.curves.filter(pl.col("features") == f)
+            .sort("n_labels")
+            .group_by("strategy", "repeat")
+            .agg(pl.col("features_used").last())["features_used"]
+            .to_list()
+        )
         final = {n: last.count(n) for n in dict.fromkeys(last)}
-        lines.append(f"features {f}: chosen on the seed labels per repeat: "
-                     + ", ".join(f"{n} ({k}x)" for n, k in counts.items())
-                     + "; re-decided as labels double, used in the last round: "
-                     + ", ".join(f"{n} ({k} arms)" for n, k in final.items()))
+        lines.append(
+            f"features {f}: chosen on the seed labels per repeat: "
+            + ", ".join(f"{n} ({k}x)" for n, k in counts.items())
+            + "; re-decided as labels double, used in the last round: "
+            + ", ".join(f"{n} ({k} arms)" for n, k in final.items())
+        )
     lines.append("")
-    lines.append(f"{'features':<13}{'strategy':<18}{'labels to target':>18}{'reached':>9}{'final acc':>16}"
-                 f"{'ECE sel.':>9}{'curve mean':>11}{'compute/round':>15}")
+    lines.append(
+        f"{'features':<13}{'strategy':<18}{'labels to target':>18}{'reached':>9}{'final acc':>16}"
+        f"{'ECE sel.':>9}{'curve mean':>11}{'compute/round':>15}"
+    )
     for r in report.summary.iter_rows(named=True):
-        ltt = "never" if r["labels_to_target_mean"] is None else (
-            f"{r['labels_to_target_mean']:.0f} ± {r['labels_to_target_std'] or 0:.0f}")
+        ltt = (
+            "never"
+            if r["labels_to_target_mean"] is None
+            else (f"{r['labels_to_target_mean']:.0f} ± {r['labels_to_target_std'] or 0:.0f}")
+        )
         ece = r["selecting_ece_mean"] if r["selecting_ece_mean"] is not None else r["final_ece_mean"]
-        lines.append(f"{r['features']:<13}{r['strategy']:<18}{ltt:>18}{r['reached']:>5}/{r['repeats']:<3}"
-                     f"{r['final_accuracy_mean']:>10.3f} ± {r['final_accuracy_std'] or 0:.3f}"
-                     f"{ece:>9.3f}{r['area_under_curve']:>11.3f}"
-                     f"{(r['compute_per_round_s'] or 0):>13.2f} s")
+        lines.append(
+            f"{r['features']:<13}{r['strategy']:<18}{ltt:>18}{r['reached']:>5}/{r['repeats']:<3}"
+            f"{r['final_accuracy_mean']:>10.3f} ± {r['final_accuracy_std'] or 0:.3f}"
+            f"{ece:>9.3f}{r['area_under_curve']:>11.3f}"
+            f"{(r['compute_per_round_s'] or 0):>13.2f} s"
+        )
     if report.comparisons:
         lines.append("")
-        lines.append(f"Paired differences over repeats (mean [95% bootstrap interval]); labels saved > 0: the first "
-                     f"arm needs fewer labels (repeats that never reach the target count at {cfg.budget}):")
+        lines.append(
+            f"Paired differences over repeats (mean [95% bootstrap interval]); labels saved > 0: the first "
+            f"arm needs fewer labels (repeats that never reach the target count at {cfg.budget}):"
+        )
         for c in report.comparisons:
             a = f"{c['a'][1]}/{c['a'][0]}"
             b = f"{c['b'][1]}/{c['b'][0]}"
             ls = c["labels_saved"]
-            word = ("no measurable difference" if not ls["decided"] else ("fewer labels" if ls["mean"] > 0 else "more labels"))
-            lines.append(f"  {a} vs {b}: labels saved {_fmt_iv(ls, 0)} ({word}); "
-                         f"curve mean {_fmt_iv(c['auc'], 3)}; final accuracy {_fmt_iv(c['final'], 3)}")
+            word = (
+                "no measurable difference"
+                if not ls["decided"]
+                else ("fewer labels" if ls["mean"] > 0 else "more labels")
+            )
+            lines.append(
+                f"  {a} vs {b}: labels saved {_fmt_iv(ls, 0)} ({word}); "
+                f"curve mean {_fmt_iv(c['auc'], 3)}; final accuracy {_fmt_iv(c['final'], 3)}"
+            )
     lines.append("")
     if report.saving is not None and report.best_strategy:
-        lines.append(f"Best active-learning arm: {report.best_strategy} with {report.best_features} features; "
-                     f"{report.saving:+.0%} of the labels random sampling needs (seed set counted).")
+        lines.append(
+            f"Best active-learning arm: {report.best_strategy} with {report.best_features} features; "
+            f"{report.saving:+.0%} of the labels random sampling needs (seed set counted)."
+        )
     for name, c in report.conditions.items():
         if name == "calibrated":
-            detail = (f"ECE of the models that selected {c['ece']:.3f} on average (worst {c['ece_max']:.3f}; "
-                      f"raw {c['ece_raw']:.3f}; final model {c['final_ece']:.3f}; limit {c['limit']})")
+            detail = (
+                f"ECE of the models that selected {c['ece']:.3f} on average (worst {c['ece_max']:.3f}; "
+                f"raw {c['ece_raw']:.3f}; final model {c['final_ece']:.3f}; limit {c['limit']})"
+            )
         elif name == "annotation_dominates":
-            detail = (f"labels saved are worth {c['saved_money']:.2f} against an overhead of {c['overhead']:.2f} "
-                      f"(compute {c['compute_money']:.2f}, annotators waiting for {c['rounds']:.0f} retrains "
-                      f"{c['waiting_money']:.2f}, engineering {c['engineering']:.2f})")
+            detail = (
+                f"labels saved are worth {c['saved_money']:.2f} against an overhead of {c['overhead']:.2f} "
+                f"(compute {c['compute_money']:.2f}, annotators waiting for {c['rounds']:.0f} retrains "
+                f"{c['waiting_money']:.2f}, engineering {c['engineering']:.2f})"
+            )
         else:
-            detail = (f"pool {c['pool']:,} vs {c['labels_needed']:.0f} labels needed "
-                      f"({c['ratio']:.1f}x; wants >= {POOL_RATIO:.0f}x)")
+            detail = (
+                f"pool {c['pool']:,} vs {c['labels_needed']:.0f} labels needed "
+                f"({c['ratio']:.1f}x; wants >= {POOL_RATIO:.0f}x)"
+            )
         lines.append(f"  [{'holds' if c['holds'] else 'FAILS'}] {name}: {detail}")
     for n in report.notes:
         lines.append(f"  note: {n}")

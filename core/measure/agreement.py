@@ -25,8 +25,12 @@ import itertools
 
 import numpy as np
 
-NAMES = {"percent": "percent agreement", "fleiss_kappa": "Fleiss' kappa", "gwet_ac1": "Gwet's AC1",
-         "krippendorff_alpha": "Krippendorff's alpha"}
+NAMES = {
+    "percent": "percent agreement",
+    "fleiss_kappa": "Fleiss' kappa",
+    "gwet_ac1": "Gwet's AC1",
+    "krippendorff_alpha": "Krippendorff's alpha",
+}
 BOOTSTRAP = 1000
 LEVEL = 0.95
 MEASURES = ("percent", "fleiss_kappa", "gwet_ac1", "krippendorff_alpha")
@@ -35,8 +39,13 @@ MEASURES = ("percent", "fleiss_kappa", "gwet_ac1", "krippendorff_alpha")
 def _result(value, low=None, high=None, n_items=0, reason=None) -> dict:
     if value is not None and not np.isfinite(value):
         value, reason = None, reason or "undefined for these ratings"
-    return {"value": None if value is None else float(value), "low": None if low is None else float(low),
-            "high": None if high is None else float(high), "n_items": int(n_items), "reason": reason}
+    return {
+        "value": None if value is None else float(value),
+        "low": None if low is None else float(low),
+        "high": None if high is None else float(high),
+        "n_items": int(n_items),
+        "reason": reason,
+    }
 
 
 def count_matrix(ratings: dict, categories: list[str] | None = None) -> tuple[np.ndarray, list[str], list[str]]:
@@ -65,7 +74,7 @@ def _pa(R: np.ndarray) -> np.ndarray:
 
 def _pi(R: np.ndarray) -> np.ndarray:
     m = R.sum(-1, keepdims=True)
-    rated = (m[..., 0] >= 1)
+    rated = m[..., 0] >= 1
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(m > 0, R / m, 0.0)
     return share.sum(-2) / rated.sum(-1)[..., None]
@@ -90,11 +99,11 @@ def _alpha(R: np.ndarray) -> np.ndarray:
     pairable = m >= 2
     Rp = np.where(pairable[..., None], R, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        d_o = np.where(pairable, (m ** 2 - (R ** 2).sum(-1)) / (m - 1), 0.0).sum(-1)
+        d_o = np.where(pairable, (m**2 - (R**2).sum(-1)) / (m - 1), 0.0).sum(-1)
     n_c = Rp.sum(-2)
     n = n_c.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return 1 - (n - 1) * d_o / (n ** 2 - (n_c ** 2).sum(-1))
+        return 1 - (n - 1) * d_o / (n**2 - (n_c**2).sum(-1))
 
 
 _FUNCS = {"percent": _pa, "fleiss_kappa": _fleiss, "gwet_ac1": _ac1, "krippendorff_alpha": _alpha}
@@ -108,8 +117,10 @@ def _why_undefined(R: np.ndarray, measure: str) -> str | None:
     used = (R[m >= 2].sum(0) > 0).sum()
     # AC1's chance term uses the whole scale (every category the project has), so it stays defined
     if measure in ("fleiss_kappa", "krippendorff_alpha") and used <= 1:
-        return ("only one category was used on the overlapping items: the raters agree on every one, but "
-                f"{NAMES[measure]} is 0/0 there; read percent agreement and AC1")
+        return (
+            "only one category was used on the overlapping items: the raters agree on every one, but "
+            f"{NAMES[measure]} is 0/0 there; read percent agreement and AC1"
+        )
     return None
 
 
@@ -153,6 +164,7 @@ def cohen_kappa(a: list, b: list, *, seed: int = 0, bootstrap: int = BOOTSTRAP) 
         pe = (ca * cb).sum(-1)
         with np.errstate(invalid="ignore", divide="ignore"):
             return (po - pe) / (1 - pe)
+
     value = float(kappa(ia, ib))
     low = high = None
     if bootstrap and n >= 2:
@@ -164,37 +176,50 @@ def cohen_kappa(a: list, b: list, *, seed: int = 0, bootstrap: int = BOOTSTRAP) 
     return _result(value, low, high, n)
 
 
-def agreement_report(ratings: dict, *, categories: list[str] | None = None, audit_items: set | None = None,
-                     seed: int = 0, bootstrap: int = BOOTSTRAP) -> dict:
+def agreement_report(
+    ratings: dict,
+    *,
+    categories: list[str] | None = None,
+    audit_items: set | None = None,
+    seed: int = 0,
+    bootstrap: int = BOOTSTRAP,
+) -> dict:
     """Everything the metrics pane and ``status`` show: overall, per class (one against the rest), per
     annotator (each against the others), per pair (Cohen), AL-selected against random-audit items,
     and the class prevalence beside them."""
     R, cats, items = count_matrix(ratings, categories)
     overlap = R.sum(-1) >= 2
-    out: dict = {"n_items_rated": len(items), "n_items_overlap": int(overlap.sum()),
-                 "annotators": sorted({a for r in ratings.values() for a in r}),
-                 "prevalence": {c: float(R[:, j].sum() / R.sum()) if R.sum() else 0.0 for j, c in enumerate(cats)},
-                 "overall": {m: measure(R, m, seed=seed, bootstrap=bootstrap) for m in MEASURES}}
+    out: dict = {
+        "n_items_rated": len(items),
+        "n_items_overlap": int(overlap.sum()),
+        "annotators": sorted({a for r in ratings.values() for a in r}),
+        "prevalence": {c: float(R[:, j].sum() / R.sum()) if R.sum() else 0.0 for j, c in enumerate(cats)},
+        "overall": {m: measure(R, m, seed=seed, bootstrap=bootstrap) for m in MEASURES},
+    }
     out["per_class"] = {}
     for j, c in enumerate(cats):
-        binary = np.stack([R[:, j], R.sum(-1) - R[:, j]], -1)   # this class against the rest
+        binary = np.stack([R[:, j], R.sum(-1) - R[:, j]], -1)  # this class against the rest
         out["per_class"][c] = {m: measure(binary, m, seed=seed, bootstrap=bootstrap) for m in MEASURES}
     annotators = out["annotators"]
     out["pairs"] = {}
     for x, y in itertools.combinations(annotators, 2):
         shared = [i for i in items if x in ratings[i] and y in ratings[i]]
         if shared:
-            out["pairs"][f"{x} & {y}"] = cohen_kappa([ratings[i][x] for i in shared], [ratings[i][y] for i in shared],
-                                                      seed=seed, bootstrap=bootstrap)
+            out["pairs"][f"{x} & {y}"] = cohen_kappa(
+                [ratings[i][x] for i in shared], [ratings[i][y] for i in shared], seed=seed, bootstrap=bootstrap
+            )
     out["per_annotator"] = {}
     for a in annotators:
         mine = [i for i in items if a in ratings[i] and len(ratings[i]) >= 2]
         if not mine:
-            out["per_annotator"][a] = {"agree_with_others": _result(None, reason="no item shared with another annotator")}
+            out["per_annotator"][a] = {
+                "agree_with_others": _result(None, reason="no item shared with another annotator")
+            }
             continue
         # the share of this annotator's pairs (with each other rater of the item) that agree
-        agree = np.array([sum(ratings[i][a] == lab for b, lab in ratings[i].items() if b != a) / (len(ratings[i]) - 1)
-                          for i in mine])
+        agree = np.array(
+            [sum(ratings[i][a] == lab for b, lab in ratings[i].items() if b != a) / (len(ratings[i]) - 1) for i in mine]
+        )
         low = high = None
         if bootstrap and len(agree) >= 2:
             idx = np.random.default_rng(seed).integers(0, len(agree), size=(bootstrap, len(agree)))
@@ -202,6 +227,8 @@ def agreement_report(ratings: dict, *, categories: list[str] | None = None, audi
         out["per_annotator"][a] = {"agree_with_others": _result(agree.mean(), low, high, len(mine))}
     if audit_items is not None:
         sel = np.array([i in audit_items for i in items], dtype=bool)
-        out["by_arm"] = {arm: {m: measure(R[mask], m, seed=seed, bootstrap=bootstrap) for m in ("percent", "gwet_ac1")}
-                         for arm, mask in (("al", ~sel), ("audit", sel))}
+        out["by_arm"] = {
+            arm: {m: measure(R[mask], m, seed=seed, bootstrap=bootstrap) for m in ("percent", "gwet_ac1")}
+            for arm, mask in (("al", ~sel), ("audit", sel))
+        }
     return out

@@ -18,27 +18,39 @@ from datetime import datetime, timedelta
 import numpy as np
 
 ECE_LIMIT = 0.10
-RECALL_DIVERGENCE = 0.15     # the spread (max - min per-class recall) grew by this much over the last versions
-RECALL_WINDOW = 3            # model versions the divergence is measured over
-AGREEMENT_GAP = 0.10         # AL-selected items' percent agreement below random items' by this much
-AGREEMENT_MIN_ITEMS = 10     # overlap items needed in each arm before agreement is compared
-CONVERGENCE_RATIO = 1.5      # a batch this much more self-similar than a random sample (core/loop/al_round.py)
+RECALL_DIVERGENCE = 0.15  # the spread (max - min per-class recall) grew by this much over the last versions
+RECALL_WINDOW = 3  # model versions the divergence is measured over
+AGREEMENT_GAP = 0.10  # AL-selected items' percent agreement below random items' by this much
+AGREEMENT_MIN_ITEMS = 10  # overlap items needed in each arm before agreement is compared
+CONVERGENCE_RATIO = 1.5  # a batch this much more self-similar than a random sample (core/loop/al_round.py)
 ARM_POINTS = 4
-ARM_MIN = 5                  # labels in the smaller arm before the arms are compared
+ARM_MIN = 5  # labels in the smaller arm before the arms are compared
 BOOT = 400
 WINDOW_DAYS = 30
 
 
 def _fit_predict(X_train, y_train, X_test, classes, C: float, seed: int):
     from labelloop.core.engine.model import fit_model
+
     m = fit_model(X_train, list(y_train), classes, calibration="none", C=C, seed=seed)
     probs = m.predict_proba(X_test)
     return np.array([m.classes_[i] for i in probs.argmax(axis=1)], dtype=object)
 
 
-def arm_curves(X, labelled_rows: np.ndarray, y: list, arms: list[str], test_rows: np.ndarray, y_test: list,
-               classes: list[str], *, C: float = 10.0, seed: int = 0, points: int = ARM_POINTS,
-               n_boot: int = BOOT) -> dict:
+def arm_curves(
+    X,
+    labelled_rows: np.ndarray,
+    y: list,
+    arms: list[str],
+    test_rows: np.ndarray,
+    y_test: list,
+    classes: list[str],
+    *,
+    C: float = 10.0,
+    seed: int = 0,
+    points: int = ARM_POINTS,
+    n_boot: int = BOOT,
+) -> dict:
     """Accuracy of models trained on each arm's labels (plus the cold-start labels) at equal budgets,
     with bootstrap bands over test items for each arm and for their difference (AL - random)."""
     arms = list(arms)
@@ -53,8 +65,10 @@ def arm_curves(X, labelled_rows: np.ndarray, y: list, arms: list[str], test_rows
         out["note"] = "no test split"
         return out
     if budget < ARM_MIN:
-        out["note"] = (f"the random-audit arm has {len(rnd)} labels and the AL arm {len(al)}; "
-                       f"the arms are compared from {ARM_MIN} labels each")
+        out["note"] = (
+            f"the random-audit arm has {len(rnd)} labels and the AL arm {len(al)}; "
+            f"the arms are compared from {ARM_MIN} labels each"
+        )
         return out
     X_test = X[test_rows]
     rng = np.random.default_rng(seed)
@@ -74,13 +88,21 @@ def arm_curves(X, labelled_rows: np.ndarray, y: list, arms: list[str], test_rows
         a, r = correct["al"], correct["random"]
         ba, br = a[boot_idx].mean(axis=1), r[boot_idx].mean(axis=1)
         d = ba - br
-        out["points"].append({
-            "n": int(b), "labels_each": int(len(cold) + b),
-            "al": float(a.mean()), "al_low": float(np.quantile(ba, 0.025)), "al_high": float(np.quantile(ba, 0.975)),
-            "random": float(r.mean()), "random_low": float(np.quantile(br, 0.025)),
-            "random_high": float(np.quantile(br, 0.975)),
-            "diff": float(a.mean() - r.mean()), "diff_low": float(np.quantile(d, 0.025)),
-            "diff_high": float(np.quantile(d, 0.975))})
+        out["points"].append(
+            {
+                "n": int(b),
+                "labels_each": int(len(cold) + b),
+                "al": float(a.mean()),
+                "al_low": float(np.quantile(ba, 0.025)),
+                "al_high": float(np.quantile(ba, 0.975)),
+                "random": float(r.mean()),
+                "random_low": float(np.quantile(br, 0.025)),
+                "random_high": float(np.quantile(br, 0.975)),
+                "diff": float(a.mean() - r.mean()),
+                "diff_low": float(np.quantile(d, 0.025)),
+                "diff_high": float(np.quantile(d, 0.975)),
+            }
+        )
     return out
 
 
@@ -90,8 +112,9 @@ def _recall_spread(per_class: dict) -> float | None:
     return (max(rec) - min(rec)) if len(rec) >= 2 else None
 
 
-def cost_per_point(rows: list[dict], cost_per_label: float, compute_price_per_hour: float,
-                   window_days: int = WINDOW_DAYS) -> list[dict]:
+def cost_per_point(
+    rows: list[dict], cost_per_label: float, compute_price_per_hour: float, window_days: int = WINDOW_DAYS
+) -> list[dict]:
     """For each model version: the money spent in the trailing window (labels x cost per label +
     compute) divided by the accuracy gained in it, in percentage points. ``rows``: measurements in
     version order with created_at (datetime), n_labels, compute_seconds (cumulative), accuracy."""
@@ -100,24 +123,36 @@ def cost_per_point(rows: list[dict], cost_per_label: float, compute_price_per_ho
         if r.get("accuracy") is None or r.get("created_at") is None:
             continue
         start = r["created_at"] - timedelta(days=window_days)
-        first = next((q for q in rows[:i + 1] if q.get("accuracy") is not None and q["created_at"] >= start), None)
+        first = next((q for q in rows[: i + 1] if q.get("accuracy") is not None and q["created_at"] >= start), None)
         if first is None or first is r:
             out.append({"version": r["version"], "cost_per_point": None, "gain_points": 0.0, "spent": 0.0})
             continue
-        spent = ((r["n_labels"] - first["n_labels"]) * cost_per_label
-                 + (r.get("compute_seconds", 0.0) - first.get("compute_seconds", 0.0)) * compute_price_per_hour / 3600)
+        spent = (r["n_labels"] - first["n_labels"]) * cost_per_label + (
+            r.get("compute_seconds", 0.0) - first.get("compute_seconds", 0.0)
+        ) * compute_price_per_hour / 3600
         gain = 100.0 * (r["accuracy"] - first["accuracy"])
-        out.append({"version": r["version"], "spent": spent, "gain_points": gain,
-                    "cost_per_point": spent / gain if gain > 0.05 else None})
+        out.append(
+            {
+                "version": r["version"],
+                "spent": spent,
+                "gain_points": gain,
+                "cost_per_point": spent / gain if gain > 0.05 else None,
+            }
+        )
     return out
 
 
-def warning_signs(rows: list[dict], *, agreement: dict | None = None, signals: dict | None = None,
-                  batch_strategy: str | None = None) -> list[dict]:
+def warning_signs(
+    rows: list[dict], *, agreement: dict | None = None, signals: dict | None = None, batch_strategy: str | None = None
+) -> list[dict]:
     """The five warning signs, each with its rule, whether it fires, the measured value and what to do.
 
     ``rows``: measurements of every model version, oldest first (each with per_class, ece, arms);
-    ``agreement``: ``agreement_report`` output (its by_arm part); ``signals``: the latest batch's."""
+    ``agreement``: ``agreement_report`` output (its by_arm part); ``signals``: the latest batch's.
+
+    Long because the five signs stand side by side, each its rule, value and advice, in the
+    order every screen lists them.
+    """
     latest = rows[-1] if rows else {}
     signs = []
 
@@ -128,52 +163,84 @@ def warning_signs(rows: list[dict], *, agreement: dict | None = None, signals: d
         s0, s1 = _recall_spread(window[0]["per_class"]), _recall_spread(window[-1]["per_class"])
         value = s1 - s0
         fire = bool(s1 - s0 >= RECALL_DIVERGENCE)
-    signs.append({"key": "recall_diverging", "fires": fire, "value": value,
-                  "rule": f"the spread between the best and worst per-class recall grew by {RECALL_DIVERGENCE} or "
-                          f"more over the last {RECALL_WINDOW} model versions",
-                  "todo": "label the lagging classes (a keyword or stratified batch), or raise the audit share; "
-                          "check the guidelines for those classes"})
+    signs.append(
+        {
+            "key": "recall_diverging",
+            "fires": fire,
+            "value": value,
+            "rule": f"the spread between the best and worst per-class recall grew by {RECALL_DIVERGENCE} or "
+            f"more over the last {RECALL_WINDOW} model versions",
+            "todo": "label the lagging classes (a keyword or stratified batch), or raise the audit share; "
+            "check the guidelines for those classes",
+        }
+    )
 
     # 2. agreement on AL-selected items below agreement on random items
     fire, value = False, None
     by_arm = (agreement or {}).get("by_arm") or {}
     a, r = (by_arm.get("al") or {}).get("percent") or {}, (by_arm.get("audit") or {}).get("percent") or {}
     pa, pr = a.get("value"), r.get("value")
-    if (pa is not None and pr is not None and (a.get("n_items") or 0) >= AGREEMENT_MIN_ITEMS
-            and (r.get("n_items") or 0) >= AGREEMENT_MIN_ITEMS):
+    if (
+        pa is not None
+        and pr is not None
+        and (a.get("n_items") or 0) >= AGREEMENT_MIN_ITEMS
+        and (r.get("n_items") or 0) >= AGREEMENT_MIN_ITEMS
+    ):
         value = pa - pr
         fire = bool(pr - pa >= AGREEMENT_GAP)
-    signs.append({"key": "agreement_lower_on_al", "fires": fire, "value": value,
-                  "rule": f"percent agreement on AL-selected items is {AGREEMENT_GAP} or more below agreement on "
-                          f"random-audit items ({AGREEMENT_MIN_ITEMS}+ overlap items in each)",
-                  "todo": "the model is picking ambiguous items: clarify the guidelines with examples from them, "
-                          "or send them to review"})
+    signs.append(
+        {
+            "key": "agreement_lower_on_al",
+            "fires": fire,
+            "value": value,
+            "rule": f"percent agreement on AL-selected items is {AGREEMENT_GAP} or more below agreement on "
+            f"random-audit items ({AGREEMENT_MIN_ITEMS}+ overlap items in each)",
+            "todo": "the model is picking ambiguous items: clarify the guidelines with examples from them, "
+            "or send them to review",
+        }
+    )
 
     # 3. ECE above 0.10
     ece = latest.get("ece")
-    signs.append({"key": "ece_high", "fires": bool(isinstance(ece, (int, float)) and ece > ECE_LIMIT), "value": ece,
-                  "rule": f"expected calibration error of the latest model on the test split above {ECE_LIMIT}",
-                  "todo": "uncertainty is not trustworthy: try another calibration ([strategy] calibration), more "
-                          "labels, or random sampling until it is below the limit"})
+    signs.append(
+        {
+            "key": "ece_high",
+            "fires": bool(isinstance(ece, (int, float)) and ece > ECE_LIMIT),
+            "value": ece,
+            "rule": f"expected calibration error of the latest model on the test split above {ECE_LIMIT}",
+            "todo": "uncertainty is not trustworthy: try another calibration ([strategy] calibration), more "
+            "labels, or random sampling until it is below the limit",
+        }
+    )
 
     # 4. the random arm outperforming AL at equal budget
     pts = ((latest.get("arms") or {}).get("points")) or []
     last = pts[-1] if pts else None
-    signs.append({"key": "random_beats_al", "fires": bool(last and last["diff_high"] < 0),
-                  "value": last["diff"] if last else None,
-                  "rule": "at the largest equal budget, the model trained on random-audit labels is more accurate "
-                          "than the one trained on AL labels, the 95% bootstrap interval of the difference below zero",
-                  "todo": "AL is not paying off here: switch to random sampling (or diversity), or check calibration "
-                          "and the features"})
+    signs.append(
+        {
+            "key": "random_beats_al",
+            "fires": bool(last and last["diff_high"] < 0),
+            "value": last["diff"] if last else None,
+            "rule": "at the largest equal budget, the model trained on random-audit labels is more accurate "
+            "than the one trained on AL labels, the 95% bootstrap interval of the difference below zero",
+            "todo": "AL is not paying off here: switch to random sampling (or diversity), or check calibration "
+            "and the features",
+        }
+    )
 
     # 5. query batches converging on one cluster
     # a cold-start batch (keyword, typicality) is not a query batch: its similarity is by design
     ratio = None if (batch_strategy or "").startswith("cold start") else (signals or {}).get("convergence_ratio")
-    signs.append({"key": "batches_converging", "fires": bool(isinstance(ratio, (int, float)) and ratio >= CONVERGENCE_RATIO),
-                  "value": ratio,
-                  "rule": f"the latest batch is {CONVERGENCE_RATIO}x or more as self-similar as a random sample of "
-                          "the pool (mean pairwise cosine similarity)",
-                  "todo": "use the diversity strategy or a larger audit share; look at the batch for one topic"})
+    signs.append(
+        {
+            "key": "batches_converging",
+            "fires": bool(isinstance(ratio, (int, float)) and ratio >= CONVERGENCE_RATIO),
+            "value": ratio,
+            "rule": f"the latest batch is {CONVERGENCE_RATIO}x or more as self-similar as a random sample of "
+            "the pool (mean pairwise cosine similarity)",
+            "todo": "use the diversity strategy or a larger audit share; look at the batch for one topic",
+        }
+    )
     return signs
 
 
@@ -201,9 +268,13 @@ def summary_line(m: dict | None) -> str:
     pts = (m.get("arms") or {}).get("points") or []
     if pts:
         p = pts[-1]
-        verdict = ("AL ahead" if p["diff_low"] > 0 else "random ahead" if p["diff_high"] < 0 else "no measurable difference")
-        parts.append(f"AL-random {p['diff']:+.3f} [{p['diff_low']:+.3f}, {p['diff_high']:+.3f}] at {p['n']} labels each"
-                     f" ({verdict})")
+        verdict = (
+            "AL ahead" if p["diff_low"] > 0 else "random ahead" if p["diff_high"] < 0 else "no measurable difference"
+        )
+        parts.append(
+            f"AL-random {p['diff']:+.3f} [{p['diff_low']:+.3f}, {p['diff_high']:+.3f}] at {p['n']} labels each"
+            f" ({verdict})"
+        )
     else:
         parts.append(f"AL vs random: {m.get('n_audit', 0)} audit labels, too few to compare")
     return " · ".join(parts)

@@ -27,14 +27,35 @@ from labelloop.core.util.faults import fault_error
 DB_NAME = "project.duckdb"
 
 EVENT_KINDS = ("label", "skip", "flag", "undo", "adjudicate", "denied")
-EVENT_FIELDS = {"via", "duration_ms", "labels", "error_category", "note", "model_version", "shown_probs",
-                "suggestion", "suggestion_hidden", "batch_id", "strategy", "score", "rank", "percentile",
-                "audit", "target_event", "session_id", "ts", "client_msg_id"}
+EVENT_FIELDS = {
+    "via",
+    "duration_ms",
+    "labels",
+    "error_category",
+    "note",
+    "model_version",
+    "shown_probs",
+    "suggestion",
+    "suggestion_hidden",
+    "batch_id",
+    "strategy",
+    "score",
+    "rank",
+    "percentile",
+    "audit",
+    "target_event",
+    "session_id",
+    "ts",
+    "client_msg_id",
+}
 
 # Each migration is applied once, in order, inside one transaction with its version row.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
-    (1, "initial schema", [
-        """CREATE TABLE items (
+    (
+        1,
+        "initial schema",
+        [
+            """CREATE TABLE items (
             id VARCHAR NOT NULL,
             ord BIGINT NOT NULL,              -- dense row index, used by the feature matrix
             text VARCHAR NOT NULL,
@@ -48,7 +69,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             import_id INTEGER NOT NULL,
             imported_at TIMESTAMPTZ NOT NULL
         )""",
-        """CREATE TABLE imports (
+            """CREATE TABLE imports (
             import_id INTEGER NOT NULL,
             source_file VARCHAR NOT NULL,
             format VARCHAR NOT NULL,
@@ -59,7 +80,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             imported_at TIMESTAMPTZ NOT NULL,
             actor VARCHAR NOT NULL
         )""",
-        """CREATE TABLE events (
+            """CREATE TABLE events (
             event_id BIGINT NOT NULL,
             item_id VARCHAR NOT NULL,
             kind VARCHAR NOT NULL,            -- label | skip | flag | undo | adjudicate
@@ -83,7 +104,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             target_event BIGINT,              -- the event an undo takes back
             session_id VARCHAR
         )""",
-        """CREATE TABLE models (
+            """CREATE TABLE models (
             version INTEGER NOT NULL,
             created_at TIMESTAMPTZ NOT NULL,
             n_train INTEGER NOT NULL,
@@ -96,7 +117,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             artifact VARCHAR,                 -- file in the project's models/ folder
             origin VARCHAR                    -- trained | imported
         )""",
-        """CREATE TABLE batches (
+            """CREATE TABLE batches (
             batch_id INTEGER NOT NULL,
             created_at TIMESTAMPTZ NOT NULL,
             model_version INTEGER,
@@ -106,7 +127,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             pool_size BIGINT,
             signals VARCHAR                   -- JSON: batch convergence and stopping signals
         )""",
-        """CREATE TABLE queue (
+            """CREATE TABLE queue (
             batch_id INTEGER NOT NULL,
             position INTEGER NOT NULL,
             item_id VARCHAR NOT NULL,
@@ -118,24 +139,24 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             model_version INTEGER,
             probs VARCHAR                     -- JSON {label: p} at selection time
         )""",
-        # Events that an undo has not taken back.
-        # (An explicit ANTI JOIN against the few undo rows plans as one small hash table; a correlated
-        # NOT EXISTS made DuckDB group the whole log first.)
-        """CREATE VIEW effective_events AS
+            # Events that an undo has not taken back.
+            # (An explicit ANTI JOIN against the few undo rows plans as one small hash table; a correlated
+            # NOT EXISTS made DuckDB group the whole log first.)
+            """CREATE VIEW effective_events AS
             SELECT e.* FROM events e
             ANTI JOIN (SELECT target_event FROM events WHERE kind = 'undo' AND target_event IS NOT NULL) u
                 ON u.target_event = e.event_id
             WHERE e.kind <> 'undo'""",
-        # Each actor's current label for each item (the latest of their label events not undone).
-        """CREATE VIEW annotations AS
+            # Each actor's current label for each item (the latest of their label events not undone).
+            """CREATE VIEW annotations AS
             SELECT e.* FROM events e
             JOIN (SELECT max(event_id) AS event_id FROM effective_events WHERE kind = 'label'
                   GROUP BY item_id, actor) latest USING (event_id)""",
-        # One row per item that has a current label. labels is NULL while annotators disagree and no
-        # adjudication has settled it. Label lists are stored sorted, so equal lists mean agreement.
-        # Most items have one actor: they are settled by one GROUP BY; only items that several actors
-        # labelled go through each actor's latest label.
-        """CREATE VIEW final_labels AS
+            # One row per item that has a current label. labels is NULL while annotators disagree and no
+            # adjudication has settled it. Label lists are stored sorted, so equal lists mean agreement.
+            # Most items have one actor: they are settled by one GROUP BY; only items that several actors
+            # labelled go through each actor's latest label.
+            """CREATE VIEW final_labels AS
             WITH per_item AS (
                 SELECT item_id, min(actor) AS actor_lo, max(actor) AS actor_hi, arg_max(labels, event_id) AS last_labels,
                        arg_max(via, event_id) AS last_via, max(event_id) AS last_event
@@ -172,23 +193,26 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                    agg.n_annotations,
                    coalesce(adj.event_id, agg.last_event) AS deciding_event
             FROM agg LEFT JOIN adj USING (item_id)""",
-        "CREATE TABLE schema_meta (key VARCHAR NOT NULL, value VARCHAR NOT NULL)",
-    ]),
-
-    (2, "import labels ride on their item rows; final decisions in one pass", [
-        # A pool row that arrives with a label has one import event, as before, but it is stored on the
-        # item row it labels (items.import_event holds its id; the actor and time are the import's)
-        # instead of as a second row written elsewhere. `events` becomes a view over both: the rows
-        # appended by decisions (event_log) and the import events carried by items. Every reader sees
-        # one event log; nothing is UPDATEd or DELETEd in either table.
-        # (Measured on 1M pre-labelled rows: the second write was a third of the import, and joining
-        # it back to the items was most of the export.)
-        "DROP VIEW final_labels",
-        "DROP VIEW annotations",
-        "DROP VIEW effective_events",
-        "ALTER TABLE events RENAME TO event_log",
-        "ALTER TABLE items ADD COLUMN import_event BIGINT",
-        """CREATE VIEW events AS
+            "CREATE TABLE schema_meta (key VARCHAR NOT NULL, value VARCHAR NOT NULL)",
+        ],
+    ),
+    (
+        2,
+        "import labels ride on their item rows; final decisions in one pass",
+        [
+            # A pool row that arrives with a label has one import event, as before, but it is stored on the
+            # item row it labels (items.import_event holds its id; the actor and time are the import's)
+            # instead of as a second row written elsewhere. `events` becomes a view over both: the rows
+            # appended by decisions (event_log) and the import events carried by items. Every reader sees
+            # one event log; nothing is UPDATEd or DELETEd in either table.
+            # (Measured on 1M pre-labelled rows: the second write was a third of the import, and joining
+            # it back to the items was most of the export.)
+            "DROP VIEW final_labels",
+            "DROP VIEW annotations",
+            "DROP VIEW effective_events",
+            "ALTER TABLE events RENAME TO event_log",
+            "ALTER TABLE items ADD COLUMN import_event BIGINT",
+            """CREATE VIEW events AS
             SELECT event_id, item_id, kind, via, actor, ts, duration_ms, labels, error_category, note, model_version,
                    shown_probs, suggestion, suggestion_hidden, batch_id, strategy, score, rank, percentile, audit,
                    target_event, session_id
@@ -200,32 +224,32 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                    NULL::BIGINT, NULL::VARCHAR
             FROM items i JOIN imports m USING (import_id)
             WHERE i.import_event IS NOT NULL""",
-        # Events that an undo has not taken back.
-        # (An explicit ANTI JOIN against the few undo rows plans as one small hash table; a correlated
-        # NOT EXISTS made DuckDB group the whole log first.)
-        """CREATE VIEW effective_events AS
+            # Events that an undo has not taken back.
+            # (An explicit ANTI JOIN against the few undo rows plans as one small hash table; a correlated
+            # NOT EXISTS made DuckDB group the whole log first.)
+            """CREATE VIEW effective_events AS
             SELECT e.* FROM events e
             ANTI JOIN (SELECT target_event FROM event_log WHERE kind = 'undo' AND target_event IS NOT NULL) u
                 ON u.target_event = e.event_id
             WHERE e.kind <> 'undo'""",
-        # Each actor's current label for each item (the latest of their label events not undone).
-        """CREATE VIEW annotations AS
+            # Each actor's current label for each item (the latest of their label events not undone).
+            """CREATE VIEW annotations AS
             SELECT e.* FROM events e
             JOIN (SELECT max(event_id) AS event_id FROM effective_events WHERE kind = 'label'
                   GROUP BY item_id, actor) latest USING (event_id)""",
-        # Items whose final label depends on the decision log: anything labelled or adjudicated there,
-        # and items whose import event was undone. Every other pre-labelled item is decided by its import.
-        """CREATE VIEW log_items AS
+            # Items whose final label depends on the decision log: anything labelled or adjudicated there,
+            # and items whose import event was undone. Every other pre-labelled item is decided by its import.
+            """CREATE VIEW log_items AS
             SELECT item_id FROM event_log WHERE kind IN ('label', 'adjudicate')
             UNION
             SELECT i.id FROM items i
             SEMI JOIN (SELECT target_event FROM event_log WHERE kind = 'undo') u ON u.target_event = i.import_event""",
-        # The final decision of every item in log_items, from its effective events (its import event
-        # included). Items with exactly one label event and no adjudication take the first branch; the
-        # others (several annotators, one who relabelled, an adjudication) take the second: each actor's
-        # latest label, then agreement, disagreement ('unresolved', labels NULL) or the reviewer's call.
-        # Label lists are stored sorted, so equal lists mean agreement.
-        """CREATE VIEW log_decisions AS
+            # The final decision of every item in log_items, from its effective events (its import event
+            # included). Items with exactly one label event and no adjudication take the first branch; the
+            # others (several annotators, one who relabelled, an adjudication) take the second: each actor's
+            # latest label, then agreement, disagreement ('unresolved', labels NULL) or the reviewer's call.
+            # Label lists are stored sorted, so equal lists mean agreement.
+            """CREATE VIEW log_decisions AS
             WITH undone AS (
                 SELECT target_event AS event_id FROM event_log WHERE kind = 'undo' AND target_event IS NOT NULL
             ),
@@ -310,11 +334,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                    d.percentile, d.audit
             FROM several s LEFT JOIN adjudicated a USING (item_id)
             JOIN ev d ON d.event_id = coalesce(a.event_id, s.last_label)""",
-        # One row per item that has a current label: the deciding event's provenance and the item's own
-        # columns (the export reads them all from here; final_labels reads a few, and DuckDB then reads
-        # only those). An item in log_items takes its decision from log_decisions; any other item with an
-        # import event is decided by that event, read from its row. One pass over items serves both.
-        """CREATE VIEW final_decisions AS
+            # One row per item that has a current label: the deciding event's provenance and the item's own
+            # columns (the export reads them all from here; final_labels reads a few, and DuckDB then reads
+            # only those). An item in log_items takes its decision from log_decisions; any other item with an
+            # import event is decided by that event, read from its row. One pass over items serves both.
+            """CREATE VIEW final_decisions AS
             SELECT i.id AS item_id,
                    CASE WHEN f.item_id IS NULL THEN i.source_labels ELSE f.labels END AS labels,
                    coalesce(f.decided_by, 'import') AS decided_by,
@@ -337,31 +361,35 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             LEFT JOIN log_decisions f ON f.item_id = i.id
             LEFT JOIN log_items l ON l.item_id = i.id
             WHERE f.item_id IS NOT NULL OR (l.item_id IS NULL AND i.import_event IS NOT NULL)""",
-        # One row per item that has a current label. labels is NULL while annotators disagree and no
-        # adjudication has settled it.
-        """CREATE VIEW final_labels AS
+            # One row per item that has a current label. labels is NULL while annotators disagree and no
+            # adjudication has settled it.
+            """CREATE VIEW final_labels AS
             SELECT item_id, labels, decided_by, n_annotations, deciding_event FROM final_decisions""",
-    ]),
+        ],
+    ),
 ]
 MIGRATIONS.append(
-    (3, "one definition of undecided; skipped and flagged items in the final export", [
-        "ALTER TABLE imports ADD COLUMN rows_deduped BIGINT DEFAULT 0",  # rows dropped by import --dedupe
-        # An item is decided (it leaves every queue) once it has an effective label, skip or flag. This
-        # is the only definition: the workstation's queue, `labelloop next`, `status` and the loop's
-        # candidate pool all read it.
-        """CREATE VIEW decided_items AS
+    (
+        3,
+        "one definition of undecided; skipped and flagged items in the final export",
+        [
+            "ALTER TABLE imports ADD COLUMN rows_deduped BIGINT DEFAULT 0",  # rows dropped by import --dedupe
+            # An item is decided (it leaves every queue) once it has an effective label, skip or flag. This
+            # is the only definition: the workstation's queue, `labelloop next`, `status` and the loop's
+            # candidate pool all read it.
+            """CREATE VIEW decided_items AS
             SELECT DISTINCT item_id FROM effective_events WHERE kind IN ('label', 'skip', 'flag')""",
-        # The open queue: the latest batch's items that are not decided, with why each was chosen.
-        # (Restricted to the batch's few items before the anti join, so the log is not grouped whole.)
-        """CREATE VIEW open_queue AS
+            # The open queue: the latest batch's items that are not decided, with why each was chosen.
+            # (Restricted to the batch's few items before the anti join, so the log is not grouped whole.)
+            """CREATE VIEW open_queue AS
             WITH latest AS (SELECT * FROM queue WHERE batch_id = (SELECT max(batch_id) FROM batches)),
             done AS (
                 SELECT DISTINCT e.item_id FROM effective_events e SEMI JOIN latest l ON l.item_id = e.item_id
                 WHERE e.kind IN ('label', 'skip', 'flag'))
             SELECT l.* FROM latest l ANTI JOIN done d ON d.item_id = l.item_id""",
-        # Items that were skipped or flagged (effective events), with their notes: the export gives them
-        # a row even when nobody labelled them.
-        """CREATE VIEW skips_and_flags AS
+            # Items that were skipped or flagged (effective events), with their notes: the export gives them
+            # a row even when nobody labelled them.
+            """CREATE VIEW skips_and_flags AS
             SELECT item_id,
                    count(*) FILTER (WHERE kind = 'flag') AS n_flags,
                    count(*) FILTER (WHERE kind = 'skip') AS n_skips,
@@ -374,18 +402,28 @@ MIGRATIONS.append(
                 ON u.target_event = e.event_id
             WHERE e.kind IN ('skip', 'flag')
             GROUP BY item_id""",
-    ]))
+        ],
+    )
+)
 MIGRATIONS.append(
-    (4, "team mode: client message ids on decisions", [
-        # Every decision made through the project API carries the client's message id, so a request
-        # resent after a dropped connection is stored once (the service looks ids up before writing).
-        "ALTER TABLE event_log ADD COLUMN client_msg_id VARCHAR",
-    ]))
+    (
+        4,
+        "team mode: client message ids on decisions",
+        [
+            # Every decision made through the project API carries the client's message id, so a request
+            # resent after a dropped connection is stored once (the service looks ids up before writing).
+            "ALTER TABLE event_log ADD COLUMN client_msg_id VARCHAR",
+        ],
+    )
+)
 MIGRATIONS.append(
-    (5, "live measurement: one row per trained model version", [
-        # Recomputed after each retrain (core/loop/al_round.py commit_round, core/measure/signs.py): what the
-        # metrics pane, status, check and report read as curves over time.
-        """CREATE TABLE measurements (
+    (
+        5,
+        "live measurement: one row per trained model version",
+        [
+            # Recomputed after each retrain (core/loop/al_round.py commit_round, core/measure/signs.py): what the
+            # metrics pane, status, check and report read as curves over time.
+            """CREATE TABLE measurements (
             version INTEGER PRIMARY KEY,
             created_at TIMESTAMPTZ NOT NULL,
             n_labels INTEGER NOT NULL,
@@ -394,7 +432,9 @@ MIGRATIONS.append(
             n_cold INTEGER NOT NULL,
             compute_seconds DOUBLE NOT NULL,   -- cumulative retrain compute up to this version
             data JSON NOT NULL)""",
-    ]))
+        ],
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -438,14 +478,17 @@ class Store:
         project_dir = Path(project_dir)
         db = project_dir / DB_NAME
         if not create and not db.exists():
-            raise ProjectError(f"{db} does not exist; is {project_dir} a labelloop project? (create one with: labelloop init {project_dir} --labels a,b)")
+            raise ProjectError(
+                f"{db} does not exist; is {project_dir} a labelloop project? (create one with: labelloop init {project_dir} --labels a,b)"
+            )
         try:
             con = duckdb.connect(str(db), read_only=read_only)
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
                 raise ProjectError(
                     f"{db} is open in another labelloop process (DuckDB allows one writer per file); "
-                    "close it, or use team mode (labelloop serve) for several users.") from None
+                    "close it, or use team mode (labelloop serve) for several users."
+                ) from None
             raise ProjectError(f"cannot open {db}: {exc}") from None
         store = cls(con, db)
         if not read_only:
@@ -472,7 +515,8 @@ class Store:
     # -- migrations --------------------------------------------------------
     def schema_version(self) -> int:
         exists = self.con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'").fetchone()[0]
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+        ).fetchone()[0]
         if not exists:
             return 0
         return self.con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
@@ -481,16 +525,26 @@ class Store:
         with self._lock:
             # A DuckDB file that holds tables but no labelloop schema is someone else's: refuse before
             # writing anything to it (not even the migrations table).
-            tables = [r[0] for r in self.con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1").fetchall()]
+            tables = [
+                r[0]
+                for r in self.con.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1"
+                ).fetchall()
+            ]
             if tables and "schema_migrations" not in tables:
                 shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
-                raise ProjectError(f"{self.path} is a DuckDB file that labelloop did not create (it holds {shown}); "
-                                   "it was left untouched. Move it away, or create the project in another folder.")
-            self.con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, name VARCHAR, applied_at TIMESTAMPTZ)")
+                raise ProjectError(
+                    f"{self.path} is a DuckDB file that labelloop did not create (it holds {shown}); "
+                    "it was left untouched. Move it away, or create the project in another folder."
+                )
+            self.con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, name VARCHAR, applied_at TIMESTAMPTZ)"
+            )
             current = self.schema_version()
             if current > SCHEMA_VERSION:
-                raise ProjectError(f"{self.path} was written by a newer labelloop (schema {current} > {SCHEMA_VERSION}); upgrade labelloop.")
+                raise ProjectError(
+                    f"{self.path} was written by a newer labelloop (schema {current} > {SCHEMA_VERSION}); upgrade labelloop."
+                )
             for version, name, statements in MIGRATIONS:
                 if version <= current:
                     continue
@@ -554,11 +608,15 @@ class Store:
                     self._next_event_id = self.next_event_id()
                 event_id = self._next_event_id
                 fault_error("store-append", duckdb.IOException("Could not write file: No space left on device"))
-                self.con.execute(f"INSERT INTO event_log ({', '.join(cols)}) VALUES ({', '.join(['?'] * len(cols))})",
-                                 [event_id, item_id, kind, actor, ts, *fields.values()])
+                self.con.execute(
+                    f"INSERT INTO event_log ({', '.join(cols)}) VALUES ({', '.join(['?'] * len(cols))})",
+                    [event_id, item_id, kind, actor, ts, *fields.values()],
+                )
             except duckdb.Error as exc:
-                raise StoreError(f"the project store {self.path or '(memory)'} could not save this decision "
-                                 f"({store_error_text(exc)}); every decision before it is saved.") from exc
+                raise StoreError(
+                    f"the project store {self.path or '(memory)'} could not save this decision "
+                    f"({store_error_text(exc)}); every decision before it is saved."
+                ) from exc
             self._next_event_id += 1
         return event_id
 
@@ -582,14 +640,19 @@ class Store:
         cols = """q.position, q.item_id, i.text, i.metadata, q.strategy, q.score, q.rank, q.percentile, q.audit,
                   q.model_version, q.probs, q.batch_id"""
         if batch_id is not None:
-            return self.dicts(f"SELECT {cols} FROM queue q JOIN items i ON i.id = q.item_id WHERE q.batch_id = ? "
-                              "ORDER BY q.position", [batch_id])
+            return self.dicts(
+                f"SELECT {cols} FROM queue q JOIN items i ON i.id = q.item_id WHERE q.batch_id = ? ORDER BY q.position",
+                [batch_id],
+            )
         if not item_ids:
             return []
-        return self.dicts(f"""
+        return self.dicts(
+            f"""
             SELECT {cols} FROM queue q JOIN items i ON i.id = q.item_id
             JOIN (SELECT item_id, max(batch_id) AS batch_id FROM queue WHERE item_id IN (SELECT unnest(?::VARCHAR[]))
-                  GROUP BY item_id) latest USING (item_id, batch_id)""", [item_ids])
+                  GROUP BY item_id) latest USING (item_id, batch_id)""",
+            [item_ids],
+        )
 
     def decisions_on(self, item_ids: list[str] | None = None) -> list[tuple]:
         """(item_id, actor, kind, labels) of every effective label, skip and flag on ``item_ids``; with None, on
@@ -602,10 +665,13 @@ class Store:
                 ORDER BY e.event_id""")
         if not item_ids:
             return []
-        return self.rows("""
+        return self.rows(
+            """
             SELECT item_id, actor, kind, array_to_string(labels, '|') FROM effective_events
             WHERE kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'
-              AND item_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY event_id""", [item_ids])
+              AND item_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY event_id""",
+            [item_ids],
+        )
 
     def client_messages(self) -> list[tuple]:
         """(actor, client_msg_id, event_id, kind) of every event written through the project API."""
@@ -613,17 +679,26 @@ class Store:
 
     def latest_decision(self, actor: str) -> dict | None:
         """``actor``'s latest label, skip or flag that is still standing (what undo takes back)."""
-        rows = self.dicts("""
+        rows = self.dicts(
+            """
             SELECT e.event_id, e.item_id, e.kind, e.batch_id, e.suggestion_hidden
             FROM effective_events e
             WHERE e.actor = ? AND e.kind IN ('label', 'skip', 'flag') AND coalesce(e.via, '') <> 'import'
-            ORDER BY e.event_id DESC LIMIT 1""", [actor])
+            ORDER BY e.event_id DESC LIMIT 1""",
+            [actor],
+        )
         return rows[0] if rows else None
 
     def session_decisions(self, session_id: str, actor: str) -> int:
         """Labels, skips and flags standing from one workstation session."""
-        return int(self.scalar("""SELECT count(*) FROM effective_events WHERE session_id = ? AND actor = ?
-                                  AND kind IN ('label', 'skip', 'flag')""", [session_id, actor]) or 0)
+        return int(
+            self.scalar(
+                """SELECT count(*) FROM effective_events WHERE session_id = ? AND actor = ?
+                                  AND kind IN ('label', 'skip', 'flag')""",
+                [session_id, actor],
+            )
+            or 0
+        )
 
     def item_exists(self, item_id: str) -> bool:
         return bool(self.scalar("SELECT count(*) FROM items WHERE id = ?", [item_id]))
@@ -642,6 +717,7 @@ class Store:
         """Every item in ord order: ids, ords, splits (object arrays and int64), texts (a list) and
         DuckDB's hash of each text (uint64)."""
         import numpy as np
+
         rows = self.rows("SELECT id, ord, split, text, hash(text) FROM items ORDER BY ord")
         ids = np.array([r[0] for r in rows], dtype=object)
         ords = np.array([r[1] for r in rows], dtype=np.int64)

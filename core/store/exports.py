@@ -13,9 +13,9 @@ from pathlib import Path
 
 import duckdb
 
+from labelloop.core.store.project import Project
 from labelloop.core.util.errors import LabelloopError
 from labelloop.core.util.faults import fault_point
-from labelloop.core.store.project import Project
 from labelloop.core.util.safeio import atomic_path
 
 # One row per item that has a final decision, a skip or a flag. `decision` says which: 'label' (a final

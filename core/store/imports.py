@@ -23,17 +23,31 @@ from pathlib import Path
 
 import duckdb
 
+from labelloop.core.store import utcnow
+from labelloop.core.store.project import Project
 from labelloop.core.util.errors import InputFileError, RowProblem, ValidationError
 from labelloop.core.util.faults import fault_point
-from labelloop.core.store.project import Project
 from labelloop.core.util.safeio import atomic_write_text
-from labelloop.core.store import utcnow
 from labelloop.core.util.textsafe import clean
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".parquet": "parquet", ".pq": "parquet"}
-SPLIT_VALUES = {"pool": "pool", "train": "pool", "unlabelled": "pool", "unlabeled": "pool", "": "pool",
-                "test": "test", "gold": "gold"}
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+SPLIT_VALUES = {
+    "pool": "pool",
+    "train": "pool",
+    "unlabelled": "pool",
+    "unlabeled": "pool",
+    "": "pool",
+    "test": "test",
+    "gold": "gold",
+}
 ROW_COL = "__labelloop_row"
 MAX_REPORTED = 1000  # problems kept per check; counts are exact
 
@@ -49,8 +63,8 @@ class ImportReport:
     splits: dict[str, int] = field(default_factory=dict)
     rejects_file: str | None = None
     seconds: float = 0.0
-    duplicates: dict[str, int] = field(default_factory=dict)   # see _Importer._duplicates
-    deduped: int = 0                                          # rows dropped by --dedupe
+    duplicates: dict[str, int] = field(default_factory=dict)  # see _Importer._duplicates
+    deduped: int = 0  # rows dropped by --dedupe
 
     def duplicate_lines(self) -> list[str]:
         """What import says about exact duplicate texts (counts), and what --dedupe did."""
@@ -61,11 +75,15 @@ class ImportReport:
         if d.get("in_project"):
             out.append(f"Duplicates: {d['in_project']:,} rows repeat the exact text of an item already in the project.")
         if d.get("pool_vs_eval"):
-            out.append(f"Leakage: {d['pool_vs_eval']:,} pool rows have the exact text of a test or gold item "
-                       "(it inflates every test metric).")
+            out.append(
+                f"Leakage: {d['pool_vs_eval']:,} pool rows have the exact text of a test or gold item "
+                "(it inflates every test metric)."
+            )
         if self.deduped:
-            out.append(f"--dedupe dropped {self.deduped:,} duplicate rows (the first copy of each text stays; a test "
-                       "or gold copy wins over a pool copy).")
+            out.append(
+                f"--dedupe dropped {self.deduped:,} duplicate rows (the first copy of each text stays; a test "
+                "or gold copy wins over a pool copy)."
+            )
         elif out:
             out.append("Use --dedupe to keep only the first copy of each text.")
         return out
@@ -76,7 +94,9 @@ def detect_format(path: Path) -> str:
     for s in reversed(suffixes):
         if s in FORMATS:
             return FORMATS[s]
-    raise InputFileError(f"{path}: unknown file type; use .csv, .tsv, .jsonl or .parquet (optionally .gz for text files).")
+    raise InputFileError(
+        f"{path}: unknown file type; use .csv, .tsv, .jsonl or .parquet (optionally .gz for text files)."
+    )
 
 
 def _q(name: str) -> str:
@@ -84,10 +104,25 @@ def _q(name: str) -> str:
 
 
 class _Importer:
-    def __init__(self, project: Project, path: Path, *, text_col: str, id_col: str | None, label_col: str | None,
-                 split_col: str | None, meta_cols: list[str] | None, skip_invalid: bool, fmt: str | None,
-                 actor: str | None, label_sep: str, dedupe: bool = False, rejects_path: Path | str | None = None,
-                 prelabel_pool: bool = True, source_name: str | None = None):
+    def __init__(
+        self,
+        project: Project,
+        path: Path,
+        *,
+        text_col: str,
+        id_col: str | None,
+        label_col: str | None,
+        split_col: str | None,
+        meta_cols: list[str] | None,
+        skip_invalid: bool,
+        fmt: str | None,
+        actor: str | None,
+        label_sep: str,
+        dedupe: bool = False,
+        rejects_path: Path | str | None = None,
+        prelabel_pool: bool = True,
+        source_name: str | None = None,
+    ):
         self.project = project
         self.cfg = project.config
         self.con = project.store.con
@@ -113,8 +148,10 @@ class _Importer:
         p = "'" + path.replace("'", "''") + "'"
         if self.fmt in ("csv", "tsv"):
             delim = "," if self.fmt == "csv" else "\\t"
-            return (f"read_csv({p}, header=true, delim=E'{delim}', quote='\"', escape='\"', all_varchar=true, "
-                    f"strict_mode=true, null_padding=false)")
+            return (
+                f"read_csv({p}, header=true, delim=E'{delim}', quote='\"', escape='\"', all_varchar=true, "
+                f"strict_mode=true, null_padding=false)"
+            )
         if self.fmt == "jsonl":
             return f"read_ndjson_objects({p})"
         return f"read_parquet({p})"
@@ -154,13 +191,24 @@ class _Importer:
                 raise InputFileError(f"{self.path}: not a readable Parquet file ({_first_line(exc)}).") from None
             self._check_columns(cols)
             types = {r[0]: r[1] for r in self.con.execute(f"DESCRIBE SELECT * FROM {self._reader_sql(src)}").fetchall()}
-            for flag, col, ok in (("--text-col", self.text_col, ("VARCHAR",)),
-                                  ("--id-col", self.id_col, ("VARCHAR", "BIGINT", "INTEGER", "UBIGINT", "UINTEGER",
-                                                             "SMALLINT", "HUGEINT")),
-                                  ("--split-col", self.split_col, ("VARCHAR",))):
+            for flag, col, ok in (
+                ("--text-col", self.text_col, ("VARCHAR",)),
+                (
+                    "--id-col",
+                    self.id_col,
+                    ("VARCHAR", "BIGINT", "INTEGER", "UBIGINT", "UINTEGER", "SMALLINT", "HUGEINT"),
+                ),
+                ("--split-col", self.split_col, ("VARCHAR",)),
+            ):
                 if col is not None and types.get(col) not in ok:
-                    raise ValidationError(str(self.path), [RowProblem(None, col, f"has type {types.get(col)}, not "
-                                                           f"{' or '.join(ok[:2])} (asked for by {flag})")])
+                    raise ValidationError(
+                        str(self.path),
+                        [
+                            RowProblem(
+                                None, col, f"has type {types.get(col)}, not {' or '.join(ok[:2])} (asked for by {flag})"
+                            )
+                        ],
+                    )
         else:
             cols = None
         self.all_columns = cols
@@ -169,6 +217,7 @@ class _Importer:
         """Read the whole .gz once: DuckDB's reader accepts a wrong CRC or length, which mean the data is
         damaged; Python's gzip checks both at the end of each member."""
         import gzip
+
         with _reading(self.path), gzip.open(self.path, "rb") as f:
             while f.read(1 << 22):
                 pass
@@ -192,15 +241,29 @@ class _Importer:
         seen: dict[str, int] = {}
         for i, c in enumerate(cols, 1):
             if c in seen:  # a reader would rename or drop one of them without a word
-                raise ValidationError(str(self.path), [RowProblem(None, c, f"the header has this column twice (columns "
-                                                                            f"{seen[c]} and {i}); rename one of them")])
+                raise ValidationError(
+                    str(self.path),
+                    [
+                        RowProblem(
+                            None, c, f"the header has this column twice (columns {seen[c]} and {i}); rename one of them"
+                        )
+                    ],
+                )
             seen[c] = i
-        wanted = [("--text-col", self.text_col), ("--id-col", self.id_col), ("--label-col", self.label_col),
-                  ("--split-col", self.split_col), *(("--meta-cols", m) for m in (self.meta_cols or []))]
+        wanted = [
+            ("--text-col", self.text_col),
+            ("--id-col", self.id_col),
+            ("--label-col", self.label_col),
+            ("--split-col", self.split_col),
+            *(("--meta-cols", m) for m in (self.meta_cols or [])),
+        ]
         missing = [(flag, c) for flag, c in wanted if c is not None and c not in cols]
         if missing:
             flag, col = missing[0]
-            raise ValidationError(str(self.path), [RowProblem(None, col, f"column is missing (asked for by {flag}; the file has: {', '.join(cols)})")])
+            raise ValidationError(
+                str(self.path),
+                [RowProblem(None, col, f"column is missing (asked for by {flag}; the file has: {', '.join(cols)})")],
+            )
 
     def _field_sql(self, name: str | None) -> str:
         if name is None:
@@ -224,9 +287,11 @@ class _Importer:
         if self.fmt == "jsonl":
             key = self.label_col.replace("'", "''")
             raw = f"(j -> '{key}')"
-            return (f"CASE WHEN json_type({raw}) = 'ARRAY' THEN from_json({raw}, '[\"VARCHAR\"]') "
-                    f"WHEN {raw} IS NULL OR json_type({raw}) = 'NULL' OR trim(j ->> '{key}') = '' THEN NULL "
-                    f"ELSE string_split(j ->> '{key}', '{self._sep_sql()}') END")
+            return (
+                f"CASE WHEN json_type({raw}) = 'ARRAY' THEN from_json({raw}, '[\"VARCHAR\"]') "
+                f"WHEN {raw} IS NULL OR json_type({raw}) = 'NULL' OR trim(j ->> '{key}') = '' THEN NULL "
+                f"ELSE string_split(j ->> '{key}', '{self._sep_sql()}') END"
+            )
         v = self._field_sql(self.label_col)
         return f"CASE WHEN {v} IS NULL OR trim({v}) = '' THEN NULL ELSE string_split({v}, '{self._sep_sql()}') END"
 
@@ -234,8 +299,13 @@ class _Importer:
         if self.split_col is None:
             return "'pool'"
         raw = self._field_sql(self.split_col)
-        return ("CASE lower(trim(coalesce(" + raw + ", ''))) " +
-                " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in SPLIT_VALUES.items()) + " END")
+        return (
+            "CASE lower(trim(coalesce("
+            + raw
+            + ", ''))) "
+            + " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in SPLIT_VALUES.items())
+            + " END"
+        )
 
     def _json_type_sql(self, name: str | None) -> str:
         """JSONL: the JSON type of a field (VARCHAR for a string, OBJECT, ARRAY, BIGINT, ...), checked in
@@ -269,9 +339,11 @@ class _Importer:
 
     def _jsonl_meta_all(self, keys_sql: str) -> str:
         # json_keys lists the object's keys; keep the ones that are not id/text/label/split.
-        return (f"CASE WHEN len(list_filter(json_keys(j), lambda k: NOT list_contains({keys_sql}, k))) = 0 THEN NULL "
-                f"ELSE to_json(map_from_entries(list_transform(list_filter(json_keys(j), lambda k: NOT list_contains({keys_sql}, k)), "
-                f"lambda k: {{'k': k, 'v': j -> ('$.\"' || k || '\"')}})))::VARCHAR END")
+        return (
+            f"CASE WHEN len(list_filter(json_keys(j), lambda k: NOT list_contains({keys_sql}, k))) = 0 THEN NULL "
+            f"ELSE to_json(map_from_entries(list_transform(list_filter(json_keys(j), lambda k: NOT list_contains({keys_sql}, k)), "
+            f"lambda k: {{'k': k, 'v': j -> ('$.\"' || k || '\"')}})))::VARCHAR END"
+        )
 
     def _create_stage(self, src: str, *, row_from_file: bool) -> None:
         """Read the file once into a temporary table; ``ll_stage`` is a view that numbers its rows.
@@ -301,8 +373,9 @@ class _Importer:
             reader = f"{reader} AS t(j)"
         file_row = ""
         if row_from_file:
-            file_row = (f"CAST({_q(ROW_COL)} AS BIGINT)" if self.fmt != "jsonl" else
-                        "CAST(j ->> '" + ROW_COL + "' AS BIGINT)") + " AS _file_row,"
+            file_row = (
+                f"CAST({_q(ROW_COL)} AS BIGINT)" if self.fmt != "jsonl" else "CAST(j ->> '" + ROW_COL + "' AS BIGINT)"
+            ) + " AS _file_row,"
         return f"""
             SELECT {file_row}
                    {self._field_sql(self.id_col) if self.id_col else "NULL::VARCHAR"} AS id,
@@ -392,6 +465,11 @@ class _Importer:
         self.con.execute(f"INSERT INTO ll_rejected SELECT _row, {col}, {reason_sql} FROM ({sql})")
 
     def _validate(self) -> None:
+        """Every row rule of an import, as set-based SQL over the staged rows, each rejected row named with
+        its column and reason.
+
+        Long because the rules stand in the order a user reads the rejects file: text, id, label, split.
+        """
         t, i, lab, sp = self.text_col, self.id_col or "(row id)", self.label_col, self.split_col
         max_chars = self.cfg.max_text_chars
         self.con.execute("CREATE OR REPLACE TEMP TABLE ll_rejected (_row BIGINT, col VARCHAR, reason VARCHAR)")
@@ -399,47 +477,85 @@ class _Importer:
         null_reason = "'text is empty or only whitespace'" if self.fmt in ("csv", "tsv") else "'text is missing'"
         self._check("SELECT _row FROM ll_stage WHERE text IS NULL", t, null_reason)
         if self.fmt == "jsonl":
-            self._check("SELECT _row, text_type FROM ll_stage WHERE text_type NOT IN ('VARCHAR', 'NULL')", t,
-                        "'text must be a JSON string, got ' || text_type")
-            self._check("SELECT _row, id_type FROM ll_stage WHERE id_type NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'NULL')",
-                        i, "'id must be a JSON string or whole number, got ' || id_type")
+            self._check(
+                "SELECT _row, text_type FROM ll_stage WHERE text_type NOT IN ('VARCHAR', 'NULL')",
+                t,
+                "'text must be a JSON string, got ' || text_type",
+            )
+            self._check(
+                "SELECT _row, id_type FROM ll_stage WHERE id_type NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'NULL')",
+                i,
+                "'id must be a JSON string or whole number, got ' || id_type",
+            )
             if lab:
-                self._check("""SELECT _row, label_type FROM ll_stage
+                self._check(
+                    """SELECT _row, label_type FROM ll_stage
                                WHERE label_type NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'ARRAY', 'NULL')""",
-                            lab, "'label must be a JSON string or a list of strings, got ' || label_type")
+                    lab,
+                    "'label must be a JSON string or a list of strings, got ' || label_type",
+                )
             if sp:
-                self._check("SELECT _row, split_type FROM ll_stage WHERE split_type NOT IN ('VARCHAR', 'NULL')", sp,
-                            "'split must be a JSON string, got ' || split_type")
-        self._check(r"SELECT _row FROM ll_stage WHERE text IS NOT NULL AND NOT regexp_matches(text, '[^\s\p{Z}]')",
-                    t, "'text is empty or only whitespace'")
-        self._check(f"SELECT _row, length(text) AS n FROM ll_stage WHERE length(text) > {max_chars}", t,
-                    f"'text has ' || n::VARCHAR || ' characters, over the project limit of {max_chars} ([project] max_text_chars)'")
+                self._check(
+                    "SELECT _row, split_type FROM ll_stage WHERE split_type NOT IN ('VARCHAR', 'NULL')",
+                    sp,
+                    "'split must be a JSON string, got ' || split_type",
+                )
+        self._check(
+            r"SELECT _row FROM ll_stage WHERE text IS NOT NULL AND NOT regexp_matches(text, '[^\s\p{Z}]')",
+            t,
+            "'text is empty or only whitespace'",
+        )
+        self._check(
+            f"SELECT _row, length(text) AS n FROM ll_stage WHERE length(text) > {max_chars}",
+            t,
+            f"'text has ' || n::VARCHAR || ' characters, over the project limit of {max_chars} ([project] max_text_chars)'",
+        )
         self._check("SELECT _row FROM ll_stage WHERE id IS NULL OR trim(id) = ''", i, "'id is empty'")
         # Group first (cheap); the window that finds the first occurrence runs only on repeated ids.
-        self._check("""SELECT _row, id, first_row FROM (
+        self._check(
+            """SELECT _row, id, first_row FROM (
                 SELECT _row, id, min(_row) OVER (PARTITION BY id) AS first_row FROM ll_stage
                 WHERE id IN (SELECT id FROM ll_stage WHERE id IS NOT NULL GROUP BY id HAVING count(*) > 1))
-            WHERE _row <> first_row""", i, "'id ''' || id || ''' repeats row ' || first_row::VARCHAR")
-        self._check(f"SELECT s._row, s.id FROM ll_stage s JOIN items it ON it.id = s.id AND it.import_id <> {self.import_id}", i,
-                    "'id ''' || id || ''' is already in the project'")
+            WHERE _row <> first_row""",
+            i,
+            "'id ''' || id || ''' repeats row ' || first_row::VARCHAR",
+        )
+        self._check(
+            f"SELECT s._row, s.id FROM ll_stage s JOIN items it ON it.id = s.id AND it.import_id <> {self.import_id}",
+            i,
+            "'id ''' || id || ''' is already in the project'",
+        )
         if lab:
             allowed = "[" + ", ".join("'" + x.replace("'", "''") + "'" for x in self.cfg.labels) + "]"
             names = ", ".join(self.cfg.labels).replace("'", "''")
             sep = self._sep_sql()
-            self._check(f"""SELECT _row, labels FROM ll_stage WHERE labels IS NOT NULL
-                AND len(list_filter(labels, lambda x: NOT list_contains({allowed}, x))) > 0""", lab,
-                        f"'label ''' || array_to_string(labels, '{sep}') || ''' is not one of the project''s labels ({names})'")
+            self._check(
+                f"""SELECT _row, labels FROM ll_stage WHERE labels IS NOT NULL
+                AND len(list_filter(labels, lambda x: NOT list_contains({allowed}, x))) > 0""",
+                lab,
+                f"'label ''' || array_to_string(labels, '{sep}') || ''' is not one of the project''s labels ({names})'",
+            )
             if not self.cfg.multi_label:
-                self._check("SELECT _row FROM ll_stage WHERE len(labels) > 1", lab,
-                            "'has more than one label in a single-label project'")
+                self._check(
+                    "SELECT _row FROM ll_stage WHERE len(labels) > 1",
+                    lab,
+                    "'has more than one label in a single-label project'",
+                )
         if sp:
-            self._check("SELECT _row, split_raw FROM ll_stage WHERE split IS NULL",
-                        sp, "'split ''' || split_raw || ''' is not one of pool, train, test, gold'")
+            self._check(
+                "SELECT _row, split_raw FROM ll_stage WHERE split IS NULL",
+                sp,
+                "'split ''' || split_raw || ''' is not one of pool, train, test, gold'",
+            )
         for row, col, reason, _raw in self.structural_rejects:
             self.con.execute("INSERT INTO ll_rejected VALUES (?, ?, ?)", [row, col, reason])
         self.problem_total = self.con.execute("SELECT count(*) FROM ll_rejected").fetchone()[0]
-        self.problems = [RowProblem(r, c, reason) for r, c, reason in self.con.execute(
-            f"SELECT _row, col, reason FROM ll_rejected ORDER BY _row, col LIMIT {MAX_REPORTED}").fetchall()]
+        self.problems = [
+            RowProblem(r, c, reason)
+            for r, c, reason in self.con.execute(
+                f"SELECT _row, col, reason FROM ll_rejected ORDER BY _row, col LIMIT {MAX_REPORTED}"
+            ).fetchall()
+        ]
 
     # -- writing -------------------------------------------------------------
     def run(self) -> ImportReport:
@@ -528,8 +644,12 @@ class _Importer:
             SELECT count(*) FILTER (WHERE repeat_in_file), count(*) FILTER (WHERE in_project),
                    count(*) FILTER (WHERE pool_leak), count(*) FILTER (WHERE eval_leak), count(*) FILTER (WHERE drop_row)
             FROM ll_dup""").fetchone()
-        return {"in_file": int(in_file), "in_project": int(in_project), "pool_vs_eval": int(pool_leak + eval_leak),
-                "drop": int(drop)}
+        return {
+            "in_file": int(in_file),
+            "in_project": int(in_project),
+            "pool_vs_eval": int(pool_leak + eval_leak),
+            "drop": int(drop),
+        }
 
     def _finish(self, con, valid: str, *, rows_read: int, deduped: int = 0) -> ImportReport:
         base_ord = con.execute("SELECT coalesce(max(ord), 0) FROM items").fetchone()[0]
@@ -545,14 +665,27 @@ class _Importer:
                                                 {str(self.prelabel_pool).lower()}) FROM {valid}""").fetchone()
         splits = dict(con.execute(f"SELECT split, count(*) FROM {valid} GROUP BY 1 ORDER BY 1").fetchall())
         rejected = rows_read - imported
-        con.execute("""INSERT INTO imports (import_id, source_file, format, rows_read, rows_imported, rows_rejected,
+        con.execute(
+            """INSERT INTO imports (import_id, source_file, format, rows_read, rows_imported, rows_rejected,
                                             labelled, imported_at, actor, rows_deduped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    [self.import_id, self.src_name, self.fmt, rows_read + deduped, imported, rejected, labelled,
-                     self.now, self.actor, deduped])
+            [
+                self.import_id,
+                self.src_name,
+                self.fmt,
+                rows_read + deduped,
+                imported,
+                rejected,
+                labelled,
+                self.now,
+                self.actor,
+                deduped,
+            ],
+        )
         rejects_file = self._write_rejects() if rejected and self.problem_total else None
         fault_point("import-before-commit")
-        return ImportReport(self.source_name or str(self.path), self.fmt, rows_read, imported, rejected, labelled,
-                            splits, rejects_file)
+        return ImportReport(
+            self.source_name or str(self.path), self.fmt, rows_read, imported, rejected, labelled, splits, rejects_file
+        )
 
     def _insert_rows(self, con, valid: str, base_ord: int) -> None:
         # Pool rows that arrive with labels are pre-labelled: each gets an import event whose actor names
@@ -560,13 +693,16 @@ class _Importer:
         # time are the row's source_labels and the import's), and the `events` view lists it with the
         # others. Test and gold labels stay on the item (gold_label) and never enter the loop.
         first_event = con.execute("SELECT coalesce(max(event_id), 0) FROM events").fetchone()[0]
-        con.execute(f"""
+        con.execute(
+            f"""
             INSERT INTO items (id, ord, text, metadata, split, source_labels, source_file, source_row, import_id,
                                imported_at, import_event)
             SELECT id, ? + _row, text, metadata, split, {"labels" if self.prelabel_pool else "CASE WHEN split <> 'pool' THEN labels END"},
                    ?, _row, ?, ?,
                    CASE WHEN split = 'pool' AND labels IS NOT NULL AND {str(self.prelabel_pool).lower()} THEN ? + _row END
-            FROM {valid}""", [base_ord, self.src_name, self.import_id, self.now, first_event])
+            FROM {valid}""",
+            [base_ord, self.src_name, self.import_id, self.now, first_event],
+        )
 
     def _write_rejects(self) -> str:
         """The rejected rows with their reasons, as CSV (written safely: a fresh temporary file, renamed).
@@ -581,13 +717,22 @@ class _Importer:
         w = csv.writer(buf)
         w.writerow(["row", "column", "reason", "id", "text"])
         for row, col, reason, id_, text in rows:
-            w.writerow([row, clean(col or ""), clean(reason), clean(id_ or ""),
-                        clean(text if text is not None else raw.get(row, ""))])
+            w.writerow(
+                [
+                    row,
+                    clean(col or ""),
+                    clean(reason),
+                    clean(id_ or ""),
+                    clean(text if text is not None else raw.get(row, "")),
+                ]
+            )
         try:
             atomic_write_text(out, buf.getvalue())
         except OSError as exc:
-            raise InputFileError(f"{out}: cannot write the rejected rows there ({exc.strerror or exc}); nothing was "
-                                 "imported. Pass --rejects PATH to write them to a folder you can write.") from None
+            raise InputFileError(
+                f"{out}: cannot write the rejected rows there ({exc.strerror or exc}); nothing was "
+                "imported. Pass --rejects PATH to write them to a folder you can write."
+            ) from None
         return str(out)
 
 
@@ -595,6 +740,7 @@ def _open_text(path: Path):
     # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is dropped, not read as part of the first column
     if path.suffix.lower() == ".gz":
         import gzip
+
         return gzip.open(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
     return open(path, "r", encoding="utf-8-sig", errors="surrogateescape", newline="")
 
@@ -611,12 +757,17 @@ class _reading:
     def __exit__(self, kind, exc, tb):
         import gzip
         import zlib
+
         if exc is None or isinstance(exc, (InputFileError, ValidationError)):
             return False
         if isinstance(exc, gzip.BadGzipFile):
-            raise InputFileError(f"{self.path}: not gzip data, although the name ends in .gz ({exc}); nothing was imported.") from None
+            raise InputFileError(
+                f"{self.path}: not gzip data, although the name ends in .gz ({exc}); nothing was imported."
+            ) from None
         if isinstance(exc, (EOFError, zlib.error)):
-            raise InputFileError(f"{self.path}: the gzip data is damaged or truncated ({exc}); nothing was imported.") from None
+            raise InputFileError(
+                f"{self.path}: the gzip data is damaged or truncated ({exc}); nothing was imported."
+            ) from None
         if isinstance(exc, OSError):
             raise InputFileError(f"{self.path} cannot be read ({exc.strerror or exc}); nothing was imported.") from None
         return False
@@ -634,17 +785,43 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0]
 
 
-def import_file(project: Project, path: Path | str, *, text_col: str = "text", id_col: str | None = None,
-                label_col: str | None = None, split_col: str | None = None, meta_cols: list[str] | None = None,
-                skip_invalid: bool = False, fmt: str | None = None, actor: str | None = None,
-                label_sep: str = "|", dedupe: bool = False, rejects_path: Path | str | None = None,
-                prelabel_pool: bool = True, source_name: str | None = None) -> ImportReport:
+def import_file(
+    project: Project,
+    path: Path | str,
+    *,
+    text_col: str = "text",
+    id_col: str | None = None,
+    label_col: str | None = None,
+    split_col: str | None = None,
+    meta_cols: list[str] | None = None,
+    skip_invalid: bool = False,
+    fmt: str | None = None,
+    actor: str | None = None,
+    label_sep: str = "|",
+    dedupe: bool = False,
+    rejects_path: Path | str | None = None,
+    prelabel_pool: bool = True,
+    source_name: str | None = None,
+) -> ImportReport:
     """Import one file into the project. Raises ValidationError (nothing imported) on bad rows.
 
     ``dedupe``: drop exact duplicate texts (see ``_Importer._duplicates``). ``prelabel_pool=False``:
     labels of pool rows are ignored (only test and gold rows keep theirs). ``source_name``: what
     ``source_file`` records (default: the file's absolute path)."""
-    return _Importer(project, Path(path), text_col=text_col, id_col=id_col, label_col=label_col,
-                     split_col=split_col, meta_cols=meta_cols, skip_invalid=skip_invalid, fmt=fmt,
-                     actor=actor, label_sep=label_sep, dedupe=dedupe, rejects_path=rejects_path,
-                     prelabel_pool=prelabel_pool, source_name=source_name).run()
+    return _Importer(
+        project,
+        Path(path),
+        text_col=text_col,
+        id_col=id_col,
+        label_col=label_col,
+        split_col=split_col,
+        meta_cols=meta_cols,
+        skip_invalid=skip_invalid,
+        fmt=fmt,
+        actor=actor,
+        label_sep=label_sep,
+        dedupe=dedupe,
+        rejects_path=rejects_path,
+        prelabel_pool=prelabel_pool,
+        source_name=source_name,
+    ).run()

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import pwd
 import os
+import pwd
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from labelloop.core.config import CONFIG_NAME, ProjectConfig, load_config, parse_config, render_config, render_guidelines
+from labelloop.core.config import (
+    CONFIG_NAME,
+    ProjectConfig,
+    load_config,
+    parse_config,
+    render_config,
+    render_guidelines,
+)
+from labelloop.core.store import DB_NAME, Store
 from labelloop.core.util.errors import ProjectError
 from labelloop.core.util.safeio import atomic_write_text
-from labelloop.core.store import DB_NAME, Store
-
-import tomllib
 
 
 def current_actor() -> str:
@@ -34,7 +40,9 @@ class Project:
     def open(cls, project_dir: Path | str, *, read_only: bool = False) -> "Project":
         project_dir = Path(project_dir)
         if not project_dir.is_dir():
-            raise ProjectError(f"{project_dir} is not a folder; create a project with: labelloop init {project_dir} --labels a,b")
+            raise ProjectError(
+                f"{project_dir} is not a folder; create a project with: labelloop init {project_dir} --labels a,b"
+            )
         config = load_config(project_dir)
         store = Store.open(project_dir, read_only=read_only)
         return cls(project_dir, config, store)
@@ -64,7 +72,9 @@ def parse_labels(text: str) -> list[str]:
     return labels
 
 
-def init_project(project_dir: Path | str, labels: list[str], *, multi_label: bool = False, name: str | None = None) -> Path:
+def init_project(
+    project_dir: Path | str, labels: list[str], *, multi_label: bool = False, name: str | None = None
+) -> Path:
     """Create a project folder: labelloop.toml, guidelines.md, project.duckdb."""
     project_dir = Path(project_dir)
     if (project_dir / CONFIG_NAME).exists() or (project_dir / DB_NAME).exists():

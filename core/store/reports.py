@@ -24,8 +24,15 @@ def arm_counts(project: Project) -> dict:
         WHERE kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'
           AND coalesce(strategy, '') <> 'gold'   -- gold items measure annotators, not the arms""")[0]
     audit, cold, al, total, audit_labels, al_labels = (int(x or 0) for x in row)
-    return {"al": al, "audit": audit, "cold_start": cold, "total": total,
-            "audit_share": audit / total if total else 0.0, "al_labels": al_labels, "audit_labels": audit_labels}
+    return {
+        "al": al,
+        "audit": audit,
+        "cold_start": cold,
+        "total": total,
+        "audit_share": audit / total if total else 0.0,
+        "al_labels": al_labels,
+        "audit_labels": audit_labels,
+    }
 
 
 def project_status(project: Project) -> dict[str, Any]:
@@ -55,19 +62,27 @@ def project_status(project: Project) -> dict[str, Any]:
     pool_unlabelled = s.scalar("""
         SELECT count(*) FROM items i WHERE split = 'pool'
           AND NOT EXISTS (SELECT 1 FROM status_final f WHERE f.item_id = i.id)""")
-    queue = s.scalar("SELECT count(*) FROM open_queue")   # the store's one definition of undecided
+    queue = s.scalar("SELECT count(*) FROM open_queue")  # the store's one definition of undecided
     queue_audit = s.scalar("SELECT count(*) FROM open_queue WHERE audit")
-    corrections = dict(s.rows("""SELECT error_category, count(*) FROM effective_events
-                                 WHERE kind = 'label' AND via = 'correction' GROUP BY 1 ORDER BY 2 DESC, 1"""))
+    corrections = dict(
+        s.rows("""SELECT error_category, count(*) FROM effective_events
+                                 WHERE kind = 'label' AND via = 'correction' GROUP BY 1 ORDER BY 2 DESC, 1""")
+    )
     arms = arm_counts(project)
     model = s.dicts("""SELECT version, created_at, n_train, calibration, temperature, metrics, origin
                        FROM models ORDER BY version DESC LIMIT 1""")
     latest = None
     if model:
         m = model[0]
-        latest = {"version": m["version"], "created_at": m["created_at"].isoformat(), "n_train": m["n_train"],
-                  "calibration": m["calibration"], "temperature": m["temperature"], "origin": m["origin"],
-                  "test_metrics": json.loads(m["metrics"]) if m["metrics"] else None}
+        latest = {
+            "version": m["version"],
+            "created_at": m["created_at"].isoformat(),
+            "n_train": m["n_train"],
+            "calibration": m["calibration"],
+            "temperature": m["temperature"],
+            "origin": m["origin"],
+            "test_metrics": json.loads(m["metrics"]) if m["metrics"] else None,
+        }
     s.con.execute("DROP TABLE status_final")
     return {
         "project": project.config.name,
@@ -93,18 +108,23 @@ def metrics_rows(store) -> dict:
     return {
         "models": store.dicts("""SELECT version, n_train, metrics, created_at FROM models
                                  WHERE origin = 'trained' ORDER BY version"""),
-        "distribution": dict(store.rows("""SELECT coalesce(array_to_string(labels, '|'), '(unresolved)'), count(*)
-                                           FROM final_labels GROUP BY 1 ORDER BY 1""")),
+        "distribution": dict(
+            store.rows("""SELECT coalesce(array_to_string(labels, '|'), '(unresolved)'), count(*)
+                                           FROM final_labels GROUP BY 1 ORDER BY 1""")
+        ),
         "throughput": store.dicts("""
             SELECT actor, count(*) AS decisions,
                    count(*) FILTER (WHERE ts > now() - INTERVAL 1 HOUR) AS last_hour,
                    median(duration_ms) AS median_ms
             FROM effective_events WHERE kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'
             GROUP BY actor ORDER BY decisions DESC"""),
-        "corrections": dict(store.rows("""SELECT error_category, count(*) FROM effective_events
-                                          WHERE error_category IS NOT NULL GROUP BY 1 ORDER BY 2 DESC""")),
-        "batch": store.dicts("SELECT batch_id, strategy, size, n_audit, signals FROM batches "
-                             "ORDER BY batch_id DESC LIMIT 1"),
+        "corrections": dict(
+            store.rows("""SELECT error_category, count(*) FROM effective_events
+                                          WHERE error_category IS NOT NULL GROUP BY 1 ORDER BY 2 DESC""")
+        ),
+        "batch": store.dicts(
+            "SELECT batch_id, strategy, size, n_audit, signals FROM batches ORDER BY batch_id DESC LIMIT 1"
+        ),
         # anchoring: the human label against the model's top label, with and without seeing it
         "anchoring": store.rows("""
             SELECT e.suggestion_hidden, e.labels[1], q.probs FROM effective_events e
@@ -151,10 +171,17 @@ def duplicates_and_leakage(store) -> dict:
     pool_n, pool_distinct = store.rows("SELECT count(*), count(DISTINCT text) FROM items WHERE split = 'pool'")[0]
     leaked = store.scalar("""SELECT count(*) FROM items p WHERE p.split = 'pool'
                              AND EXISTS (SELECT 1 FROM items t WHERE t.split = 'test' AND t.text = p.text)""")
-    examples = [r[0] for r in store.rows("""SELECT p.id FROM items p WHERE p.split = 'pool'
-                AND EXISTS (SELECT 1 FROM items t WHERE t.split = 'test' AND t.text = p.text) ORDER BY p.ord LIMIT 3""")]
-    return {"pool": int(pool_n), "pool_duplicates": int(pool_n - pool_distinct), "leaked": int(leaked or 0),
-            "leaked_examples": examples}
+    examples = [
+        r[0]
+        for r in store.rows("""SELECT p.id FROM items p WHERE p.split = 'pool'
+                AND EXISTS (SELECT 1 FROM items t WHERE t.split = 'test' AND t.text = p.text) ORDER BY p.ord LIMIT 3""")
+    ]
+    return {
+        "pool": int(pool_n),
+        "pool_duplicates": int(pool_n - pool_distinct),
+        "leaked": int(leaked or 0),
+        "leaked_examples": examples,
+    }
 
 
 def correction_reasons(store) -> list[tuple]:

@@ -40,25 +40,36 @@ def versions(store: Store, item_id: str) -> dict | None:
     item = store.dicts("SELECT id, text, metadata, split FROM items WHERE id = ?", [item_id])
     if not item:
         return None
-    events = store.dicts("""
+    events = store.dicts(
+        """
         SELECT event_id, actor, kind, via, array_to_string(labels, '|') AS labels, error_category, note, ts,
                suggestion, suggestion_hidden, model_version, audit, strategy
         FROM effective_events WHERE item_id = ? AND kind IN ('label', 'skip', 'flag', 'adjudicate')
           AND coalesce(via, '') <> 'import'
-        ORDER BY event_id""", [item_id])
+        ORDER BY event_id""",
+        [item_id],
+    )
     q = store.rows("SELECT probs, model_version FROM queue WHERE item_id = ? ORDER BY batch_id DESC LIMIT 1", [item_id])
     for e in events:
         e["ts"] = e["ts"].isoformat() if e["ts"] is not None else None
-    return {"item_id": item_id, "text": item[0]["text"], "split": item[0]["split"],
-            "metadata": json.loads(item[0]["metadata"]) if item[0]["metadata"] else {},
-            "events": events, "model_probs": json.loads(q[0][0]) if q and q[0][0] else None,
-            "model_version": q[0][1] if q else None}
+    return {
+        "item_id": item_id,
+        "text": item[0]["text"],
+        "split": item[0]["split"],
+        "metadata": json.loads(item[0]["metadata"]) if item[0]["metadata"] else {},
+        "events": events,
+        "model_probs": json.loads(q[0][0]) if q and q[0][0] else None,
+        "model_version": q[0][1] if q else None,
+    }
 
 
 def latest_adjudication(store: Store, actor: str) -> dict | None:
     """``actor``'s latest adjudication still standing (what a reviewer's undo takes back)."""
-    rows = store.dicts("""SELECT event_id, item_id FROM effective_events WHERE actor = ? AND kind = 'adjudicate'
-                          ORDER BY event_id DESC LIMIT 1""", [actor])
+    rows = store.dicts(
+        """SELECT event_id, item_id FROM effective_events WHERE actor = ? AND kind = 'adjudicate'
+                          ORDER BY event_id DESC LIMIT 1""",
+        [actor],
+    )
     return rows[0] if rows else None
 
 
@@ -75,24 +86,32 @@ def gold_done(store: Store) -> list[tuple]:
 
 def gold_answers(store: Store, tier_key: str) -> list[tuple]:
     """(actor, given labels, reference labels, tier) of every standing label on a gold item."""
-    return store.rows("""
+    return store.rows(
+        """
         SELECT a.actor, array_to_string(a.labels, '|'), array_to_string(i.gold_label, '|'),
                json_extract_string(i.metadata, '$.' || ?)
         FROM annotations a JOIN items i ON i.id = a.item_id
-        WHERE i.split = 'gold' AND coalesce(a.via, '') <> 'import' AND i.gold_label IS NOT NULL""", [tier_key])
+        WHERE i.split = 'gold' AND coalesce(a.via, '') <> 'import' AND i.gold_label IS NOT NULL""",
+        [tier_key],
+    )
 
 
 def standing_labels(store: Store, item_id: str) -> list[tuple]:
     """(event_id, actor, kind) of every annotator's label, skip or flag on the item still standing."""
-    return store.rows("""SELECT event_id, actor, kind FROM effective_events
+    return store.rows(
+        """SELECT event_id, actor, kind FROM effective_events
                          WHERE item_id = ? AND kind IN ('label', 'skip', 'flag') AND coalesce(via, '') <> 'import'
-                         ORDER BY event_id""", [item_id])
+                         ORDER BY event_id""",
+        [item_id],
+    )
 
 
 def sent_back(store: Store) -> dict[str, str]:
     """{item_id: reason} of items a reviewer sent back that nobody has decided since."""
-    return dict(store.rows("""
+    return dict(
+        store.rows("""
         SELECT u.item_id, substr(arg_max(u.note, u.event_id), 12) FROM event_log u
         ANTI JOIN decided_items d ON d.item_id = u.item_id
         WHERE u.kind = 'undo' AND u.note LIKE 'sent back: %'
-        GROUP BY u.item_id"""))
+        GROUP BY u.item_id""")
+    )

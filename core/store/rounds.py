@@ -13,15 +13,23 @@ from labelloop.core.store import Store, utcnow
 # -- reads of plan_round ------------------------------------------------------------------------
 def labelled(store: Store) -> list:
     """(ord, labels, strategy, audit) of every labelled pool item, in deciding order."""
-    return [(o, list(lab), st, a) for o, lab, st, a in store.rows(
-        """SELECT i.ord, f.labels, f.strategy, f.audit FROM final_decisions f JOIN items i ON i.id = f.item_id
-           WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")]
+    return [
+        (o, list(lab), st, a)
+        for o, lab, st, a in store.rows(
+            """SELECT i.ord, f.labels, f.strategy, f.audit FROM final_decisions f JOIN items i ON i.id = f.item_id
+           WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event"""
+        )
+    ]
 
 
 def test_split(store: Store) -> list:
     """(ord, reference labels) of the held-out test items."""
-    return [(o, list(lab)) for o, lab in store.rows(
-        "SELECT ord, gold_label FROM items WHERE split = 'test' AND gold_label IS NOT NULL ORDER BY ord")]
+    return [
+        (o, list(lab))
+        for o, lab in store.rows(
+            "SELECT ord, gold_label FROM items WHERE split = 'test' AND gold_label IS NOT NULL ORDER BY ord"
+        )
+    ]
 
 
 def decided_ords(store: Store) -> list:
@@ -30,14 +38,19 @@ def decided_ords(store: Store) -> list:
 
 def keyword_ords(store: Store, query: str) -> list:
     """Pool items whose text matches the (checked) seed query."""
-    return [r[0] for r in store.rows("SELECT ord FROM items WHERE split = 'pool' AND regexp_matches(text, ?, 'i')",
-                                     [query])]
+    return [
+        r[0] for r in store.rows("SELECT ord FROM items WHERE split = 'pool' AND regexp_matches(text, ?, 'i')", [query])
+    ]
 
 
 def open_audit_ords(store: Store) -> list:
     """The current batch's audit items nobody has decided yet (a retrain carries them)."""
-    return [r[0] for r in store.rows(
-        "SELECT i.ord FROM open_queue q JOIN items i ON i.id = q.item_id WHERE q.audit ORDER BY q.position")]
+    return [
+        r[0]
+        for r in store.rows(
+            "SELECT i.ord FROM open_queue q JOIN items i ON i.id = q.item_id WHERE q.audit ORDER BY q.position"
+        )
+    ]
 
 
 def stop_set_ords(store: Store, size: int) -> np.ndarray:
@@ -71,8 +84,10 @@ def latest_imported_version(store: Store) -> int | None:
 
 def recent_stop_kappas(store: Store, n: int) -> list:
     """The stop-set kappa of the last n trained models, newest first (None where not measured)."""
-    return [json.loads(m).get("stop_kappa") if m else None for (m,) in store.rows(
-        "SELECT metrics FROM models WHERE origin = 'trained' ORDER BY version DESC LIMIT ?", [n])]
+    return [
+        json.loads(m).get("stop_kappa") if m else None
+        for (m,) in store.rows("SELECT metrics FROM models WHERE origin = 'trained' ORDER BY version DESC LIMIT ?", [n])
+    ]
 
 
 def model_metrics(store: Store, version: int) -> dict | None:
@@ -84,44 +99,98 @@ def next_model_version(store: Store) -> int:
     return int(store.scalar("SELECT coalesce(max(version), 0) + 1 FROM models"))
 
 
-def insert_model(store: Store, version: int, *, n_train: int, classes: list, calibration: str,
-                 temperature: float | None, train_seconds: float | None, metrics: dict | None, artifact: str,
-                 origin: str) -> None:
+def insert_model(
+    store: Store,
+    version: int,
+    *,
+    n_train: int,
+    classes: list,
+    calibration: str,
+    temperature: float | None,
+    train_seconds: float | None,
+    metrics: dict | None,
+    artifact: str,
+    origin: str,
+) -> None:
     with store.transaction() as con:
-        con.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [version, utcnow(), n_train, list(classes), calibration, temperature, train_seconds, None,
-                     json.dumps(metrics) if metrics is not None else None, artifact, origin])
+        con.execute(
+            "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                version,
+                utcnow(),
+                n_train,
+                list(classes),
+                calibration,
+                temperature,
+                train_seconds,
+                None,
+                json.dumps(metrics) if metrics is not None else None,
+                artifact,
+                origin,
+            ],
+        )
 
 
 # -- writes of commit_round ------------------------------------------------------------------------------
-def insert_batch(store: Store, *, model_version: int | None, strategy: str, size: int, n_audit: int,
-                 pool_size: int, signals: dict, queue_columns: list[list]) -> int:
+def insert_batch(
+    store: Store,
+    *,
+    model_version: int | None,
+    strategy: str,
+    size: int,
+    n_audit: int,
+    pool_size: int,
+    signals: dict,
+    queue_columns: list[list],
+) -> int:
     """A new batch and its queue rows, in one transaction. ``queue_columns``: position, item_id,
     strategy, score, rank, percentile, audit, model_version, probs (JSON), each a list."""
     with store.transaction() as con:
         batch_id = con.execute("SELECT coalesce(max(batch_id), 0) + 1 FROM batches").fetchone()[0]
-        con.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [batch_id, utcnow(), model_version, strategy, size, n_audit, pool_size, json.dumps(signals)])
+        con.execute(
+            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [batch_id, utcnow(), model_version, strategy, size, n_audit, pool_size, json.dumps(signals)],
+        )
         if queue_columns and queue_columns[0]:
             # one statement over column lists: executemany binds row by row, holding the interpreter
             # lock for about 0.2 s per 600 rows (measured), which the workstation's screen felt
             n = len(queue_columns[0])
-            con.execute("""INSERT INTO queue SELECT unnest($1::INTEGER[]), unnest($2::INTEGER[]),
+            con.execute(
+                """INSERT INTO queue SELECT unnest($1::INTEGER[]), unnest($2::INTEGER[]),
                                unnest($3::VARCHAR[]), unnest($4::VARCHAR[]), unnest($5::DOUBLE[]),
                                unnest($6::INTEGER[]), unnest($7::DOUBLE[]), unnest($8::BOOLEAN[]),
                                unnest($9::INTEGER[]), unnest($10::VARCHAR[])""",
-                        [[batch_id] * n, *[list(c) for c in queue_columns]])
+                [[batch_id] * n, *[list(c) for c in queue_columns]],
+            )
     return batch_id
 
 
-def insert_measurement(store: Store, version: int, *, n_labels: int, n_al: int, n_audit: int, n_cold: int,
-                       compute_seconds: float, data: dict) -> None:
+def insert_measurement(
+    store: Store,
+    version: int,
+    *,
+    n_labels: int,
+    n_al: int,
+    n_audit: int,
+    n_cold: int,
+    compute_seconds: float,
+    data: dict,
+) -> None:
     """The live measurement of a trained model version (cumulative compute includes this retrain)."""
     prev = store.scalar("SELECT coalesce(sum(train_seconds), 0) FROM models WHERE version < ?", [version]) or 0.0
     store.con.execute(
         "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [version, utcnow(), n_labels, n_al, n_audit, n_cold, float(prev) + float(compute_seconds),
-         json.dumps(_clean(data), allow_nan=False)])
+        [
+            version,
+            utcnow(),
+            n_labels,
+            n_al,
+            n_audit,
+            n_cold,
+            float(prev) + float(compute_seconds),
+            json.dumps(_clean(data), allow_nan=False),
+        ],
+    )
 
 
 def _clean(v):

@@ -35,11 +35,13 @@ def _h(s) -> str:
 
 def _svg(fig) -> str:
     import warnings
+
     buf = io.BytesIO()
-    with warnings.catch_warnings():   # a glyph the font lacks (e.g. a control picture) stays text in the SVG
+    with warnings.catch_warnings():  # a glyph the font lacks (e.g. a control picture) stays text in the SVG
         warnings.simplefilter("ignore", UserWarning)
         fig.savefig(buf, format="svg", bbox_inches="tight")
     import matplotlib.pyplot as plt
+
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -51,11 +53,13 @@ def _csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerow(header)
         w.writerows(rows)
         f.write(text.getvalue().encode("utf-8"))
+
     atomic_write(path, write)
 
 
 def _fig(title: str):
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -70,8 +74,11 @@ def _legend_outside(ax) -> None:
 def _chart_learning_curve(r: dict, rows: list, labels: list, out: Path) -> tuple[str, str | None]:
     """The chart (title, SVG) and CSV of: learning curve: test accuracy of every model version against labels, with the majority baseline."""
     fig, ax = _fig("Test accuracy by model version")
-    pts = [(m["n_labels"], m.get("accuracy"), m.get("macro_f1"), m.get("majority_baseline"), m["version"])
-           for m in rows if m.get("accuracy") is not None]
+    pts = [
+        (m["n_labels"], m.get("accuracy"), m.get("macro_f1"), m.get("majority_baseline"), m["version"])
+        for m in rows
+        if m.get("accuracy") is not None
+    ]
     if pts:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="accuracy (all labels)")
         ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="s", ls="--", label="macro-F1")
@@ -82,15 +89,55 @@ def _chart_learning_curve(r: dict, rows: list, labels: list, out: Path) -> tuple
     ax.xaxis.get_major_locator().set_params(integer=True)
     _legend_outside(ax)
     chart = ("Learning curve", _svg(fig))
-    _csv(out / "measurements.csv",
-         ["version", "created_at", "n_labels", "label_cost", "n_al", "n_audit", "n_cold", "compute_seconds",
-          "accuracy", "macro_f1", "majority_baseline", "ece", "ece_uncalibrated", "stop_kappa", "features"],
-         [[m["version"], m.get("created_at"), m["n_labels"], m.get("label_cost"), m.get("n_al"), m.get("n_audit"),
-           m.get("n_cold"), m.get("compute_seconds"), m.get("accuracy"), m.get("macro_f1"), m.get("majority_baseline"),
-           m.get("ece"), m.get("ece_uncalibrated"), m.get("stop_kappa"), m.get("features")] for m in rows])
-    _csv(out / "gold_error_by_tier.csv", ["version", "tier", "n", "errors", "error_rate"],
-         [[m["version"], tier, t.get("n"), t.get("errors"), t.get("error_rate")]
-          for m in rows for tier, t in (m.get("gold_error_by_tier") or {}).items()])
+    _csv(
+        out / "measurements.csv",
+        [
+            "version",
+            "created_at",
+            "n_labels",
+            "label_cost",
+            "n_al",
+            "n_audit",
+            "n_cold",
+            "compute_seconds",
+            "accuracy",
+            "macro_f1",
+            "majority_baseline",
+            "ece",
+            "ece_uncalibrated",
+            "stop_kappa",
+            "features",
+        ],
+        [
+            [
+                m["version"],
+                m.get("created_at"),
+                m["n_labels"],
+                m.get("label_cost"),
+                m.get("n_al"),
+                m.get("n_audit"),
+                m.get("n_cold"),
+                m.get("compute_seconds"),
+                m.get("accuracy"),
+                m.get("macro_f1"),
+                m.get("majority_baseline"),
+                m.get("ece"),
+                m.get("ece_uncalibrated"),
+                m.get("stop_kappa"),
+                m.get("features"),
+            ]
+            for m in rows
+        ],
+    )
+    _csv(
+        out / "gold_error_by_tier.csv",
+        ["version", "tier", "n", "errors", "error_rate"],
+        [
+            [m["version"], tier, t.get("n"), t.get("errors"), t.get("error_rate")]
+            for m in rows
+            for tier, t in (m.get("gold_error_by_tier") or {}).items()
+        ],
+    )
     return chart
 
 
@@ -106,17 +153,56 @@ def _chart_arms(r: dict, rows: list, labels: list, out: Path) -> tuple[str, str 
         ax.fill_between(x, [p["al_low"] for p in ap], [p["al_high"] for p in ap], alpha=0.15)
         ax.plot(x, [p["random"] for p in ap], marker="^", ls="--", label="random-audit labels")
         ax.fill_between(x, [p["random_low"] for p in ap], [p["random_high"] for p in ap], alpha=0.15)
-        arm_rows = [[rows[-1]["version"], p["n"], p["labels_each"], p["al"], p["al_low"], p["al_high"], p["random"],
-                     p["random_low"], p["random_high"], p["diff"], p["diff_low"], p["diff_high"]] for p in ap]
+        arm_rows = [
+            [
+                rows[-1]["version"],
+                p["n"],
+                p["labels_each"],
+                p["al"],
+                p["al_low"],
+                p["al_high"],
+                p["random"],
+                p["random_low"],
+                p["random_high"],
+                p["diff"],
+                p["diff_low"],
+                p["diff_high"],
+            ]
+            for p in ap
+        ]
     else:
-        ax.text(0.5, 0.5, _t(arms.get("note") or "no comparison yet"), ha="center", va="center", fontsize=9,
-                transform=ax.transAxes, wrap=True)
+        ax.text(
+            0.5,
+            0.5,
+            _t(arms.get("note") or "no comparison yet"),
+            ha="center",
+            va="center",
+            fontsize=9,
+            transform=ax.transAxes,
+            wrap=True,
+        )
     ax.set_xlabel("labels per model (cold start + arm)")
     ax.set_ylabel("test accuracy")
     _legend_outside(ax)
     chart = ("AL against random sampling", _svg(fig))
-    _csv(out / "arms.csv", ["version", "arm_labels", "labels_each", "al", "al_low", "al_high", "random",
-                            "random_low", "random_high", "diff", "diff_low", "diff_high"], arm_rows)
+    _csv(
+        out / "arms.csv",
+        [
+            "version",
+            "arm_labels",
+            "labels_each",
+            "al",
+            "al_low",
+            "al_high",
+            "random",
+            "random_low",
+            "random_high",
+            "diff",
+            "diff_low",
+            "diff_high",
+        ],
+        arm_rows,
+    )
     return chart
 
 
@@ -137,8 +223,11 @@ def _chart_reliability(r: dict, rows: list, labels: list, out: Path) -> tuple[st
     _legend_outside(ax)
     chart = ("Calibration", _svg(fig))
     _csv(out / "reliability.csv", ["bin", "confidence", "accuracy", "count"], rel_rows)
-    _csv(out / "ece.csv", ["version", "n_labels", "ece_calibrated", "ece_raw"],
-         [[m["version"], m["n_labels"], m.get("ece"), m.get("ece_uncalibrated")] for m in rows])
+    _csv(
+        out / "ece.csv",
+        ["version", "n_labels", "ece_calibrated", "ece_raw"],
+        [[m["version"], m["n_labels"], m.get("ece"), m.get("ece_uncalibrated")] for m in rows],
+    )
     return chart
 
 
@@ -151,8 +240,9 @@ def _chart_recall(r: dict, rows: list, labels: list, out: Path) -> tuple[str, st
         series = [(n, v) for n, v in series if v is not None]
         if series:
             ax.plot([s[0] for s in series], [s[1] for s in series], marker=MARKERS[i % len(MARKERS)], label=_t(c))
-        rec_rows += [[m["version"], m["n_labels"], c, ((m.get("per_class") or {}).get(c) or {}).get("recall")]
-                     for m in rows]
+        rec_rows += [
+            [m["version"], m["n_labels"], c, ((m.get("per_class") or {}).get(c) or {}).get("recall")] for m in rows
+        ]
     ax.set_xlabel("labels")
     ax.set_ylabel("recall")
     _legend_outside(ax)
@@ -174,8 +264,11 @@ def _chart_cost(r: dict, rows: list, labels: list, out: Path) -> tuple[str, str 
     ax.xaxis.get_major_locator().set_params(integer=True)
     _legend_outside(ax)
     chart = ("Cost per accuracy point", _svg(fig))
-    _csv(out / "cost_per_point.csv", ["version", "spent", "gain_points", "cost_per_point"],
-         [[c["version"], c.get("spent"), c.get("gain_points"), c.get("cost_per_point")] for c in cpp])
+    _csv(
+        out / "cost_per_point.csv",
+        ["version", "spent", "gain_points", "cost_per_point"],
+        [[c["version"], c.get("spent"), c.get("gain_points"), c.get("cost_per_point")] for c in cpp],
+    )
     return chart
 
 
@@ -209,6 +302,7 @@ def _chart_agreement(r: dict, rows: list, labels: list, out: Path) -> tuple[str,
 def write_report(r: dict, out: Path) -> Path:
     """Write ``out/report.html`` and the CSV files from ``check`` output; returns the page's path."""
     import matplotlib
+
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.fonttype"] = "none"
     matplotlib.rcParams["text.usetex"] = False
@@ -216,14 +310,28 @@ def write_report(r: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = r.get("measurements") or []
     labels = r.get("labels") or []
-    charts = {key: draw(r, rows, labels, out) for key, draw in (
-        ("learning_curves", _chart_learning_curve), ("arms", _chart_arms), ("reliability", _chart_reliability),
-        ("recall", _chart_recall), ("cost", _chart_cost), ("agreement", _chart_agreement))}
+    charts = {
+        key: draw(r, rows, labels, out)
+        for key, draw in (
+            ("learning_curves", _chart_learning_curve),
+            ("arms", _chart_arms),
+            ("reliability", _chart_reliability),
+            ("recall", _chart_recall),
+            ("cost", _chart_cost),
+            ("agreement", _chart_agreement),
+        )
+    }
     checks, signs = r.get("checks") or [], r.get("warnings") or []
-    _csv(out / "checks.csv", ["check", "status", "value", "threshold", "detail", "todo"],
-         [[c["key"], c["status"], c["value"], c["threshold"], c["detail"], c["todo"]] for c in checks])
-    _csv(out / "warnings.csv", ["sign", "fires", "value", "rule", "todo"],
-         [[w["key"], w["fires"], w["value"], w["rule"], w["todo"]] for w in signs])
+    _csv(
+        out / "checks.csv",
+        ["check", "status", "value", "threshold", "detail", "todo"],
+        [[c["key"], c["status"], c["value"], c["threshold"], c["detail"], c["todo"]] for c in checks],
+    )
+    _csv(
+        out / "warnings.csv",
+        ["sign", "fires", "value", "rule", "todo"],
+        [[w["key"], w["fires"], w["value"], w["rule"], w["todo"]] for w in signs],
+    )
     page = out / "report.html"
     atomic_write_text(page, _page(r, rows, checks, signs, charts))
     return page
@@ -234,7 +342,8 @@ def _page(r: dict, rows: list, checks: list, signs: list, charts: dict) -> str:
     e = _h
     colour = {"pass": "#1b7f3b", "warn": "#a86b00", "fail": "#b00020", "n/a": "#666"}
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>labelloop report: {e(str(r.get('project', '')))}</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;width:100%;margin:1em 0}td,th{border-bottom:1px solid #ddd;padding:4px 8px;"
@@ -245,22 +354,31 @@ def _page(r: dict, rows: list, checks: list, signs: list, charts: dict) -> str:
         f"{e(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))} by labelloop report; "
         "every figure is also a CSV file beside this page.</p>",
         "<h2>Readiness checks</h2><table><tr><th>check</th><th>status</th><th>measured</th><th>threshold</th>"
-        "<th>what to do</th></tr>"]
+        "<th>what to do</th></tr>",
+    ]
     for c in checks:
-        parts.append(f"<tr><td>{e(c['name'])}</td><td class='s' style='color:{colour.get(c['status'], '#222')}'>"
-                     f"{e(c['status'])}</td><td>{e(c['detail'])}</td><td>{e(str(c['threshold']))}</td>"
-                     f"<td>{e(c['todo'] or '')}</td></tr>")
-    parts.append("</table><h2>Warning signs</h2><table><tr><th>sign</th><th>state</th><th>value</th><th>rule</th>"
-                 "<th>what to do</th></tr>")
+        parts.append(
+            f"<tr><td>{e(c['name'])}</td><td class='s' style='color:{colour.get(c['status'], '#222')}'>"
+            f"{e(c['status'])}</td><td>{e(c['detail'])}</td><td>{e(str(c['threshold']))}</td>"
+            f"<td>{e(c['todo'] or '')}</td></tr>"
+        )
+    parts.append(
+        "</table><h2>Warning signs</h2><table><tr><th>sign</th><th>state</th><th>value</th><th>rule</th>"
+        "<th>what to do</th></tr>"
+    )
     for w in signs:
         v = w["value"]
-        parts.append(f"<tr><td>{e(w['key'])}</td><td class='s' style='color:{'#b00020' if w['fires'] else '#1b7f3b'}'>"
-                     f"{'fires' if w['fires'] else 'quiet'}</td><td>{e('n/a' if v is None else f'{v:.3f}' if isinstance(v, float) else str(v))}</td>"
-                     f"<td>{e(w['rule'])}</td><td>{e(w['todo'] if w['fires'] else '')}</td></tr>")
+        parts.append(
+            f"<tr><td>{e(w['key'])}</td><td class='s' style='color:{'#b00020' if w['fires'] else '#1b7f3b'}'>"
+            f"{'fires' if w['fires'] else 'quiet'}</td><td>{e('n/a' if v is None else f'{v:.3f}' if isinstance(v, float) else str(v))}</td>"
+            f"<td>{e(w['rule'])}</td><td>{e(w['todo'] if w['fires'] else '')}</td></tr>"
+        )
     parts.append("</table><h2>Charts</h2>")
     for key in CHARTS:
         title, data = charts[key]
-        parts.append(f'<figure id="{key}"><figcaption><b>{e(title)}</b></figcaption>'
-                     f'<img alt="{e(title)}" src="data:image/svg+xml;base64,{data}"></figure>')
+        parts.append(
+            f'<figure id="{key}"><figcaption><b>{e(title)}</b></figcaption>'
+            f'<img alt="{e(title)}" src="data:image/svg+xml;base64,{data}"></figure>'
+        )
     parts.append("</body></html>")
     return "\n".join(parts)

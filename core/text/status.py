@@ -13,7 +13,9 @@ def format_status(st: dict[str, Any]) -> str:
     it = st["items"]
     lines.append(f"Items        {it['total']:>10,}   pool {it['pool']:,}  test {it['test']:,}  gold {it['gold']:,}")
     lines.append(f"Unlabelled   {st['pool_unlabelled']:>10,}   (pool items with no final label)")
-    lines.append(f"Queue        {st['queue']:>10,}   items waiting in the current batch ({st['queue_audit']:,} random audit)")
+    lines.append(
+        f"Queue        {st['queue']:>10,}   items waiting in the current batch ({st['queue_audit']:,} random audit)"
+    )
     lines.append(f"Events       {st['events']:>10,}")
     lines.append("")
     lines.append("Final labels")
@@ -32,8 +34,10 @@ def format_status(st: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Arms         human decisions by why the item was queued")
     lines.append(f"  AL strategy   {a['al']:>8,}   ({a['al_labels']:,} labels)")
-    lines.append(f"  random audit  {a['audit']:>8,}   ({a['audit_labels']:,} labels; {a['audit_share']:.1%} of decisions, "
-                 f"target {st['audit_share_target']:.0%})")
+    lines.append(
+        f"  random audit  {a['audit']:>8,}   ({a['audit_labels']:,} labels; {a['audit_share']:.1%} of decisions, "
+        f"target {st['audit_share_target']:.0%})"
+    )
     lines.append(f"  cold start    {a['cold_start']:>8,}")
     if st["corrections"]:
         total = sum(st["corrections"].values())
@@ -44,7 +48,9 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(f"  {'who':<16} {'labels':>7} {'skips':>6} {'flags':>6} {'undone':>7} {'median s':>9}  last")
         for a in st["annotators"]:
             med = f"{a['median_ms'] / 1000:.1f}" if a["median_ms"] is not None else "-"
-            lines.append(f"  {a['actor']:<16} {a['labels']:>7,} {a['skips']:>6,} {a['flags']:>6,} {a['undone']:>7,} {med:>9}  {a['last_at'] or '-'}")
+            lines.append(
+                f"  {a['actor']:<16} {a['labels']:>7,} {a['skips']:>6,} {a['flags']:>6,} {a['undone']:>7,} {med:>9}  {a['last_at'] or '-'}"
+            )
     else:
         lines.append("  (no human decisions yet)")
     lines.extend(agreement_lines(st.get("agreement")))
@@ -54,18 +60,26 @@ def format_status(st: dict[str, Any]) -> str:
         for actor, g in sorted(gold.items()):
             flag = "  BELOW THRESHOLD" if g["below_threshold"] else ""
             tiers = ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in sorted(g["per_tier"].items()))
-            lines.append(f"  {actor:<16} {g['accuracy']:.3f} [{g['low']:.3f}, {g['high']:.3f}] n={g['n']}"
-                         + (f"  tiers: {tiers}" if tiers else "") + flag)
+            lines.append(
+                f"  {actor:<16} {g['accuracy']:.3f} [{g['low']:.3f}, {g['high']:.3f}] n={g['n']}"
+                + (f"  tiers: {tiers}" if tiers else "")
+                + flag
+            )
     rv = st.get("review")
     if rv and rv["waiting"]:
-        lines.append(f"Review       {rv['waiting']:,} items wait for a reviewer ("
-                     + ", ".join(f"{k} {v:,}" for k, v in rv["by_reason"].items()) + ")")
+        lines.append(
+            f"Review       {rv['waiting']:,} items wait for a reviewer ("
+            + ", ".join(f"{k} {v:,}" for k, v in rv["by_reason"].items())
+            + ")"
+        )
     if st.get("team") and st["team"].get("working"):
         t = st["team"]
         working = ", ".join(t["working"]) or "nobody"
-        lines.append(f"Team         working now: {working}"
-                     + (f"; {t['open_items']:,} items open" if t.get("open_items") is not None else "")
-                     + ("; retraining" if t.get("retraining") else ""))
+        lines.append(
+            f"Team         working now: {working}"
+            + (f"; {t['open_items']:,} items open" if t.get("open_items") is not None else "")
+            + ("; retraining" if t.get("retraining") else "")
+        )
     lines += _model_and_warning_lines(st)
     return "\n".join(lines)
 
@@ -75,16 +89,24 @@ def _model_and_warning_lines(st: dict[str, Any]) -> list[str]:
     lines.append("")
     m = st["latest_model"]
     if m:
-        lines.append(f"Model v{m['version']}  trained on {m['n_train']:,} labels, {m['calibration']} calibration, {m['created_at']}")
+        lines.append(
+            f"Model v{m['version']}  trained on {m['n_train']:,} labels, {m['calibration']} calibration, {m['created_at']}"
+        )
         tm = m["test_metrics"] or {}
         if tm:
-            parts = [f"{k} {tm[k]:.3f}" for k in ("accuracy", "majority_baseline", "macro_f1", "ece", "brier", "nll")
-                     if isinstance(tm.get(k), (int, float))]
+            parts = [
+                f"{k} {tm[k]:.3f}"
+                for k in ("accuracy", "majority_baseline", "macro_f1", "ece", "brier", "nll")
+                if isinstance(tm.get(k), (int, float))
+            ]
             lines.append("  test: " + ", ".join(parts) + (f" (n={tm['n_test']:,})" if tm.get("n_test") else ""))
         if isinstance(tm.get("features"), dict):
             ch = tm["features"]
-            when = (f"; decided at {ch['decided_at']:,} labels, re-decided when they double"
-                    if isinstance(ch.get("decided_at"), int) else "")
+            when = (
+                f"; decided at {ch['decided_at']:,} labels, re-decided when they double"
+                if isinstance(ch.get("decided_at"), int)
+                else ""
+            )
             lines.append("  " + describe(ch) + when)
     else:
         lines.append("Model        none trained yet (labelloop train DIR)")
@@ -92,12 +114,12 @@ def _model_and_warning_lines(st: dict[str, Any]) -> list[str]:
     fired = [w for w in signs if w.get("fires")]
     if signs:
         lines.append("")
-        lines.append(f"Warnings     {len(fired)} of {len(signs)} warning signs" + (":" if fired else " (labelloop check DIR)"))
+        lines.append(
+            f"Warnings     {len(fired)} of {len(signs)} warning signs" + (":" if fired else " (labelloop check DIR)")
+        )
         for w in fired:
             lines.append(f"  {w['key']}: {w['rule']}; {w['todo']}")
     return lines
-
-
 
 
 def _stat(r: dict) -> str:
@@ -111,8 +133,11 @@ def agreement_lines(ag: dict | None) -> list[str]:
     """Agreement between annotators with 95 % bootstrap intervals over items, and AL vs audit items."""
     if not ag:
         return []
-    lines = ["", f"Agreement    {ag['n_items_overlap']:,} items labelled by two or more annotators"
-             + (" (95 % bootstrap intervals over items)" if ag["n_items_overlap"] else "")]
+    lines = [
+        "",
+        f"Agreement    {ag['n_items_overlap']:,} items labelled by two or more annotators"
+        + (" (95 % bootstrap intervals over items)" if ag["n_items_overlap"] else ""),
+    ]
     if not ag["n_items_overlap"]:
         lines.append("  none yet: items get a second annotator at [team] overlap_share")
         return lines

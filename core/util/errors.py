@@ -27,7 +27,11 @@ class ValidationError(LabelloopError):
         self.problems = problems
         self.total = total if total is not None else len(problems)
         first = problems[0]
-        more = f" ({self.total - 1} more problem(s); use --skip-invalid to import the valid rows)" if self.total > 1 else ""
+        more = (
+            f" ({self.total - 1} more problem(s); use --skip-invalid to import the valid rows)"
+            if self.total > 1
+            else ""
+        )
         super().__init__(f"{path}: {first.describe()}; nothing was imported{more}.")
 
 

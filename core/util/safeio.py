@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, IO, Iterator
+from typing import IO, Callable, Iterator
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -14,23 +14,24 @@ from __future__ import annotations
 import json
 import re
 
-_BIDI_CONTROLS = frozenset({0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069, 0x200E,
-                            0x200F, 0x061C})
+_BIDI_CONTROLS = frozenset(
+    {0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069, 0x200E, 0x200F, 0x061C}
+)
 _NEEDS_CLEANING = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 
 
 def _visible(ch: str, keep_newlines: bool) -> str:
     o = ord(ch)
     if ch == "\n":
-        return ch if keep_newlines else "\u2424"   # ␤
+        return ch if keep_newlines else "\u2424"  # ␤
     if ch == "\t":
         return "    " if keep_newlines else " "
     if o < 0x20:
-        return chr(0x2400 + o)                      # control pictures: ESC shows as ␛, BEL as ␇
+        return chr(0x2400 + o)  # control pictures: ESC shows as ␛, BEL as ␇
     if o == 0x7F:
-        return "\u2421"                             # ␡
+        return "\u2421"  # ␡
     if 0x80 <= o < 0xA0 or o in _BIDI_CONTROLS or o in (0x2028, 0x2029):
-        return f"<U+{o:04X}>"                       # C1 controls (8-bit CSI), bidi overrides, separators
+        return f"<U+{o:04X}>"  # C1 controls (8-bit CSI), bidi overrides, separators
     return ch
 
 
