@@ -20,6 +20,7 @@ import socket
 import time
 from pathlib import Path
 
+from labelloop.core.api.files import InProcess
 from labelloop.core.api.protocol import (
     MAX_ANSWER,
     MAX_LINE,
@@ -31,7 +32,7 @@ from labelloop.core.api.protocol import (
     check_hello,
     raise_error,
 )
-from labelloop.core.api.service import InProcess, Service
+from labelloop.core.api.service import Service
 from labelloop.core.util.errors import LabelloopError
 
 HELLO_SECONDS = 10.0

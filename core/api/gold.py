@@ -84,7 +84,7 @@ class GoldDesk:
         return {
             "item_id": row["item_id"],
             "text": row["text"],
-            "lease": self.service.lease_proof(actor, row["item_id"]),
+            "lease": self.service.queue.lease_proof(actor, row["item_id"]),
             "metadata": meta if isinstance(meta, dict) else {"value": meta},
             "batch_id": None,
             "position": None,

@@ -196,7 +196,7 @@ class Retrainer:
                 report = retrain_in_process(executor, project, progress, job.kw)
             if job.cancel:
                 raise _Cancelled()
-            svc.new_batch(project.store)
+            svc.queue.new_batch(project.store)
             with svc.lock:
                 job.report = report_dict(report)
                 job.fraction, job.step = 1.0, "done"

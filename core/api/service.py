@@ -15,18 +15,15 @@ rank, audit, model version, the probabilities shown) is read from the service's 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import os
 import threading
 import time
 import uuid
 from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 
-from labelloop.core.api.assign import Assignment, Slot
+from labelloop.core.api import files
+from labelloop.core.api.assign import Assignment
 from labelloop.core.api.gold import GoldDesk
 from labelloop.core.api.jobs import Job, Retrainer
 from labelloop.core.api.protocol import (
@@ -39,23 +36,19 @@ from labelloop.core.api.protocol import (
     ops_for,
     request_args,
 )
+from labelloop.core.api.queue_desk import QueueDesk
 from labelloop.core.api.reads import ProjectReads
 from labelloop.core.api.review_desk import ReviewDesk
 from labelloop.core.config import CONFIG_NAME
-from labelloop.core.store import Store, as_store_error
+from labelloop.core.store import as_store_error
 from labelloop.core.store.project import Project, current_actor
 from labelloop.core.util.errors import LabelloopError, StoreError
-from labelloop.core.util.safeio import atomic_write_bytes
 
 UNSPECIFIED = "unspecified"  # the reason of a correction made with a label key, when none is asked for
 SESSION_IDLE_SECONDS = 120  # a session not heard from for this long no longer counts as working
 MAX_NEXT_ITEMS = 1000
 ROLE_OPS = {role: ops_for(role) for role in ROLES}
 ACTIONS = ("label", "accept", "correction", "skip", "flag")
-
-
-class InProcess:
-    """Marks the connection of an in-process client (core/api/client.py LocalClient)."""
 
 
 class Session:
@@ -87,34 +80,22 @@ class Service:
         self.lock = threading.RLock()
         self.sessions: dict[str, Session] = {}
         self._conns: dict[int, tuple[object, str]] = {}  # live transport connections and their users
-        self._request_conn: object | None = None
+        self.request_conn: object | None = None
         self.store_failure: StoreError | None = None
         self.labels_since_train = 0
-        self._assign: Assignment | None = None  # built on first use (see assign)
         self._msg_ids: dict[tuple[str, str], int] | None = None  # (actor, client message id) -> event id
         self.batch_id = self.store.latest_batch_id()
         self.started = clock()
-        self._key: bytes | None = None
         self.retrainer = Retrainer(self, compute)
         self.gold = GoldDesk(self)
         self.review = ReviewDesk(self)
         self.reads = ProjectReads(self)
+        self.queue = QueueDesk(self)
 
     @property
     def assign(self) -> Assignment:
-        """Who labels what: read from the store on first use (a one-off ``status`` never needs it)."""
-        if self._assign is None:
-            cfg = self.config
-            self._assign = Assignment(
-                share=cfg.overlap_share,
-                per_item=cfg.annotators_per_item,
-                lease_seconds=cfg.lease_minutes * 60,
-                skip_hides=cfg.skip_hides,
-                flag_hides=cfg.flag_hides,
-                tie_breaker=cfg.tie_breaker,
-            )
-            self._load_assignment(self.store)
-        return self._assign
+        """Who labels what (core/api/queue_desk.py)."""
+        return self.queue.assign
 
     @property
     def msgs(self) -> dict[tuple[str, str], int]:
@@ -122,6 +103,10 @@ class Service:
         if self._msg_ids is None:
             self._msg_ids = {(a, m): e for a, m, e, _k in self.store.client_messages()}
         return self._msg_ids
+
+    def reset_message_ids(self) -> None:
+        """Read the message ids from the store again on next use (an import adds some)."""
+        self._msg_ids = None
 
     @property
     def job(self) -> Job | None:
@@ -192,7 +177,7 @@ class Service:
                 )
             if conn is not None:
                 self._conns[id(conn)] = (conn, actor)
-            self._request_conn = conn
+            self.request_conn = conn
             if not spec.reads:
                 return encode_response(op, self._run(op, actor, req))
         return encode_response(op, self._run(op, actor, req))
@@ -226,125 +211,15 @@ class Service:
             for s in self.sessions.values():
                 if s.conn is conn:  # kept, detached: a client that reconnects carries on with it
                     s.conn, actor = None, s.actor
-            if actor is not None and self._assign is not None and not any(a == actor for _c, a in self._conns.values()):
-                self._assign.release(actor, self.clock())
+            if actor is not None and self.queue.loaded and not any(a == actor for _c, a in self._conns.values()):
+                self.queue.assign.release(actor, self.clock())
 
     # -- assignment ---------------------------------------------------------------------
-    def _load_assignment(self, store: Store) -> None:
-        """From the store: items owed labels (started, not complete), then the latest batch."""
-        decisions = store.decisions_on(None)
-        per_item: dict[str, list] = {}
-        for d in decisions:
-            per_item.setdefault(d[0], []).append(d)
-        owed = []
-        for item_id, ds in per_item.items():
-            probe = Slot(item_id, {}, self._assign.need(item_id))
-            for _i, a, k, lab in ds:
-                if k == "label":
-                    probe.labelled[a] = lab
-                else:
-                    probe.passed[a] = k
-            self._assign.adjust_need(probe)
-            if not self._assign.complete(probe):
-                owed.append(item_id)
-        from labelloop.core.store import review
-
-        back = review.sent_back(store)  # items a reviewer sent back: served first, with the reason
-        rows = store.queue_rows(item_ids=list(back) + owed)
-        for r in rows:
-            if r["item_id"] in back:
-                r["review_note"] = back[r["item_id"]]
-        rows.sort(key=lambda r: (r["item_id"] not in back, r["batch_id"], r["position"]))
-        if self.batch_id is not None:
-            rows += store.queue_rows(batch_id=self.batch_id)
-        ids = {r["item_id"] for r in rows}
-        self._assign.load(rows, [d for d in decisions if d[0] in ids])
-
-    def new_batch(self, store: Store) -> None:
-        """Serve the batch a retrain queued. Its rows (the slow read: a join with every item) are read
-        before taking the lock; the decisions on them under it, so none made meanwhile is missed."""
-        batch = store.latest_batch_id()
-        if batch == self.batch_id:
-            return
-        rows = store.queue_rows(batch_id=batch)
-        with self.lock:
-            if self._assign is None:  # nobody asked for work yet: the first request reads the new batch
-                self.batch_id = batch
-                return
-            self.assign.new_batch(rows, store.decisions_on([r["item_id"] for r in rows]), self.clock())
-            self.batch_id = batch
-
-    def _blind(self, actor: str, item_id: str) -> bool:
-        """A stable share of items (per annotator) is shown without the suggestion, to measure anchoring."""
-        share = self.config.blind_share
-        if share <= 0:
-            return False
-        h = hashlib.sha1(f"{actor}\0{item_id}".encode("utf-8", "surrogatepass")).digest()
-        return int.from_bytes(h[:8], "big") / 2**64 < share
-
-    def _item(self, actor: str, row: dict) -> dict:
-        """An item as its annotator sees it: text, why it was chosen and the model's view (none of
-        it when the item is blind for them, and never anyone else's label)."""
-        probs = json.loads(row["probs"]) if row.get("probs") else {}
-        meta = json.loads(row["metadata"]) if row.get("metadata") else {}
-        hidden = bool(probs) and self._blind(actor, row["item_id"])
-        return {
-            "item_id": row["item_id"],
-            "text": row["text"],
-            "lease": self.lease_proof(actor, row["item_id"]),
-            "metadata": meta if isinstance(meta, dict) else {"value": meta},
-            "batch_id": row.get("batch_id"),
-            "position": row.get("position"),
-            "strategy": row.get("strategy"),
-            "score": row.get("score"),
-            "rank": row.get("rank"),
-            "percentile": row.get("percentile"),
-            "audit": bool(row.get("audit")),
-            "model_version": row.get("model_version"),
-            "probs": {} if hidden else probs,
-            "suggestion_hidden": hidden,
-            "multi_label": self.config.multi_label,
-            "review_note": row.get("review_note"),
-        }
-
-    def lease_proof(self, actor: str, item_id: str) -> str:
-        """Proof that this project's server handed ``item_id`` to ``actor``: a keyed hash whose key
-        (cache/lease.key, readable by the owner only) survives a restart, unlike the leases."""
-        msg = f"{actor}\0{item_id}".encode("utf-8", "surrogatepass")
-        return hmac.new(self._lease_key, msg, hashlib.sha256).hexdigest()[:32]
-
-    def _lease_proof_ok(self, actor: str, item_id: str, proof) -> bool:
-        return isinstance(proof, str) and hmac.compare_digest(proof, self.lease_proof(actor, item_id))
-
-    @property
-    def _lease_key(self) -> bytes:
-        if self._key is None:
-            path = self.project.cache_dir / "lease.key"
-            try:
-                key = path.read_bytes()
-            except FileNotFoundError:
-                key = b""
-            if len(key) != 32:
-                key = os.urandom(32)
-                path.parent.mkdir(exist_ok=True)
-                atomic_write_bytes(path, key, mode=0o600)
-            self._key = key
-        return self._key
-
-    def _suggested(self, actor: str, row: dict) -> list[str]:
-        """The labels the annotator saw suggested ([] when none was shown)."""
-        if not row.get("probs") or self._blind(actor, row["item_id"]):
-            return []
-        probs = json.loads(row["probs"])
-        if self.config.multi_label:
-            return sorted(k for k, p in probs.items() if p >= 0.5)
-        return [max(probs, key=probs.get)] if probs else []
-
     def _session(self, actor: str, session: str | None) -> Session | None:
         s = self.sessions.get(session) if isinstance(session, str) else None
         if s is None and isinstance(session, str) and 8 <= len(session) <= 40:
             # a session of a server that restarted: carry on with it (its count is in the store)
-            s = Session(session, actor, "reconnected", self.clock(), self._request_conn)
+            s = Session(session, actor, "reconnected", self.clock(), self.request_conn)
             s.decisions = self.store.session_decisions(session, actor)
             self.sessions[session] = s
         if s is not None and s.actor != actor:
@@ -352,7 +227,7 @@ class Service:
         if s is not None:
             s.last_seen = self.clock()
             if s.conn is None:
-                s.conn = self._request_conn
+                s.conn = self.request_conn
         return s
 
     def _others(self, actor: str) -> int:
@@ -376,7 +251,7 @@ class Service:
         if slot is None:
             self._maybe_refill()
             return None
-        return self._item(actor, slot.row)
+        return self.queue.item(actor, slot.row)
 
     def _state(self, actor: str, sess: Session | None) -> dict:
         job = self.job
@@ -419,7 +294,7 @@ class Service:
                     if s.conn is not None and self.clock() - s.last_seen < SESSION_IDLE_SECONDS
                 }
             ),
-            "open_items": self.assign.open_count(self.clock()) if self._assign is not None else None,
+            "open_items": self.assign.open_count(self.clock()) if self.queue.loaded else None,
             "retraining": self.retrainer.running,
         }
 
@@ -450,7 +325,7 @@ class Service:
         for old in [k for k, o in self.sessions.items() if o.conn is None and now - o.last_seen > 3600]:
             del self.sessions[old]
         sid = uuid.uuid4().hex[:12]
-        sess = Session(sid, actor, client[:40], now, self._request_conn)
+        sess = Session(sid, actor, client[:40], now, self.request_conn)
         self.sessions[sid] = sess
         cfg_path = self.dir / CONFIG_NAME
         return {
@@ -503,11 +378,11 @@ class Service:
             event_id = self.gold.decide(actor, sess, gold, action, labels, note, duration_ms, msg_id)
             return self._decided(actor, sess, msg_id, event_id)
         row = self._leased_row(actor, item_id, lease)
-        suggested = self._suggested(actor, row)
+        suggested = self.queue.suggested(actor, row)
         kind = action if action in ("skip", "flag") else "label"
         labels, fields = (None, {}) if kind != "label" else self._labels_and_via(action, labels, reason, suggested)
         probs = json.loads(row["probs"]) if row.get("probs") else None
-        hidden = bool(probs) and self._blind(actor, item_id)
+        hidden = bool(probs) and self.queue.blind(actor, item_id)
         event_id = self.store.append_event(
             item_id,
             kind,
@@ -548,7 +423,7 @@ class Service:
         if (
             slot is not None
             and not self.assign.holds(actor, item_id)
-            and self._lease_proof_ok(actor, item_id, lease)
+            and self.queue.lease_proof_ok(actor, item_id, lease)
             and self.assign.may_take(slot, actor, now)
             and not any(e > now for e in slot.leases.values())
         ):
@@ -644,7 +519,7 @@ class Service:
         if n < 1:
             raise ApiError("bad_request", f"n must be a whole number of at least 1, got {n!r}")
         slots = self.assign.upcoming(actor, self.clock(), min(n, MAX_NEXT_ITEMS))
-        return {"items": [self._item(actor, s.row) for s in slots]}
+        return {"items": [self.queue.item(actor, s.row) for s in slots]}
 
     # -- whole-project reads (reads.py) -------------------------------------------------------
     def metrics(self, actor: str, arms: bool = False) -> dict:
@@ -687,70 +562,6 @@ class Service:
         self.labels_since_train = 0
         return self.retrainer.start(why, kw)
 
-    # -- files -----------------------------------------------------------------------------
-    def export(self, actor: str, path: str, what: str = "final") -> dict:
-        from labelloop.core.store.exports import export_parquet
-
-        return asdict(export_parquet(self.project, path, what=what))
-
-    def import_(
-        self,
-        actor: str,
-        path: str,
-        text_col: str = "text",
-        id_col: str | None = None,
-        label_col: str | None = None,
-        split_col: str | None = None,
-        meta_cols: list[str] | None = None,
-        skip_invalid: bool = False,
-        label_sep: str = "|",
-        dedupe: bool = False,
-        rejects: str | None = None,
-        source_name: str | None = None,
-    ) -> dict:
-        from labelloop.core.store.imports import import_file
-
-        try:
-            r = import_file(
-                self.project,
-                path,
-                text_col=text_col,
-                id_col=id_col,
-                label_col=label_col,
-                split_col=split_col,
-                meta_cols=meta_cols,
-                skip_invalid=skip_invalid,
-                label_sep=label_sep,
-                dedupe=dedupe,
-                rejects_path=rejects,
-                actor=actor,
-                source_name=source_name,
-            )
-        except LabelloopError as exc:
-            if source_name and path in str(exc) and as_store_error(exc) is None:
-                # the server imports a private copy: the message names the user's file
-                raise ApiError("bad_request", str(exc).replace(path, source_name)) from None
-            raise
-        self._msg_ids = None  # re-read on next use
-        return {**asdict(r), "duplicate_lines": r.duplicate_lines()}
-
-    def model_export(self, actor: str, path: str, version: int | None = None) -> dict:
-        from labelloop.core.loop.transfer import export_model
-
-        out, v = export_model(self.project, path, version)
-        return {"path": str(out), "version": v}
-
-    def model_import(self, actor: str, path: str, trust: bool = False, source_name: str | None = None) -> dict:
-        from labelloop.core.loop.transfer import import_model
-
-        if trust and self._request_conn is not None and not isinstance(self._request_conn, InProcess):
-            raise ApiError(
-                "denied",
-                "--trust loads a pickle, which can run code: not through the server. Stop "
-                "the server and run labelloop model import --trust as the project's owner.",
-            )
-        return {"version": import_model(self.project, path, trust=trust)}
-
     # -- review (review_desk.py) -------------------------------------------------------------
     def review_queue(self, actor: str, include_decided: bool = False) -> dict:
         return self.review.queue(include_decided)
@@ -786,14 +597,14 @@ HANDLERS = {
     "next_items": Service.next_items,
     "retrain_start": Service.retrain_start,
     "retrain_poll": Service.retrain_poll,
-    "export": Service.export,
+    "export": files.export,
     "review_queue": Service.review_queue,
     "review_item": Service.review_item,
     "adjudicate": Service.adjudicate,
     "undo_adjudication": Service.undo_adjudication,
     "send_back": Service.send_back,
-    "import": Service.import_,
-    "model_export": Service.model_export,
-    "model_import": Service.model_import,
+    "import": files.import_,
+    "model_export": files.model_export,
+    "model_import": files.model_import,
 }
 """Operation name -> the method that serves it (the protocol's OPS says what it takes and answers)."""
