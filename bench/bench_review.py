@@ -68,7 +68,7 @@ def main() -> None:
     cfg = d / "labelloop.toml"
     cfg.write_text(
         cfg.read_text()
-        .replace("overlap_share = 0.10", "overlap_share = 1.0")
+        .replace("overlap_share = 0.1", "overlap_share = 1.0")
         .replace("batch_size = 50", "batch_size = 100")
     )
     f = work / "trec.csv"

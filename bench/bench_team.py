@@ -13,7 +13,13 @@ reconnect and resend (decisions carry message ids). Printed: acknowledged decisi
 the restart (must be 0), duplicates stored, how long clients waited, whether every open item can
 still be handed out (the dead sessions' leases returned), and a client killed mid-request.
 
-    python bench/bench_team.py [--seconds 60] [--annotators 20]
+Hostile mix (``--hostile``, root only: the attacker is a real OS user in the team's group, not in the
+project's roles): surrogate ids, 2,000 idle connections, descriptors sent without requests, a
+refused-ping loop, and a gzip bomb imported by the admin, all while the team labels. Printed: what
+each attack got, the denied events stored, whether the server still accepts at the end, and the
+decide latency under it.
+
+    python bench/bench_team.py [--seconds 60] [--annotators 20] [--hostile]
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ def build(dst: Path) -> tuple[Path, dict]:
     cfg.write_text(
         cfg.read_text()
         .replace("batch_size = 50", "batch_size = 200")
-        .replace("overlap_share = 0.10", "overlap_share = 0.20")
+        .replace("overlap_share = 0.1", "overlap_share = 0.2")
     )
     rows = list(csv.DictReader(open(SAMPLE, encoding="utf-8")))
     truth = {r["id"]: r["label"] for r in rows}
@@ -108,12 +114,20 @@ def _wait_socket(path: Path, seconds: float = 60) -> None:
 
 def start_server(d: Path, tcp: str | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "labelloop.tui.cli", "serve", str(d), *(["--tcp", tcp] if tcp else [])],
+        [
+            sys.executable,
+            "-m",
+            "labelloop.tui.cli",
+            "serve",
+            str(d),
+            *(["--tcp", tcp] if tcp else []),
+            *(["--group", GROUP] if can_make_users() else []),
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    _wait_socket(d / "labelloop.sock")
+    _wait_socket(d / "run" / "labelloop.sock")
     return proc
 
 
@@ -203,15 +217,78 @@ def verify(d: Path, acked: list[tuple[str, str, int]], annotators: list[str] | N
     }
 
 
-def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, kill_at: float | None = None) -> dict:
-    sock = d / "labelloop.sock"
+HOSTILE = r"""
+import array, json, os, socket, sys, time
+sock, seconds = sys.argv[1], float(sys.argv[2])
+out = {"idle_held": 0, "idle_refused": 0, "surrogate_answers": {}, "fd_messages": 0, "denied_pings": 0}
+held = []
+for _ in range(2000):                                       # 2,000 idle connections
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(sock); held.append(s)
+    except OSError:
+        out["idle_refused"] += 1; s.close()
+out["idle_held"] = len(held)
+def ask(payload):
+    s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sock); f = s.makefile("rb"); f.readline()
+    s.sendall(payload + b"\n"); line = f.readline(); f.close(); s.close()
+    return json.loads(line) if line else {"error": {"code": "closed"}}
+t0 = time.monotonic()
+while time.monotonic() - t0 < seconds:
+    for field in ("item_id", "session"):                    # surrogate ids
+        a = ask(json.dumps({"id": 1, "op": "decide", "args": {"item_id": "x", "action": "label",
+                            "msg_id": "m" * 12, field: "\ud800"}}).encode())
+        code = (a.get("error") or {}).get("code", "ok")
+        out["surrogate_answers"][code] = out["surrogate_answers"].get(code, 0) + 1
+    try:                                                    # descriptors without a request
+        s = socket.socket(socket.AF_UNIX); s.connect(sock)
+        for _ in range(50):
+            r, w = os.pipe()
+            s.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r, w]))])
+            os.close(r); os.close(w); out["fd_messages"] += 1
+        s.close()
+    except OSError:
+        pass
+    for _ in range(50):                                     # a refused-ping loop
+        try:
+            a = ask(b'{"id": 1, "op": "ping"}')
+        except OSError:
+            a = {"error": {"code": "closed"}}
+        out["denied_pings"] += (a.get("error") or {}).get("code") in ("unknown_user", "busy", "closed")
+    time.sleep(0.2)
+for s in held:
+    s.close()
+print(json.dumps(out))
+"""
+
+
+def gzip_bomb(path: Path) -> Path:
+    """About 200 MB of CSV in well under 1 MB of gzip."""
+    import gzip
+
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(b"id,text\n")
+        row = b"x," + b"a" * 1000 + b"\n"
+        for _ in range(200_000):
+            f.write(row)
+    return path
+
+
+def run_load(
+    d: Path,
+    truth_path: Path,
+    seconds: float,
+    n_annotators: int,
+    *,
+    kill_at: float | None = None,
+    hostile_mix: bool = False,
+) -> dict:
+    sock = d / "run" / "labelloop.sock"
     people = n_annotators + 2
     client = str(ROOT / "bench" / "team_client.py")
     if can_make_users():
         users = make_users(people)
-        shutil.chown(d, group=GROUP)
-        os.chmod(d, 0o2770)
-        transport, tcp = "unix socket, one OS user per person (runuser)", None
+        transport, tcp = "unix socket, one OS user per person (runuser), serve --group", None
         cmds = [["runuser", "-u", u, "--", "/usr/bin/python3", client] for u in users]
         tails = [[] for _ in users]
     else:
@@ -247,6 +324,22 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
             )
         )
     h.start()
+    attacker = bomb = None
+    if hostile_mix:
+        attacker = subprocess.Popen(
+            ["runuser", "-u", HOSTILE_USER, "--", "/usr/bin/python3", "-c", HOSTILE, str(sock), str(seconds - 10)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(seconds / 3)
+        bomb = subprocess.run(
+            [sys.executable, "-m", "labelloop.tui.cli", "import", str(d), str(gzip_bomb(d.parent / "bomb.csv.gz"))],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     t0 = time.monotonic()
     rss = []
     restarted = None
@@ -282,6 +375,11 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
     c = SocketClient(sock)
     left = c.call("status")["team"]["open_items"]
     c.close()
+    if hostile_mix:
+        a_out, a_err = attacker.communicate(timeout=300)
+        report["hostile_mix"] = json.loads(a_out.strip().splitlines()[-1]) if a_out.strip() else {"error": a_err[-300:]}
+        report["gzip_bomb"] = {"exit_code": bomb.returncode, "said": bomb.stderr.strip()[-240:]}
+        report["still_accepting_at_end"] = SocketClient(sock).call("ping")["actor"] is not None
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=60)
@@ -332,7 +430,15 @@ def run_load(d: Path, truth_path: Path, seconds: float, n_annotators: int, *, ki
         ]
         out["decide_ms_within_5s_of_restart"] = {"n": len(resent), "max": round(max(resent), 1) if resent else None}
         out["decide_ms_after"] = {"n": len(later), "p99": p99(later)}
+    if hostile_mix:
+        from labelloop.core.store.project import Project
+
+        with Project.open(d) as p:
+            out["denied_events_stored"] = p.store.scalar("SELECT count(*) FROM event_log WHERE kind = 'denied'")
     return out
+
+
+HOSTILE_USER = "llhostile"
 
 
 def main() -> None:
@@ -340,7 +446,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--annotators", type=int, default=20)
     ap.add_argument("--skip-fault", action="store_true")
+    ap.add_argument("--hostile", action="store_true", help="add the hostile mix (root: a real OS user attacks)")
     args = ap.parse_args()
+    if args.hostile and not can_make_users():
+        raise SystemExit("--hostile needs root (the attacker is a real OS user in the team's group)")
     top = team_folder("team-bench")
     try:
         d, truth = build(top / "load" / "proj")
@@ -352,7 +461,11 @@ def main() -> None:
             f"baseline (in-process decide, same project, same run): p50 {np.percentile(base, 50):.1f} ms, "
             f"p99 {np.percentile(base, 99):.1f} ms over {base.size}"
         )
-        load = run_load(d, truth_path, args.seconds, args.annotators)
+        if args.hostile:
+            make_users(0)
+            if subprocess.run(["id", HOSTILE_USER], capture_output=True).returncode != 0:
+                subprocess.run(["useradd", "-M", "-G", GROUP, "-s", "/bin/sh", HOSTILE_USER], check=True)
+        load = run_load(d, truth_path, args.seconds, args.annotators, hostile_mix=args.hostile)
         from labelloop.core.store.project import Project
 
         with Project.open(d) as p:

@@ -7,6 +7,7 @@ between 0 and 1, got 1.5``.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, make_dataclass
@@ -107,6 +108,8 @@ KEYS: tuple[Key, ...] = (
     Key("project", "multi_label", bool, False, "true: an item may take several labels"),
     Key("project", "guidelines", str, "guidelines.md", "the guidelines file, shown with '?' in the workstation"),
     Key("project", "max_text_chars", int, 100_000, "longer texts are rejected at import", low=1),
+    Key("project", "max_import_mib", int, 4096, "an import (decompressed) larger than this is refused", low=1),
+    Key("project", "max_gzip_ratio", int, 200, "a .gz that expands more than this many times is refused", low=2),
     Key("labels", "ask_reason", bool, False, "true: a label key that differs from the suggestion asks why"),
     Key(
         "taxonomy",
@@ -364,7 +367,9 @@ def load_config(project_dir: Path) -> ProjectConfig:
             f"{path} is not a file (it is a folder or a special file); it must be the project's TOML configuration."
         )
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        # O_NOFOLLOW: a link planted in the config's place is refused, never read
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "r", encoding="utf-8-sig") as f:
+            data = tomllib.loads(f.read())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}).") from None
     except UnicodeDecodeError:

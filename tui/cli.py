@@ -11,6 +11,7 @@ from pathlib import Path
 from labelloop.core.util.textsafe import safe_json, safe_line
 
 EXIT_BAD_INPUT = 2
+EXIT_STORE_FAILED = 3
 
 
 def say(text: str = "", *, file=None) -> None:
@@ -470,11 +471,21 @@ def _workstation_and_team_commands(sub) -> None:
 
     s = sub.add_parser("serve", help="serve the project to several annotators (a Unix socket in the folder)")
     s.add_argument("dir")
+    s.add_argument(
+        "--group",
+        help="the team's OS group: the folder becomes the server's alone and the socket (DIR/run/) the group's; "
+        "prints what it changed",
+    )
     s.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP for users with tokens (off by default)")
     s.add_argument(
         "--train-in-thread", action="store_true", help="train in a thread of the server instead of a separate process"
     )
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("doctor", help="check the project folder as serve does before it starts (modes, owners, links)")
+    s.add_argument("dir")
+    s.add_argument("--group", help="check the layout serve --group GROUP sets")
+    s.set_defaults(func=cmd_doctor)
 
     s = sub.add_parser("token", help="manage tokens for the server's optional TCP listener")
     s.add_argument("action", choices=["add"])
@@ -508,7 +519,22 @@ def cmd_serve(args) -> int:
         compute="thread" if args.train_in_thread else "process",
         tcp=tcp,
         log=lambda msg: say(msg, file=sys.stderr),
+        group=args.group,
     )
+
+
+def cmd_doctor(args) -> int:
+    """The checks ``serve`` makes before it starts, without starting anything: exit 1 on a problem."""
+    from labelloop.core.api.folder import check_folder
+
+    problems = check_folder(Path(args.dir), group=args.group)
+    for p in problems:
+        say(f"  [FAIL] {p.sentence()}")
+    if problems:
+        say(f"{len(problems)} problem(s): labelloop serve would refuse to start.")
+        return 1
+    say(f"{args.dir}: fit to serve" + (f" to the group {args.group}" if args.group else " (to its owner only)") + ".")
+    return 0
 
 
 def cmd_token(args) -> int:
@@ -523,7 +549,7 @@ def cmd_token(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from labelloop.core.util.errors import LabelloopError
+    from labelloop.core.util.errors import LabelloopError, StoreError
 
     try:
         return args.func(args) or 0
@@ -531,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         say(f"labelloop: {safe_line(exc, None)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        # the project store's disk failed (full, read-only): 3, as the README says; bad input: 2
+        return EXIT_STORE_FAILED if isinstance(exc, StoreError) else EXIT_BAD_INPUT
     except BrokenPipeError:
         # the reader went away (status | head -1): stop quietly, as cat and grep do
         try:
@@ -550,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         if as_store_error(exc) is not None:  # a full disk or an I/O error under the store
             say(f"labelloop: {safe_line(as_store_error(exc), None)}", file=sys.stderr)
-            return 3
+            return EXIT_STORE_FAILED
         # a path the user named cannot be read or written (permissions, a folder where a file should be)
         where = f" {exc.filename}" if exc.filename else ""
         say(f"labelloop: cannot use{where}: {exc.strerror or exc}.", file=sys.stderr)
@@ -562,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if as_store_error(exc) is not None:  # a full disk or an I/O error under the store
             say(f"labelloop: {safe_line(as_store_error(exc), None)}", file=sys.stderr)
-            return 3
+            return EXIT_STORE_FAILED
         say(
             f"labelloop: unexpected error: {type(exc).__name__}: {safe_line(str(exc).splitlines()[0] if str(exc) else '', 300)} "
             "(run with --debug for the traceback).",

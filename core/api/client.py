@@ -16,7 +16,9 @@ import array
 import errno
 import itertools
 import json
+import os
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -95,8 +97,22 @@ class LocalClient(Client, InProcess):
 class SocketClient(Client):
     transport = "socket"
 
-    def __init__(self, path: Path | str, *, timeout: float = 120.0, reconnect_seconds: float = 15.0):
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        timeout: float = 120.0,
+        reconnect_seconds: float = 15.0,
+        expect_uid: int | None = None,
+    ):
+        """``expect_uid``: the user the server must run as; by default the owner of the project folder
+        (the socket is DIR/run/labelloop.sock). A socket served by anyone else is refused before a
+        byte or a file descriptor is sent to it."""
         self.path = str(path)
+        p = Path(path)
+        self.expect_uid = (
+            expect_uid if expect_uid is not None else (_owner(p.parent.parent) if p.parent.name == "run" else None)
+        )
         self.timeout = timeout
         self.reconnect_seconds = reconnect_seconds
         self._ids = itertools.count(1)
@@ -113,6 +129,7 @@ class SocketClient(Client):
         s.settimeout(HELLO_SECONDS)
         try:
             s.connect(self.path)
+            self._check_peer(s)
             self._sock, self._buf = s, b""
             try:
                 first = json.loads(self._readline())
@@ -137,6 +154,19 @@ class SocketClient(Client):
             s.close()
             raise
         s.settimeout(self.timeout)
+
+    def _check_peer(self, s: socket.socket) -> None:
+        if self.expect_uid is None:
+            return
+        _pid, uid, _gid = struct.unpack(
+            "3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        )
+        if uid != self.expect_uid:
+            raise ApiError(
+                "untrusted",
+                f"{self.path} is served by {_name(uid)}, not by {_name(self.expect_uid)} who owns the project; "
+                "nothing was sent to it (tell the project's owner).",
+            )
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -175,6 +205,9 @@ class SocketClient(Client):
                     answer = json.loads(self._readline())
                     if answer.get("id") == req_id:
                         break
+                    if answer.get("id") is None and not answer.get("ok"):
+                        self._drop()  # the server refused the connection (busy) or the request's framing
+                        raise_error(answer.get("error") or {})
                 break
             except (ConnectionError, BrokenPipeError, FileNotFoundError, socket.timeout, OSError) as exc:
                 self._drop()
@@ -209,6 +242,22 @@ def retrain_and_wait(client: Client, why: str, *, timeout: float = 600, poll_sec
     return job
 
 
+def _owner(path: Path | str) -> int | None:
+    try:
+        return os.stat(path).st_uid
+    except OSError:
+        return None
+
+
+def _name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
 def socket_path(project_dir: Path | str) -> Path:
     return Path(project_dir) / SOCKET_NAME
 
@@ -216,19 +265,17 @@ def socket_path(project_dir: Path | str) -> Path:
 def server_client(project_dir: Path | str) -> SocketClient | None:
     """A client of the server running for this project, or None when no server answers."""
     path = socket_path(project_dir)
-    if not path.exists():
-        return None
     try:
         return SocketClient(path, reconnect_seconds=0)
     except ServerGone:
         return None
     except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):  # a socket left by a server that died
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTDIR):  # none, or one that died
             return None
         if exc.errno == errno.EACCES:
             raise LabelloopError(
-                f"{path}: you may not use this project's server (permission denied); the "
-                "project's admin can add you to the folder's group."
+                f"{path}: you may not use this project's server (permission denied); its owner lets the "
+                "team in with labelloop serve DIR --group GROUP, and GROUP must be one of yours (id -Gn)."
             ) from None
         raise
 
@@ -242,6 +289,14 @@ def connect(project_dir: Path | str, *, actor: str | None = None, compute: str =
         return client
     from labelloop.core.store.project import current_actor
 
+    owner = _owner(project_dir)
+    db = Path(project_dir) / "project.duckdb"
+    if owner is not None and owner != os.geteuid() and not os.access(db, os.R_OK | os.W_OK):
+        # someone else's project and no server: opening its files would only say "Permission denied"
+        raise LabelloopError(
+            f"the labelloop server for {project_dir} is not running (the project belongs to {_name(owner)}, "
+            f"who starts it with: labelloop serve {project_dir} --group GROUP)."
+        )
     actor = actor or current_actor()
     # in-process, the caller owns the file (and could write to it directly): they are its admin
     service = Service(project_dir, compute=compute, owner=actor)

@@ -32,7 +32,10 @@ def training_executor():
         try:
             sys.stderr = devnull
             executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=worker_quiet
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=worker_quiet,
+                initargs=(os.getpid(),),
             )
             executor.submit(warm_up)
         finally:

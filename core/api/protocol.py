@@ -31,7 +31,8 @@ PROTOCOL_VERSION = 2
 """Version 1 was the socket protocol of wave 2, which had no hello. Bump this when a request or an
 answer changes shape; append operations and error codes, never rename them."""
 
-SOCKET_NAME = "labelloop.sock"
+SOCKET_NAME = "run/labelloop.sock"
+"""The socket, in a folder of its own that only the server's user can write (core/api/folder.py)."""
 MAX_LINE = 1 << 20
 """A request is one JSON line of at most 1 MiB: a longer line is refused before it is parsed, so a
 bad length never becomes an allocation."""
@@ -57,6 +58,7 @@ ERROR_CODES = (
     "server_gone",
     "internal",
     "protocol",
+    "untrusted",
 )
 """Codes a program can test; appended to, never renamed."""
 

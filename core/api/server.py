@@ -30,9 +30,11 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from labelloop.core.api.folder import check_folder, private_run_dir, read_text_nofollow, secure_folder
 from labelloop.core.api.protocol import (
     MAX_LINE,
     OPS,
@@ -44,11 +46,59 @@ from labelloop.core.api.protocol import (
     package_version,
 )
 from labelloop.core.api.service import Service
+from labelloop.core.config import CONFIG_NAME
+from labelloop.core.store.imports import check_gzip
 from labelloop.core.util.errors import LabelloopError
-from labelloop.core.util.safeio import atomic_write_text
+from labelloop.core.util.safeio import atomic_write_text, remove_leftovers, set_umask
 
 TOKENS_NAME = "tokens.json"
 MAX_FDS = 4
+"""File descriptors one request may carry (import and export hand over one)."""
+MAX_PER_USER = 32
+"""Connections one user may hold open at once (a workstation holds one, a command one more)."""
+MAX_UNSIGNED_TCP = 16
+"""TCP connections that have not signed in yet, all together: nobody cannot flood the listener."""
+FIRST_REQUEST_SECONDS = 10.0
+"""A connection that has not completed a request (or signed in) by then is closed."""
+ACCEPT_BACKOFF_MAX = 1.0
+"""Longest pause between accept attempts while the process is out of descriptors or memory."""
+
+
+def connection_limit() -> int:
+    """Connections the server accepts in all: well below the descriptor limit (raised to the hard limit
+    first), leaving room for the database, the training process and the files of imports and exports."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 65536), hard))
+            soft = min(want, 65536)
+        except (ValueError, OSError):
+            pass
+    return max(16, min(512, soft // 2 - 64))
+
+
+def _copy_bounded(src, out, limit: int, name: str) -> None:
+    """Copy a file a client handed over, refusing it once it passes ``limit`` bytes."""
+    copied = 0
+    while chunk := src.read(1 << 20):
+        copied += len(chunk)
+        if copied > limit:
+            raise LabelloopError(
+                f"{name} is larger than {limit / 2**20:,.0f} MiB, the project's limit "
+                "([project] max_import_mib); nothing was imported."
+            )
+        out.write(chunk)
+
+
+def _close_all(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def peer_user(conn: socket.socket) -> str:
@@ -88,7 +138,7 @@ def _read_tokens(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text_nofollow(path))
     except (OSError, ValueError) as exc:
         raise LabelloopError(f"{path}: cannot read the token file ({exc})") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
@@ -108,13 +158,27 @@ def token_user(project_dir: Path, user, token) -> str | None:
 # -- the server -----------------------------------------------------------------------------------
 class Server:
     def __init__(
-        self, project_dir: Path | str, *, compute: str = "process", tcp: tuple[str, int] | None = None, log=None
+        self,
+        project_dir: Path | str,
+        *,
+        compute: str = "process",
+        tcp: tuple[str, int] | None = None,
+        log=None,
+        group: str | None = None,
     ):
         self.dir = Path(project_dir)
         self.path = self.dir / SOCKET_NAME
         self.log = log or (lambda msg: None)
-        self._check_not_running()
-        self.service = Service(self.dir, compute=compute)
+        self.group = group
+        # Everything the server creates from now on (the WAL, the cache, models, exports) is its
+        # user's alone, as PostgreSQL's umask 077; the socket is opened to the team explicitly.
+        self._umask = set_umask(0o077)  # given back by stop() (a server inside a test process)
+        try:
+            self._prepare_folder()
+            self.service = Service(self.dir, compute=compute)
+        except BaseException:
+            set_umask(self._umask)
+            raise
         self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-db")
         # status and metrics scan the whole project: their own thread and cursor, so decisions never wait
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-read")
@@ -123,6 +187,8 @@ class Server:
         self._listeners: list[socket.socket] = []
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
+        self._per_user: dict[str, int] = {}  # open connections by peer (Unix) or "(tcp)" before sign-in
+        self.max_connections = connection_limit()
         uid = os.geteuid()
         try:
             user = pwd.getpwuid(uid).pw_name
@@ -137,7 +203,45 @@ class Server:
         )
         self._hello = (json.dumps({"hello": hello.__dict__}) + "\n").encode()
 
+    def _prepare_folder(self) -> None:
+        """Before the store is opened: no other server runs here, what a killed one left is removed,
+        and the folder is the server's (the team layout applied with --group)."""
+        if not (self.dir / CONFIG_NAME).is_file():
+            raise LabelloopError(
+                f"{self.dir} is not a labelloop project (no {CONFIG_NAME}); create one with "
+                f"labelloop init {self.dir} --labels a,b"
+            )
+        self._check_not_running()
+        # no server runs for this folder: what an earlier one left behind (a killed import's copy, an
+        # export half written) is nobody's now
+        left = remove_leftovers([self.dir, self.dir / "cache", self.dir / "models"])
+        self._own_folder()
+        if left:
+            self.log(
+                f"labelloop serve: removed {len(left)} temporary file(s) left by an earlier run: "
+                + ", ".join(f"{p.relative_to(self.dir)} ({size / 2**20:.1f} MiB)" for p, size in left)
+            )
+
+    def _own_folder(self) -> None:
+        """With a team group: give the folder the team layout and say what changed. Then refuse to
+        start on anything another user could have written, read or planted (one sentence each)."""
+        if self.group is not None:
+            for change in secure_folder(self.dir, self.group):
+                self.log(f"labelloop serve: {change}")
+        else:
+            private_run_dir(self.dir)
+        problems = check_folder(self.dir, group=self.group)
+        if problems:
+            more = f" ({len(problems) - 1} more: labelloop doctor {self.dir})" if len(problems) > 1 else ""
+            raise LabelloopError(f"refusing to serve: {problems[0].sentence()}{more}")
+
     def _check_not_running(self) -> None:
+        for folder in (self.dir, self.path.parent):
+            if folder.is_symlink() or (folder.exists() and folder.stat().st_uid != os.geteuid()):
+                raise LabelloopError(
+                    f"refusing to serve: {folder} is a link or belongs to someone else; remove it "
+                    "or run the server as the project's owner"
+                )
         if not self.path.exists() and not self.path.is_symlink():
             return
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -159,9 +263,9 @@ class Server:
             s.bind(str(self.path))
         finally:
             os.umask(old)
-        gid = self.dir.stat().st_gid
+        gid = self.path.parent.stat().st_gid
         try:
-            os.chown(self.path, -1, gid)  # access follows the project folder's group
+            os.chown(self.path, -1, gid)  # run/'s group: the team with --group, else only the owner reaches run/
         except OSError:
             pass
         os.chmod(self.path, 0o660)
@@ -199,6 +303,7 @@ class Server:
 
     def stop(self) -> None:
         self._stop.set()
+        set_umask(self._umask)
         for s in self._listeners:
             try:
                 s.close()
@@ -221,22 +326,85 @@ class Server:
 
     # -- connections --------------------------------------------------------------------------
     def _accept(self, listener: socket.socket, tcp: bool) -> None:
+        """Accept for as long as the server runs: an error (out of descriptors, of memory) is logged once
+        and retried with a growing pause, never the end of the listener."""
+        pause, last_error = 0.01, None
         while not self._stop.is_set():
             try:
                 conn, _addr = listener.accept()
+            except OSError as exc:
+                if self._stop.is_set():
+                    return
+                if type(exc) is not type(last_error):
+                    self.log(f"labelloop serve: accepting a connection failed ({exc}); retrying")
+                last_error = exc
+                time.sleep(pause)
+                pause = min(pause * 2, ACCEPT_BACKOFF_MAX)
+                continue
+            pause, last_error = 0.01, None
+            who = "(tcp)" if tcp else None
+            try:
+                who = who or peer_user(conn)
             except OSError:
-                return
-            threading.Thread(target=self._connection, args=(conn, tcp), daemon=True, name="labelloop-conn").start()
+                conn.close()
+                continue
+            refusal = self._admit(who, tcp)
+            if refusal is not None:
+                self._refuse(conn, refusal)
+                continue
+            try:
+                threading.Thread(
+                    target=self._connection, args=(conn, tcp, who), daemon=True, name="labelloop-conn"
+                ).start()
+            except RuntimeError:  # no thread can be started now: this connection only is refused
+                self._release(who)
+                self._refuse(conn, "the server cannot take another connection now; try again in a moment")
 
-    def _connection(self, conn: socket.socket, tcp: bool) -> None:
+    def _admit(self, who: str, tcp: bool) -> str | None:
+        """Count a new connection of ``who``; the sentence that refuses it when a limit is reached."""
+        with self._open_lock:
+            total = sum(self._per_user.values())
+            limit = MAX_UNSIGNED_TCP if who == "(tcp)" else MAX_PER_USER
+            if total >= self.max_connections:
+                return f"the server holds {total} connections, its limit; try again in a moment"
+            if self._per_user.get(who, 0) >= limit:
+                whose = "unsigned TCP connections" if who == "(tcp)" else f"{who} holds {limit} open connections"
+                return f"too many connections: {whose}, the limit; close some and try again"
+            self._per_user[who] = self._per_user.get(who, 0) + 1
+        return None
+
+    def _release(self, who: str) -> None:
+        with self._open_lock:
+            n = self._per_user.get(who, 0) - 1
+            if n > 0:
+                self._per_user[who] = n
+            else:
+                self._per_user.pop(who, None)
+
+    def _refuse(self, conn: socket.socket, message: str) -> None:
+        """One answer saying why, then close (best effort: the peer may not read it)."""
+        try:
+            conn.settimeout(0.5)
+            conn.sendall(
+                self._hello
+                + (json.dumps({"id": None, "ok": False, "error": {"code": "busy", "message": message}}) + "\n").encode()
+            )
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _connection(self, conn: socket.socket, tcp: bool, who: str) -> None:
         with self._open_lock:
             self._open.add(conn)
         actor = None
         fds: list[int] = []
+        served = False
         try:
+            conn.settimeout(FIRST_REQUEST_SECONDS)  # lifted once the first request is answered
             conn.sendall(self._hello)
             if not tcp:
-                actor = peer_user(conn)
+                actor = who
             buf = b""
             while not self._stop.is_set():
                 while b"\n" not in buf:
@@ -244,11 +412,16 @@ class Server:
                         chunk = conn.recv(1 << 16)
                     else:
                         chunk, anc, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(MAX_FDS * 4))
+                        got = array.array("i")
                         for level, kind, data in anc:
                             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                                got = array.array("i")
                                 got.frombytes(data[: len(data) - len(data) % 4])
-                                fds.extend(got)
+                        if got and b"\n" not in chunk:
+                            # descriptors travel with the request line they belong to; any others are
+                            # closed at once, so none pile up on a connection
+                            _close_all(got)
+                        else:
+                            fds.extend(got)
                     if not chunk:
                         return
                     buf += chunk
@@ -265,24 +438,25 @@ class Server:
                 try:
                     answer_id, ok, payload = self._request(line, actor, conn, req_fds, tcp)
                 finally:
-                    for fd in req_fds:
-                        try:
-                            os.close(fd)
-                        except OSError:
-                            pass
+                    _close_all(req_fds)
                 if ok == "auth":
                     actor = payload
+                    self._release(who)  # a signed-in TCP user counts as that user from now on
+                    who = actor
+                    with self._open_lock:
+                        self._per_user[who] = self._per_user.get(who, 0) + 1
                     self._send(conn, answer_id, True, {"actor": actor})
+                    conn.settimeout(None)
                     continue
                 self._send(conn, answer_id, ok, payload)
+                if not served and actor is not None:
+                    served = True
+                    conn.settimeout(None)  # a client that has spoken may stay connected, idle
         except (ConnectionError, OSError):
             return
         finally:
-            for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            _close_all(fds)
+            self._release(who)
             with self._open_lock:
                 self._open.discard(conn)
             try:
@@ -360,8 +534,12 @@ class Server:
             suffix = "".join(Path(name).suffixes[-2:])[:20] or ".csv"
             fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=suffix, dir=private)
             try:
+                cfg = self.service.config
                 with os.fdopen(fd, "wb") as out, os.fdopen(os.dup(fds[0]), "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
+                    _copy_bounded(src, out, cfg.max_import_mib * 2**20, name)
+                if op == "import" and suffix.lower().endswith(".gz"):
+                    # a gzip bomb is measured here, on this connection's thread, never on the database's
+                    check_gzip(Path(tmp), cfg, shown=name)
                 extra = {"rejects": None} if op == "import" else {}
                 # rejected rows are written next to the private copy, never to a path the client names
                 return self.db.submit(
@@ -384,7 +562,14 @@ class Server:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def serve(project_dir: Path | str, *, compute: str = "process", tcp: tuple[str, int] | None = None, log=print) -> int:
-    server = Server(project_dir, compute=compute, tcp=tcp, log=log)
+def serve(
+    project_dir: Path | str,
+    *,
+    compute: str = "process",
+    tcp: tuple[str, int] | None = None,
+    log=print,
+    group: str | None = None,
+) -> int:
+    server = Server(project_dir, compute=compute, tcp=tcp, log=log, group=group)
     server.serve_forever()
     return 0

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from labelloop.core.api import files
 from labelloop.core.api.assign import Assignment
+from labelloop.core.api.folder import read_text_nofollow
 from labelloop.core.api.gold import GoldDesk
 from labelloop.core.api.jobs import Job, Retrainer
 from labelloop.core.api.protocol import (
@@ -47,8 +48,13 @@ from labelloop.core.util.errors import LabelloopError, StoreError
 UNSPECIFIED = "unspecified"  # the reason of a correction made with a label key, when none is asked for
 SESSION_IDLE_SECONDS = 120  # a session not heard from for this long no longer counts as working
 MAX_NEXT_ITEMS = 1000
+DENIED_WINDOW_SECONDS = 60.0  # refusals of one user are logged once a minute, counted (see Service.deny)
 ROLE_OPS = {role: ops_for(role) for role in ROLES}
 ACTIONS = ("label", "accept", "correction", "skip", "flag")
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(seconds))
 
 
 class Session:
@@ -82,6 +88,7 @@ class Service:
         self._conns: dict[int, tuple[object, str]] = {}  # live transport connections and their users
         self.request_conn: object | None = None
         self.store_failure: StoreError | None = None
+        self._denied: dict[str, dict] = {}  # actor -> this minute's refusals not yet logged (see deny)
         self.labels_since_train = 0
         self._msg_ids: dict[tuple[str, str], int] | None = None  # (actor, client message id) -> event id
         self.batch_id = self.store.latest_batch_id()
@@ -122,6 +129,8 @@ class Service:
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
+        for actor in list(self._denied):
+            self._log_denied_summary(actor)
         self.retrainer.close()
         self.reads.close()
         self.project.close()
@@ -143,11 +152,34 @@ class Service:
         return any(op in ROLE_OPS[r] for r in self.roles_of(actor))
 
     def deny(self, actor: str, code: str, message: str, op: str) -> ApiError:
+        """The refusal to answer, logged as a ``denied`` event: the first of each user's minute at once,
+        the rest of that minute as one event with their count and first and last time (a client
+        refused in a loop cannot fill the disk)."""
+        now = self.clock()
+        w = self._denied.get(actor)
+        if w is not None and now - w["start"] < DENIED_WINDOW_SECONDS:
+            w["more"] += 1
+            w["last"], w["note"] = now, f"{op}: {message}"
+        else:
+            self._log_denied_summary(actor)
+            self._denied[actor] = {"start": now, "more": 0, "first": now, "last": now, "note": ""}
+            self._log_denied(actor, f"{op}: {message}")
+        return ApiError(code, message)
+
+    def _log_denied_summary(self, actor: str) -> None:
+        w = self._denied.pop(actor, None)
+        if w and w["more"]:
+            self._log_denied(
+                actor,
+                f"{w['more']} more refusals between {_utc(w['first'])} and "
+                f"{_utc(w['last'])} UTC, the last: {w['note']}",
+            )
+
+    def _log_denied(self, actor: str, note: str) -> None:
         try:
-            self.store.append_event("", "denied", actor, note=f"{op}: {message}"[:500])
+            self.store.append_event("", "denied", actor, note=note[:500])
         except Exception:  # a refusal is answered even when it cannot be logged
             pass
-        return ApiError(code, message)
 
     # -- the one entry point -------------------------------------------------------------
     def handle(self, actor: str, op: str, args: dict | None = None, *, conn: object | None = None) -> dict:
@@ -156,8 +188,6 @@ class Service:
         req = decode_request(op, args)
         spec = OPS[op]
         with self.lock:
-            if self.store_failure is not None:
-                raise StoreFailed(str(self.store_failure))
             roles = self.roles_of(actor)
             if not roles:
                 raise self.deny(
@@ -183,25 +213,26 @@ class Service:
         return encode_response(op, self._run(op, actor, req))
 
     def _run(self, op: str, actor: str, req) -> dict:
+        """Run the handler. A failure of the store's disk answers store_failed and is remembered
+        (``store_failure``) until a write succeeds again: nothing is refused in advance, so reads go on
+        while the disk is full and writes resume once space is back, without a restart. Anything
+        else fails this request only."""
         with nullcontext() if OPS[op].reads else self.lock:
-            if self.store_failure is not None:
-                raise StoreFailed(str(self.store_failure))
             try:
-                return HANDLERS[op](self, actor, **request_args(req))
+                answer = HANDLERS[op](self, actor, **request_args(req))
             except ApiError:
                 raise
-            except LabelloopError as exc:
-                err = as_store_error(exc)
-                if err is None:
-                    raise ApiError("bad_request", str(exc)) from exc
-                self.store_failure = err
-                raise StoreFailed(str(err)) from exc
             except Exception as exc:
                 err = as_store_error(exc)
-                if err is None:
-                    raise
-                self.store_failure = err
-                raise StoreFailed(str(err)) from exc
+                if err is not None:
+                    self.store_failure = err
+                    raise StoreFailed(str(err)) from exc
+                if isinstance(exc, LabelloopError):
+                    raise ApiError("bad_request", str(exc)) from exc
+                raise ApiError("internal", f"the server failed on {op}: {type(exc).__name__}") from exc
+            if not OPS[op].reads:
+                self.store_failure = None
+            return answer
 
     def disconnected(self, conn: object) -> None:
         """A transport connection closed: its sessions end, and unless the same user is still connected
@@ -511,7 +542,9 @@ class Service:
     def guidelines(self, actor: str) -> dict:
         path = self.dir / self.config.guidelines
         try:
-            return {"text": path.read_text(encoding="utf-8")}
+            if not path.resolve().is_relative_to(self.dir.resolve()):
+                raise OSError("outside the project folder")
+            return {"text": read_text_nofollow(path)}
         except (OSError, UnicodeDecodeError):
             return {"text": f"(no readable guidelines file at {path})"}
 

@@ -35,6 +35,7 @@ from labelloop.core.engine.artifacts import (
 )
 from labelloop.core.engine.embed import CHUNK as EMBED_CHUNK
 from labelloop.core.engine.embed import EMBED_DIM, EMBED_MODEL, embed_texts
+from labelloop.core.util.errors import LabelloopError
 from labelloop.core.util.safeio import atomic_write, atomic_write_text
 
 FEATURIZER_VERSION = 4  # 4: features.json names the items' fingerprint (the embeddings' cache key)
@@ -398,7 +399,7 @@ def items_fingerprint(items_state: tuple) -> str:
     return f"v{FEATURIZER_VERSION}-{n}-{max_ord}-{last_import}"
 
 
-class FeatureCacheError(Exception):
+class FeatureCacheError(LabelloopError):
     """The feature cache could not be read (stale, damaged or planted); it must be rebuilt."""
 
 
@@ -546,6 +547,27 @@ def _embeddings_current(cache_dir: Path, items_fp: str | None, n: int) -> bool:
         and meta.get("items") == items_fp
         and meta.get("model") == EMBED_MODEL
         and meta.get("shape") == [n, EMBED_DIM]
+        and _npy_complete(cache_dir / "embeddings.npy", (n, EMBED_DIM), np.dtype("<f2"))
+    )
+
+
+def _npy_complete(path: Path, shape: tuple, dtype: np.dtype) -> bool:
+    """Whether ``path`` is a whole .npy of ``shape`` and ``dtype``: its header says so and the file is as
+    long as the header promises (a truncated or padded file is not, and is rebuilt)."""
+    try:
+        with open(path, "rb") as f:
+            fmt = np.lib.format
+            version = fmt.read_magic(f)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            got_shape, _fortran, got_dtype = read_header(f)
+            offset = f.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError):
+        return False
+    return (
+        tuple(got_shape) == tuple(shape)
+        and got_dtype == dtype
+        and size == offset + int(np.prod(shape)) * dtype.itemsize
     )
 
 

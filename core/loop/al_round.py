@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -439,7 +440,7 @@ def _trainable(cfg, y_lists: list[list[str]]) -> bool:
     return len({labs[0] for labs in y_lists}) >= 2
 
 
-def worker_quiet() -> None:
+def worker_quiet(parent_pid: int | None = None) -> None:
     """Initializer of the training process a terminal program starts: its stdout and stderr go to
     /dev/null (nothing it prints can land on the annotator's screen), it runs at a lower priority and
     with one BLAS thread, so that on a small machine the process drawing the screen keeps a core."""
@@ -457,6 +458,25 @@ def worker_quiet() -> None:
         threadpool_limits(1)
     except Exception:  # threadpoolctl comes with scikit-learn; without it the defaults stand
         pass
+    _die_with_parent(parent_pid)
+
+
+PARENT_WATCH_SECONDS = 0.5
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """The training process ends when the process that started it ends, however it ends (kill -9
+    included): a daemon thread watches the parent's pid and exits this process when it changes (the
+    orphan is adopted by init or a subreaper). prctl(PR_SET_PDEATHSIG) would follow the parent
+    *thread* that spawned the worker, which may end long before the server."""
+    parent = parent or os.getppid()  # given by the parent: it may have died before this runs
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_WATCH_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="labelloop-parent-watch").start()
 
 
 def warm_up() -> bool:

@@ -447,12 +447,23 @@ def store_error_text(exc: BaseException) -> str:
 _STORE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT}
 
 
+def is_io_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the disk failing under the store (full, read-only, an I/O error), as opposed
+    to a bad value or a bug: only these make the store refuse writes until the disk is back."""
+    if isinstance(exc, OSError):
+        return exc.errno in _STORE_ERRNOS
+    if isinstance(exc, (duckdb.IOException, duckdb.FatalException)):
+        return True
+    # DuckDB reports a full disk at commit as "Failed to commit: Could not write file ..."
+    return isinstance(exc, duckdb.TransactionException) and "commit" in str(exc).lower()
+
+
 def as_store_error(exc: BaseException) -> StoreError | None:
-    """A StoreError for failures of the project store or its disk (DuckDB errors, a full disk, an I/O
-    error); None for anything else."""
+    """A StoreError for failures of the project store's disk (full, read-only, an I/O error); None for
+    anything else."""
     if isinstance(exc, StoreError):
         return exc
-    if isinstance(exc, duckdb.Error) or (isinstance(exc, OSError) and exc.errno in _STORE_ERRNOS):
+    if is_io_failure(exc):
         return StoreError(f"the project store failed ({store_error_text(exc)}); every decision before it is saved.")
     return None
 
@@ -564,7 +575,14 @@ class Store:
                 self.con.execute("ROLLBACK")
                 raise
             else:
-                self.con.execute("COMMIT")
+                try:
+                    self.con.execute("COMMIT")
+                except duckdb.Error:  # e.g. a full disk: leave no transaction open behind a failed commit
+                    try:
+                        self.con.execute("ROLLBACK")
+                    except duckdb.Error:
+                        pass
+                    raise
 
     def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         with self._lock:
@@ -613,6 +631,8 @@ class Store:
                     [event_id, item_id, kind, actor, ts, *fields.values()],
                 )
             except duckdb.Error as exc:
+                if not is_io_failure(exc):
+                    raise
                 raise StoreError(
                     f"the project store {self.path or '(memory)'} could not save this decision "
                     f"({store_error_text(exc)}); every decision before it is saved."

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import duckdb
 
+from labelloop.core.store import is_io_failure
 from labelloop.core.store.project import Project
-from labelloop.core.util.errors import LabelloopError
+from labelloop.core.util.errors import LabelloopError, StoreError
 from labelloop.core.util.faults import fault_point
 from labelloop.core.util.safeio import atomic_path
 
@@ -95,9 +96,10 @@ def export_parquet(project: Project, out: Path | str, what: str = "final") -> Ex
                 finally:
                     store.con.execute("RESET preserve_insertion_order")
             fault_point("export-before-rename")
-    except duckdb.Error as exc:
-        raise LabelloopError(f"{out}: export failed ({str(exc).splitlines()[0]}); no file was written.") from None
-    except OSError as exc:
-        raise LabelloopError(f"{out}: export failed ({exc.strerror or exc}); no file was written.") from None
+    except (duckdb.Error, OSError) as exc:
+        text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc).splitlines()[0]
+        # a full or failing disk is the store's failure (exit code 3); anything else is this export's
+        error = StoreError if is_io_failure(exc) else LabelloopError
+        raise error(f"{out}: export failed ({text}); no file was written.") from None
     rows = store.scalar(f"SELECT count(*) FROM read_parquet('{str(out).replace(chr(39), chr(39) * 2)}')")
     return ExportReport(str(out), what, rows, time.perf_counter() - started)

@@ -215,12 +215,8 @@ class _Importer:
 
     def _verify_gzip(self) -> None:
         """Read the whole .gz once: DuckDB's reader accepts a wrong CRC or length, which mean the data is
-        damaged; Python's gzip checks both at the end of each member."""
-        import gzip
-
-        with _reading(self.path), gzip.open(self.path, "rb") as f:
-            while f.read(1 << 22):
-                pass
+        damaged; Python's gzip checks both at the end of each member. Its size is bounded while read."""
+        check_gzip(self.path, self.cfg, shown=self.source_name or str(self.path))
 
     def _stage(self) -> None:
         src = str(self.path)
@@ -734,6 +730,29 @@ class _Importer:
                 "imported. Pass --rejects PATH to write them to a folder you can write."
             ) from None
         return str(out)
+
+
+def check_gzip(path: Path, cfg, *, shown: str | None = None) -> int:
+    """Decompress ``path`` once, counting: its data must be intact (CRC and length) and at most
+    ``[project] max_gzip_ratio`` times its compressed size and ``max_import_mib`` in all, checked while
+    streaming (a small file that expands to gigabytes is refused after reading the allowed amount,
+    holding at most one chunk in memory). Returns the decompressed size."""
+    import gzip
+
+    compressed = max(path.stat().st_size, 1)
+    cap = min(cfg.max_import_mib * 2**20, max(cfg.max_gzip_ratio * compressed, 2**20))
+    total = 0
+    with _reading(path), gzip.open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            total += len(chunk)
+            if total > cap:
+                raise InputFileError(
+                    f"{shown or path}: the gzip data expands to more than {cap / 2**20:,.0f} MiB "
+                    f"({total // compressed:,}x its compressed size and counting); the project takes at most "
+                    f"{cfg.max_gzip_ratio}x and {cfg.max_import_mib:,} MiB ([project] max_gzip_ratio, "
+                    "max_import_mib); nothing was imported."
+                )
+    return total
 
 
 def _open_text(path: Path):

@@ -18,7 +18,7 @@ from labelloop.core.config import (
 )
 from labelloop.core.store import DB_NAME, Store
 from labelloop.core.util.errors import ProjectError
-from labelloop.core.util.safeio import atomic_write_text
+from labelloop.core.util.safeio import atomic_write_text, set_umask
 
 
 def current_actor() -> str:
@@ -85,6 +85,16 @@ def init_project(
     text = render_config(name, labels, multi_label)
     # Validate before writing anything, so a bad label list leaves no half project behind.
     parse_config(tomllib.loads(text), project_dir / CONFIG_NAME)
+    old = set_umask(0o077)  # the project is its creator's alone (serve --group opens the socket to a team)
+    try:
+        _create(project_dir, name, labels, text)
+    finally:
+        set_umask(old)
+    load_config(project_dir)
+    return project_dir
+
+
+def _create(project_dir: Path, name: str, labels: list[str], text: str) -> None:
     project_dir.mkdir(parents=True, exist_ok=True)
     (project_dir / "models").mkdir(exist_ok=True)
     (project_dir / "cache").mkdir(exist_ok=True)
@@ -94,5 +104,3 @@ def init_project(
     Store.open(project_dir, create=True).close()
     # The config is written last: its presence marks a complete project.
     atomic_write_text(project_dir / CONFIG_NAME, text)
-    load_config(project_dir)
-    return project_dir

@@ -91,3 +91,46 @@ _UMASK = _read_umask()  # read once at import: os.umask is process-wide and not 
 
 def _umask() -> int:
     return _UMASK
+
+
+def set_umask(mask: int) -> int:
+    """Set the process's umask (and the one the writes here apply); returns the previous one. For
+    start-up code (init, serve) only: the umask is process-wide."""
+    global _UMASK
+    old = os.umask(mask)
+    _UMASK = mask
+    return old
+
+
+LEFTOVER_PREFIXES = (".incoming-", ".export-")
+"""Temporary files of the server's file operations (core/api/server.py)."""
+
+
+def remove_leftovers(folders: list[Path]) -> list[tuple[Path, int]]:
+    """Remove what a killed process left in ``folders`` (not below them): the temporary files and
+    folders of atomic writes (``.NAME.*.tmp``) and of the server's imports and exports. Links are
+    removed, never followed. Returns each removed path with its size in bytes."""
+    removed = []
+    for folder in folders:
+        if os.path.islink(folder):  # a link in the folder's place leads elsewhere: never clean there
+            continue
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            name = e.name
+            if not (name.startswith(LEFTOVER_PREFIXES) or (name.startswith(".") and name.endswith(".tmp"))):
+                continue
+            path = Path(e.path)
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+                    shutil.rmtree(path)
+                else:
+                    size = e.stat(follow_symlinks=False).st_size
+                    os.unlink(path)
+            except OSError:
+                continue
+            removed.append((path, size))
+    return removed
