@@ -218,20 +218,44 @@ def verify(d: Path, acked: list[tuple[str, str, int]], annotators: list[str] | N
 
 
 HOSTILE = r"""
-import array, json, os, socket, sys, time
+import array, json, os, resource, socket, sys, time
 sock, seconds = sys.argv[1], float(sys.argv[2])
-out = {"idle_held": 0, "idle_refused": 0, "surrogate_answers": {}, "fd_messages": 0, "denied_pings": 0}
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))   # room for 2,000 sockets of our own
+out = {"idle_open": 0, "idle_refused_busy": 0, "idle_closed_by_server": 0, "connect_failed": 0,
+       "surrogate_answers": {}, "fd_messages": 0, "denied_pings": 0}
 held = []
 for _ in range(2000):                                       # 2,000 idle connections
     s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
     try:
         s.connect(sock); held.append(s)
     except OSError:
-        out["idle_refused"] += 1; s.close()
-out["idle_held"] = len(held)
-def ask(payload):
-    s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sock); f = s.makefile("rb"); f.readline()
-    s.sendall(payload + b"\n"); line = f.readline(); f.close(); s.close()
+        out["connect_failed"] += 1; s.close()
+time.sleep(1.0)
+for s in held:                                              # what the server did with each
+    s.setblocking(False)
+    try:
+        data = s.recv(65536)
+    except BlockingIOError:
+        data = None
+    except OSError:
+        data = b""
+    if data and b'"busy"' in data:
+        out["idle_refused_busy"] += 1
+    elif data == b"":
+        out["idle_closed_by_server"] += 1
+    else:
+        out["idle_open"] += 1
+def ask(payload):  # one request on a new connection; a refusal or a closed connection is an answer too
+    s = socket.socket(socket.AF_UNIX); s.settimeout(10)
+    try:
+        s.connect(sock); f = s.makefile("rb"); f.readline()          # the hello
+        s.sendall(payload + b"\n"); line = f.readline(); f.close()
+    except OSError:
+        return {"error": {"code": "closed"}}
+    finally:
+        s.close()
     return json.loads(line) if line else {"error": {"code": "closed"}}
 t0 = time.monotonic()
 while time.monotonic() - t0 < seconds:

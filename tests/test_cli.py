@@ -83,3 +83,12 @@ def test_cli_train_next_and_model_transfer(tmp_path):
     assert r.returncode == 2 and "no model yet" in r.stderr
     r = run_cli("train", str(d), "--strategy", "nonsense")
     assert r.returncode == 2 and "unknown strategy 'nonsense'" in r.stderr
+
+
+def test_check_and_report_on_a_project_without_items_say_what_to_do(tmp_path):
+    d = tmp_path / "empty"
+    assert run_cli("init", str(d), "--labels", "a,b").returncode == 0
+    for cmd in (("check", str(d)), ("report", str(d), "--out", str(tmp_path / "rep"))):
+        r = run_cli(*cmd)
+        assert r.returncode == 2 and "has no items yet" in r.stderr and "labelloop import" in r.stderr, r.stderr
+        assert "unexpected" not in r.stderr and "failed on" not in r.stderr

@@ -287,6 +287,8 @@ def test_roles_unknown_users_and_denied_actions_are_refused_and_logged(tmp_path)
     with pytest.raises(ApiError) as e:
         svc.handle("alice", "export", {"path": str(tmp_path / "x.parquet")})
     assert e.value.code == "denied" and "reviewer" in e.value.message
+    # the operation in words, never its internal name ("may not review queue")
+    assert e.value.message.startswith("alice may not export labels in this project")
     with pytest.raises(ApiError) as e:
         svc.handle("alice", "retrain_start", {"strategy": "random"})
     assert e.value.code == "denied"

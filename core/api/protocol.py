@@ -472,37 +472,37 @@ class Op:
     request: type
     response: type
     role: str
-    summary: str
+    summary: str  # what the caller does, as a verb phrase ("alice may not <summary>")
     reads: bool = False  # scans the project on a reader cursor of its own, outside the service lock
     resend: bool = False  # safe to send again after a dropped connection (reads; decisions carry msg_id)
     file: str | None = None  # over the socket: "in" reads a file the client opened, "out" writes into one
 
 
 OPS: dict[str, Op] = {
-    "ping": Op(Empty, Actor, "annotator", "who the server takes the caller for", resend=True),
-    "open_session": Op(OpenSession, Opened, "annotator", "start labelling: roles, config, queue state", resend=True),
+    "ping": Op(Empty, Actor, "annotator", "ping the server", resend=True),
+    "open_session": Op(OpenSession, Opened, "annotator", "start labelling", resend=True),
     "close_session": Op(SessionArg, Nothing, "annotator", "end a session", resend=True),
-    "next": Op(SessionArg, Served, "annotator", "the next item to label", resend=True),
-    "decide": Op(Decide, Decided, "annotator", "store one decision; answers with the next item", resend=True),
-    "undo": Op(Undo, Undone, "annotator", "take back the caller's latest decision", resend=True),
-    "progress": Op(SessionArg, Progress, "annotator", "the queue, the retrain and the pace", resend=True),
-    "poll": Op(SessionArg, Progress, "annotator", "the same as progress (the workstation's timer)", resend=True),
-    "guidelines": Op(Empty, Text, "annotator", "the project's guidelines", resend=True),
-    "metrics": Op(Metrics, MetricsAnswer, "annotator", "the metrics pane", reads=True, resend=True),
-    "status": Op(Empty, StatusAnswer, "annotator", "labelloop status", reads=True, resend=True),
-    "check": Op(Empty, CheckAnswer, "annotator", "labelloop check and report", reads=True, resend=True),
-    "next_items": Op(NextItems, Items, "annotator", "the items queued for the caller", resend=True),
-    "retrain_start": Op(RetrainStart, JobStarted, "annotator", "start a retrain (options: admins)", resend=True),
-    "retrain_poll": Op(RetrainPoll, JobState, "annotator", "the retrain's progress", resend=True),
-    "export": Op(Export, Exported, "reviewer", "write labels as Parquet", file="out"),
-    "review_queue": Op(ReviewQueue, ReviewQueueAnswer, "reviewer", "items waiting for a reviewer"),
-    "review_item": Op(ItemId, ReviewItem, "reviewer", "every version of one item"),
-    "adjudicate": Op(Adjudicate, Adjudicated, "reviewer", "a reviewer's final labels and rationale"),
-    "undo_adjudication": Op(MsgId, AdjudicationUndone, "reviewer", "take back the latest adjudication"),
-    "send_back": Op(SendBack, SentBack, "reviewer", "return an item to its annotators with a reason"),
-    "import": Op(Import, Imported, "admin", "add items from CSV, JSON Lines or Parquet", file="in"),
-    "model_export": Op(ModelExport, ModelExported, "admin", "write a model file", file="out"),
-    "model_import": Op(ModelImport, ModelImported, "admin", "load a model file", file="in"),
+    "next": Op(SessionArg, Served, "annotator", "take the next item", resend=True),
+    "decide": Op(Decide, Decided, "annotator", "store a decision", resend=True),
+    "undo": Op(Undo, Undone, "annotator", "undo their latest decision", resend=True),
+    "progress": Op(SessionArg, Progress, "annotator", "see the queue and the pace", resend=True),
+    "poll": Op(SessionArg, Progress, "annotator", "poll the queue and the retrain", resend=True),
+    "guidelines": Op(Empty, Text, "annotator", "read the guidelines", resend=True),
+    "metrics": Op(Metrics, MetricsAnswer, "annotator", "see the metrics", reads=True, resend=True),
+    "status": Op(Empty, StatusAnswer, "annotator", "see the project's status", reads=True, resend=True),
+    "check": Op(Empty, CheckAnswer, "annotator", "run the readiness check", reads=True, resend=True),
+    "next_items": Op(NextItems, Items, "annotator", "list the items queued for them", resend=True),
+    "retrain_start": Op(RetrainStart, JobStarted, "annotator", "start a retrain", resend=True),
+    "retrain_poll": Op(RetrainPoll, JobState, "annotator", "follow a retrain", resend=True),
+    "export": Op(Export, Exported, "reviewer", "export labels", file="out"),
+    "review_queue": Op(ReviewQueue, ReviewQueueAnswer, "reviewer", "see the review queue"),
+    "review_item": Op(ItemId, ReviewItem, "reviewer", "see every version of an item"),
+    "adjudicate": Op(Adjudicate, Adjudicated, "reviewer", "adjudicate an item"),
+    "undo_adjudication": Op(MsgId, AdjudicationUndone, "reviewer", "undo an adjudication"),
+    "send_back": Op(SendBack, SentBack, "reviewer", "send an item back to its annotators"),
+    "import": Op(Import, Imported, "admin", "import items", file="in"),
+    "model_export": Op(ModelExport, ModelExported, "admin", "export a model", file="out"),
+    "model_import": Op(ModelImport, ModelImported, "admin", "import a model", file="in"),
 }
 """Every operation of the API. Append; never rename (clients of this protocol version rely on it)."""
 

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from labelloop.core.measure.signs import ECE_LIMIT, to_datetime, warning_signs
+from labelloop.core.util.errors import LabelloopError
 
 POOL_RATIO = 10.0
 COST_PASS, COST_WARN = 0.10, 0.30  # pipeline overhead per label as a share of the annotation cost
@@ -314,6 +315,11 @@ def readiness(project, feats=None) -> dict:
         r["created_at"] = to_datetime(r.get("created_at"))
     latest = rows[-1] if rows else None
     st = reports.project_status(project)
+    if not st["items"]["total"]:
+        raise LabelloopError(
+            f"{project.dir} has no items yet, so there is nothing to check; import some first: "
+            f"labelloop import {project.dir} FILE --text-col text"
+        )
     labelled_counts = {c: 0 for c in cfg.labels}
     for k, v in st["final_labels"].items():
         for c in k.split("|"):
