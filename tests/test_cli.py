@@ -92,3 +92,11 @@ def test_check_and_report_on_a_project_without_items_say_what_to_do(tmp_path):
         r = run_cli(*cmd)
         assert r.returncode == 2 and "has no items yet" in r.stderr and "labelloop import" in r.stderr, r.stderr
         assert "unexpected" not in r.stderr and "failed on" not in r.stderr
+
+
+def test_report_out_must_be_a_folder_not_a_page_name(tmp_path):
+    d = tmp_path / "empty"
+    assert run_cli("init", str(d), "--labels", "a,b").returncode == 0
+    r = run_cli("report", str(d), "--out", str(tmp_path / "report.html"))
+    assert r.returncode == 2 and "must name a folder" in r.stderr
+    assert not (tmp_path / "report.html").exists()

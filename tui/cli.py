@@ -147,6 +147,14 @@ def cmd_check(args) -> int:
 
 def cmd_report(args) -> int:
     from labelloop.core.text.report import write_report
+    from labelloop.core.util.errors import LabelloopError
+
+    out = Path(args.out)
+    if out.suffix.lower() in (".html", ".htm") or (out.exists() and not out.is_dir()):
+        raise LabelloopError(
+            f"--out {out} must name a folder: report.html and every figure as CSV are written inside it "
+            f"(e.g. --out {out.with_suffix('') if out.suffix else out}-report)"
+        )
 
     with _client(args.dir) as client:
         r = client.call("check")
