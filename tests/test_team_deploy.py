@@ -31,7 +31,12 @@ ALLOWED = (
     and SYSTEM_PYTHON is not None
     and bool(os.environ.get("CI") or os.environ.get("LABELLOOP_OS_USERS"))
 )
-pytestmark = pytest.mark.skipif(not ALLOWED, reason="creates OS users: root, CI or LABELLOOP_OS_USERS=1")
+pytestmark = [
+    pytest.mark.skipif(not ALLOWED, reason="creates OS users: root, CI or LABELLOOP_OS_USERS=1"),
+    # one worker for the whole module: the users fixture creates and removes the OS users, and another
+    # worker removing them in the middle of a test here made the member lose the team's group
+    pytest.mark.xdist_group("os_users"),
+]
 
 GROUP, MEMBER, OUTSIDER = "lldeploy", "llmallory", "lloutsider"
 
@@ -48,6 +53,8 @@ def users():
                 ["useradd", "-M", "-s", "/bin/sh", *(["-G", ",".join(groups)] if groups else []), user], check=True
             )
             made.append(("user", user))
+        elif groups:  # a user left by an interrupted run: make sure of its membership
+            subprocess.run(["usermod", "-a", "-G", ",".join(groups), user], check=True)
     yield
     for kind in ("user", "group"):
         for k, name in made:
