@@ -20,8 +20,9 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Header, ProgressBar, Static
 
 from labelloop.core.api.protocol import ApiError
-from labelloop.core.api.workspace import QueueItem, Report, Workspace
+from labelloop.core.api.workspace import QueueItem, Report, Workspace, new_msg_id
 from labelloop.core.util.errors import LabelloopError, StoreError
+from labelloop.tui.link import Link
 from labelloop.tui.safe_text import safe_line, safe_text
 from labelloop.tui.screens import CorrectionScreen, FatalScreen, HelpScreen, MetricsScreen, NoteScreen
 
@@ -75,6 +76,12 @@ class LabelApp(App):
         self.latencies_ms: list[float] = []  # key handler -> next item rendered (read by bench/)
         self.last_report: Report | None = None
         self.store_failed: StoreError | None = None
+        # over the socket, every call to the server runs on the link's thread, never on this one
+        self.link = Link(self, threaded=self.ws.transport == "socket")
+        if self.link.threaded:
+            self.ws.retry_seconds(0)  # the link retries, and says so on screen
+        self.unsent = 0  # decisions held when the app closed (never acknowledged by the server)
+        self._quit_warned = False
         self.sub_title = f"{safe_line(cfg.name, 40)} · {safe_line(self.ws.actor, 24)}"
 
     def toast(self, message: str, **kw) -> None:
@@ -98,6 +105,7 @@ class LabelApp(App):
             with Vertical(id="right"):
                 yield Static("", id="suggestion", markup=False)
                 yield Static("", id="why", markup=False)
+        yield Static("", id="link", markup=False)
         yield Static("", id="labelbar", markup=False)
         yield Static("", id="summary", markup=False)
         with Horizontal(id="status"):
@@ -252,6 +260,7 @@ class LabelApp(App):
         main = self.screen_stack[0]
         main.query_one("#progress", Static).update(Text(" · ".join(parts)))
         main.query_one("#summary", Static).update(Text("Is AL working? " + (self.ws.summary or "–"), style="dim"))
+        self._show_link()
 
     # -- decisions -----------------------------------------------------------------
     DECISION_ACTIONS = {"accept", "correction", "skip", "flag", "undo", "retrain", "metrics", "help"}
@@ -263,26 +272,46 @@ class LabelApp(App):
             return False
         return True
 
-    def _decide(self, call, *args, **kwargs) -> bool:
-        """Run one Workspace decision. A store failure (disk full, I/O error) ends the session: one
-        sentence, nothing already saved is lost, no more keys reach the store, non-zero exit."""
-        try:
-            call(*args, **kwargs)
-            return True
-        except StoreError as exc:
+    def _decide(self, call, *args, then=None, **kwargs) -> None:
+        """Send one Workspace decision through the link (off the UI thread over the socket), with its
+        client message id fixed now, then ``then()`` on the UI thread once the server has stored it.
+        While one decision is still on its way (the server is away), the next is refused with a
+        sentence: the next item comes from the server's answer."""
+        if self._holding():
+            return
+        kwargs["msg_id"] = new_msg_id()
+        self.link.submit(
+            lambda: call(*args, **kwargs),
+            (lambda _answer: then()) if then is not None else None,
+            self._failed,
+            decision=True,
+            what=getattr(call, "__name__", "decision"),
+        )
+        self.update_progress()
+
+    def _holding(self) -> bool:
+        """True (and one sentence) while a decision is on its way: nothing more is decided until the
+        server's answer brings the next item."""
+        if not self.link.held:
+            return False
+        self.toast("Your last decision is held until the server answers; it is sent then, once.", timeout=3)
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        """A call that failed, on the UI thread. A store failure (disk full, I/O error) ends the
+        session: one sentence, nothing already saved is lost, no more keys reach the store, non-zero
+        exit. Anything else is one notice and the session goes on."""
+        if isinstance(exc, StoreError):
             self.fail_store(exc)
-        except ApiError as exc:
-            if exc.code == "server_gone":
-                self.fail_store(exc, title="The labelloop server stopped")
-            elif exc.code == "not_leased":  # e.g. the lease expired and someone else took the item
-                self.toast(str(exc), severity="warning", timeout=4)
-                self.ws.refresh()
-                self.show_item()
-            else:
-                self.toast(str(exc), severity="warning", timeout=3)
-        except LabelloopError as exc:
+        elif isinstance(exc, ApiError) and exc.code == "server_gone":
+            self.toast("The labelloop server is not answering; reconnecting…", severity="warning", timeout=3)
+        elif isinstance(exc, ApiError) and exc.code == "not_leased":  # the lease expired, someone took it
+            self.toast(str(exc), severity="warning", timeout=4)
+            self.link.submit(self.ws.refresh, lambda _item: self.show_item(), self._failed)
+        elif isinstance(exc, LabelloopError):
             self.toast(str(exc), severity="warning", timeout=3)
-        return False
+        else:
+            raise exc
 
     def fail_store(self, exc: Exception, title: str = "The project store failed") -> None:
         if self.store_failed is not None:
@@ -328,6 +357,8 @@ class LabelApp(App):
         """A label key (or confirmed toggles). Differing from the suggestion on screen is a correction:
         with [labels] ask_reason the reason picker opens with the label already chosen; otherwise it is
         stored with reason 'unspecified'."""
+        if self._holding():
+            return
         differs = bool(item.suggestion) and not item.suggestion_hidden and sorted(labels) != item.suggested_labels
         duration = self._duration()
         if differs and self.ws.config.ask_reason:
@@ -337,13 +368,19 @@ class LabelApp(App):
                     return
                 chosen, reason, note = result
                 t = time.perf_counter()
-                if self._decide(self.ws.label, item, chosen, reason=reason, note=note, duration_ms=duration):
-                    self._decided(t)
+                self._decide(
+                    self.ws.label,
+                    item,
+                    chosen,
+                    reason=reason,
+                    note=note,
+                    duration_ms=duration,
+                    then=lambda: self._decided(t),
+                )
 
             self.push_screen(CorrectionScreen(self.ws.config, item.suggestion, preset=labels), done)
             return
-        if self._decide(self.ws.label, item, labels, duration_ms=duration):
-            self._decided(started)
+        self._decide(self.ws.label, item, labels, duration_ms=duration, then=lambda: self._decided(started))
 
     def action_accept(self) -> None:
         item = self.ws.current()
@@ -352,12 +389,14 @@ class LabelApp(App):
         started = time.perf_counter()
         if self.ws.config.multi_label and self.toggled:
             self._label(item, list(self.toggled), started)
-        elif self._decide(self.ws.accept, item, duration_ms=self._duration()):
-            self._decided(started)
+        else:
+            self._decide(self.ws.accept, item, duration_ms=self._duration(), then=lambda: self._decided(started))
 
     def action_correction(self) -> None:
         item = self.ws.current()
         if item is None:
+            return
+        if self._holding():
             return
         if not item.suggestion or item.suggestion_hidden:
             self.toast("No suggestion to correct: press the right label's key.", severity="warning", timeout=3)
@@ -369,15 +408,22 @@ class LabelApp(App):
                 return
             labels, reason, note = result
             started = time.perf_counter()
-            if self._decide(self.ws.correction, item, labels, reason, note, duration_ms=duration):
-                self._decided(started)
+            self._decide(
+                self.ws.correction,
+                item,
+                labels,
+                reason,
+                note,
+                duration_ms=duration,
+                then=lambda: self._decided(started),
+            )
 
         self.push_screen(CorrectionScreen(self.ws.config, item.suggestion), done)
 
     def _decide_with_note(self, decide, title: str, prompt: str) -> None:
         """Skip and flag: ask for an optional note, then record the decision (Escape cancels)."""
         item = self.ws.current()
-        if item is None:
+        if item is None or self._holding():
             return
         duration = self._duration()
 
@@ -385,8 +431,7 @@ class LabelApp(App):
             if note is None:
                 return
             started = time.perf_counter()
-            if self._decide(decide, item, note, duration_ms=duration):
-                self._decided(started)
+            self._decide(decide, item, note, duration_ms=duration, then=lambda: self._decided(started))
 
         self.push_screen(NoteScreen(title, prompt), done)
 
@@ -399,21 +444,40 @@ class LabelApp(App):
         )
 
     def action_undo(self) -> None:
-        result: list = []
-        if not self._decide(lambda: result.append(self.ws.undo())):
+        if self._holding():
             return
-        item = result[0]
+        mid = new_msg_id()
+        self.link.submit(lambda: self.ws.undo(mid), self._undone, self._failed, decision=True, what="undo")
+
+    def _undone(self, item) -> None:
         if item is None:
             self.toast("Nothing to undo.", timeout=2)
             return
         self.toast(f"Undone: {safe_line(item.item_id, 30)} is back.", timeout=2)
         self.show_item()
 
+    async def action_quit(self) -> None:
+        """q. With a decision still held (the server away), the first q says so; a second one quits
+        without it (the decision is then not stored, and the exit says so)."""
+        held = self.link.held
+        if held and not self._quit_warned:
+            self._quit_warned = True
+            self.toast(
+                f"{held} decision{'s are' if held != 1 else ' is'} held until the server answers: "
+                "wait for it, or press q again to quit without it.",
+                severity="warning",
+                timeout=6,
+            )
+            return
+        await super().action_quit()
+
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.ws.config, self.ws.guidelines()))
+        self.link.submit(
+            self.ws.guidelines, lambda text: self.push_screen(HelpScreen(self.ws.config, text)), self._failed
+        )
 
     def action_metrics(self) -> None:
-        self.push_screen(MetricsScreen(self.ws))
+        self.push_screen(MetricsScreen(self.ws, self.link))
 
     def action_retrain(self) -> None:
         if self.retraining:
@@ -423,15 +487,13 @@ class LabelApp(App):
 
     # -- retraining in the background ---------------------------------------------------
     def start_retrain(self, why: str) -> None:
-        try:
-            self.ws.retrain_start(why)
-        except StoreError as exc:
-            self.fail_store(exc)
-            return
-        except LabelloopError as exc:
-            self.toast(f"Retrain refused: {exc}", severity="warning", timeout=5)
-            return
-        self._retrain_started()
+        def refused(exc: BaseException) -> None:
+            if isinstance(exc, LabelloopError) and not isinstance(exc, StoreError):
+                self.toast(f"Retrain refused: {exc}", severity="warning", timeout=5)
+            else:
+                self._failed(exc)
+
+        self.link.submit(lambda: self.ws.retrain_start(why), lambda _a: self._retrain_started(), refused)
 
     def _retrain_started(self) -> None:
         job = self.ws.job or {}
@@ -448,29 +510,34 @@ class LabelApp(App):
             gc.freeze()  # the executor's machinery lives as long as the app too
 
     def _poll(self) -> None:
-        """Every quarter second: a retrain's progress, its end, and what changed meanwhile."""
-        if self.store_failed or (not self.retraining and self._poll_skip()):
-            return
+        """Every quarter second: a retrain's progress, its end, and what changed meanwhile. Over the
+        socket the poll waits for the calls before it (and is not sent while the server is away)."""
         from textual.css.query import NoMatches
 
         try:
-            self._poll_once()
+            self._show_link()
+        except NoMatches:  # the app is closing
+            return
+        if self.store_failed or self.link.busy or (not self.retraining and self._poll_skip()):
+            return
+        had_item = self.ws.current() is not None
+        self.link.submit(self.ws.poll, lambda _a: self._polled(had_item), self._poll_failed)
+
+    def _poll_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, StoreError):
+            self.fail_store(exc)
+
+    def _polled(self, had_item: bool) -> None:
+        from textual.css.query import NoMatches
+
+        try:
+            self._after_poll(had_item)
         except NoMatches:
             # the labelling screen's widgets are gone: the app is closing (a poll that fires during
             # the teardown once crashed the exit under load); nothing is left to update
             return
 
-    def _poll_once(self) -> None:
-        had_item = self.ws.current() is not None
-        try:
-            self.ws.poll()
-        except StoreError as exc:
-            self.fail_store(exc)
-            return
-        except ApiError as exc:
-            if exc.code == "server_gone":
-                self.fail_store(exc, title="The labelloop server stopped")
-            return
+    def _after_poll(self, had_item: bool) -> None:
         job = self.ws.job or {}
         if self.ws.retraining:
             if not self.retraining:
@@ -484,6 +551,21 @@ class LabelApp(App):
             self.show_item()
         else:
             self.update_progress()
+
+    def _show_link(self) -> None:
+        """The reconnecting line: shown while the server is away, with what is held."""
+        down = self.link.down_for()
+        line = self._q("#link", Static)
+        if down is None or down < 0.5:
+            if line.display:
+                line.display = False
+            return
+        held = self.link.held
+        text = f"reconnecting… ({down:.0f} s): the labelloop server is not answering"
+        if held:
+            text += f" · {held} decision{'s' if held != 1 else ''} held, sent once it answers"
+        line.update(Text(text, style="bold"))
+        line.display = True
 
     _poll_count = 0
 
@@ -520,13 +602,13 @@ class LabelApp(App):
         for w in (r.get("warnings") or [])[:2]:
             self.toast(w, severity="warning", timeout=6)
         if self.ws.current() is None:
-            self.ws.refresh()
-            self.show_item()
+            self.link.submit(self.ws.refresh, lambda _item: self.show_item(), self._failed)
         else:
             self._q("#labelbar", Static).update(self._labelbar())
             self.update_progress()
 
     def on_unmount(self) -> None:
+        self.unsent = self.link.close(wait=2.0)
         if self._own_ws:
             self.ws.close()
 
@@ -540,9 +622,15 @@ def run_app(project_dir: Path) -> int:
             app.ws.close()
         except Exception:  # a failed store may fail to close too; its committed rows are on disk
             pass
-    if app.store_failed is not None:
-        import sys
+    import sys
 
+    if app.unsent:
+        print(
+            f"labelloop: {app.unsent} decision{'s were' if app.unsent != 1 else ' was'} not stored: "
+            "the server did not answer before you quit.",
+            file=sys.stderr,
+        )
+    if app.store_failed is not None:
         print(f"labelloop: {safe_line(str(app.store_failed), None)}", file=sys.stderr)
         return EXIT_STORE_FAILED
     return app.return_code or 0

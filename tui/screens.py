@@ -212,9 +212,10 @@ class MetricsScreen(Screen):
 
     BINDINGS = [Binding("escape,m,q", "close", "Back"), Binding("r", "refresh", "Refresh")]
 
-    def __init__(self, workspace):
+    def __init__(self, workspace, link=None):
         super().__init__()
         self.ws = workspace
+        self.link = link  # over the socket, the workstation's link (one thread talks to the server)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="metrics-summary", markup=False)
@@ -233,7 +234,13 @@ class MetricsScreen(Screen):
 
     def action_refresh(self) -> None:
         self.query_one("#numbers", Static).update(Text("computing…", style="italic"))
-        self.load()
+        if self.link is not None and self.link.threaded:
+            self.link.submit(self.ws.metrics, lambda answer: self.draw(answer["snapshot"], None), self._failed)
+        else:
+            self.load()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.query_one("#numbers", Static).update(Text(f"metrics unavailable: {safe_line(str(exc), None)}"))
 
     @work(thread=True, exclusive=True, group="metrics", exit_on_error=False)
     def load(self) -> None:

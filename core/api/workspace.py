@@ -90,6 +90,11 @@ class Report(dict):
             raise AttributeError(name) from None
 
 
+def new_msg_id() -> str:
+    """A client message id: one per decision, kept when the decision is sent again."""
+    return uuid.uuid4().hex
+
+
 def _item(d: dict | None) -> QueueItem | None:
     if d is None:
         return None
@@ -155,6 +160,12 @@ class Workspace:
             pass
         self.client.close()
 
+    def retry_seconds(self, seconds: float) -> None:
+        """How long one call keeps trying to reach a server that went away before it raises ServerGone
+        (the workstation sets 0: its link retries by itself and says so on screen)."""
+        if hasattr(self.client, "reconnect_seconds"):
+            self.client.reconnect_seconds = seconds
+
     def warm_up(self) -> None:
         """Start what the first retrain needs (the training process, in-process) in the background."""
         self.client.warm_up()
@@ -215,12 +226,14 @@ class Workspace:
         return [_item(d) for d in self.call("next_items", n=n, session=self.session_id)["items"]]
 
     # -- decisions -----------------------------------------------------------------------------------
-    def _decide(self, item: QueueItem, action: str, **args) -> int:
+    def _decide(self, item: QueueItem, action: str, msg_id: str | None = None, **args) -> int:
+        """``msg_id``: the client's id of this decision, fixed when the key was pressed; a decision sent
+        again with the same id (after the server came back) is stored once."""
         answer = self.call(
             "decide",
             item_id=item.item_id,
             action=action,
-            msg_id=uuid.uuid4().hex,
+            msg_id=msg_id or new_msg_id(),
             session=self.session_id,
             lease=item.lease,
             **{k: v for k, v in args.items() if v is not None},
@@ -236,16 +249,17 @@ class Workspace:
         reason: str | None = None,
         note: str | None = None,
         duration_ms: float | None = None,
+        msg_id: str | None = None,
     ) -> int:
         """The annotator pressed a label key (or toggled labels and confirmed). A label that differs
         from the suggestion on screen is stored as a correction (reason from the taxonomy, or
         "unspecified" unless the project asks for a reason on every correction)."""
         return self._decide(
-            item, "label", labels=list(labels), reason=reason, note=note or None, duration_ms=duration_ms
+            item, "label", msg_id, labels=list(labels), reason=reason, note=note or None, duration_ms=duration_ms
         )
 
-    def accept(self, item: QueueItem, *, duration_ms: float | None = None) -> int:
-        return self._decide(item, "accept", duration_ms=duration_ms)
+    def accept(self, item: QueueItem, *, duration_ms: float | None = None, msg_id: str | None = None) -> int:
+        return self._decide(item, "accept", msg_id, duration_ms=duration_ms)
 
     def correction(
         self,
@@ -255,21 +269,26 @@ class Workspace:
         note: str | None = None,
         *,
         duration_ms: float | None = None,
+        msg_id: str | None = None,
     ) -> int:
         """The suggestion was wrong: the right label and why, from the project's error taxonomy."""
         return self._decide(
-            item, "correction", labels=list(labels), reason=reason, note=note or None, duration_ms=duration_ms
+            item, "correction", msg_id, labels=list(labels), reason=reason, note=note or None, duration_ms=duration_ms
         )
 
-    def skip(self, item: QueueItem, reason: str | None = None, *, duration_ms: float | None = None) -> int:
-        return self._decide(item, "skip", note=reason or None, duration_ms=duration_ms)
+    def skip(
+        self, item: QueueItem, reason: str | None = None, *, duration_ms: float | None = None, msg_id: str | None = None
+    ) -> int:
+        return self._decide(item, "skip", msg_id, note=reason or None, duration_ms=duration_ms)
 
-    def flag(self, item: QueueItem, note: str | None = None, *, duration_ms: float | None = None) -> int:
-        return self._decide(item, "flag", note=note or None, duration_ms=duration_ms)
+    def flag(
+        self, item: QueueItem, note: str | None = None, *, duration_ms: float | None = None, msg_id: str | None = None
+    ) -> int:
+        return self._decide(item, "flag", msg_id, note=note or None, duration_ms=duration_ms)
 
-    def undo(self) -> QueueItem | None:
+    def undo(self, msg_id: str | None = None) -> QueueItem | None:
         """Take back this annotator's latest decision still standing; the item comes back first."""
-        answer = self._update(self.call("undo", msg_id=uuid.uuid4().hex, session=self.session_id))
+        answer = self._update(self.call("undo", msg_id=msg_id or new_msg_id(), session=self.session_id))
         return self._current if answer.get("undone") is not None else None
 
     # -- progress, guidelines, metrics ------------------------------------------------------------------
