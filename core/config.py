@@ -435,11 +435,15 @@ def render_config(name: str, labels: list[str], multi_label: bool) -> str:
             ]
         for k in KEYS:
             if k.section == section:
-                value = _toml_value(values.get((section, k.name), k.default))
-                rng = k.range_text()
-                note = k.doc + (f" ({rng})" if rng and rng not in k.doc else "")
-                lines.append(f"{k.name} = {value}  # {note}")
+                lines.append(_key_line(k, values.get((section, k.name), k.default)))
     return "\n".join(lines) + "\n"
+
+
+def _key_line(k: Key, value) -> str:
+    """``name = value  # what it does (range)``, as labelloop.toml holds a key."""
+    rng = k.range_text()
+    note = k.doc + (f" ({rng})" if rng and rng not in k.doc else "")
+    return f"{k.name} = {_toml_value(value)}  # {note}"
 
 
 def config_reference() -> str:
@@ -472,3 +476,60 @@ Labels: {labels}
 def render_guidelines(name: str, labels: list[str]) -> str:
     sections = "".join(f"### {label}\n- Describe when to use '{label}', with an example.\n\n" for label in labels)
     return GUIDELINES_TEMPLATE.format(name=name, labels=", ".join(labels), label_sections=sections)
+
+
+def settable_key(dotted: str, path: Path) -> Key:
+    """The Key named ``section.name`` (as ``labelloop config set`` takes it); ConfigError otherwise."""
+    section, _, name = dotted.partition(".")
+    for k in KEYS:
+        if k.section == section and k.name == name:
+            return k
+    if section in ("labels", "keys"):
+        raise _fail(path, f"[{section}]", "is not set this way: labels and keys are fixed by labelloop init")
+    known = ", ".join(f"{k.section}.{k.name}" for k in KEYS)
+    raise _fail(path, f"'{dotted[:60]}'", f"is not a setting (known: {known})")
+
+
+def parse_setting(k: Key, raw: str, path: Path):
+    """A value typed on the command line: a TOML value (``0.2``, ``true``, ``["a", "b"]``, ``"x"``), or
+    a bare word taken as a string; checked against the key's type and range."""
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    if k.type is str and not isinstance(value, str):
+        value = raw
+    try:
+        return k.check(value)
+    except ValueError as exc:
+        raise _fail(path, f"[{k.section}] {k.name}", f"{exc}, got {raw[:80]!r}") from None
+
+
+_HEADER = re.compile(r"^\s*\[\s*([A-Za-z_]+)\s*\]\s*(#.*)?$")
+
+
+def with_setting(text: str, k: Key, value, path: Path) -> str:
+    """The config file ``text`` with ``[k.section] k.name`` set to ``value`` (its line rewritten as
+    ``init`` writes it, with its description; the rest of the file as it was), checked whole."""
+    lines = text.splitlines()
+    line = _key_line(k, value)
+    start = next((i for i, ln in enumerate(lines) if (m := _HEADER.match(ln)) and m.group(1) == k.section), None)
+    if start is None:
+        lines += ["", f"[{k.section}]", line]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if _HEADER.match(lines[i])), len(lines))
+        key_re = re.compile(rf"^\s*{re.escape(k.name)}\s*=")
+        at = next((i for i in range(start + 1, end) if key_re.match(lines[i])), None)
+        if at is None:
+            lines.insert(start + 1, line)
+        else:
+            try:
+                tomllib.loads(lines[at])
+            except tomllib.TOMLDecodeError:
+                raise _fail(
+                    path, f"[{k.section}] {k.name}", "spans several lines here; edit the file as its owner"
+                ) from None
+            lines[at] = line
+    new = "\n".join(lines) + "\n"
+    parse_config(tomllib.loads(new), path)  # the whole file still holds
+    return new

@@ -155,6 +155,7 @@ def _requests(d, item_id: str, tmp_path) -> dict[str, dict]:
         "model_export": {"path": str(tmp_path / "m.llm")},
         "import": {"path": str(src), "id_col": "id"},
         "model_import": {"path": str(tmp_path / "m.llm")},
+        "config_set": {"key": "team.lease_minutes", "value": "12"},
         "close_session": {},
     }
 

@@ -227,3 +227,62 @@ def test_a_client_refuses_a_socket_served_by_anyone_but_the_projects_owner(users
     assert not leaked.exists() or leaked.read_bytes() == b""
     leaked.unlink(missing_ok=True)
     shutil.rmtree(top, ignore_errors=True)
+
+
+def _readme_install_lines() -> list[str]:
+    """The install commands of the README's team section, as written there."""
+    from tests.conftest import ROOT
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Team mode") :]
+    block = section[section.index("```bash") + len("```bash") : section.index("```", section.index("```bash") + 7)]
+    lines, started = [], False
+    for line in block.splitlines():
+        if line.startswith("# once, on the lab server"):
+            started = True
+            continue
+        if started and line.startswith("#"):
+            continue
+        if started and not line.strip():
+            break
+        if started:
+            lines.append(line.split("  #")[0].strip())
+    return lines
+
+
+def test_the_readmes_team_install_works_for_an_annotator_whatever_python_root_uses(users, deployed, tmp_path):
+    """The README's install, run as written (sudo dropped: this runs as root; the prefix made unique so
+    that a developer's /opt/labelloop is never touched), from this checkout: an annotator (a real OS
+    user, no home directory) runs the installed labelloop against the served project. The test's own
+    Python may live under /root (pyenv): the install does not use it."""
+    import uuid
+
+    from tests.conftest import ROOT
+
+    d, _srv, _logged = deployed
+    lines = _readme_install_lines()
+    assert any("-m venv /opt/labelloop" in ln for ln in lines) and any("pip install" in ln for ln in lines), lines
+    prefix = f"/opt/labelloop-test-{uuid.uuid4().hex[:8]}"
+    link = f"/usr/local/bin/labelloop-test-{uuid.uuid4().hex[:8]}"
+    try:
+        for line in lines:
+            cmd = line.removeprefix("sudo ").replace("/usr/local/bin/labelloop", link)
+            cmd = cmd.replace("/opt/labelloop", prefix)
+            if cmd.startswith("apt-get") and not shutil.which("apt-get"):
+                continue
+            r = subprocess.run(cmd, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=900)
+            assert r.returncode == 0, f"{line}\n{r.stdout}\n{r.stderr}"
+        cfg = Path(prefix, "pyvenv.cfg").read_text()
+        assert "home = /usr/bin" in cfg, cfg
+        r = subprocess.run(
+            ["runuser", "-u", MEMBER, "--", link, "status", str(d)], capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 0, r.stderr
+        assert "labelled" in r.stdout.lower() or "items" in r.stdout.lower(), r.stdout
+        r = subprocess.run(
+            ["runuser", "-u", MEMBER, "--", link, "--version"], capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 0 and "labelloop" in r.stdout, r.stdout + r.stderr
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+        Path(link).unlink(missing_ok=True)

@@ -332,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="labelloop", description="Active learning and human-in-the-loop annotation in the terminal."
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    from labelloop.core import __version__
+
+    p.add_argument("--version", action="version", version=f"labelloop {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _project_commands(sub)
@@ -495,6 +498,13 @@ def _workstation_and_team_commands(sub) -> None:
     s.add_argument("--group", help="check the layout serve --group GROUP sets")
     s.set_defaults(func=cmd_doctor)
 
+    s = sub.add_parser("config", help="change a setting through the server (admins), logged as an event")
+    s.add_argument("action", choices=["set"])
+    s.add_argument("dir")
+    s.add_argument("key", help="section.name, e.g. strategy.batch_size")
+    s.add_argument("value", help='a TOML value (0.2, true, ["a", "b"]) or a bare word')
+    s.set_defaults(func=cmd_config)
+
     s = sub.add_parser("token", help="manage tokens for the server's optional TCP listener")
     s.add_argument("action", choices=["add"])
     s.add_argument("dir")
@@ -542,6 +552,15 @@ def cmd_doctor(args) -> int:
         say(f"{len(problems)} problem(s): labelloop serve would refuse to start.")
         return 1
     say(f"{args.dir}: fit to serve" + (f" to the group {args.group}" if args.group else " (to its owner only)") + ".")
+    return 0
+
+
+def cmd_config(args) -> int:
+    """``labelloop config set DIR KEY VALUE``: through the server when one runs (the file is its
+    user's alone), in-process otherwise (the owner)."""
+    with _client(args.dir) as client:
+        r = client.call("config_set", key=args.key, value=args.value)
+    say(f"{r['key']}: {r['old']!r} -> {r['new']!r} (in effect now; workstations show it when next opened).")
     return 0
 
 

@@ -463,6 +463,20 @@ class SentBack:
     undone: int | None = None
 
 
+@dataclass(frozen=True)
+class ConfigSet:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class ConfigChanged:
+    key: str
+    old: Any
+    new: Any
+    event_id: int
+
+
 # -- the table ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Op:
@@ -503,6 +517,7 @@ OPS: dict[str, Op] = {
     "import": Op(Import, Imported, "admin", "import items", file="in"),
     "model_export": Op(ModelExport, ModelExported, "admin", "export a model", file="out"),
     "model_import": Op(ModelImport, ModelImported, "admin", "import a model", file="in"),
+    "config_set": Op(ConfigSet, ConfigChanged, "admin", "change the project's settings"),
 }
 """Every operation of the API. Append; never rename (clients of this protocol version rely on it)."""
 

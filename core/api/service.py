@@ -22,7 +22,7 @@ import uuid
 from contextlib import nullcontext
 from pathlib import Path
 
-from labelloop.core.api import files
+from labelloop.core.api import files, settings
 from labelloop.core.api.assign import Assignment
 from labelloop.core.api.folder import read_text_nofollow
 from labelloop.core.api.gold import GoldDesk
@@ -639,5 +639,6 @@ HANDLERS = {
     "import": files.import_,
     "model_export": files.model_export,
     "model_import": files.model_import,
+    "config_set": settings.config_set,
 }
 """Operation name -> the method that serves it (the protocol's OPS says what it takes and answers)."""

@@ -26,7 +26,7 @@ from labelloop.core.util.faults import fault_error
 
 DB_NAME = "project.duckdb"
 
-EVENT_KINDS = ("label", "skip", "flag", "undo", "adjudicate", "denied")
+EVENT_KINDS = ("label", "skip", "flag", "undo", "adjudicate", "denied", "config")
 EVENT_FIELDS = {
     "via",
     "duration_ms",
