@@ -155,3 +155,65 @@ async def test_a_hostile_send_back_reason_reaches_the_annotator_as_text(disputed
         assert "\x1b" not in why and "\x07" not in why and "␛]52;c;SGk=" in why and "[@click=app.quit]x[/]" in why
         await pilot.press("1")
         assert app.is_running  # the markup did not quit the app
+
+
+async def test_the_review_screen_at_80x24_prompts_in_a_strip_and_has_its_own_help(disputed):
+    """The rationale and send-back prompts leave the item in view; ? shows the reviewer's keys."""
+    d, split = disputed
+    app = ReviewApp(d, actor="rita")
+    async with app.run_test(size=(80, 24)) as pilot:
+        first = app.current["item_id"]
+        item = app.query_one("#item").region
+        for keys in (("a",), ("z",)):
+            await pilot.press(*keys)
+            await pilot.pause()
+            dialog = app.screen.query_one("#dialog").region
+            assert dialog.height <= 7 and dialog.y >= 24 - dialog.height - 1, dialog  # a strip at the bottom
+            assert dialog.y >= item.y + 6, (dialog, item)  # the item's first lines stay visible
+            await pilot.press("escape")
+        await pilot.press("question_mark")
+        await pilot.pause()
+        from rich.console import Console
+
+        console = Console(width=80, record=True, file=open("/dev/null", "w"))
+        console.print(app.screen._keys())
+        keys = console.export_text()
+        assert "send the item back" in keys and "accept the model's suggestion" not in keys
+        await pilot.press("escape")
+        await pilot.press("a", "enter")  # take a version
+        await pilot.pause()
+        assert app.current["item_id"] != first
+        await pilot.press("u")
+        await pilot.pause()
+        assert app.current["item_id"] == first
+    assert [r["kind"] for r in adjudications(d)] == ["adjudicate", "undo"]
+
+
+def test_the_review_screen_over_the_socket_talks_through_the_link(disputed):
+    """With a server, the review screen's calls run on the link's thread; decisions land once."""
+    import asyncio
+
+    from labelloop.core.api.server import Server
+
+    d, split = disputed
+    srv = Server(d, compute="thread")
+    srv.start()
+
+    async def run():
+        app = ReviewApp(d)
+        assert app.link.threaded
+        async with app.run_test(size=(80, 24)) as pilot:
+            first = app.current["item_id"]
+            await pilot.press("a", "enter")
+            for _ in range(100):
+                await pilot.pause(0.05)
+                if app.current is None or app.current["item_id"] != first:
+                    break
+            assert app.current is None or app.current["item_id"] != first
+            assert app.decided == 1
+
+    try:
+        asyncio.run(run())
+    finally:
+        srv.stop()
+    assert [r["kind"] for r in adjudications(d)] == ["adjudicate"]

@@ -339,3 +339,12 @@ async def test_store_failure_stops_the_keys_and_keeps_what_was_saved(tmp_path, m
     assert app.return_code == EXIT_STORE_FAILED
     app.ws.close()
     assert len(stored(d)) == 2
+
+
+def test_guideline_links_show_where_they_point():
+    from labelloop.tui.screens import show_link_targets
+
+    md = "Read [the policy](https://evil.example/steal) and [ref][r].\n\n[r]: https://evil.example/ref\n"
+    out = show_link_targets(md)
+    assert "the policy (https://evil.example/steal)" in out
+    assert "https://evil.example/ref" in out and "](" not in out

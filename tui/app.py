@@ -22,7 +22,7 @@ from textual.widgets import Footer, Header, ProgressBar, Static
 from labelloop.core.api.protocol import ApiError
 from labelloop.core.api.workspace import QueueItem, Report, Workspace, new_msg_id
 from labelloop.core.util.errors import LabelloopError, StoreError
-from labelloop.tui.link import Link
+from labelloop.tui.link import Link, link_line
 from labelloop.tui.safe_text import safe_line, safe_text
 from labelloop.tui.screens import CorrectionScreen, FatalScreen, HelpScreen, MetricsScreen, NoteScreen
 
@@ -554,18 +554,14 @@ class LabelApp(App):
 
     def _show_link(self) -> None:
         """The reconnecting line: shown while the server is away, with what is held."""
-        down = self.link.down_for()
-        line = self._q("#link", Static)
-        if down is None or down < 0.5:
-            if line.display:
-                line.display = False
+        line = link_line(self.link)
+        widget = self._q("#link", Static)
+        if line is None:
+            if widget.display:
+                widget.display = False
             return
-        held = self.link.held
-        text = f"reconnecting… ({down:.0f} s): the labelloop server is not answering"
-        if held:
-            text += f" · {held} decision{'s' if held != 1 else ''} held, sent once it answers"
-        line.update(Text(text, style="bold"))
-        line.display = True
+        widget.update(line)
+        widget.display = True
 
     _poll_count = 0
 

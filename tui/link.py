@@ -139,3 +139,17 @@ class Link:
             self.app.call_from_thread(finish)
         except RuntimeError:  # the app has stopped: nobody is left to show the answer
             pass
+
+
+def link_line(link: Link):
+    """The reconnecting line (a rich Text), or None while the server answers."""
+    from rich.text import Text
+
+    down = link.down_for()
+    if down is None or down < 0.5:
+        return None
+    held = link.held
+    text = f"reconnecting… ({down:.0f} s): the labelloop server is not answering"
+    if held:
+        text += f" · {held} decision{'s' if held != 1 else ''} held, sent once it answers"
+    return Text(text, style="bold")

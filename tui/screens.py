@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.table import Table
 from rich.text import Text
 from textual import on, work
@@ -116,8 +118,9 @@ class NoteScreen(ModalScreen):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, title: str, prompt: str):
-        super().__init__()
+    def __init__(self, title: str, prompt: str, *, compact: bool = False):
+        """``compact``: a strip at the bottom of the screen (the item stays in view while one types)."""
+        super().__init__(classes="compact" if compact else None)
         self.title_text, self.prompt = title, prompt
 
     def compose(self) -> ComposeResult:
@@ -137,14 +140,31 @@ class NoteScreen(ModalScreen):
         self.dismiss(None)
 
 
+_LINK = re.compile(r"(!?)\[([^\]\n]*)\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+
+_REF_DEF = re.compile(r"^( {0,3})\[([^\]\n]+)\]:[ \t]*(\S.*)$", re.M)
+_REF_USE = re.compile(r"\[([^\]\n]+)\]\[([^\]\n]*)\]")
+
+
+def show_link_targets(markdown: str) -> str:
+    """Markdown links and images written out as ``text (target)``: the guidelines are rendered as
+    Markdown, but a link's text never hides where it points."""
+    text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(3)})" if m.group(3) else m.group(2), markdown)
+    text = _REF_DEF.sub(lambda m: f"{m.group(1)}\\[{m.group(2)}\\]: {m.group(3)}", text)  # shown, not consumed
+    return _REF_USE.sub(lambda m: f"{m.group(1)} \\[{m.group(2) or m.group(1)}\\]", text)
+
+
 class HelpScreen(ModalScreen):
     """Keys and the project's guidelines."""
 
     BINDINGS = [Binding("escape,q,question_mark,f1", "close", "Close")]
 
-    def __init__(self, config: ProjectConfig, guidelines: str):
+    def __init__(self, config: ProjectConfig, guidelines: str, keys: list[tuple[str, str]] | None = None):
+        """``keys``: (key, what it does) rows of the screen that opened it (the review screen's own);
+        by default the labelling screen's."""
         super().__init__()
-        self.config, self.guidelines = config, guidelines
+        self.config, self.guidelines, self.rows = config, guidelines, keys
 
     def compose(self) -> ComposeResult:
         with Vertical(id="help-dialog"):
@@ -152,7 +172,7 @@ class HelpScreen(ModalScreen):
             with VerticalScroll(id="help-guidelines"):
                 # the guidelines file is data: control characters (OSC 52, CSI ...) are made visible
                 # before Markdown sees the text, so nothing in it reaches the terminal as a sequence
-                yield Markdown(clean(self.guidelines))
+                yield Markdown(show_link_targets(clean(self.guidelines)))
 
     def _keys(self) -> Table:
         k = self.config.action_keys
@@ -163,6 +183,10 @@ class HelpScreen(ModalScreen):
         table = Table(title="Keys", show_header=False, box=None, padding=(0, 2))
         table.add_column(style="bold reverse")
         table.add_column()
+        if self.rows is not None:
+            for key, what in self.rows:
+                table.add_row(Text(f" {safe_line(key, 12)} "), Text(what))
+            return table
         for lab, key in self.config.label_keys.items():
             table.add_row(
                 Text(f" {safe_line(key, 12)} "),
