@@ -105,8 +105,8 @@ def _setup(project, tmp_path):
     s.append_event("i3", "label", "bob", via="accept", labels=["ham"], duration_ms=700.0, audit=True, strategy="random")
     s.append_event("i4", "label", "alice", via="key", labels=["ham"])
     s.append_event("i4", "label", "bob", via="key", labels=["spam"])
-    s.append_event("i5", "label", "alice", via="key", labels=["ham"])
-    s.append_event("i5", "label", "bob", via="key", labels=["spam"])
+    s.append_event("i5", "label", "alice", via="key", labels=["ham"], batch_id=4, strategy="margin", audit=False)
+    s.append_event("i5", "label", "bob", via="key", labels=["spam"], batch_id=4, strategy="margin", audit=False)
     s.append_event("i5", "adjudicate", "carol", via="review", labels=["spam"], note="link to prize")
     e = s.append_event("i7", "label", "alice", via="key", labels=["ham"])
     s.append_event("i7", "undo", "alice", target_event=e)
@@ -188,12 +188,16 @@ def test_export_final_provenance(project, tmp_path):
         ["alice", "bob"],
         ["ham", "ham"],
     )
-    assert (rows["i4"]["label"], rows["i4"]["decided_by"]) == (None, "unresolved")
+    # an unresolved item names nobody as its decider (bob only labelled last)
+    assert (rows["i4"]["label"], rows["i4"]["decided_by"], rows["i4"]["decided_by_actor"]) == (None, "unresolved", None)
+    assert rows["i4"]["decided_at"] is None
     assert (rows["i5"]["label"], rows["i5"]["decided_by"], rows["i5"]["decided_by_actor"]) == (
         "spam",
         "adjudication",
         "carol",
     )
+    # an adjudicated item keeps the queue provenance of its labels (the adjudication has none of its own)
+    assert (rows["i5"]["batch_id"], rows["i5"]["strategy"], rows["i5"]["audit"]) == (4, "margin", False)
     # columns that no decision filled are null, not missing
     assert rows["i3"]["error_categories"] is None and rows["i3"]["shown_probs"] is None
     assert df.schema["score"] == pl.Float64 and df.schema["audit"] == pl.Boolean

@@ -90,6 +90,9 @@ def test_cold_start_keyword_then_training_and_queue_reasons(tmp_path):
     assert sum(it["audit"] for it in q) == 5 and len(matched) == 22
     assert all(it["strategy"] == "random" for it in q if it["audit"])
     assert all(any(w in it["text"].lower() for w in ("free", "prize", "claim")) for it in matched)
+    # the others say they were drawn at random, not that they matched (the why line shows this name)
+    drawn = [it for it in q if not it["audit"] and it not in matched]
+    assert len(drawn) == 23 and all(it["strategy"] == "cold start: keyword (random draw)" for it in drawn)
     label_queue(p)
     r = train_and_queue(p, seed=2)
     assert r.model_version == 1 and r.n_train == 50

@@ -217,3 +217,18 @@ def test_the_review_screen_over_the_socket_talks_through_the_link(disputed):
     finally:
         srv.stop()
     assert [r["kind"] for r in adjudications(d)] == ["adjudicate"]
+
+
+async def test_a_sent_back_item_says_why_it_has_no_suggestion(disputed):
+    d, split = disputed
+    svc = Service(d, compute="thread", owner="lead")
+    LocalClient(svc, "lead").call("send_back", item_id=split[0], reason="names are ORG", msg_id=uuid.uuid4().hex)
+    svc.close()
+    from labelloop.tui.app import LabelApp
+
+    app = LabelApp(d, actor="alice")
+    async with app.run_test(size=(80, 24)):
+        assert app.ws.current().item_id == split[0]
+        shown = str(app.query_one("#suggestion").render())
+        assert "No suggestion" in shown and "No model yet" not in shown
+        assert "sent back by a reviewer: names are ORG" in str(app.query_one("#why").render())

@@ -194,6 +194,11 @@ class LabelApp(App):
             t.append("Suggestion hidden", style="bold")
             t.append("\n(blind item: your label measures anchoring)", style="dim")
             return t
+        if not item.probs and item.review_note:
+            # sent back: its queue row is from before any model scored it (a model may exist by now)
+            t.append("No suggestion", style="bold")
+            t.append("\nqueued before a model scored it; label from the text and the reviewer's note", style="dim")
+            return t
         if not item.probs:
             t.append("No model yet", style="bold")
             t.append("\nlabel from the text alone (cold start)", style="dim")

@@ -203,7 +203,13 @@ def _origin(strategy: str | None, audit: bool | None) -> str:
     """Where a label came from, for the prior correction: a keyword match, a random draw, or other."""
     if strategy and "(keyword match)" in strategy:
         return "keyword"
-    if audit or strategy in ("cold start: keyword", "cold start: random", "random"):
+    # ("cold start: keyword" alone: a random draw of a keyword cold start, as older releases named it)
+    if audit or strategy in (
+        "cold start: keyword (random draw)",
+        "cold start: keyword",
+        "cold start: random",
+        "random",
+    ):
         return "random"
     return "other"
 
@@ -785,7 +791,7 @@ def _cold_start_batch(
     picked = eligible[picked]
     m = len(picked)
     names = [
-        f"cold start: {method}" + (" (keyword match)" if flags is not None and f else "")
+        f"cold start: {method}" + ("" if flags is None else " (keyword match)" if f else " (random draw)")
         for f in (flags if flags is not None else [False] * m)
     ]
     return assemble_batch(picked, names, np.full(m, np.nan), np.full(m, np.nan), n, n_audit, rng, carry_audit=carry)

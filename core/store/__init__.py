@@ -435,6 +435,55 @@ MIGRATIONS.append(
         ],
     )
 )
+
+
+def _log_decisions_v6() -> str:
+    """Migration 2's log_decisions with two fixes in its branch for items several people labelled: the
+    queue provenance (batch, strategy, score, audit, the model's suggestion) comes from the latest label
+    event, not from an adjudication (which has none), and an unresolved item names nobody as its decider."""
+    old = next(q for q in MIGRATIONS[1][2] if q.startswith("CREATE VIEW log_decisions"))
+    before = """d.kind AS deciding_kind, d.actor AS decided_by_actor, d.ts AS decided_at, d.model_version,
+                   d.suggestion, d.shown_probs, d.suggestion_hidden, d.batch_id, d.strategy, d.score, d.rank,
+                   d.percentile, d.audit
+            FROM several s LEFT JOIN adjudicated a USING (item_id)
+            JOIN ev d ON d.event_id = coalesce(a.event_id, s.last_label)"""
+    after = """d.kind AS deciding_kind,
+                   CASE WHEN a.item_id IS NULL AND s.lo <> s.hi THEN NULL ELSE d.actor END AS decided_by_actor,
+                   CASE WHEN a.item_id IS NULL AND s.lo <> s.hi THEN NULL ELSE d.ts END AS decided_at,
+                   p.model_version, p.suggestion, p.shown_probs, p.suggestion_hidden, p.batch_id, p.strategy,
+                   p.score, p.rank, p.percentile, p.audit
+            FROM several s LEFT JOIN adjudicated a USING (item_id)
+            JOIN ev d ON d.event_id = coalesce(a.event_id, s.last_label)
+            JOIN ev p ON p.event_id = s.last_label"""
+    assert old.count(before) == 1
+    return old.replace(before, after)
+
+
+def _final_decisions_v6() -> str:
+    """Migration 2's final_decisions, where an unresolved item no longer falls back to the import's actor
+    and time as its decider."""
+    old = next(q for q in MIGRATIONS[1][2] if q.startswith("CREATE VIEW final_decisions"))
+    fixes = {
+        "coalesce(f.decided_by_actor, m.actor) AS decided_by_actor": (
+            "CASE WHEN f.item_id IS NULL THEN m.actor ELSE f.decided_by_actor END AS decided_by_actor"
+        ),
+        "coalesce(f.decided_at, i.imported_at) AS decided_at": (
+            "CASE WHEN f.item_id IS NULL THEN i.imported_at ELSE f.decided_at END AS decided_at"
+        ),
+    }
+    for before, after in fixes.items():
+        assert old.count(before) == 1
+        old = old.replace(before, after)
+    return old
+
+
+MIGRATIONS.append(
+    (
+        6,
+        "export: adjudicated items keep their queue provenance; unresolved items have no decider",
+        ["DROP VIEW log_decisions", _log_decisions_v6(), "DROP VIEW final_decisions", _final_decisions_v6()],
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
