@@ -201,7 +201,7 @@ def test_report_splits_al_and_audit_items_and_names_each_annotator():
     for i in audit:
         if "d" in ratings[i]:
             ratings[i]["d"] = {"x": "y", "y": "z", "z": "x"}[ratings[i]["d"]]
-    rep = agreement_report(ratings, audit_items=audit)
+    rep = agreement_report(ratings, arms={i: "audit" if i in audit else "al" for i in ratings})
     assert rep["by_arm"]["audit"]["percent"]["value"] < rep["by_arm"]["al"]["percent"]["value"]
     per = rep["per_annotator"]
     assert per["d"]["agree_with_others"]["value"] < min(per[a]["agree_with_others"]["value"] for a in "abc")
@@ -211,3 +211,43 @@ def test_report_splits_al_and_audit_items_and_names_each_annotator():
         assert set(rep["per_class"][c]) == {"percent", "fleiss_kappa", "gwet_ac1", "krippendorff_alpha"}
         r = rep["per_class"][c]["gwet_ac1"]
         assert r["low"] <= r["value"] <= r["high"]
+
+
+def test_cold_start_items_are_an_arm_of_their_own_not_counted_as_al():
+    """Keyword-seeded cold-start items that annotators disagree on must not lower the AL arm (the
+    warning sign 'lower agreement on AL-selected items' once fired on them)."""
+    from labelloop.core.measure.signs import warning_signs
+
+    ratings = {f"i{k}": {"a": "x", "b": "x"} for k in range(30)}  # AL and audit items: full agreement
+    arms = {f"i{k}": "al" if k < 15 else "audit" for k in range(30)}
+    for k in range(30, 45):  # cold-start items: half disagreement
+        ratings[f"i{k}"] = {"a": "x", "b": "y" if k % 2 else "x"}
+        arms[f"i{k}"] = "cold"
+    rep = agreement_report(ratings, arms=arms, bootstrap=0)
+    by = rep["by_arm"]
+    assert by["al"]["percent"]["value"] == 1.0 and by["al"]["percent"]["n_items"] == 15
+    assert by["audit"]["percent"]["value"] == 1.0 and by["cold"]["percent"]["n_items"] == 15
+    assert by["cold"]["percent"]["value"] < 0.6
+    fired = {s["key"]: s["fires"] for s in warning_signs([], agreement=rep)}
+    assert fired["agreement_lower_on_al"] is False
+
+
+def test_the_store_names_each_items_arm(tmp_path):
+    from labelloop.core.store.project import Project, init_project
+    from labelloop.core.store.reports import annotation_ratings
+    from tests.conftest import write_csv
+
+    d = init_project(tmp_path / "p", ["x", "y"])
+    with Project.open(d) as p:
+        from labelloop.core.store.imports import import_file
+
+        import_file(
+            p, write_csv(tmp_path / "in.csv", ["id", "text"], [[f"i{k}", f"text {k}"] for k in range(4)]), id_col="id"
+        )
+        s = p.store
+        s.append_event("i0", "label", "a", via="key", labels=["x"], strategy="cold start: keyword (keyword match)")
+        s.append_event("i1", "label", "a", via="key", labels=["x"], strategy="random", audit=True)
+        s.append_event("i2", "label", "a", via="key", labels=["x"], strategy="margin", audit=False)
+        s.append_event("i3", "label", "a", via="key", labels=["x"])
+        _ratings, arms = annotation_ratings(s)
+    assert arms == {"i0": "cold", "i1": "audit", "i2": "al", "i3": "cold"}

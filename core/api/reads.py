@@ -43,8 +43,8 @@ class ProjectReads:
 
         reader = self.reader()
         snap = metrics_snapshot(reader)
-        ratings, audit = annotation_ratings(reader.store)
-        snap["agreement"] = agreement_report(ratings, categories=self._scale(), audit_items=audit)
+        ratings, arms = annotation_ratings(reader.store)
+        snap["agreement"] = agreement_report(ratings, categories=self._scale(), arms=arms)
         out = {"snapshot": snap, "arms": None, "arms_pending": False}
         if not arms:
             return out
@@ -99,8 +99,8 @@ class ProjectReads:
         svc = self.service
         reader = self.reader()
         st = project_status(reader)
-        ratings, audit = annotation_ratings(reader.store)
-        full = agreement_report(ratings, categories=self._scale(), audit_items=audit, bootstrap=500)
+        ratings, arms = annotation_ratings(reader.store)
+        full = agreement_report(ratings, categories=self._scale(), arms=arms, bootstrap=500)
         st["agreement"] = {
             k: full[k] for k in ("n_items_rated", "n_items_overlap", "annotators", "prevalence", "overall", "by_arm")
         }

@@ -903,8 +903,8 @@ def _store_measurement(project: Project, out: RoundOutput, inp: RoundInput, vers
         t["errors"] += given != ref
     data["gold_error_by_tier"] = {k: {**v, "error_rate": v["errors"] / v["n"]} for k, v in sorted(tiers.items())}
     data["label_cost"] = len(inp.labelled) * project.config.cost_per_label
-    ratings, audit = reports.annotation_ratings(project.store)
-    agreement = agreement_report(ratings, audit_items=audit, bootstrap=0) if ratings else None
+    ratings, item_arms = reports.annotation_ratings(project.store)
+    agreement = agreement_report(ratings, arms=item_arms, bootstrap=0) if ratings else None
     previous = reports.measurements(project.store)
     data["warnings"] = [
         w["key"]

@@ -342,8 +342,8 @@ def readiness(project, feats=None) -> dict:
         check_guidelines(reports.correction_reasons(store)),
         check_duplicates(reports.duplicates_and_leakage(store)),
     ]
-    ratings, audit = reports.annotation_ratings(store)
-    agreement = agreement_report(ratings, audit_items=audit, bootstrap=300) if ratings else None
+    ratings, arms = reports.annotation_ratings(store)
+    agreement = agreement_report(ratings, arms=arms, bootstrap=300) if ratings else None
     batch = reports.metrics_rows(store)["batch"]
     import json
 

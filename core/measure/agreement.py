@@ -176,17 +176,22 @@ def cohen_kappa(a: list, b: list, *, seed: int = 0, bootstrap: int = BOOTSTRAP) 
     return _result(value, low, high, n)
 
 
+ARMS = ("al", "audit", "cold")
+"""The arms agreement is shown for: AL-selected, random-audit and cold-start items."""
+
+
 def agreement_report(
     ratings: dict,
     *,
     categories: list[str] | None = None,
-    audit_items: set | None = None,
+    arms: dict | None = None,
     seed: int = 0,
     bootstrap: int = BOOTSTRAP,
 ) -> dict:
     """Everything the metrics pane and ``status`` show: overall, per class (one against the rest), per
-    annotator (each against the others), per pair (Cohen), AL-selected against random-audit items,
-    and the class prevalence beside them."""
+    annotator (each against the others), per pair (Cohen), per arm (``arms``: item -> ``al``,
+    ``audit`` or ``cold``: AL-selected, random-audit and cold-start items apart), and the class
+    prevalence beside them."""
     R, cats, items = count_matrix(ratings, categories)
     overlap = R.sum(-1) >= 2
     out: dict = {
@@ -225,10 +230,10 @@ def agreement_report(
             idx = np.random.default_rng(seed).integers(0, len(agree), size=(bootstrap, len(agree)))
             low, high = np.quantile(agree[idx].mean(-1), [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
         out["per_annotator"][a] = {"agree_with_others": _result(agree.mean(), low, high, len(mine))}
-    if audit_items is not None:
-        sel = np.array([i in audit_items for i in items], dtype=bool)
+    if arms is not None:
+        of = np.array([arms.get(i, "al") for i in items], dtype=object)
         out["by_arm"] = {
-            arm: {m: measure(R[mask], m, seed=seed, bootstrap=bootstrap) for m in ("percent", "gwet_ac1")}
-            for arm, mask in (("al", ~sel), ("audit", sel))
+            arm: {m: measure(R[of == arm], m, seed=seed, bootstrap=bootstrap) for m in ("percent", "gwet_ac1")}
+            for arm in ARMS
         }
     return out

@@ -141,19 +141,22 @@ def arm_label_rows(store) -> list[tuple]:
         WHERE i.split = 'pool' AND f.labels IS NOT NULL ORDER BY f.deciding_event""")
 
 
-def annotation_ratings(store) -> tuple[dict, set]:
+def annotation_ratings(store) -> tuple[dict, dict]:
     """Each annotator's current label of each pool item they labelled (imports excluded), as
-    ``{item_id: {annotator: "label|label"}}``, and the items queued as random audit."""
+    ``{item_id: {annotator: "label|label"}}``, and each item's arm: ``audit`` (the random-audit
+    control), ``cold`` (the cold start, before any model) or ``al`` (chosen by the strategy)."""
     ratings: dict = {}
-    audit: set = set()
-    for item_id, actor, labels, is_audit in store.rows("""
-            SELECT a.item_id, a.actor, array_to_string(a.labels, '|'), coalesce(a.audit, false)
+    arms: dict = {}
+    for item_id, actor, labels, is_audit, strategy in store.rows("""
+            SELECT a.item_id, a.actor, array_to_string(a.labels, '|'), coalesce(a.audit, false), a.strategy
             FROM annotations a JOIN items i ON i.id = a.item_id
             WHERE i.split = 'pool' AND coalesce(a.via, '') <> 'import' AND a.labels IS NOT NULL"""):
         ratings.setdefault(item_id, {})[actor] = labels
         if is_audit:
-            audit.add(item_id)
-    return ratings, audit
+            arms[item_id] = "audit"
+        elif arms.get(item_id) != "audit":
+            arms[item_id] = "cold" if not strategy or strategy.startswith("cold start") else "al"
+    return ratings, arms
 
 
 def measurements(store) -> list[dict]:

@@ -279,14 +279,16 @@ def _chart_agreement(r: dict, rows: list, labels: list, out: Path) -> tuple[str,
     ag_rows = []
     by_arm = ag.get("by_arm") or {}
     bars = []
-    for arm, name in (("al", "AL-selected"), ("audit", "random audit")):
+    for arm, name in (("al", "AL-selected"), ("audit", "random audit"), ("cold", "cold start")):
         pct = (by_arm.get(arm) or {}).get("percent") or {}
         if pct.get("value") is not None:
             bars.append((name, pct["value"], pct.get("low"), pct.get("high"), pct.get("n_items")))
         ag_rows.append([arm, pct.get("value"), pct.get("low"), pct.get("high"), pct.get("n_items")])
     if bars:
         for i, (name, v, lo, hi, n) in enumerate(bars):
-            ax.bar(i, v, color=["#4c72b0", "#dd8452"][i], hatch=["", "//"][i], label=f"{name} ({n} items)")
+            ax.bar(
+                i, v, color=["#4c72b0", "#dd8452", "#55a868"][i], hatch=["", "//", ".."][i], label=f"{name} ({n} items)"
+            )
             if lo is not None and hi is not None:
                 ax.errorbar(i, v, yerr=[[v - lo], [hi - v]], color="black", capsize=4)
         ax.set_xticks(range(len(bars)), [b[0] for b in bars])

@@ -146,10 +146,10 @@ def agreement_lines(ag: dict | None) -> list[str]:
     prev = ", ".join(f"{c} {p:.1%}" for c, p in ag["prevalence"].items())
     lines.append(f"  class prevalence       {prev}")
     arms = ag.get("by_arm") or {}
-    if arms:
-        al, au = arms["al"]["percent"], arms["audit"]["percent"]
-        lines.append(f"  AL-selected items      {_stat(al)} (n={al['n_items']})")
-        lines.append(f"  random-audit items     {_stat(au)} (n={au['n_items']})")
+    for arm, name in (("al", "AL-selected items"), ("audit", "random-audit items"), ("cold", "cold-start items")):
+        if arm in arms:
+            r = arms[arm]["percent"]
+            lines.append(f"  {name:<22} {_stat(r)} (n={r['n_items']})")
     return lines
 
 
