@@ -300,3 +300,32 @@ def test_kill_9_during_import_leaves_store_unchanged(project_dir, tmp_path):
         # and the project still works
         import_file(p, f, id_col="id", label_col="label")
         assert p.store.item_count() == 20_001
+
+
+def test_ids_are_stored_in_nfc_and_a_collision_names_both_rows(project, tmp_path):
+    """'é' as one character and as e + combining accent are one id: stored in NFC, counted, and two rows
+    that meet after normalisation are refused with one sentence naming both rows."""
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "café-1")
+    nfc = unicodedata.normalize("NFC", "café-1")
+    assert nfd != nfc
+    f = write_csv(tmp_path / "nfd.csv", ["id", "text"], [[nfd, "first"], ["plain", "second"]])
+    r = import_file(project, f, id_col="id")
+    assert r.rows_imported == 2 and r.duplicates.get("ids_nfc") == 1
+    assert any("stored in NFC" in line for line in r.duplicate_lines())
+    ids = {row[0] for row in project.store.rows("SELECT id FROM items")}
+    assert nfc in ids and nfd not in ids
+    # the same id typed the other way, in one file: refused, both rows named
+    g = write_csv(
+        tmp_path / "both.csv", ["id", "text"], [["x1", "a"], [nfc.replace("1", "2"), "b"], [nfd.replace("1", "2"), "c"]]
+    )
+    with pytest.raises(ValidationError) as e:
+        import_file(project, g, id_col="id")
+    msg = str(e.value)
+    assert "row 3" in msg and "is the id of row 2 written in another Unicode form" in msg
+    # and an NFD spelling of an id already in the project is that id
+    h = write_csv(tmp_path / "again.csv", ["id", "text"], [[nfd, "third"]])
+    with pytest.raises(ValidationError) as e:
+        import_file(project, h, id_col="id")
+    assert "is already in the project" in str(e.value)

@@ -70,6 +70,11 @@ class ImportReport:
         """What import says about exact duplicate texts (counts), and what --dedupe did."""
         d = self.duplicates
         out = []
+        if d.get("ids_nfc"):
+            out.append(
+                f"Ids: {d['ids_nfc']:,} ids were written in a decomposed Unicode form and are stored in NFC "
+                "(an accented letter as one character), so each names one item however it is typed."
+            )
         if d.get("in_file"):
             out.append(f"Duplicates: {d['in_file']:,} rows repeat the exact text of an earlier row in this file.")
         if d.get("in_project"):
@@ -351,12 +356,13 @@ class _Importer:
         self.con.execute("CREATE TEMP TABLE ll_raw AS " + self._select_sql(src, row_from_file=row_from_file))
         row_sql = "_file_row" if row_from_file else "(rowid + 1)"
         if self.id_col:
-            id_sql = "id"
+            # ids are stored in Unicode NFC: "é" typed as one character or as e + accent is one id
+            id_sql = "nfc_normalize(id)"
         else:
             # Without an id column the id is the file name and row: importing the same file twice is caught.
             id_sql = "'" + self.path.name.replace("'", "''") + ":' || " + row_sql + "::VARCHAR"
         self.con.execute(f"""CREATE TEMP VIEW ll_stage AS
-            SELECT {row_sql} AS _row, {id_sql} AS id, text, labels, split_raw, split, metadata,
+            SELECT {row_sql} AS _row, {id_sql} AS id, id AS id_raw, text, labels, split_raw, split, metadata,
                    text_type, id_type, label_type, split_type FROM ll_raw""")
 
     def _drop_stage(self) -> None:
@@ -509,12 +515,16 @@ class _Importer:
         self._check("SELECT _row FROM ll_stage WHERE id IS NULL OR trim(id) = ''", i, "'id is empty'")
         # Group first (cheap); the window that finds the first occurrence runs only on repeated ids.
         self._check(
-            """SELECT _row, id, first_row FROM (
-                SELECT _row, id, min(_row) OVER (PARTITION BY id) AS first_row FROM ll_stage
+            """SELECT _row, id, id_raw, first_row, first_raw FROM (
+                SELECT _row, id, id_raw, min(_row) OVER (PARTITION BY id) AS first_row,
+                       arg_min(id_raw, _row) OVER (PARTITION BY id) AS first_raw FROM ll_stage
                 WHERE id IN (SELECT id FROM ll_stage WHERE id IS NOT NULL GROUP BY id HAVING count(*) > 1))
             WHERE _row <> first_row""",
             i,
-            "'id ''' || id || ''' repeats row ' || first_row::VARCHAR",
+            "CASE WHEN id_raw IS DISTINCT FROM first_raw "
+            "THEN 'id ''' || id || ''' is the id of row ' || first_row::VARCHAR "
+            "|| ' written in another Unicode form (the same once both are normalised to NFC)' "
+            "ELSE 'id ''' || id || ''' repeats row ' || first_row::VARCHAR END",
         )
         self._check(
             f"SELECT s._row, s.id FROM ll_stage s JOIN items it ON it.id = s.id AND it.import_id <> {self.import_id}",
@@ -609,6 +619,10 @@ class _Importer:
                 deduped, valid = duplicates["drop"], "ll_kept"
             report = self._finish(con, valid, rows_read=rows_read - deduped, deduped=deduped)
             report.duplicates = {k: v for k, v in duplicates.items() if k != "drop"}
+            if self.id_col:
+                n = con.execute(f"SELECT count(*) FROM {valid} WHERE id IS DISTINCT FROM id_raw").fetchone()[0]
+                if n:
+                    report.duplicates["ids_nfc"] = int(n)
             report.deduped = deduped
             report.rows_read += deduped
             return report
