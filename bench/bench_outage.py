@@ -72,8 +72,9 @@ def main() -> None:
                     if item is not None:
                         await pilot.press(app.ws.config.label_keys[TRUTH[item.item_id]])
                     await pilot.pause(1.0)
-                    if app.query_one("#link").display:
-                        shown_lines.append(str(app.query_one("#link").render()))
+                    line = str(app.query_one("#notice").render())
+                    if "reconnecting" in line:
+                        shown_lines.append(line)
                 phases[phase] = list(np.diff(ticks[start:]) * 1000)
 
             await label_for(PHASE_SECONDS, "server up (baseline)")

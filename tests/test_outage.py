@@ -52,8 +52,7 @@ def test_a_decision_made_while_the_server_is_away_is_held_and_stored_once(tmp_pa
             second = app.ws.current().item_id
             await pilot.press(_key_for(app, second))  # made while the server is away: held
             await pilot.pause(2.5)
-            line = str(app.query_one("#link").render())
-            assert app.query_one("#link").display
+            line = str(app.query_one("#notice").render())
             assert "reconnecting…" in line and "1 decision held" in line, line
             assert app.link.held == 1
             await pilot.press("s")  # a second decision is refused: the next item is not known yet
@@ -63,7 +62,7 @@ def test_a_decision_made_while_the_server_is_away_is_held_and_stored_once(tmp_pa
             srv = Server(d, compute="thread")
             srv.start()
             await _until(pilot, lambda: app.link.held == 0, timeout=20)
-            await _until(pilot, lambda: not app.query_one("#link").display, timeout=5)
+            await _until(pilot, lambda: "reconnecting" not in str(app.query_one("#notice").render()), timeout=5)
             third = app.ws.current().item_id
             assert third != second
             await pilot.press(_key_for(app, third))
@@ -100,3 +99,40 @@ def test_quitting_with_a_decision_held_asks_first_and_says_it_was_not_stored(tmp
     app = asyncio.run(run())
     assert app.unsent == 1
     assert _decisions(d) == []  # nothing half-stored; the annotator was told twice
+
+
+def test_the_done_counter_counts_a_decision_resent_after_a_restart_once(tmp_path):
+    """The server stored a decision and stopped before answering; the workstation sends it again to the
+    restarted server: stored once, and 'done N this session' counts it once."""
+    import uuid
+
+    from labelloop.core.api.client import LocalClient
+    from labelloop.core.api.service import Service
+
+    d = project_copy(tmp_path)
+    svc = Service(d, compute="thread")
+    c = LocalClient(svc, "alice")
+    session = c.call("open_session", client="test")["session"]
+    item = c.call("next", session=session)["item"]
+    msg = uuid.uuid4().hex
+    args = dict(item_id=item["item_id"], action="label", labels=[TRUTH[item["item_id"]]], msg_id=msg, session=session)
+    assert c.call("decide", **args)["done_session"] == 1  # stored; pretend the answer was lost
+    svc.close()
+    svc = Service(d, compute="thread")  # the restarted server
+    try:
+        again = LocalClient(svc, "alice").call("decide", **args)
+        assert again["duplicate"] is True and again["done_session"] == 1
+        nxt = again["item"]
+        third = LocalClient(svc, "alice").call(
+            "decide",
+            item_id=nxt["item_id"],
+            action="label",
+            labels=[TRUTH[nxt["item_id"]]],
+            msg_id=uuid.uuid4().hex,
+            session=session,
+            lease=nxt.get("lease"),
+        )
+        assert third["done_session"] == 2
+    finally:
+        svc.close()
+    assert len(_decisions(d)) == 2

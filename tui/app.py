@@ -81,14 +81,21 @@ class LabelApp(App):
         if self.link.threaded:
             self.ws.retry_seconds(0)  # the link retries, and says so on screen
         self.unsent = 0  # decisions held when the app closed (never acknowledged by the server)
+        self._notices: list[tuple[str, str, float]] = []  # (text, severity, shown until)
+        self.notice_log: list[str] = []  # every notice shown (tests and benchmarks read it)
         self._quit_warned = False
         self.sub_title = f"{safe_line(cfg.name, 40)} · {safe_line(self.ws.actor, 24)}"
 
-    def toast(self, message: str, **kw) -> None:
-        """A notification whose text is shown as text: ids, labels and errors from data are never
-        parsed as markup (an id like reddit[/r/python]1 used to crash the app) and their control
-        characters are made visible."""
-        self.notify(safe_line(message, None), markup=False, **kw)
+    def toast(self, message: str, *, severity: str = "information", timeout: float = 3.0) -> None:
+        """A notice in the notice line, a line of its own above the label bar: it never covers the item
+        text or the label bar. Several at once show as one: the newest, with how many more. Its text is
+        shown as text: ids, labels and errors from data are never parsed as markup (an id like
+        reddit[/r/python]1 used to crash the app) and their control characters are made visible."""
+        line = safe_line(message, None)
+        self.notice_log.append(line)
+        self._notices = [n for n in self._notices if n[2] > time.monotonic()]
+        self._notices.append((line, severity, time.monotonic() + timeout))
+        self._show_notice()
 
     @staticmethod
     def _key_name(key: str) -> str:
@@ -105,7 +112,7 @@ class LabelApp(App):
             with Vertical(id="right"):
                 yield Static("", id="suggestion", markup=False)
                 yield Static("", id="why", markup=False)
-        yield Static("", id="link", markup=False)
+        yield Static("", id="notice", markup=False)
         yield Static("", id="labelbar", markup=False)
         yield Static("", id="summary", markup=False)
         with Horizontal(id="status"):
@@ -265,7 +272,7 @@ class LabelApp(App):
         main = self.screen_stack[0]
         main.query_one("#progress", Static).update(Text(" · ".join(parts)))
         main.query_one("#summary", Static).update(Text("Is AL working? " + (self.ws.summary or "–"), style="dim"))
-        self._show_link()
+        self._show_notice()
 
     # -- decisions -----------------------------------------------------------------
     DECISION_ACTIONS = {"accept", "correction", "skip", "flag", "undo", "retrain", "metrics", "help"}
@@ -520,7 +527,7 @@ class LabelApp(App):
         from textual.css.query import NoMatches
 
         try:
-            self._show_link()
+            self._show_notice()
         except NoMatches:  # the app is closing
             return
         if self.store_failed or self.link.busy or (not self.retraining and self._poll_skip()):
@@ -557,16 +564,28 @@ class LabelApp(App):
         else:
             self.update_progress()
 
-    def _show_link(self) -> None:
-        """The reconnecting line: shown while the server is away, with what is held."""
-        line = link_line(self.link)
-        widget = self._q("#link", Static)
-        if line is None:
-            if widget.display:
-                widget.display = False
+    def _show_notice(self) -> None:
+        """The notice line: the reconnecting line while the server is away, else the newest notice
+        (with how many more arrived with it), else empty."""
+        from textual.css.query import NoMatches
+
+        try:
+            widget = self._q("#notice", Static)
+        except NoMatches:  # before the screen is composed, or while the app closes
             return
+        line = link_line(self.link)
+        if line is None:
+            now = time.monotonic()
+            live = [n for n in self._notices if n[2] > now]
+            if live:
+                text, severity, _until = live[-1]
+                style = {"warning": "yellow", "error": "bold red"}.get(severity, "")
+                line = Text(text, style=style, overflow="ellipsis", no_wrap=True)
+                if len(live) > 1:
+                    line.append(f"  (+{len(live) - 1} more)", style="dim")
+            else:
+                line = Text("")
         widget.update(line)
-        widget.display = True
 
     _poll_count = 0
 
