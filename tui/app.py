@@ -174,6 +174,7 @@ class LabelApp(App):
             self._q("#why", Static).update(self._why(item))
         self._q("#labelbar", Static).update(self._labelbar())
         self.update_progress()
+        self.refresh_bindings()  # the footer offers accept and correct only for an item with a suggestion
         self.shown_at = time.perf_counter()
         if started is not None:
             self.call_after_refresh(self._record_latency, started)
@@ -271,7 +272,9 @@ class LabelApp(App):
         # runs under them; App.query_one would look in the top screen and find nothing).
         main = self.screen_stack[0]
         main.query_one("#progress", Static).update(Text(" · ".join(parts)))
-        main.query_one("#summary", Static).update(Text("Is AL working? " + (self.ws.summary or "–"), style="dim"))
+        summary = main.query_one("#summary", Static)
+        width = (self.size.width or 80) - 2  # the line spans the screen (less its padding)
+        summary.update(Text(fit_summary(self.ws.summary, width), style="dim"))
         self._show_notice()
 
     # -- decisions -----------------------------------------------------------------
@@ -282,6 +285,15 @@ class LabelApp(App):
         # and not at all once the store has failed.
         if action in self.DECISION_ACTIONS and (self.screen is not self.screen_stack[0] or self.store_failed):
             return False
+        if action in ("accept", "correction"):
+            # offered only when there is a suggestion on screen to accept or correct (not during the
+            # cold start, nor on a blind item); multi-label: Enter also confirms the toggled labels
+            item = self.ws.current()
+            if item is None:
+                return False
+            if action == "accept" and self.ws.config.multi_label:
+                return True
+            return bool(item.suggestion) and not item.suggestion_hidden
         return True
 
     def _decide(self, call, *args, then=None, **kwargs) -> None:
@@ -631,6 +643,28 @@ class LabelApp(App):
         self.unsent = self.link.close(wait=2.0)
         if self._own_ws:
             self.ws.close()
+
+
+def fit_summary(summary: str | None, width: int) -> str:
+    """ "Is AL working? ..." in ``width`` columns: whole phrases (the parts between " · ") from the left,
+    and "… m" when some did not fit (the metrics pane, m, has them all); never cut mid-phrase."""
+    head = "Is AL working? "
+    parts = (summary or "–").split(" · ")
+    shown: list[str] = []
+    for part in parts:
+        more = len(shown) + 1 < len(parts)
+        fits = [
+            p
+            for p in (part, part.split(" (")[0])
+            if len(head + " · ".join([*shown, p]) + (" · … m" if more else "")) <= width
+        ]
+        if not fits:  # (a phrase's parenthesis, e.g. which warnings, goes first)
+            break
+        shown.append(fits[0])
+    text = head + " · ".join(shown)
+    if len(shown) < len(parts):
+        text += (" · " if shown else "") + "… m"
+    return text
 
 
 def run_app(project_dir: Path) -> int:

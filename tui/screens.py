@@ -45,6 +45,7 @@ class CorrectionScreen(ModalScreen):
         with Vertical(id="dialog"):
             yield _KeyTarget("", id="correction-body", markup=False)
             yield Input(placeholder="note (optional): Enter to save", id="note")
+        yield Footer()  # the keys that work here: Escape cancels
 
     def on_mount(self) -> None:
         self.query_one("#note").display = False
@@ -128,6 +129,7 @@ class NoteScreen(ModalScreen):
             yield Static(Text(self.title_text, style="bold"), markup=False)
             yield Static(Text(self.prompt, style="dim"), markup=False)
             yield Input(id="note-input")
+        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one(Input).focus()
@@ -173,6 +175,7 @@ class HelpScreen(ModalScreen):
                 # the guidelines file is data: control characters (OSC 52, CSI ...) are made visible
                 # before Markdown sees the text, so nothing in it reaches the terminal as a sequence
                 yield Markdown(show_link_targets(clean(self.guidelines)))
+        yield Footer()
 
     def _keys(self) -> Table:
         k = self.config.action_keys
@@ -234,7 +237,19 @@ class FatalScreen(ModalScreen):
 class MetricsScreen(Screen):
     """Learning curves (AL vs random audit), calibration, per-class recall, labels, throughput, warnings."""
 
-    BINDINGS = [Binding("escape,m,q", "close", "Back"), Binding("r", "refresh", "Refresh")]
+    BINDINGS = [
+        Binding("escape,m,q", "close", "Back"),
+        Binding("r", "refresh", "Refresh"),
+        # the numbers and the warning signs sit under the charts: below the fold at 80x24
+        Binding("n", "numbers", "Numbers & warnings ↓"),
+        Binding("home", "charts", "Charts ↑", show=False),
+    ]
+
+    def action_numbers(self) -> None:
+        self.query_one("#metrics-scroll").scroll_end(animate=False)
+
+    def action_charts(self) -> None:
+        self.query_one("#metrics-scroll").scroll_home(animate=False)
 
     def __init__(self, workspace, link=None):
         super().__init__()

@@ -93,6 +93,12 @@ class CalibratedModel:
     def uncalibrated_proba(self, X) -> np.ndarray:
         return softmax_t(self.decision(X), 1.0)
 
+    def proba_pair(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated, raw) probabilities from one pass over ``X``: the calibrated ones are shown and
+        measured; query strategies rank on the raw ones (see core/engine/strategies.py)."""
+        logits = self.decision(X)
+        return self.calibrate_logits(logits), softmax_t(logits, 1.0)
+
 
 def model_state(model) -> tuple[dict, dict[str, np.ndarray]]:
     """A model as JSON-able metadata and numeric arrays (stored without pickle; core/engine/artifacts.py)."""
@@ -412,6 +418,11 @@ class MultiLabelModel:
 
     def uncalibrated_proba(self, X) -> np.ndarray:
         return _sigmoid(self.decision(X))
+
+    def proba_pair(self, X) -> tuple[np.ndarray, np.ndarray]:
+        logits = self.decision(X)
+        t = self.temperature_ if self.calibration == "temperature" else 1.0
+        return _sigmoid(logits / t), _sigmoid(logits)
 
 
 def _binary_nll(logits: np.ndarray, Y: np.ndarray, t: float) -> float:

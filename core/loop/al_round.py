@@ -247,8 +247,10 @@ def score_pool(
     N=None,
     chunk: int = SCORE_CHUNK,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, calibrated probabilities) for the given pool rows, in vectorised chunks. ``rnd``: what
-    ``strategy.prepare`` made of the round; ``N``: the neighbour space (default ``X``)."""
+    """(scores, calibrated probabilities) for the given pool rows, in vectorised chunks. The strategy
+    scores the raw probabilities (core/engine/strategies.py says why); the calibrated ones are what the
+    annotator is shown. ``rnd``: what ``strategy.prepare`` made of the round; ``N``: the neighbour space
+    (default ``X``)."""
     strategy = get_strategy(strategy, multi_label=isinstance(model, MultiLabelModel))
     rnd = rnd or Round(model=model, multi_label=isinstance(model, MultiLabelModel))
     n = len(rows)
@@ -256,10 +258,10 @@ def score_pool(
     scores = np.empty(n, dtype=np.float64)
     for start in range(0, n, chunk):
         Xc = X.lazy(rows[start : start + chunk]) if hasattr(X, "lazy") else X[rows[start : start + chunk]]
-        p = model.predict_proba(Xc)
+        p, raw = model.proba_pair(Xc)
         probs[start : start + chunk] = p
         Nc = Xc if N is None else N[rows[start : start + chunk]]
-        scores[start : start + chunk] = strategy.score(p, Xc, Nc, rnd)
+        scores[start : start + chunk] = strategy.score(raw, Xc, Nc, rnd)
     return scores, probs
 
 

@@ -528,7 +528,7 @@ def _arm_pick(strat, model, X_pool, cand: np.ndarray, labelled: list, y_arr, cla
                 rng=rng,
             )
         )
-        scores = strat.score(model.predict_proba(Xc), Xc, Xc, rnd)
+        scores = strat.score(model.uncalibrated_proba(Xc), Xc, Xc, rnd)  # as the loop scores
     sel = select_batch(
         strat,
         len(cand),
