@@ -151,14 +151,24 @@ def main() -> None:
     print(f"bare scikit-learn loop (same features, C, seed sets, batches):       {bare_wall:6.1f} s")
     ratio = sim_wall / bare_wall
     print(f"ratio {ratio:.2f}x  [{'met' if ratio <= 1.2 else 'NOT MET'}: target <= 1.2x]")
+    from scipy import stats
+
     for strategy in strategies:
-        sim_m = rep.curves.filter(rep.curves["strategy"] == strategy)["accuracy"].mean()
-        bare_m = np.mean([np.mean(v) for (s, _r), v in curves.items() if s == strategy])
-        sim_s = rep.curves.filter(rep.curves["strategy"] == strategy)["compute_seconds"].sum()
+        arm = rep.curves.filter(rep.curves["strategy"] == strategy)
+        sim_r = np.array([arm.filter(arm["repeat"] == r)["accuracy"].mean() for r in range(args.repeats)])
+        bare_r = np.array([np.mean(curves[(strategy, r)]) for r in range(args.repeats)])
+        t = stats.t.ppf(0.975, max(1, args.repeats - 1))
+        half = t * bare_r.std(ddof=1) / np.sqrt(args.repeats) if args.repeats > 1 else 0.0
+        d = sim_r - bare_r
+        dh = t * d.std(ddof=1) / np.sqrt(args.repeats) if args.repeats > 1 else 0.0
+        inside = bare_r.mean() - half <= sim_r.mean() <= bare_r.mean() + half
+        sim_s = arm["compute_seconds"].sum()
         print(
-            f"  {strategy:<7} curve mean accuracy: simulate {sim_m:.3f}, bare loop {bare_m:.3f}; "
-            f"time in the rounds: simulate {sim_s:.1f} s, bare loop {bare_arms[strategy]:.1f} s"
+            f"  {strategy:<7} curve mean accuracy: simulate {sim_r.mean():.3f}, bare loop {bare_r.mean():.3f} "
+            f"[{bare_r.mean() - half:.3f}, {bare_r.mean() + half:.3f}] ({'within' if inside else 'OUTSIDE'} the "
+            f"bare loop's 95% interval); paired difference {d.mean():+.3f} [{d.mean() - dh:+.3f}, {d.mean() + dh:+.3f}]"
         )
+        print(f"          time in the rounds: simulate {sim_s:.1f} s, bare loop {bare_arms[strategy]:.1f} s")
     print()
     print("Temperature from approximate leave-one-out logits vs 5-fold cross-fitting (C=10):")
     sets = [(path, args.split_col)]
