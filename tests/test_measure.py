@@ -385,3 +385,27 @@ def test_report_is_one_offline_page_whose_charts_all_decode(tmp_path):
         got = list(csv.DictReader(f))
     assert [float(g["accuracy"]) for g in got] == pytest.approx([0.55, 0.6, 0.65, 0.7])
     json.dumps(r)  # the check output is plain JSON (it travels over the socket)
+
+
+def test_report_placeholders_stay_inside_their_chart_and_label_axes_are_whole_numbers():
+    """A long 'no comparison yet' note once ran over the y-axis label; the recall chart showed a tick
+    at 24.5 labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from labelloop.core.text.report import _fig, _int_x, _placeholder
+
+    fig, ax = _fig("AL vs random")
+    note = "not enough random-audit labels yet to compare at equal budget: the audit arm has 3 of the 20 it needs"
+    _placeholder(ax, note)
+    ax.set_ylabel("test accuracy")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box, axes_box = ax.texts[0].get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1, (box, axes_box)
+    assert not box.overlaps(ax.yaxis.label.get_window_extent(renderer))
+    fig2, ax2 = _fig("recall")
+    ax2.plot([20, 29], [0.5, 0.7])
+    _int_x(ax2)
+    fig2.canvas.draw()
+    assert all(float(t).is_integer() for t in ax2.get_xticks())

@@ -66,6 +66,30 @@ def _fig(title: str):
     return fig, ax
 
 
+def _placeholder(ax, text: str) -> None:
+    """What a chart with no data yet says, wrapped to stay inside its own axes (matplotlib's own wrap
+    fits the figure, so a long note ran over the y-axis label)."""
+    import textwrap
+
+    ax.text(
+        0.5,
+        0.5,
+        textwrap.fill(_t(text), 42),
+        ha="center",
+        va="center",
+        fontsize=9,
+        transform=ax.transAxes,
+        clip_on=True,
+    )
+
+
+def _int_x(ax) -> None:
+    """Whole numbers on an x axis of label counts or versions (no tick at 24.5 labels)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _legend_outside(ax) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
@@ -85,6 +109,7 @@ def _chart_learning_curve(r: dict, rows: list, labels: list, out: Path) -> tuple
         if pts[-1][3] is not None:
             ax.axhline(pts[-1][3], color="grey", ls=":", label="majority-class baseline")
     ax.set_xlabel("labels")
+    _int_x(ax)
     ax.set_ylabel("test split")
     ax.xaxis.get_major_locator().set_params(integer=True)
     _legend_outside(ax)
@@ -171,17 +196,9 @@ def _chart_arms(r: dict, rows: list, labels: list, out: Path) -> tuple[str, str 
             for p in ap
         ]
     else:
-        ax.text(
-            0.5,
-            0.5,
-            _t(arms.get("note") or "no comparison yet"),
-            ha="center",
-            va="center",
-            fontsize=9,
-            transform=ax.transAxes,
-            wrap=True,
-        )
+        _placeholder(ax, arms.get("note") or "no comparison yet")
     ax.set_xlabel("labels per model (cold start + arm)")
+    _int_x(ax)
     ax.set_ylabel("test accuracy")
     _legend_outside(ax)
     chart = ("AL against random sampling", _svg(fig))
@@ -244,6 +261,7 @@ def _chart_recall(r: dict, rows: list, labels: list, out: Path) -> tuple[str, st
             [m["version"], m["n_labels"], c, ((m.get("per_class") or {}).get(c) or {}).get("recall")] for m in rows
         ]
     ax.set_xlabel("labels")
+    _int_x(ax)
     ax.set_ylabel("recall")
     _legend_outside(ax)
     chart = ("Per-class recall", _svg(fig))
@@ -259,9 +277,9 @@ def _chart_cost(r: dict, rows: list, labels: list, out: Path) -> tuple[str, str 
     if good:
         ax.plot([g[0] for g in good], [g[1] for g in good], marker="D", label="money per point")
     else:
-        ax.text(0.5, 0.5, "no accuracy gain measured yet", ha="center", va="center", transform=ax.transAxes)
+        _placeholder(ax, "no accuracy gain measured yet")
     ax.set_xlabel("model version")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    _int_x(ax)
     _legend_outside(ax)
     chart = ("Cost per accuracy point", _svg(fig))
     _csv(
@@ -294,7 +312,7 @@ def _chart_agreement(r: dict, rows: list, labels: list, out: Path) -> tuple[str,
         ax.set_xticks(range(len(bars)), [b[0] for b in bars])
         ax.set_ylim(0, 1.05)
     else:
-        ax.text(0.5, 0.5, "no items labelled by two annotators yet", ha="center", va="center", transform=ax.transAxes)
+        _placeholder(ax, "no items labelled by two annotators yet")
     _legend_outside(ax)
     chart = ("Agreement", _svg(fig))
     _csv(out / "agreement.csv", ["arm", "percent", "low", "high", "n_items"], ag_rows)
