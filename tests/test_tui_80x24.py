@@ -76,3 +76,31 @@ async def test_the_metrics_pane_says_the_numbers_are_below(tmp_path):
         scroll = app.screen.query_one("#metrics-scroll")
         assert scroll.scroll_y == scroll.max_scroll_y > 0
     app.ws.close()
+
+
+async def test_a_fresh_project_says_it_is_preparing_and_a_key_pressed_meanwhile_is_not_lost_silently(tmp_path):
+    """A fresh project (no batch yet): the text pane says the first batch is being prepared, a label key
+    pressed before the first item shows does nothing and says so; then the first item comes."""
+    from labelloop.core.store.imports import import_file
+    from labelloop.core.store.project import Project, init_project
+    from tests.conftest import ROOT
+
+    d = init_project(tmp_path / "fresh", ["ham", "spam"])
+    with Project.open(d) as p:
+        import_file(p, ROOT / "sample_data" / "sms_spam.csv", id_col="id")
+    app = LabelApp(d, actor="alice", retrain_in_process=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        # (building the features of 5,574 items takes seconds: the first item cannot be there yet)
+        assert app.ws.current() is None
+        assert "Preparing the first batch" in str(app.query_one("#item-text").render())
+        await pilot.press("1")
+        assert "No item on screen yet: that key did nothing." in app.notice_log
+        for _ in range(600):
+            if app.ws.current() is not None:
+                break
+            await pilot.pause(0.05)
+        assert app.ws.current() is not None
+    app.ws.close()
+    with Project.open(d) as p:
+        assert p.store.scalar("SELECT count(*) FROM event_log WHERE kind = 'label'") == 0

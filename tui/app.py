@@ -154,15 +154,7 @@ class LabelApp(App):
         self.toggled = []
         text_w = self._q("#item-text", Static)
         if item is None:
-            text_w.update(
-                Text(
-                    self.ws.paused
-                    or "No items for you in the queue."
-                    + (" A new batch is being prepared…" if self.retraining else " Press t to retrain and fill it.")
-                    + (f" ({self.ws.others} others are working.)" if self.ws.others else ""),
-                    style="italic",
-                )
-            )
+            text_w.update(Text(self._waiting_text(), style="italic"))
             self._q("#meta", Static).update("")
             self._q("#suggestion", Static).update("")
             self._q("#why", Static).update("")
@@ -178,6 +170,22 @@ class LabelApp(App):
         self.shown_at = time.perf_counter()
         if started is not None:
             self.call_after_refresh(self._record_latency, started)
+
+    def _waiting_text(self) -> str:
+        """What the text pane says while no item is on screen."""
+        if self.ws.paused:
+            return self.ws.paused
+        others = f" ({self.ws.others} others are working.)" if self.ws.others else ""
+        if self.ws.batch is None and (self.retraining or self.ws.retraining):
+            job = self.ws.job or {}
+            step = f": {job['step']}" if job.get("step") else ""
+            return (
+                f"Preparing the first batch… {job.get('fraction', 0.0):.0%}{step}. The project's features are "
+                "built once; keys pressed before the first item shows do nothing (a notice says so)." + others
+            )
+        if self.retraining:
+            return "No items for you in the queue. A new batch is being prepared…" + others
+        return "No items for you in the queue. Press t to retrain and fill it." + others
 
     def on_resize(self) -> None:
         item = self.ws.current()
@@ -366,6 +374,8 @@ class LabelApp(App):
         event.prevent_default()
         item = self.ws.current()
         if item is None:
+            # nothing to label yet: said, not silently dropped (and never applied to an item unseen)
+            self.toast("No item on screen yet: that key did nothing.", timeout=2)
             return
         started = time.perf_counter()
         if self.ws.config.multi_label:
@@ -574,6 +584,8 @@ class LabelApp(App):
         if not had_item and self.ws.current() is not None:
             self.show_item()
         else:
+            if self.ws.current() is None:
+                self._q("#item-text", Static).update(Text(self._waiting_text(), style="italic"))
             self.update_progress()
 
     def _show_notice(self) -> None:
