@@ -270,3 +270,15 @@ def test_multi_label_one_vs_rest(tmp_path):
         ws.accept(item)
         assert ws.store.rows("SELECT labels FROM events ORDER BY event_id DESC LIMIT 1")[0][0] == item.suggested_labels
     ws.close()
+
+
+def test_a_random_cold_start_leaves_the_embeddings_to_the_first_retrain(tmp_path):
+    """Picking a random (or keyword) first batch needs no embeddings: they are built by the first
+    retrain, so a fresh project shows its first item seconds sooner. The first model uses them."""
+    p = make_project(tmp_path, n_pool=200, n_test=60)
+    assert p.config.features == "auto" and p.config.cold_start == "random"
+    r = train_and_queue(p, seed=1)
+    assert r.model_version is None and not (p.cache_dir / "embeddings.npy").exists()
+    label_queue(p)
+    r = train_and_queue(p, seed=2)
+    assert r.model_version == 1 and (p.cache_dir / "embeddings.npy").exists()

@@ -377,11 +377,14 @@ def test_status_shows_agreement_with_intervals_and_al_against_audit(team):
         assert ag["overall"][m]["value"] is not None or ag["overall"][m]["reason"]
     n_audit = sum(bool(i["audit"]) for i in done)
     assert ag["by_arm"]["audit"]["percent"]["n_items"] == n_audit
-    assert ag["by_arm"]["al"]["percent"]["n_items"] == 16 - n_audit
+    # a cold-start batch: its items are the cold-start arm, not AL (status once counted them as AL)
+    assert ag["by_arm"]["cold"]["percent"]["n_items"] == 16 - n_audit
+    assert ag["by_arm"]["al"]["percent"]["n_items"] == 0
     from labelloop.core.text.status import format_status
 
     text = format_status(ag and svc.handle("alice", "status", {}))
     assert "percent agreement      0.750 [" in text and "random-audit items" in text
+    assert "cold-start items" in text and f"(n={16 - n_audit})" in text
 
 
 def _two_annotators_label(svc, n, bob_wrong_every=4, actors=("alice", "bob")):

@@ -241,6 +241,9 @@ def run_in_pty(
     """Run labelloop in a pseudo-terminal, type ``keys`` (delay, bytes), return (every byte written, exit code)."""
     pid, fd = pty.fork()
     if pid == 0:  # child
+        # the window size is set here, before the app starts (set by the parent after the fork, a
+        # child that started first under load read the default 80x24)
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
         os.chdir(ROOT)
         e = dict(os.environ, TERM="xterm-256color", **(env or {}))
         e.pop("NO_COLOR", None)
@@ -249,7 +252,8 @@ def run_in_pty(
     out = bytearray()
     start = time.time()
     pending = list(keys)
-    next_at = start + (pending[0][0] if pending else 0)
+    next_at = None  # the first key's delay counts from when the screen is up (a loaded machine is slow)
+    sent_at = 0
     status = None
     while time.time() - start < timeout:
         r, _, _ = select.select([fd], [], [], 0.05)
@@ -261,7 +265,12 @@ def run_in_pty(
             if not chunk:
                 break
             out += chunk
-        if pending and time.time() >= next_at:
+        if next_at is None and pending and (b"this session" in out or time.time() - start > timeout / 2):
+            next_at = time.time() + pending[0][0]
+        # a key may wait for what the one before it should have drawn (keys[i][2]: bytes on screen)
+        shown = len(pending[0]) < 3 or pending[0][2] in out[sent_at:] if pending else False
+        if pending and next_at is not None and time.time() >= next_at and (shown or time.time() - start > timeout / 2):
+            sent_at = len(out)
             os.write(fd, pending.pop(0)[1])
             if pending:
                 next_at = time.time() + pending[0][0]
@@ -290,7 +299,15 @@ def run_in_pty(
 def test_guidelines_taxonomy_and_ids_reach_the_terminal_as_text(tmp_path):
     d = hostile_project(tmp_path)
     # open help (guidelines), close it; reject (taxonomy reasons), cancel; label, undo (toast with id); quit
-    keys = [(3.0, b"?"), (1.5, b"\x1b"), (1.0, b"x"), (1.0, b"\x1b"), (1.0, b"2"), (0.5, b"u"), (1.5, b"q")]
+    keys = [
+        (3.0, b"?"),
+        (1.5, b"\x1b", b"clipboard"),
+        (1.0, b"x"),
+        (1.0, b"\x1b"),
+        (1.0, b"2"),
+        (0.5, b"u"),
+        (1.5, b"q"),
+    ]
     out, code = run_in_pty(["label", str(d)], keys)
     assert code == 0, out[-2000:]
     for raw in (b"\x1b]52;c;SGVsbG8", b"\x1b]0;PWNED", b"\x1b]0;T\x07", b"[31mred", b"\xe2\x80\xae"):

@@ -177,6 +177,11 @@ class HelpScreen(ModalScreen):
                 yield Markdown(show_link_targets(clean(self.guidelines)))
         yield Footer()
 
+    def on_mount(self) -> None:
+        if self.app.size.height < 30:  # 80x24: every row for the keys and the guidelines
+            self.query_one("#help-dialog").styles.height = "100%"
+            self.query_one("#help-dialog").styles.width = "100%"
+
     def _keys(self) -> Table:
         k = self.config.action_keys
 

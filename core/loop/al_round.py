@@ -401,13 +401,16 @@ def plan_round(
                 imported, featurizer = (v, art["model"]), art["featurizer"]
     cache = project.cache_dir if featurizer is None else project.cache_dir / "imported"
     t_features = time.perf_counter()
+    # a random or keyword cold start picks without a model: the embeddings (seconds of work) wait for the
+    # first retrain, so that a fresh project shows its first item sooner
+    blind_start = not trainable and imported is None and cfg.cold_start in ("random", "keyword")
     feats = store_features(
         s,
         cache,
         hashing_above=cfg.hashing_above,
         featurizer=featurizer,
         check_only=not keep_features,
-        embeddings=cfg.features != "tfidf",
+        embeddings=cfg.features != "tfidf" and not blind_start,
     )
     t_features = time.perf_counter() - t_features
     keyword = None
