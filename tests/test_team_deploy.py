@@ -56,10 +56,25 @@ def users():
         elif groups:  # a user left by an interrupted run: make sure of its membership
             subprocess.run(["usermod", "-a", "-G", ",".join(groups), user], check=True)
     yield
+    import time
+
     for kind in ("user", "group"):
         for k, name in made:
-            if k == kind:
-                subprocess.run([f"{kind}del", name], capture_output=True)
+            if k != kind:
+                continue
+            for _ in range(20):  # userdel refuses while a process of the user lives (a killed runuser's child)
+                if kind == "user":
+                    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+                if subprocess.run([f"{kind}del", name], capture_output=True).returncode in (0, 6):
+                    break
+                time.sleep(0.25)
+            assert (
+                subprocess.run(
+                    ["id" if kind == "user" else "getent", *([] if kind == "user" else ["group"]), name],
+                    capture_output=True,
+                ).returncode
+                != 0
+            ), f"the test {kind} {name} was not removed"
 
 
 @pytest.fixture

@@ -56,7 +56,7 @@ async def test_notices_stay_in_their_line_and_merge(tmp_path):
 
 
 def test_the_summary_line_keeps_whole_phrases():
-    from labelloop.tui.app import fit_summary
+    from labelloop.tui.panes import fit_summary
 
     s = "v1 · 1 of 5 warnings (batches_converging) · ECE 0.059 · AL vs random +0.012 [-0.01, +0.03] at 100 labels"
     line = fit_summary(s, 78)

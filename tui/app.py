@@ -22,13 +22,12 @@ from textual.widgets import Footer, Header, ProgressBar, Static
 from labelloop.core.api.protocol import ApiError
 from labelloop.core.api.workspace import QueueItem, Report, Workspace, new_msg_id
 from labelloop.core.util.errors import LabelloopError, StoreError
+from labelloop.tui import panes
 from labelloop.tui.link import Link, link_line
 from labelloop.tui.safe_text import safe_line, safe_text
 from labelloop.tui.screens import CorrectionScreen, FatalScreen, HelpScreen, MetricsScreen, NoteScreen
 
 EXIT_STORE_FAILED = 3
-
-BAR_WIDTH = 20
 
 
 class LabelApp(App):
@@ -172,20 +171,7 @@ class LabelApp(App):
             self.call_after_refresh(self._record_latency, started)
 
     def _waiting_text(self) -> str:
-        """What the text pane says while no item is on screen."""
-        if self.ws.paused:
-            return self.ws.paused
-        others = f" ({self.ws.others} others are working.)" if self.ws.others else ""
-        if self.ws.batch is None and (self.retraining or self.ws.retraining):
-            job = self.ws.job or {}
-            step = f": {job['step']}" if job.get("step") else ""
-            return (
-                f"Preparing the first batch… {job.get('fraction', 0.0):.0%}{step}. The project's features are "
-                "built once; keys pressed before the first item shows do nothing (a notice says so)." + others
-            )
-        if self.retraining:
-            return "No items for you in the queue. A new batch is being prepared…" + others
-        return "No items for you in the queue. Press t to retrain and fill it." + others
+        return panes.waiting_text(self.ws, self.retraining)
 
     def on_resize(self) -> None:
         item = self.ws.current()
@@ -196,66 +182,16 @@ class LabelApp(App):
         self.latencies_ms.append((time.perf_counter() - started) * 1000)
 
     def _meta(self, item: QueueItem) -> Text:
-        t = Text()
-        t.append("id ", style="dim")
-        t.append(safe_line(item.item_id, 40))
-        for k, v in list(item.metadata.items())[:6]:
-            t.append(f"   {safe_line(k, 20)} ", style="dim")
-            t.append(safe_line(v, 40))
-        return t
+        return panes.meta_text(item)
 
     def _suggestion(self, item: QueueItem) -> Text:
-        t = Text()
-        if item.suggestion_hidden:
-            t.append("Suggestion hidden", style="bold")
-            t.append("\n(blind item: your label measures anchoring)", style="dim")
-            return t
-        if not item.probs and item.review_note:
-            # sent back: its queue row is from before any model scored it (a model may exist by now)
-            t.append("No suggestion", style="bold")
-            t.append("\nqueued before a model scored it; label from the text and the reviewer's note", style="dim")
-            return t
-        if not item.probs:
-            t.append("No model yet", style="bold")
-            t.append("\nlabel from the text alone (cold start)", style="dim")
-            return t
-        t.append(f"Model v{item.model_version} suggests\n", style="dim")
-        ranked = sorted(item.probs.items(), key=lambda kv: -kv[1])[:5]
-        width = min(16, max(len(k) for k, _ in ranked))
-        pane = self._q("#suggestion").size.width or 24
-        bar = max(4, min(BAR_WIDTH, pane - width - 8))  # label, bar and percentage on one line
-        for i, (lab, p) in enumerate(ranked):
-            filled = int(round(p * bar))
-            t.append(f"{safe_line(lab, width):<{width}} ", style="bold" if i == 0 else "")
-            t.append("█" * filled, style="green" if i == 0 else "blue")
-            t.append("░" * (bar - filled), style="dim")
-            t.append(f" {p:5.1%}\n")
-        return t
+        return panes.suggestion_text(item, self._q("#suggestion").size.width or 24)
 
     def _why(self, item: QueueItem) -> Text:
-        t = Text()
-        if item.score is not None and not item.audit:
-            t.append("uncertainty ", style="dim")
-            t.append(f"{item.score:.3f}\n")
-        t.append("why: ", style="dim")
-        t.append(safe_line(item.why, None))  # a reviewer's reason is text from a person
-        return t
+        return panes.why_text(item)
 
     def _labelbar(self) -> Text:
-        t = Text()
-        multi = self.ws.config.multi_label
-        for lab, key in self.ws.config.label_keys.items():
-            on_ = lab in self.toggled
-            t.append(f" {key} ", style="reverse bold" if on_ else "reverse")
-            t.append(f" {safe_line(lab, 24)}  ", style="bold" if on_ else "")
-        item = self.ws.current()
-        if item and item.suggestion and not item.suggestion_hidden:
-            t.append("  Enter", style="reverse")
-            t.append(f" accept {safe_line(item.suggestion, 20)}" if not (multi and self.toggled) else " confirm")
-        elif multi:
-            t.append("  Enter", style="reverse")
-            t.append(" confirm toggled labels")
-        return t
+        return panes.labelbar_text(self.ws.config, self.ws.current(), self.toggled)
 
     def _q(self, selector, expect_type=None):
         """A widget of the labelling screen, whichever screen is on top: the 2 s poll and a finished
@@ -282,7 +218,7 @@ class LabelApp(App):
         main.query_one("#progress", Static).update(Text(" · ".join(parts)))
         summary = main.query_one("#summary", Static)
         width = (self.size.width or 80) - 2  # the line spans the screen (less its padding)
-        summary.update(Text(fit_summary(self.ws.summary, width), style="dim"))
+        summary.update(Text(panes.fit_summary(self.ws.summary, width), style="dim"))
         self._show_notice()
 
     # -- decisions -----------------------------------------------------------------
@@ -655,28 +591,6 @@ class LabelApp(App):
         self.unsent = self.link.close(wait=2.0)
         if self._own_ws:
             self.ws.close()
-
-
-def fit_summary(summary: str | None, width: int) -> str:
-    """ "Is AL working? ..." in ``width`` columns: whole phrases (the parts between " · ") from the left,
-    and "… m" when some did not fit (the metrics pane, m, has them all); never cut mid-phrase."""
-    head = "Is AL working? "
-    parts = (summary or "–").split(" · ")
-    shown: list[str] = []
-    for part in parts:
-        more = len(shown) + 1 < len(parts)
-        fits = [
-            p
-            for p in (part, part.split(" (")[0])
-            if len(head + " · ".join([*shown, p]) + (" · … m" if more else "")) <= width
-        ]
-        if not fits:  # (a phrase's parenthesis, e.g. which warnings, goes first)
-            break
-        shown.append(fits[0])
-    text = head + " · ".join(shown)
-    if len(shown) < len(parts):
-        text += (" · " if shown else "") + "… m"
-    return text
 
 
 def run_app(project_dir: Path) -> int:
