@@ -17,7 +17,7 @@ def test_init_creates_project_files(tmp_path):
     assert "wrong class" in cfg.taxonomy and "out of distribution" in cfg.taxonomy
     assert cfg.cost_per_label > 0 and cfg.seconds_per_label > 0
     with Store.open(d) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 6
+        assert s.schema_version() == SCHEMA_VERSION == 7
         tables = {r[0] for r in s.rows("SELECT table_name FROM information_schema.tables")}
         assert {
             "items",

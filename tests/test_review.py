@@ -232,3 +232,61 @@ async def test_a_sent_back_item_says_why_it_has_no_suggestion(disputed):
         shown = str(app.query_one("#suggestion").render())
         assert "No suggestion" in shown and "No model yet" not in shown
         assert "sent back by a reviewer: names are ORG" in str(app.query_one("#why").render())
+
+
+async def test_the_review_screen_at_80x24_takes_a_version_sends_back_and_undoes_both(disputed):
+    """At 80x24: adjudicate the first item, send the second back, then u twice: the send-back is taken
+    back first (the annotators' labels stand again and nobody is asked again), then the adjudication."""
+    d, split = disputed
+    app = ReviewApp(d, actor="rita")
+    async with app.run_test(size=(80, 24)) as pilot:
+        first = app.current["item_id"]
+        await pilot.press("a", "enter")  # take a version
+        await pilot.pause()
+        second = app.current["item_id"]
+        assert second != first
+        await pilot.press("z", *"names are ORG", "enter")  # send back
+        await pilot.pause()
+        assert app.current is None or app.current["item_id"] not in (first, second)
+        await pilot.press("u")  # the send-back comes back first
+        await pilot.pause()
+        assert app.current["item_id"] == second and len(app.versions) == 2
+        await pilot.press("u")  # then the adjudication
+        await pilot.pause()
+        assert app.current["item_id"] == first
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "HelpScreen"
+        await pilot.press("escape")
+    with Project.open(d) as p:
+        final = dict(
+            p.store.rows("SELECT item_id, decided_by FROM final_labels WHERE item_id IN (?, ?)", [first, second])
+        )
+        undos = p.store.dicts("SELECT item_id, target_event, note FROM event_log WHERE kind = 'undo' ORDER BY event_id")
+    # both items are back as they were: two disagreeing annotators, no decision
+    assert final == {first: "unresolved", second: "unresolved"}
+    assert [u["item_id"] for u in undos] == [second, second, second, second, first]
+    # nobody is asked to label the second item again
+    svc = Service(d, compute="thread", owner="lead")
+    try:
+        for who in ("alice", "bob"):
+            served = LocalClient(svc, who).call("next")["item"]
+            assert served is None or served["item_id"] != second
+    finally:
+        svc.close()
+
+
+def test_a_send_back_taken_back_is_not_served_again_by_the_same_server(disputed):
+    d, split = disputed
+    svc = Service(d, compute="thread", owner="lead")
+    try:
+        lead, alice = LocalClient(svc, "lead"), LocalClient(svc, "alice")
+        lead.call("send_back", item_id=split[0], reason="names are ORG", msg_id=uuid.uuid4().hex)
+        assert alice.call("next")["item"]["item_id"] == split[0]  # served first, with the reason
+        alice.call("close_session")
+        r = lead.call("undo_adjudication", msg_id=uuid.uuid4().hex)
+        assert (r["undone"], r["what"]) == (split[0], "send_back")
+        served = LocalClient(svc, "alice").call("next")["item"]
+        assert served is None or served["item_id"] != split[0]
+    finally:
+        svc.close()

@@ -4,7 +4,7 @@ The queue of items to adjudicate (annotators disagree, agree against a confident
 it) with counts; for the item in front: every version side by side (who, label, how, reason, note,
 time, whether the model's suggestion was shown), the model's calibrated view, the guidelines on `?`.
 A letter picks a version's label, a digit chooses a label; then an optional rationale (Enter) and
-the adjudication is stored. `u` takes back the latest adjudication (again and again),
+the adjudication is stored. `u` takes back the latest adjudication or send-back (again and again),
 `n` moves on without deciding, `z` sends the item back to its annotators with a reason. Over the
 project's server for a team (every call on the link's thread, never on the one that draws), in-process
 for one person; only reviewers and admins may open it. A client of the project API only.
@@ -52,7 +52,7 @@ class ReviewApp(App):
         ("label key", "choose that label yourself (then an optional rationale)"),
         ("n", "next item, without deciding this one"),
         ("z", "send the item back to its annotators, with a reason they will see"),
-        ("u", "undo your latest adjudication (again and again)"),
+        ("u", "undo your latest adjudication or send-back (again and again)"),
         ("?", "this help"),
         ("q", "quit (every decision is already saved)"),
     ]
@@ -281,7 +281,8 @@ class ReviewApp(App):
             return
         self.decided = max(0, self.decided - 1)
         self.passed.discard(r["undone"])
-        self.notify(f"Undone: {safe_line(r['undone'], 30)} is back.", markup=False, timeout=2)
+        what = "send-back" if r.get("what") == "send_back" else "adjudication"
+        self.notify(f"Undone ({what}): {safe_line(r['undone'], 30)} is back.", markup=False, timeout=2)
         self.reload(first=r["undone"])  # the item taken back comes first
 
     def action_help(self) -> None:

@@ -454,6 +454,7 @@ class Adjudicated:
 class AdjudicationUndone:
     undone: str | None
     duplicate: bool
+    what: str | None = None  # "adjudication" or "send_back": what the undo took back
 
 
 @dataclass(frozen=True)

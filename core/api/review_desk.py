@@ -87,20 +87,44 @@ class ReviewDesk:
         return {"event_id": event_id, "duplicate": False}
 
     def undo(self, actor: str, msg_id: str) -> dict:
-        """Take back this reviewer's latest adjudication still standing (any depth); the item returns
-        to the review queue."""
+        """Take back this reviewer's latest adjudication or send-back still standing (any depth); the
+        item returns to the review queue."""
         svc = self.service
         svc.check_msg_id(msg_id, "an undo")
         if (actor, msg_id) in svc.msgs:
             return {"undone": None, "duplicate": True}
         last = review.latest_adjudication(svc.store, actor)
+        sent = review.latest_send_back(svc.store, actor)
+        if sent is not None and (last is None or sent["last_event"] > last["event_id"]):
+            return self._undo_send_back(actor, sent, msg_id)
         if last is None:
             return {"undone": None, "duplicate": False}
         event_id = svc.store.append_event(
             last["item_id"], "undo", actor, target_event=last["event_id"], client_msg_id=msg_id
         )
         svc.msgs[(actor, msg_id)] = event_id
-        return {"undone": last["item_id"], "duplicate": False}
+        return {"undone": last["item_id"], "duplicate": False, "what": "adjudication"}
+
+    def _undo_send_back(self, actor: str, sent: dict, msg_id: str) -> dict:
+        """Take back a send-back: its undo events are undone (the annotators' labels stand again) and
+        the item is no longer owed to them."""
+        svc = self.service
+        item_id = sent["item_id"]
+        first = None
+        with svc.store.transaction():
+            for k, u in enumerate(sent["undos"]):
+                eid = svc.store.append_event(
+                    item_id, "undo", actor, target_event=u["event_id"], client_msg_id=msg_id if k == 0 else None
+                )
+                first = first or eid
+        svc.msgs[(actor, msg_id)] = first
+        slot = svc.assign.slots.get(item_id)
+        if slot is not None:
+            for u in sent["undos"]:
+                labels = "|".join(u["labels"]) if u["labels"] else None
+                svc.assign.record(u["who"], item_id, u["kind"], labels)
+            slot.row = {k: v for k, v in slot.row.items() if k != "review_note"}
+        return {"undone": item_id, "duplicate": False, "what": "send_back"}
 
     def send_back(self, actor: str, item_id: str, reason: str, msg_id: str) -> dict:
         """The reviewer returns an item to its annotators with a reason: their labels are taken back

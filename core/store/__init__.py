@@ -484,6 +484,51 @@ MIGRATIONS.append(
         ["DROP VIEW log_decisions", _log_decisions_v6(), "DROP VIEW final_decisions", _final_decisions_v6()],
     )
 )
+
+
+def _with_live_undos() -> list[str]:
+    """Migration 7: an undo can itself be undone (a reviewer takes back a send-back, whose undo events
+    then no longer take the annotators' labels back). ``live_undos`` lists the undo events still
+    standing, and every view that read the raw undo events reads it instead."""
+    raw = {
+        "ANTI JOIN (SELECT target_event FROM event_log WHERE kind = 'undo' AND target_event IS NOT NULL) u": (
+            "ANTI JOIN (SELECT target_event FROM live_undos) u"
+        ),
+        "SEMI JOIN (SELECT target_event FROM event_log WHERE kind = 'undo') u": (
+            "SEMI JOIN (SELECT target_event FROM live_undos) u"
+        ),
+        "SELECT target_event AS event_id FROM event_log WHERE kind = 'undo' AND target_event IS NOT NULL": (
+            "SELECT target_event AS event_id FROM live_undos"
+        ),
+    }
+
+    def fixed(sql: str) -> str:
+        for before, after in raw.items():
+            sql = sql.replace(before, after)
+        assert "kind = 'undo'" not in sql, sql[:80]
+        return sql
+
+    def view(name: str, migration: int) -> str:
+        return next(q for q in MIGRATIONS[migration - 1][2] if q.startswith(f"CREATE VIEW {name} "))
+
+    return [
+        """CREATE VIEW live_undos AS
+            SELECT u.event_id, u.target_event FROM event_log u
+            ANTI JOIN (SELECT target_event FROM event_log WHERE kind = 'undo' AND target_event IS NOT NULL) r
+                ON r.target_event = u.event_id
+            WHERE u.kind = 'undo' AND u.target_event IS NOT NULL""",
+        "DROP VIEW effective_events",
+        fixed(view("effective_events", 2)),
+        "DROP VIEW log_items",
+        fixed(view("log_items", 2)),
+        "DROP VIEW log_decisions",
+        fixed(_log_decisions_v6()),
+        "DROP VIEW skips_and_flags",
+        fixed(view("skips_and_flags", 3)),
+    ]
+
+
+MIGRATIONS.append((7, "an undo can be undone: a reviewer takes back a send-back", _with_live_undos()))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -73,6 +73,26 @@ def latest_adjudication(store: Store, actor: str) -> dict | None:
     return rows[0] if rows else None
 
 
+def latest_send_back(store: Store, actor: str) -> dict | None:
+    """``actor``'s latest send-back still standing: its item and its undo events (one per label it took
+    back, written together, so their ids are consecutive), with the events they took back."""
+    rows = store.dicts(
+        """SELECT u.event_id, u.item_id, u.note, u.target_event, t.actor AS who, t.kind, t.labels
+           FROM live_undos l JOIN event_log u ON u.event_id = l.event_id JOIN events t ON t.event_id = u.target_event
+           WHERE u.actor = ? AND u.note LIKE 'sent back: %' ORDER BY u.event_id DESC""",
+        [actor],
+    )
+    if not rows:
+        return None
+    group = [rows[0]]
+    for r in rows[1:]:
+        last = group[-1]
+        if r["item_id"] != last["item_id"] or r["note"] != last["note"] or r["event_id"] != last["event_id"] - 1:
+            break
+        group.append(r)
+    return {"item_id": group[0]["item_id"], "last_event": group[0]["event_id"], "undos": group}
+
+
 def gold_items(store: Store) -> list[dict]:
     """Every gold item with its text and metadata (served, blind, among the annotators' items)."""
     return store.dicts("SELECT id AS item_id, text, metadata FROM items WHERE split = 'gold' ORDER BY ord")
