@@ -131,7 +131,7 @@ def test_duplicates_and_leakage_check():
     assert leak["status"] == "fail" and "p1, p7" in leak["detail"]
 
 
-# -- the five warning signs ------------------------------------------------------------------------------
+# -- the six warning signs -------------------------------------------------------------------------------
 
 
 def _pc(**recalls):
@@ -140,6 +140,25 @@ def _pc(**recalls):
 
 def _signs(rows, **kw):
     return {w["key"]: w for w in warning_signs(rows, **kw)}
+
+
+def _stall_curve(accs, n_test=500, step=50):
+    return [{"version": i + 1, "n_labels": 50 + step * i, "accuracy": a, "n_test": n_test} for i, a in enumerate(accs)]
+
+
+def test_the_stall_sign_fires_on_a_flat_curve_and_not_on_a_rising_one():
+    flat = _stall_curve([0.80, 0.801, 0.799, 0.80, 0.802, 0.80, 0.801, 0.80])  # 400 labels, nothing learned
+    rising = _stall_curve([0.60, 0.64, 0.68, 0.71, 0.74, 0.76, 0.78, 0.80])
+    slowing = _stall_curve([0.60, 0.70, 0.76, 0.79, 0.80, 0.805, 0.806, 0.806])  # gains shrink, still outside noise
+    s = _signs(flat)["loop_stalled"]
+    assert s["fires"] and "stop labelling" in s["todo"] and "100 labels" in s["rule"]
+    assert not _signs(rising)["loop_stalled"]["fires"]
+    assert not _signs(slowing)["loop_stalled"]["fires"]
+    assert not _signs(flat[:4])["loop_stalled"]["fires"]  # fewer than three windows: no verdict
+    from labelloop.core.measure.signs import N_SIGNS, summary_line
+
+    assert len(warning_signs(flat)) == N_SIGNS == 6
+    assert "1 of 6 warnings (loop_stalled)" in summary_line({"version": 8, "warnings": ["loop_stalled"]})
 
 
 def test_recall_divergence_sign():
@@ -270,7 +289,7 @@ def test_each_retrain_stores_a_measurement_that_check_reads_back(tmp_path):
         "guidelines",
         "duplicates",
     }
-    assert len(r["warnings"]) == 5 and {w["key"] for w in st["warnings"]} == {w["key"] for w in r["warnings"]}
+    assert len(r["warnings"]) == 6 and {w["key"] for w in st["warnings"]} == {w["key"] for w in r["warnings"]}
     from labelloop.core.text.status import format_status
 
     assert "warning signs" in format_status(st)

@@ -396,7 +396,7 @@ async def test_metrics_pane_scrolls_to_the_warnings_on_a_small_terminal(proj, op
             if "computing" not in str(app.screen.query_one("#numbers").render()):
                 break
         head = str(app.screen.query_one("#metrics-summary").render())
-        assert head.startswith("Is AL working?") and "of 5 warnings" in head
+        assert head.startswith("Is AL working?") and "of 6 warnings" in head
         # the 2 s poll and a finished retrain update the labelling screen under the metrics pane
         # (they once looked for its widgets in the top screen and crashed the app)
         app.update_progress()

@@ -58,7 +58,7 @@ async def test_notices_stay_in_their_line_and_merge(tmp_path):
 def test_the_summary_line_keeps_whole_phrases():
     from labelloop.tui.panes import fit_summary
 
-    s = "v1 · 1 of 5 warnings (batches_converging) · ECE 0.059 · AL vs random +0.012 [-0.01, +0.03] at 100 labels"
+    s = "v1 · 1 of 6 warnings (batches_converging) · ECE 0.059 · AL vs random +0.012 [-0.01, +0.03] at 100 labels"
     line = fit_summary(s, 78)
     assert len(line) <= 78 and line.endswith("· … m") and "ECE 0.059" in line and "AL vs" not in line
     assert fit_summary(s, 200) == "Is AL working? " + s

@@ -386,7 +386,7 @@ def _project_commands(sub) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
 
-    s = sub.add_parser("check", help="readiness checklist and the five warning signs (exit 1 when a check fails)")
+    s = sub.add_parser("check", help="readiness checklist and the six warning signs (exit 1 when a check fails)")
     s.add_argument("dir")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_check)

@@ -77,7 +77,7 @@ class ProjectReads:
             self._arms = {"version": version, "arms": arms}
 
     def check(self) -> dict:
-        """The readiness checklist, the five warning signs and every version's live measurement."""
+        """The readiness checklist, the six warning signs and every version's live measurement."""
         from labelloop.core.loop.readiness import readiness
 
         cfg = self.service.config

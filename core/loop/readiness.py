@@ -1,7 +1,7 @@
 """``labelloop check``: is this project ready for active learning, and is AL working here?
 
 Each check gives a measured value, its threshold, pass / warn / fail (or n/a with the reason) and
-what to do. The five warning signs (core/measure/signs.py) follow. Thresholds are module constants,
+what to do. The six warning signs (core/measure/signs.py) follow. Thresholds are module constants,
 named in every line, so a reader can argue with them.
 """
 

@@ -26,7 +26,11 @@ CONVERGENCE_RATIO = 1.5  # a batch this much more self-similar than a random sam
 ARM_POINTS = 4
 ARM_MIN = 5  # labels in the smaller arm before the arms are compared
 BOOT = 400
+N_SIGNS = 6  # warning_signs' count (tests/test_measure.py checks they agree)
 WINDOW_DAYS = 30
+STALL_WINDOW_LABELS = 100  # labels per window of the stall sign (fast projects: windows of labels, not days)
+STALL_WINDOWS = 3  # windows over which labels per accuracy point must stay flat or rise
+STALL_FLAT = 0.9  # "flat": a window costs at least this share of the one before it
 
 
 def _fit_predict(X_train, y_train, X_test, classes, C: float, seed: int):
@@ -142,15 +146,59 @@ def cost_per_point(
     return out
 
 
+def label_windows(rows: list[dict], width: int = STALL_WINDOW_LABELS) -> list[dict]:
+    """Labels per accuracy point in consecutive windows of ``width`` labels: for each window, the
+    measurement at its end against the one at its start (the first version at or past each multiple
+    of ``width``). A window that gained nothing costs infinitely many labels per point."""
+    points = [r for r in rows if r.get("accuracy") is not None and r.get("n_labels") is not None]
+    marks, next_at = [], None
+    for r in points:
+        if next_at is None or r["n_labels"] >= next_at:
+            marks.append(r)
+            next_at = r["n_labels"] + width
+    out = []
+    for a, b in zip(marks, marks[1:]):
+        gain = 100.0 * (b["accuracy"] - a["accuracy"])
+        spent = b["n_labels"] - a["n_labels"]
+        out.append(
+            {
+                "from_labels": a["n_labels"],
+                "to_labels": b["n_labels"],
+                "gain_points": gain,
+                "labels_per_point": spent / gain if gain > 0 else float("inf"),
+                "n_test": b.get("n_test") or 0,
+                "accuracy": b["accuracy"],
+                "accuracy_before": a["accuracy"],
+            }
+        )
+    return out
+
+
+def stalled(rows: list[dict], width: int = STALL_WINDOW_LABELS, k: int = STALL_WINDOWS) -> tuple[bool, float | None]:
+    """(fires, the latest window's labels per point): over the last ``k`` windows the labels per
+    accuracy point stayed flat or rose, and the accuracy moved less than its own 95% interval (the
+    test split's sampling noise, Wilson half-width at the latest accuracy)."""
+    w = label_windows(rows, width)[-k:]
+    if len(w) < k or not w[-1]["n_test"]:
+        return False, None
+    p = w[-1]["accuracy"]
+    half = 1.96 * np.sqrt(max(p * (1 - p), 1e-9) / w[-1]["n_test"])
+    # a window whose gain is below the test split's noise (half the interval) bought no point at all
+    cost = [x["labels_per_point"] if x["gain_points"] >= 50.0 * half else float("inf") for x in w]
+    flat_or_rising = all(b >= STALL_FLAT * a for a, b in zip(cost, cost[1:]))
+    moved = abs(w[-1]["accuracy"] - w[0]["accuracy_before"])
+    return bool(flat_or_rising and moved <= half), cost[-1]
+
+
 def warning_signs(
     rows: list[dict], *, agreement: dict | None = None, signals: dict | None = None, batch_strategy: str | None = None
 ) -> list[dict]:
-    """The five warning signs, each with its rule, whether it fires, the measured value and what to do.
+    """The six warning signs, each with its rule, whether it fires, the measured value and what to do.
 
     ``rows``: measurements of every model version, oldest first (each with per_class, ece, arms);
     ``agreement``: ``agreement_report`` output (its by_arm part); ``signals``: the latest batch's.
 
-    Long because the five signs stand side by side, each its rule, value and advice, in the
+    Long because the six signs stand side by side, each its rule, value and advice, in the
     order every screen lists them.
     """
     latest = rows[-1] if rows else {}
@@ -241,6 +289,20 @@ def warning_signs(
             "todo": "use the diversity strategy or a larger audit share; look at the batch for one topic",
         }
     )
+
+    # 6. the loop has stalled
+    fire, value = stalled(rows)
+    signs.append(
+        {
+            "key": "loop_stalled",
+            "fires": fire,
+            "value": None if value is None or value == float("inf") else value,
+            "rule": f"labels per accuracy point flat or rising over the last {STALL_WINDOWS} windows of "
+            f"{STALL_WINDOW_LABELS} labels while the accuracy stayed inside its 95% interval",
+            "todo": "the model has stopped learning from these labels: add more diverse data (a new source, "
+            "a larger audit share), revise the guidelines if agreement is low, or stop labelling",
+        }
+    )
     return signs
 
 
@@ -262,7 +324,7 @@ def summary_line(m: dict | None) -> str:
         return "no model measured yet"
     parts = [f"v{m['version']}"]
     fired = m.get("warnings") or []
-    parts.append(f"{len(fired)} of 5 warnings" + (f" ({', '.join(fired)})" if fired else ""))
+    parts.append(f"{len(fired)} of {N_SIGNS} warnings" + (f" ({', '.join(fired)})" if fired else ""))
     if m.get("ece") is not None:
         parts.append(f"ECE {m['ece']:.3f}")
     pts = (m.get("arms") or {}).get("points") or []
