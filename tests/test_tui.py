@@ -9,7 +9,7 @@ import pytest
 from labelloop.core.store.project import Project
 from labelloop.tui.app import LabelApp
 from tests.conftest import write_csv
-from tests.tui_helpers import TRUTH, build_project, project_copy
+from tests.tui_helpers import TRUTH, build_project, press_decisions, project_copy
 
 
 def events(d, where="TRUE"):
@@ -61,7 +61,7 @@ async def test_accept_takes_the_suggestion(proj, open_app):
     app = open_app(proj)
     async with app.run_test(size=(120, 40)) as pilot:
         item = app.ws.current()
-        await pilot.press("enter")
+        await press_decisions(pilot, app, "enter")
     app.ws.close()
     e = events(proj)[0]
     assert (e["item_id"], e["via"], e["labels"]) == (item.item_id, "accept", [item.suggestion])
@@ -107,9 +107,11 @@ async def test_skip_and_flag(proj, open_app):
     app = open_app(proj)
     async with app.run_test(size=(120, 40)) as pilot:
         a = app.ws.current()
-        await pilot.press("s", *"unclear", "enter")
+        await pilot.press("s", *"unclear")
+        await press_decisions(pilot, app, "enter")
         b = app.ws.current()
-        await pilot.press("f", "enter")
+        await pilot.press("f")
+        await press_decisions(pilot, app, "enter")
     app.ws.close()
     e1, e2 = events(proj)
     assert (e1["item_id"], e1["kind"], e1["note"]) == (a.item_id, "skip", "unclear")
@@ -122,11 +124,11 @@ async def test_undo_several_deep(proj, open_app):
         shown = []
         for key in ("1", "2", "enter"):
             shown.append(app.ws.current().item_id)
-            await pilot.press(key)
-        await pilot.press("u", "backspace", "u")
+            await press_decisions(pilot, app, key)
+        await press_decisions(pilot, app, "u", "backspace", "u")
         assert app.ws.current().item_id == shown[0]
-        await pilot.press("u")  # nothing left of alice's to undo
-        await pilot.press("2")  # relabel the first item
+        await press_decisions(pilot, app, "u")  # nothing left of alice's to undo
+        await press_decisions(pilot, app, "2")  # relabel the first item
     app.ws.close()
     ev = events(proj)
     decisions = [e for e in ev if e["kind"] == "label"]
@@ -145,8 +147,7 @@ async def test_undo_several_deep(proj, open_app):
 async def test_resume_after_restart(proj, open_app):
     app = open_app(proj)
     async with app.run_test(size=(120, 40)) as pilot:
-        for _ in range(3):
-            await pilot.press("1")
+        await press_decisions(pilot, app, "1", "1", "1")
         nxt = app.ws.current().item_id
     app.ws.close()
     app2 = open_app(proj)
@@ -199,9 +200,9 @@ async def test_auto_retrain_every_n_decisions(tmp_path, open_app):
     (d / "labelloop.toml").write_text(text)
     app = open_app(d)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("1", "1")
+        await press_decisions(pilot, app, "1", "1")
         assert not app.retraining and app.last_report is None
-        await pilot.press("1")  # the third label starts a retrain by itself
+        await press_decisions(pilot, app, "1")  # the third label starts a retrain by itself
         await _settle(pilot, app)
         assert app.last_report is not None and app.last_report.model_version == 2
     app.ws.close()
@@ -218,7 +219,7 @@ async def test_blind_items_hide_the_suggestion(tmp_path, open_app):
         assert "Suggestion hidden" in str(app.query_one("#suggestion").render())
         await pilot.press("enter")  # nothing to accept
         assert app.ws.current().item_id == item.item_id
-        await pilot.press("1")
+        await press_decisions(pilot, app, "1")
     app.ws.close()
     e = events(d)[0]
     assert e["suggestion_hidden"] is True and e["suggestion"] is None and e["shown_probs"] is None
@@ -263,7 +264,7 @@ async def test_hostile_text_is_shown_not_interpreted(tmp_path, open_app):
             rendered = app.query_one("#item-text").render()
             plain = getattr(rendered, "plain", str(rendered))
             seen[item.item_id] = plain
-            await pilot.press("1")
+            await press_decisions(pilot, app, "1")
         assert app.is_running  # nothing in the texts quit or broke the app
     app.ws.close()
     assert "\x1b" not in seen["h-ansi"] and "\x07" not in seen["h-ansi"] and "␛[31m" in seen["h-ansi"]
@@ -343,7 +344,7 @@ async def test_no_color_is_respected(proj, monkeypatch, open_app):
     app = open_app(proj)
     async with app.run_test(size=(80, 24)) as pilot:
         assert app.no_color
-        await pilot.press("1")
+        await press_decisions(pilot, app, "1")
     app.ws.close()
     assert len(events(proj)) == 1
 

@@ -21,7 +21,7 @@ from labelloop.core.store.project import Project, init_project
 from labelloop.tui.app import EXIT_STORE_FAILED, LabelApp
 from labelloop.tui.screens import CorrectionScreen, FatalScreen
 from tests.conftest import ROOT, write_csv
-from tests.tui_helpers import SAMPLE, TRUTH, project_copy
+from tests.tui_helpers import SAMPLE, TRUTH, press_decisions, project_copy
 
 
 def stored(d, where="TRUE"):
@@ -68,7 +68,7 @@ async def test_two_hundred_items_at_default_settings_give_the_audit_arm_its_shar
         for _ in range(200):
             item = app.ws.current()
             assert item is not None
-            await pilot.press({"ham": "1", "spam": "2"}[TRUTH[item.item_id]])
+            await press_decisions(pilot, app, {"ham": "1", "spam": "2"}[TRUTH[item.item_id]])
             # a person takes seconds per item, a retrain on this pool a fraction of one: let it land
             await wait_retrain(pilot, app)
     app.ws.close()
@@ -94,7 +94,7 @@ async def test_the_item_on_screen_does_not_change_when_a_retrain_lands(tmp_path,
     d = project_copy(tmp_path)
     app = open_app(d)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("1", "2")
+        await press_decisions(pilot, app, "1", "2")
         shown = app.ws.current()
         text_before = str(app.query_one("#item-text").render())
         app.start_retrain("test")
@@ -104,7 +104,7 @@ async def test_the_item_on_screen_does_not_change_when_a_retrain_lands(tmp_path,
         assert str(app.query_one("#item-text").render()) == text_before
         progress = str(app.query_one("#progress").render())
         assert "majority" in progress and "acc" in progress  # accuracy beside the majority-class baseline
-        await pilot.press("1")  # the key decides the item that was read
+        await press_decisions(pilot, app, "1")  # the key decides the item that was read
         nxt = app.ws.current()
     app.ws.close()
     ev = stored(d)

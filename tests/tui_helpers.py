@@ -82,3 +82,21 @@ def project_copy(tmp_path: Path, key: str = "default", **kw) -> Path:
     dst = tmp_path / "proj"
     shutil.copytree(_TEMPLATES[key], dst)
     return dst
+
+
+async def press_decisions(pilot, app, *keys: str, timeout: float = 15.0) -> None:
+    """Press decision keys as a person does: each once the previous decision is acknowledged (over the
+    socket a key pressed while the last decision is still on its way is refused, by design: the next
+    item is not on screen yet)."""
+    import time
+
+    for key in keys:
+        deadline = time.monotonic() + timeout
+        while app.link.held:
+            assert time.monotonic() < deadline, "a decision was never acknowledged"
+            await pilot.pause(0.01)
+        await pilot.press(key)
+    deadline = time.monotonic() + timeout
+    while app.link.held:
+        assert time.monotonic() < deadline, "a decision was never acknowledged"
+        await pilot.pause(0.01)
