@@ -60,3 +60,35 @@ def synthetic_csv(path: Path, n: int, *, labelled: bool, seed: int = 0) -> Path:
             lines.append(f"s{i},{text}\n")
     atomic_write_text(path, "".join(lines))
     return path
+
+
+def bare_split_tfidf(path: Path, split_col: str = "split"):
+    """What a plain scikit-learn loop starts from: the file's test split held out, pool rows whose text
+    is a test text dropped (as simulate drops them), TF-IDF fitted on the pool. Returns
+    (X_pool, X_test, y_pool, y_test, classes)."""
+    import numpy as np
+
+    from labelloop.core.engine.features import TextFeaturizer
+    from labelloop.core.loop.simulate import read_labelled
+
+    texts, labels, splits = read_labelled(path, "text", "label", split_col)
+    y = np.array(labels, dtype=object)
+    test = np.array([s == "test" for s in splits])
+    pool, tst = np.flatnonzero(~test), np.flatnonzero(test)
+    test_texts = {texts[i] for i in tst}
+    pool = np.array([i for i in pool if texts[i] not in test_texts])
+    X = TextFeaturizer("tfidf").fit([texts[i] for i in pool]).transform_text(texts)
+    return X[pool], X[tst], y[pool], y[tst], sorted(set(labels))
+
+
+def tmux_start(session: str, command: str, width: int = 80, height: int = 24) -> None:
+    """``command`` in a detached tmux session of ``width`` x ``height``, from the repository root."""
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", str(width), "-y", str(height), "-c", str(ROOT), command],
+        check=True,
+    )
+
+
+def tmux_screen(session: str) -> str:
+    """What the session's pane shows now, as text."""
+    return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout

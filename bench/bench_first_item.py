@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._util import OUT, ROOT  # noqa: E402
+from bench._util import OUT, ROOT, tmux_screen, tmux_start  # noqa: E402
 from tests.conftest import write_csv  # noqa: E402
 
 
@@ -27,14 +27,10 @@ def first_item_seconds(d: Path) -> float:
     session = f"llfirst-{uuid.uuid4().hex[:6]}"
     cmd = f"{sys.executable} -m labelloop.tui.cli label {d}"
     t0 = time.perf_counter()
-    subprocess.run(
-        ["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", "-c", str(ROOT), cmd], check=True
-    )
+    tmux_start(session, cmd)
     try:
         while True:
-            screen = subprocess.run(
-                ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
-            ).stdout
+            screen = tmux_screen(session)
             if "\nid " in screen or screen.startswith("id "):
                 return time.perf_counter() - t0
             if time.perf_counter() - t0 > 120:

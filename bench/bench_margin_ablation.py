@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._util import ROOT  # noqa: E402
+from bench._util import ROOT, bare_split_tfidf  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 
@@ -39,21 +39,6 @@ CONDITIONS = {
     "+ labelloop select": ("labelloop", False, "raw", "labelloop"),
     "simulate (all four)": ("labelloop", True, "calibrated", "labelloop"),
 }
-
-
-def load(path: Path):
-    from labelloop.core.engine.features import TextFeaturizer
-    from labelloop.core.loop.simulate import read_labelled
-
-    texts, labels, splits = read_labelled(path, "text", "label", "split")
-    y = np.array(labels, dtype=object)
-    test = np.array([s == "test" for s in splits])
-    pool, tst = np.flatnonzero(~test), np.flatnonzero(test)
-    test_texts = {texts[i] for i in tst}
-    pool = np.array([i for i in pool if texts[i] not in test_texts])
-    fz = TextFeaturizer("tfidf").fit([texts[i] for i in pool])
-    X = fz.transform_text(texts)
-    return X[pool], X[tst], y[pool], y[tst], sorted(set(labels))
 
 
 def run(cond, Xp, Xt, yp, yt, classes, seed_rows, C, batch, budget, rng):
@@ -118,7 +103,7 @@ def main() -> None:
     if not path.exists():
         print(f"{path} not present (../shared data sets are outside the repository): skipped")
         return
-    Xp, Xt, yp, yt, classes = load(path)
+    Xp, Xt, yp, yt, classes = bare_split_tfidf(path)
     means: dict[str, list[float]] = {c: [] for c in CONDITIONS}
     t0 = time.perf_counter()
     for r in range(args.repeats):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._util import ROOT  # noqa: E402
+from bench._util import ROOT, bare_split_tfidf  # noqa: E402
 from labelloop.core.engine import coldstart  # noqa: E402
 from labelloop.core.engine.calibration import reliability, softmax_t  # noqa: E402
 from labelloop.core.engine.features import TextFeaturizer  # noqa: E402
@@ -42,22 +42,14 @@ def bare_loop(path, split_col, strategies, seeds_and_c, seed_size, batch, budget
 
     warnings.simplefilter("ignore", ConvergenceWarning)
     t0 = time.perf_counter()
-    texts, labels, splits = read_labelled(path, "text", "label", split_col)
-    y = np.array(labels, dtype=object)
-    test = np.array([s == "test" for s in splits])
-    pool, tst = np.flatnonzero(~test), np.flatnonzero(test)
-    test_texts = {texts[i] for i in tst}
-    pool = np.array([i for i in pool if texts[i] not in test_texts])
-    fz = TextFeaturizer("tfidf").fit([texts[i] for i in pool])
-    X = fz.transform_text(texts)
-    Xp, Xt, yp, yt = X[pool], X[tst], y[pool], y[tst]
+    Xp, Xt, yp, yt, _classes = bare_split_tfidf(path, split_col)
     curves, per_strategy = {}, {s: 0.0 for s in strategies}
     for r, (seed_rows, C) in enumerate(seeds_and_c):
         for strategy in strategies:
             t_arm = time.perf_counter()
             rng = np.random.default_rng([seed, r, 7])
             lab = list(seed_rows)
-            mask = np.ones(len(pool), dtype=bool)
+            mask = np.ones(len(yp), dtype=bool)
             mask[lab] = False
             accs = []
             while True:

@@ -23,14 +23,13 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._util import OUT, ROOT  # noqa: E402
+from bench._util import OUT, tmux_screen, tmux_start  # noqa: E402
 
 NOTICE_RE = re.compile(r"Retraining \(|Model v\d+: test accuracy|New batch of|Undone:|No item on screen yet")
 
 
 def capture(session: str) -> list[str]:
-    out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
-    return out.splitlines()
+    return tmux_screen(session).splitlines()
 
 
 def problems(lines: list[str]) -> list[str]:
@@ -66,9 +65,7 @@ def main() -> None:
     d = build_project(top / "proj", cfg_edits=(("retrain_every = 0", "retrain_every = 15"),))
     session = f"ll60-{uuid.uuid4().hex[:6]}"
     cmd = f"{sys.executable} -m labelloop.tui.cli label {d}"
-    subprocess.run(
-        ["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", "-c", str(ROOT), cmd], check=True
-    )
+    tmux_start(session, cmd)
     screens, bad, versions, noticed = 0, [], set(), 0
     try:
         deadline = time.time() + 60
