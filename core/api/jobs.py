@@ -25,7 +25,7 @@ def training_executor():
     import sys
     from concurrent.futures import ProcessPoolExecutor
 
-    from labelloop.core.loop.al_round import warm_up, worker_quiet
+    from labelloop.core.loop.worker import warm_up, worker_quiet
 
     captured = sys.stderr
     with open(os.devnull, "w") as devnull:
@@ -58,15 +58,22 @@ def retrain_in_process(executor, project: Project, progress, kw: dict):
     cannot read is rebuilt here once and the round retried."""
     from concurrent.futures import TimeoutError as FutureTimeout
 
+    from labelloop.core.loop.batch import blind_round
+
+    progress(0.05, "reading the store")
+    report = blind_round(project, **kw)  # a cold start chosen without features: milliseconds, done here
+    if report is not None:
+        return report
+    # (imported only now: scikit-learn takes a second to load, which a fresh project's first batch
+    # above does not wait for)
     from labelloop.core.engine.features import FeatureCacheError, invalidate_feature_cache
     from labelloop.core.loop.al_round import commit_round, compute_round, plan_round
 
     for attempt in range(2):
         progress(0.05, "reading the store")
         inp = plan_round(project, keep_features=False, **kw)
-        inp.feats = None  # the worker reads the cache itself; never ship the matrix through a pipe
         future = executor.submit(compute_round, inp)
-        progress(0.2, "training in a separate process")
+        progress(0.2, "building features in a separate process" if inp.build else "training in a separate process")
         try:
             while True:
                 try:
@@ -151,6 +158,18 @@ class Retrainer:
         self.job: Job | None = None
         self._ids = 0
         self.executor = None
+        self._remove_snapshots()
+
+    def _remove_snapshots(self) -> None:
+        """Items snapshots a stopped training process left (core/loop/featurejob.py): this service is the
+        project's only one (its lease), so none is still in use."""
+        from labelloop.core.loop.featurejob import SNAPSHOT_PREFIX
+
+        try:
+            for path in Path(self.service.dir, "cache").glob(SNAPSHOT_PREFIX + "*.parquet"):
+                path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
     @property
     def running(self) -> bool:
@@ -182,8 +201,6 @@ class Retrainer:
         return job
 
     def _run(self, job: Job, executor) -> None:
-        from labelloop.core.loop.al_round import train_and_queue
-
         svc = self.service
         project = Project(svc.dir, svc.config, Store(svc.store.cursor(), svc.store.path))
 
@@ -192,8 +209,11 @@ class Retrainer:
                 raise _Cancelled()
             job.fraction, job.step = fraction, step
 
+        prepare = False
         try:
             if executor is None:
+                from labelloop.core.loop.al_round import train_and_queue
+
                 report = train_and_queue(project, progress=progress, **job.kw)
             else:
                 report = retrain_in_process(executor, project, progress, job.kw)
@@ -203,6 +223,7 @@ class Retrainer:
             with svc.lock:
                 job.report = report_dict(report)
                 job.fraction, job.step = 1.0, "done"
+            prepare = executor is not None and report.model_version is None
         except _Cancelled:
             job.error = "cancelled"
         except Exception as exc:
@@ -220,7 +241,25 @@ class Retrainer:
                     job.error = str(exc) if isinstance(exc, LabelloopError) else f"{type(exc).__name__}: {exc}"
         finally:
             job.finished = time.time()
+            if prepare:  # after the job has ended: the batch is served while the features are built
+                self._prepare_features(project, executor)
             project.store.close()  # this job's cursor (one per job: never left open)
+
+    def _prepare_features(self, project: Project, executor) -> None:
+        """After a batch chosen without features (a fresh project's first): have the training process
+        build them now, while the annotators label, so that the first retrain does not wait for them.
+        Only a head start: when it fails, the first retrain builds them."""
+        from labelloop.core.loop.featurejob import plan_features, prepare_features
+
+        cfg = project.config
+        try:
+            _fp, build = plan_features(
+                project.store, project.cache_dir, hashing_above=cfg.hashing_above, embeddings=cfg.features != "tfidf"
+            )
+            if build is not None:
+                executor.submit(prepare_features, build)
+        except Exception:
+            pass
 
     def wait(self, timeout: float = 600) -> Job | None:
         """Block until the running retrain (if any) has finished (scripts and tests)."""

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer, TfidfVectorizer
-from sklearn.preprocessing import normalize
 
 from labelloop.core.engine.artifacts import (
     ArtifactError,
@@ -35,6 +33,7 @@ from labelloop.core.engine.artifacts import (
 )
 from labelloop.core.engine.embed import CHUNK as EMBED_CHUNK
 from labelloop.core.engine.embed import EMBED_DIM, EMBED_MODEL, embed_texts
+from labelloop.core.engine.itemkeys import rows_for_ords
 from labelloop.core.util.errors import LabelloopError
 from labelloop.core.util.safeio import atomic_write, atomic_write_text
 
@@ -94,6 +93,8 @@ class TextFeaturizer:
         return fz
 
     def _word(self, min_df: int):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         return TfidfVectorizer(
             analyzer="word",
             ngram_range=(1, 2),
@@ -105,6 +106,8 @@ class TextFeaturizer:
         )
 
     def _char(self, min_df: int):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         return TfidfVectorizer(
             analyzer="char_wb",
             ngram_range=(2, 5),
@@ -115,6 +118,8 @@ class TextFeaturizer:
         )
 
     def _hashers(self):
+        from sklearn.feature_extraction.text import HashingVectorizer
+
         n = 2**self.hash_bits
         return (
             HashingVectorizer(
@@ -141,6 +146,8 @@ class TextFeaturizer:
             if len(texts) > IDF_SAMPLE:
                 rng = np.random.default_rng(0)
                 texts = [texts[i] for i in rng.choice(len(texts), IDF_SAMPLE, replace=False)]
+            from sklearn.feature_extraction.text import TfidfTransformer
+
             hw, hc = self._hashers()
             self.idf_word_ = TfidfTransformer(sublinear_tf=True).fit(_chunked(hw.transform, texts))
             self.idf_char_ = TfidfTransformer(sublinear_tf=True).fit(_chunked(hc.transform, texts))
@@ -169,6 +176,8 @@ class TextFeaturizer:
         else:
             hw, hc = self._hashers()
             parts = [self.idf_word_.transform(hw.transform(texts)), self.idf_char_.transform(hc.transform(texts))]
+        from sklearn.preprocessing import normalize
+
         X = sp.hstack(parts, format="csr", dtype=np.float32)
         return normalize(X, copy=False)
 
@@ -232,6 +241,8 @@ class TextFeaturizer:
                 vec.idf_ = idf
                 setattr(fz, f"{name}_", vec)
         else:
+            from sklearn.feature_extraction.text import TfidfTransformer
+
             n = 2**fz.hash_bits
             for name in ("word", "char"):
                 idf = np.asarray(arrays.get(f"fz_{name}_idf", np.zeros(0)), dtype=np.float64)
@@ -386,11 +397,7 @@ class FeatureSet:
         return self.featurizer.with_mode(self.mode, self.embed_weight)
 
     def rows_for_ords(self, ords) -> np.ndarray:
-        ords = np.asarray(ords, dtype=np.int64)
-        rows = np.searchsorted(self.ords, ords)
-        if len(ords) and (rows.max() >= len(self.ords) or not np.array_equal(self.ords[rows], ords)):
-            raise LookupError("an item is missing from the feature cache; it will be rebuilt")
-        return rows
+        return rows_for_ords(self.ords, ords)
 
 
 def items_fingerprint(items_state: tuple) -> str:
@@ -496,6 +503,29 @@ def load_or_build_features(
     if featurizer.mode != "tfidf":
         feats.use(featurizer.mode, featurizer.embed_weight)
     return feats
+
+
+def current_fingerprint(
+    items_state: tuple, cache_dir: Path, *, featurizer: TextFeaturizer | None = None, embeddings: bool = False
+) -> tuple[str, str | None]:
+    """(the fingerprint the features of these items have, that fingerprint again if the cache in
+    ``cache_dir`` holds them, with the embeddings when asked, else None). Nothing is built or loaded:
+    the caller decides where the building happens (the training process, for a service)."""
+    cache_dir = Path(cache_dir)
+    fp = items_fp = items_fingerprint(items_state)
+    if featurizer is not None:
+        fp += "-" + featurizer.digest()
+    try:
+        meta = json.loads((cache_dir / "features.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return fp, None
+    if not isinstance(meta, dict) or meta.get("fingerprint") != fp:
+        return fp, None
+    if (embeddings or (featurizer is not None and featurizer.mode != "tfidf")) and not _embeddings_current(
+        cache_dir, items_fp, items_state[0]
+    ):
+        return fp, None
+    return fp, fp
 
 
 def _load_cache(cache_dir: Path, fp: str) -> FeatureSet:

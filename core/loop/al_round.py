@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,12 @@ from sklearn.metrics import cohen_kappa_score
 
 from labelloop.core.engine import coldstart
 from labelloop.core.engine.artifacts import ArtifactError
-from labelloop.core.engine.features import FeatureSet, load_cached_features, load_or_build_features
+from labelloop.core.engine.features import (
+    FeatureCacheError,
+    FeatureSet,
+    load_cached_features,
+    load_or_build_features,
+)
 from labelloop.core.engine.model import (
     CalibratedModel,
     MultiLabelModel,
@@ -38,6 +42,24 @@ from labelloop.core.engine.strategies import (
     n_audit_for,
     select_batch,
 )
+from labelloop.core.loop.batch import (
+    STOP_ROUNDS,
+    PoolState,
+    RoundOutput,
+    TrainReport,
+    blind_round,
+    cold_start_batch,
+    duplicates_note,
+    open_audit_candidates,
+    signals,
+    state_from,
+    warnings_for,
+    write_batch,
+)
+from labelloop.core.loop.batch import (
+    trainable as _trainable,
+)
+from labelloop.core.loop.featurejob import build_features, plan_features
 from labelloop.core.store import rounds
 from labelloop.core.store.project import Project
 from labelloop.core.util.errors import EmptyPoolError, LabelloopError, ModelError
@@ -46,38 +68,6 @@ from labelloop.core.util.safeio import atomic_write_text
 
 SCORE_CHUNK = 100_000
 STOP_SET_SIZE = 1000
-STOP_KAPPA = 0.99
-STOP_ROUNDS = 3
-CONVERGENCE_RATIO = 3.0
-
-
-@dataclass
-class PoolState:
-    feats: FeatureSet
-    labelled_rows: np.ndarray
-    y: list[str]  # first label (single-label projects)
-    test_rows: np.ndarray
-    y_test: list[str]
-    y_lists: list[list[str]] = field(default_factory=list)  # every label (multi-label projects)
-    y_test_lists: list[list[str]] = field(default_factory=list)
-    candidate_rows: np.ndarray = None  # pool rows that may be queued (undecided; one per distinct text)
-    origins: list[str] = field(default_factory=list)  # per labelled row: 'keyword', 'random' or 'other'
-    n_duplicates_dropped: int = 0  # undecided pool rows left out because their text is queued or decided
-
-
-@dataclass
-class TrainReport:
-    model_version: int | None
-    batch_id: int | None
-    batch_size: int
-    strategy: str
-    n_train: int
-    metrics: dict = field(default_factory=dict)
-    adequacy: dict = field(default_factory=dict)
-    signals: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    seconds: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 def store_features(store, cache_dir, **kw):
@@ -158,60 +148,12 @@ def pool_state(project: Project, feats: FeatureSet) -> PoolState:
     return state_from(feats, _labelled(s), _test_split(s), _decided_ords(s))
 
 
-def state_from(feats: FeatureSet, labelled: list, test: list, taken_ords: list) -> PoolState:
-    """The pool as the loop sees it: labelled rows (with where each label came from), the test split,
-    and the candidates (undecided pool rows, one per distinct text)."""
-    mask = feats.splits == "pool"
-    taken_rows = feats.rows_for_ords(taken_ords) if len(taken_ords) else np.zeros(0, dtype=np.int64)
-    mask[taken_rows] = False
-    candidates = np.flatnonzero(mask)
-    dropped = 0
-    if feats.text_hash is not None and len(candidates):
-        # Identical texts: one representative per text (the first in import order), and none whose
-        # text was already decided, so no batch holds two copies and no text is labelled twice.
-        h = feats.text_hash[candidates]
-        _, first = np.unique(h, return_index=True)
-        keep = np.zeros(len(candidates), dtype=bool)
-        keep[first] = True
-        if len(taken_rows):
-            keep &= ~np.isin(h, feats.text_hash[taken_rows])
-        dropped = int(len(candidates) - keep.sum())
-        candidates = candidates[keep]
-    return PoolState(
-        feats=feats,
-        labelled_rows=feats.rows_for_ords([r[0] for r in labelled]),
-        y=[r[1][0] for r in labelled],
-        test_rows=feats.rows_for_ords([r[0] for r in test]),
-        y_test=[r[1][0] for r in test],
-        y_lists=[list(r[1]) for r in labelled],
-        y_test_lists=[list(r[1]) for r in test],
-        candidate_rows=candidates,
-        origins=[_origin(r[2], r[3]) for r in labelled],
-        n_duplicates_dropped=dropped,
-    )
-
-
 def _arms(labelled: list) -> list[str]:
     """Each labelled row's arm: 'audit' (random-audit control), 'cold' (the cold start) or 'al'."""
     return [
         "audit" if a else ("cold" if (st or "").startswith("cold start") or not st else "al")
         for _o, _l, st, a in labelled
     ]
-
-
-def _origin(strategy: str | None, audit: bool | None) -> str:
-    """Where a label came from, for the prior correction: a keyword match, a random draw, or other."""
-    if strategy and "(keyword match)" in strategy:
-        return "keyword"
-    # ("cold start: keyword" alone: a random draw of a keyword cold start, as older releases named it)
-    if audit or strategy in (
-        "cold start: keyword (random draw)",
-        "cold start: keyword",
-        "cold start: random",
-        "random",
-    ):
-        return "random"
-    return "other"
 
 
 def prior_correction(y: list[str], origins: list[str], min_random: int = 5) -> np.ndarray | None:
@@ -335,20 +277,7 @@ class RoundInput:
     feats: FeatureSet | None = None  # in-process only: the features plan_round already has
     features_seconds: float = 0.0  # what loading (or building) them took in plan_round
     prev_features: dict | None = None  # the latest trained model's feature choice (re-decided as labels double)
-
-
-@dataclass
-class RoundOutput:
-    report: TrainReport
-    model: object | None = None  # a newly trained model, to be stored by commit_round
-    featurizer: object | None = None
-    selection: Selection | None = None
-    selected_ids: list = field(default_factory=list)
-    selected_probs: np.ndarray | None = None  # (batch, classes) calibrated probabilities, or None
-    pool_size: int = 0  # candidates the batch was chosen from
-    scorer: object | None = None  # the model whose classes the probabilities follow
-    stop_predictions: list | None = None
-    arms: dict | None = None  # AL against random-audit labels at equal budget (core/measure/signs.py)
+    build: object | None = None  # a FeatureBuild when the training process must build the cache first
 
 
 def train_and_queue(
@@ -365,6 +294,9 @@ def train_and_queue(
     ``progress(fraction, message)`` is called between steps; raising from it cancels the run.
     The round is planned from the store, computed, and committed to the store; the workstation runs
     the same three steps with the computing in a child process (``tui/app.py``)."""
+    report = blind_round(project, strategy=strategy, batch_size=batch_size, seed=seed)
+    if report is not None:  # a cold start chosen without a model or features
+        return report
     inp = plan_round(project, strategy=strategy, batch_size=batch_size, seed=seed, retrain=retrain)
     out = compute_round(inp, progress=progress)
     return commit_round(project, inp, out)
@@ -401,17 +333,19 @@ def plan_round(
                 imported, featurizer = (v, art["model"]), art["featurizer"]
     cache = project.cache_dir if featurizer is None else project.cache_dir / "imported"
     t_features = time.perf_counter()
-    # a random or keyword cold start picks without a model: the embeddings (seconds of work) wait for the
-    # first retrain, so that a fresh project shows its first item sooner
-    blind_start = not trainable and imported is None and cfg.cold_start in ("random", "keyword")
-    feats = store_features(
-        s,
-        cache,
-        hashing_above=cfg.hashing_above,
-        featurizer=featurizer,
-        check_only=not keep_features,
-        embeddings=cfg.features != "tfidf" and not blind_start,
-    )
+    build = None
+    embeddings = cfg.features != "tfidf"
+    if keep_features:
+        feats = store_features(s, cache, hashing_above=cfg.hashing_above, featurizer=featurizer, embeddings=embeddings)
+    else:  # the training process loads the cache, or builds it from a snapshot of the items
+        feats, build = plan_features(
+            s,
+            cache,
+            hashing_above=cfg.hashing_above,
+            featurizer=featurizer,
+            embeddings=embeddings,
+            snapshot_dir=project.cache_dir,
+        )
     t_features = time.perf_counter() - t_features
     keyword = None
     if cfg.cold_start == "keyword" and not labelled:
@@ -440,59 +374,10 @@ def plan_round(
         latest=latest,
         imported=imported,
         feats=feats if isinstance(feats, FeatureSet) else None,
+        build=build,
         features_seconds=t_features,
         prev_features=prev_features if isinstance(prev_features, dict) else None,
     )
-
-
-def _trainable(cfg, y_lists: list[list[str]]) -> bool:
-    if cfg.multi_label:  # one-vs-rest: trainable once some label is present on some items and absent on others
-        return any(0 < sum(c in labs for labs in y_lists) < len(y_lists) for c in cfg.labels)
-    return len({labs[0] for labs in y_lists}) >= 2
-
-
-def worker_quiet(parent_pid: int | None = None) -> None:
-    """Initializer of the training process a terminal program starts: its stdout and stderr go to
-    /dev/null (nothing it prints can land on the annotator's screen), it runs at a lower priority and
-    with one BLAS thread, so that on a small machine the process drawing the screen keeps a core."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    try:
-        os.nice(10)
-    except OSError:
-        pass
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except Exception:  # threadpoolctl comes with scikit-learn; without it the defaults stand
-        pass
-    _die_with_parent(parent_pid)
-
-
-PARENT_WATCH_SECONDS = 0.5
-
-
-def _die_with_parent(parent: int | None) -> None:
-    """The training process ends when the process that started it ends, however it ends (kill -9
-    included): a daemon thread watches the parent's pid and exits this process when it changes (the
-    orphan is adopted by init or a subreaper). prctl(PR_SET_PDEATHSIG) would follow the parent
-    *thread* that spawned the worker, which may end long before the server."""
-    parent = parent or os.getppid()  # given by the parent: it may have died before this runs
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_WATCH_SECONDS)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True, name="labelloop-parent-watch").start()
-
-
-def warm_up() -> bool:
-    """Run in a fresh worker process so its imports (numpy, scikit-learn) are done before a retrain."""
-    return True
 
 
 _FEATURES_MEMO: dict = {}
@@ -506,8 +391,20 @@ def _round_features(inp: RoundInput) -> FeatureSet:
     key = (inp.cache_dir, inp.fingerprint)
     if key not in _FEATURES_MEMO:
         _FEATURES_MEMO.clear()
-        _FEATURES_MEMO[key] = load_cached_features(Path(inp.cache_dir), inp.fingerprint)
+        if inp.build is not None:
+            feats = build_features(inp.build)
+            if feats.fingerprint != inp.fingerprint:
+                raise FeatureCacheError("the items changed while their features were prepared; try again")
+        else:
+            feats = load_cached_features(Path(inp.cache_dir), inp.fingerprint)
+        _FEATURES_MEMO[key] = feats
     return _FEATURES_MEMO[key]
+
+
+def keep_round_features(cache_dir: str, feats: FeatureSet) -> None:
+    """Keep ``feats`` (built ahead of a retrain, ``featurejob.prepare_features``) for the next round here."""
+    _FEATURES_MEMO.clear()
+    _FEATURES_MEMO[(cache_dir, feats.fingerprint)] = feats
 
 
 def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
@@ -532,10 +429,7 @@ def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
     if feats.note:
         report.notes.append(feats.note)
     if state.n_duplicates_dropped:
-        report.notes.append(
-            f"{state.n_duplicates_dropped:,} undecided pool items repeat the exact text of another "
-            "item (queued or decided) and are left out of selection."
-        )
+        report.notes.append(duplicates_note(state.n_duplicates_dropped))
     model = None
     trainable = _trainable(cfg, state.y_lists)
     if inp.retrain and trainable:
@@ -673,10 +567,10 @@ def _select(inp: RoundInput, feats: FeatureSet, state, model, trainable: bool, r
     cfg = inp.config
     # The first (cold-start) batch is the seed set: [strategy] seed_size; later batches batch_size.
     batch_size = inp.batch_size if inp.batch_size is not None else (cfg.seed_size if model is None else cfg.batch_size)
-    carry = _open_audit_candidates(feats, state, inp.open_audit_ords)
+    carry = open_audit_candidates(feats, state, inp.open_audit_ords)
     if model is None:
         report.strategy = f"cold start: {cfg.cold_start}"
-        return _cold_start_batch(cfg, feats, state, batch_size, rng, carry, inp.keyword_ords), None
+        return cold_start_batch(cfg, feats, state, batch_size, rng, carry, inp.keyword_ords), None
     if not trainable and cfg.cold_start == "stratified":
         # An imported model's predicted classes stratify the first batch: every class gets its share.
         X = feats.X
@@ -744,62 +638,10 @@ def commit_round(project: Project, inp: RoundInput, out: RoundOutput) -> TrainRe
         report.model_version = _store_model(project, out, inp)
         _store_measurement(project, out, inp, report.model_version)
     model_version = report.model_version
-    report.batch_id = _write_batch(project, out, model_version)
+    report.batch_id = write_batch(project, out, model_version)
     report.batch_size = len(out.selection)
     report.warnings = warnings_for(report)
     return report
-
-
-def _open_audit_candidates(feats: FeatureSet, state: PoolState, ords: list) -> np.ndarray:
-    """The current batch's audit items that nobody has decided yet, as indices into the candidates
-    (in their queue order): the next batch keeps them, so a retrain never drops the control arm."""
-    if not ords:
-        return np.zeros(0, dtype=np.int64)
-    try:
-        rows = feats.rows_for_ords(ords)
-    except LookupError:
-        return np.zeros(0, dtype=np.int64)
-    idx = np.searchsorted(state.candidate_rows, rows)
-    ok = (idx < len(state.candidate_rows)) & (
-        state.candidate_rows[np.minimum(idx, len(state.candidate_rows) - 1)] == rows
-    )
-    return idx[ok].astype(np.int64)
-
-
-def _cold_start_batch(
-    cfg, feats: FeatureSet, state: PoolState, k: int, rng, carry: np.ndarray, keyword_ords: list | None
-) -> Selection:
-    rows = state.candidate_rows
-    n = len(rows)
-    k = min(k, n)
-    n_audit = n_audit_for(k, cfg.audit_share)
-    # the method picks k - n_audit items among those that are not carried audit items
-    eligible = np.setdiff1d(np.arange(n), carry)
-    want = min(k - n_audit, len(eligible))
-    method = cfg.cold_start
-    flags = None
-    if method == "keyword":
-        matched_ords = keyword_ords or []
-        matched_rows = feats.rows_for_ords(matched_ords) if matched_ords else np.zeros(0, dtype=np.int64)
-        pos = np.flatnonzero(np.isin(rows[eligible], matched_rows))
-        picked, flags = coldstart.keyword_seed(pos, len(eligible), want, rng)
-        # matches and random draws interleaved: whatever prefix is labelled before the first retrain
-        # holds both (matches first made the first model learn the matches' class shares)
-        order = rng.permutation(len(picked))
-        picked, flags = picked[order], flags[order]
-    elif method == "typicality":
-        picked = coldstart.typicality_seed(feats.neighbour_X[rows[eligible]], want, rng)
-    else:  # random; and stratified or model when no model exists yet to stratify or rank with
-        picked = coldstart.random_seed(len(eligible), want, rng)
-        if method in ("stratified", "model"):
-            method = f"random (no model yet for {method})"
-    picked = eligible[picked]
-    m = len(picked)
-    names = [
-        f"cold start: {method}" + ("" if flags is None else " (keyword match)" if f else " (random draw)")
-        for f in (flags if flags is not None else [False] * m)
-    ]
-    return assemble_batch(picked, names, np.full(m, np.nan), np.full(m, np.nan), n, n_audit, rng, carry_audit=carry)
 
 
 def _model_width(model) -> int:
@@ -950,83 +792,10 @@ def _read_stop_set(project: Project, version: int) -> dict | None:
 def _signals(feats: FeatureSet, state: PoolState, sel: Selection, rng, report: TrainReport, inp: RoundInput) -> dict:
     main = state.candidate_rows[sel.index[~sel.audit]]
     sample = rng.choice(state.candidate_rows, size=min(len(main), len(state.candidate_rows)), replace=False)
-    sim = batch_similarity(feats.neighbour_X, main)
-    base = batch_similarity(feats.neighbour_X, sample)
     kappas = list(inp.prev_kappas)
     if "stop_kappa" in report.metrics:  # this round trained a model: its kappa is the newest
         kappas = [report.metrics["stop_kappa"], *kappas]
-    kappas = kappas[:STOP_ROUNDS]
-    stable = len(kappas) == STOP_ROUNDS and all(k is not None and k >= STOP_KAPPA for k in kappas)
-    return {
-        "batch_similarity": sim,
-        "pool_similarity": base,
-        "convergence_ratio": (sim / base) if base > 0 else None,
-        "converging": bool(base > 0 and sim / base >= CONVERGENCE_RATIO),
-        "stop_kappas": kappas,
-        "stop": stable,
-    }
-
-
-def warnings_for(report: TrainReport) -> list[str]:
-    out = []
-    m = report.metrics or {}
-    if isinstance(m.get("ece"), float) and m["ece"] > 0.10:
-        out.append(
-            f"ECE {m['ece']:.3f} on the test split is above 0.10: uncertainty is poorly calibrated, "
-            "so uncertainty sampling may not beat random."
-        )
-    if not report.adequacy.get("adequate", True):
-        short = ", ".join(f"{c} needs {n} more" for c, n in report.adequacy["short"].items())
-        out.append(f"Seed set below {report.adequacy['minimum']} labels per class: {short}.")
-    sig = report.signals or {}
-    if sig.get("stop"):
-        out.append(
-            f"Stopping signal: predictions on the stop set agreed (kappa >= {STOP_KAPPA}) for "
-            f"{STOP_ROUNDS} rounds; more labels are unlikely to change the model much."
-        )
-    if sig.get("converging"):
-        out.append(
-            f"Batch convergence: this batch is {sig['convergence_ratio']:.1f}x more self-similar than a random "
-            "batch; the strategy is concentrating on one region (consider diversity or more audit)."
-        )
-    if m.get("n_test", 1) == 0:
-        out.append(
-            "No held-out test split: accuracy and calibration cannot be measured (import items with split=test)."
-        )
-    return out
-
-
-def _write_batch(project: Project, out: RoundOutput, model_version: int | None) -> int:
-    sel, report = out.selection, out.report
-    classes = list(out.scorer.classes_) if out.scorer is not None else None
-    rows = []
-    for pos, item_id in enumerate(out.selected_ids):
-        p = None
-        if out.selected_probs is not None and classes is not None:
-            p = json.dumps({c: round(float(v), 6) for c, v in zip(classes, out.selected_probs[pos])})
-        rows.append(
-            [
-                pos,
-                item_id,
-                sel.strategy[pos],
-                None if np.isnan(sel.score[pos]) else float(sel.score[pos]),
-                int(sel.rank[pos]) if sel.rank[pos] else None,
-                None if np.isnan(sel.percentile[pos]) else float(sel.percentile[pos]),
-                bool(sel.audit[pos]),
-                model_version,
-                p,
-            ]
-        )
-    return rounds.insert_batch(
-        project.store,
-        model_version=model_version,
-        strategy=report.strategy,
-        size=len(sel),
-        n_audit=int(sel.audit.sum()),
-        pool_size=out.pool_size,
-        signals=report.signals,
-        queue_columns=[list(c) for c in zip(*rows)] if rows else [],
-    )
+    return signals(batch_similarity(feats.neighbour_X, main), batch_similarity(feats.neighbour_X, sample), kappas)
 
 
 def queued_items(project: Project, n: int | None = None) -> list[dict]:

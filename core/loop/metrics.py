@@ -9,15 +9,8 @@ import json
 import numpy as np
 
 from labelloop.core.engine.model import evaluate, fit_model
-from labelloop.core.loop.al_round import (
-    STOP_KAPPA,
-    STOP_ROUNDS,
-    TrainReport,
-    features_for,
-    pool_state,
-    use_latest_features,
-    warnings_for,
-)
+from labelloop.core.loop.al_round import features_for, pool_state, use_latest_features
+from labelloop.core.loop.batch import STOP_KAPPA, STOP_ROUNDS, TrainReport, warnings_for
 from labelloop.core.store import reports
 from labelloop.core.store.project import Project
 from labelloop.core.store.reports import arm_counts  # noqa: F401  (re-exported: the metrics pane shows it too)

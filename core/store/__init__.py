@@ -840,6 +840,38 @@ class Store:
         text_hash = np.array([r[4] for r in rows], dtype=np.uint64)
         return ids, ords, splits, texts, text_hash
 
+    def item_keys(self) -> tuple:
+        """Every item in ord order without its text: ids, ords, splits and DuckDB's hash of each text."""
+        import numpy as np
+
+        with self._lock:
+            d = self.con.execute("SELECT id, ord, split, hash(text) AS h FROM items ORDER BY ord").fetchnumpy()
+        return (
+            np.asarray(d["id"], dtype=object),
+            np.asarray(d["ord"], dtype=np.int64),
+            np.asarray(d["split"], dtype=object),
+            np.asarray(d["h"], dtype=np.uint64),
+        )
+
+    def snapshot_items(self, path: Path) -> tuple[int, int, int]:
+        """Write what ``item_arrays`` gives to a Parquet file at ``path`` (for a process that cannot
+        open the store), inside DuckDB: no text passes through Python here. Returns the items' state
+        (``items_state``) the file holds, read in the same transaction."""
+        quoted = str(path).replace("'", "''")
+        with self._lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                state = self.con.execute(
+                    "SELECT count(*), coalesce(max(ord), 0), coalesce(max(import_id), 0) FROM items"
+                ).fetchone()
+                self.con.execute(
+                    "COPY (SELECT id, ord, split, text, hash(text) AS h FROM items ORDER BY ord) "
+                    f"TO '{quoted}' (FORMAT parquet)"
+                )
+            finally:
+                self.con.execute("COMMIT")
+        return tuple(state)
+
     def invalidate_caches(self) -> None:
         """Called after bulk writes (import) so per-process caches are rebuilt."""
         self._next_event_id = None

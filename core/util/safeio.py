@@ -102,8 +102,9 @@ def set_umask(mask: int) -> int:
     return old
 
 
-LEFTOVER_PREFIXES = (".incoming-", ".export-")
-"""Temporary files of the server's file operations (core/api/server.py)."""
+LEFTOVER_PREFIXES = (".incoming-", ".export-", ".snapshot-")
+"""Temporary files of the server's file operations (core/api/server.py) and of the items snapshots a
+training process builds features from (core/loop/featurejob.py)."""
 
 
 def remove_leftovers(folders: list[Path]) -> list[tuple[Path, int]]:
