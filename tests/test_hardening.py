@@ -414,6 +414,94 @@ def test_a_server_killed_by_sigkill_leaves_no_process_and_its_next_start_no_temp
         assert any(".incoming-" in m for m in logged), logged
 
 
+def test_sigterm_sent_as_soon_as_the_socket_exists_stops_the_server(tmp_path):
+    """A service manager may stop the server the moment it is up (a health check has just connected):
+    that SIGTERM once went unheard (the kernel handed it to another thread while the main thread slept
+    in an untimed wait)."""
+    d = project_copy(tmp_path)
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "labelloop.tui.cli", "serve", str(d)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            for _ in range(600):  # up when a connection is accepted (as a health check sees it)
+                try:
+                    with socket.socket(socket.AF_UNIX) as probe:
+                        probe.connect(str(d / SOCKET_NAME))
+                    break
+                except OSError:
+                    time.sleep(0.01)
+            os.kill(proc.pid, signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_sigterm_during_a_retrain_building_features_stops_the_server_promptly(tmp_path):
+    """SIGTERM while the training process builds the features of a retrain (held there for 120 s by a
+    fault point): the server does not wait for the retrain; it and its training process are gone in
+    seconds, nothing is half-written, and the next start removes the items snapshot the build left."""
+    d = project_copy(tmp_path)
+    (d / "cache" / "features.json").unlink()  # the retrain must build the features
+    marker = tmp_path / "reached"
+    env = {
+        **os.environ,
+        "LABELLOOP_FAULT": "build-features",
+        "LABELLOOP_FAULT_MARKER": str(marker),
+        "LABELLOOP_FAULT_SLEEP": "120",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labelloop.tui.cli", "serve", str(d)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    train = None
+    try:
+        for _ in range(300):
+            if (d / SOCKET_NAME).exists():
+                break
+            time.sleep(0.1)
+        train = subprocess.Popen(
+            [sys.executable, "-m", "labelloop.tui.cli", "train", str(d)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(600):
+            if marker.exists():
+                break
+            time.sleep(0.1)
+        assert marker.exists(), "the feature build did not start"
+        assert list((d / "cache").glob(".snapshot-*.parquet")), "the items were not handed over as a snapshot"
+        family = {k for k in _children(proc.pid) if _alive(k)}
+        family |= {g for k in family for g in _children(k)}
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        stopped = time.monotonic() - t0
+        assert stopped < 20, f"the server took {stopped:.1f} s to stop (the build holds for 120 s)"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_alive(k) for k in family):
+            time.sleep(0.2)
+        assert not any(_alive(k) for k in family), [k for k in family if _alive(k)]
+    finally:
+        for p in (proc, train):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert not (d / "cache" / "features.json").exists()  # no cache was half-written and called current
+    logged = []
+    srv = Server(d, compute="thread", log=logged.append)  # the next start
+    srv.stop()
+    assert not list((d / "cache").glob(".snapshot-*")), "the next start left the snapshot"
+    assert any(".snapshot-" in m for m in logged), logged
+
+
 def test_a_server_start_removes_what_a_killed_run_left_and_says_so(tmp_path):
     d = project_copy(tmp_path)
     (d / "cache").mkdir(exist_ok=True)

@@ -295,10 +295,15 @@ class Server:
         )
 
     def serve_forever(self) -> None:
-        self.start()
+        # The handlers come first: a SIGTERM sent as soon as the socket exists must stop the server.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: self._stop.set())
-        self._stop.wait()
+        self.start()
+        # A timed wait: a signal the kernel hands to another thread (a DuckDB or accept thread) only
+        # runs its handler when the main thread next wakes; an untimed wait once never woke (a SIGTERM
+        # sent right after start-up was lost).
+        while not self._stop.wait(0.2):
+            pass
         self.stop()
 
     def stop(self) -> None:
