@@ -1,12 +1,13 @@
-"""`labelloop simulate` on every classification set in ../shared/datasets (issue: AL engine).
+"""`labelloop simulate` on the classification sets in ../shared/datasets (issues: AL engine, 22).
 
-Target: SMS spam with margin, entropy and random, 3 repeats, under 2 minutes (wall time of the
-whole command, printed). For every set it prints labels-to-target for margin and random under each
-featurizer (--features, default tfidf,embed,tfidf+embed) with a 95% bootstrap interval over repeats
-(never-reached repeats counted at the budget), the paired comparisons, and the verdict.
+For every set: simulate's report (labels to 90, 95 and 98% of the full-pool accuracy per arm with
+95% bootstrap intervals over repeats, never-reached repeats counted at the budget; the paired
+comparisons; a verdict per target), then one table over the sets, and for strategy auto the issue's
+target: auto's labels-to-target no more than the best single arm's upper interval bound on every set
+and target, and below the worst arm's on at least three sets.
 
-    python bench/bench_simulate.py [--repeats 5] [--budget 500] [--features tfidf,embed,tfidf+embed]
-                                   [--strategies margin,random] [--only trec6]
+    python bench/bench_simulate.py [--repeats 5] [--budget 500] [--features tfidf]
+                                   [--strategies margin,random,auto] [--sets 5] [--only trec6]
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ SETS = [
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--features", default="tfidf,embed,tfidf+embed")
-    ap.add_argument("--strategies", default="margin,random")
+    ap.add_argument("--features", default="tfidf")
+    ap.add_argument("--strategies", default="margin,random,auto")
+    ap.add_argument("--sets", type=int, default=5, help="the first N sets of the list (default: the five)")
     ap.add_argument("--budget", type=int, default=500)
     ap.add_argument("--only", help="run one set by its file stem, e.g. sms_spam")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, rel, split in SETS:
+    for name, rel, split in SETS[: args.sets]:
         path = SHARED / rel
         if args.only and args.only not in rel:
             continue
@@ -65,39 +67,47 @@ def main() -> None:
         print(f"== {name} ({wall:.1f} s)")
         print(format_report(r, cfg))
         print()
-        import numpy as np
-        import polars as pl
+        rows.append((name, wall, r.targets))
+    for feat in cfg.features:
+        print(f"Labels to target, features {feat} (mean [95% interval] over {args.repeats} repeats):")
+        print(f"{'data set':<22}{'target':>7}  " + "".join(f"{st:<24}" for st in strategies))
+        for name, _wall, table in rows:
+            for frac in sorted({t["target"] for t in table}):
+                cells = []
+                for st in strategies:
+                    t = next(x for x in table if x["target"] == frac and x["strategy"] == st and x["features"] == feat)
+                    cells.append(f"{t['labels']:.0f} [{t['low']:.0f}, {t['high']:.0f}] {t['reached']}/{t['repeats']}")
+                print(f"{name:<22}{frac * 100:>6g}%  " + "".join(f"{c:<24}" for c in cells))
+        if "auto" in strategies and len(strategies) > 1:
+            auto_check(rows, strategies, feat)
 
-        from labelloop.core.loop.simulate import labels_to_target
 
-        per = labels_to_target(r.curves, r.target)
-
-        def ltt(feat, strat):
-            d = per.filter((pl.col("features") == feat) & (pl.col("strategy") == strat))
-            v = d["labels_to_target"].fill_null(cfg.budget).to_numpy().astype(float)
-            reached = int(d["labels_to_target"].is_not_null().sum())
-            if len(v) >= 2:
-                boots = v[np.random.default_rng(0).integers(0, len(v), (2000, len(v)))].mean(axis=1)
-                lo, hi = np.quantile(boots, [0.025, 0.975])
-                return f"{v.mean():.0f} [{lo:.0f}, {hi:.0f}] ({reached}/{len(v)})"
-            return f"{v.mean():.0f} ({reached}/{len(v)})"
-
-        for feat in cfg.features:
-            rows.append((name, wall, r.target, feat, *[ltt(feat, st) for st in ("margin", "random")], r.verdict))
+def auto_check(rows, strategies, feat) -> None:
+    """The issue's target for auto: on every set and target, auto's mean labels-to-target is no more
+    than the best single arm's upper interval bound; and on at least three sets, lower than the worst
+    arm's (the worst arm at each target; labels summed over the targets)."""
+    singles = [s for s in strategies if s != "auto"]
+    ok_all, below_worst, misses = True, 0, []
+    for name, _wall, table in rows:
+        auto_sum = worst_sum = 0.0
+        for frac in sorted({t["target"] for t in table}):
+            at = {t["strategy"]: t for t in table if t["target"] == frac and t["features"] == feat}
+            best = min(singles, key=lambda s: at[s]["labels"])
+            worst = max(singles, key=lambda s: at[s]["labels"])
+            bound = at[best]["high"] if at[best]["high"] == at[best]["high"] else at[best]["labels"]
+            if at["auto"]["labels"] > bound + 1e-9:
+                ok_all = False
+                misses.append(f"{name} {frac * 100:g}%: auto {at['auto']['labels']:.0f} > {best} upper {bound:.0f}")
+            auto_sum += at["auto"]["labels"]
+            worst_sum += at[worst]["labels"]
+        below_worst += auto_sum < worst_sum
+    print(f"  auto <= the best single arm's upper bound on every set and target: {'met' if ok_all else 'NOT met'}")
+    for m in misses:
+        print(f"    {m}")
     print(
-        f"{'data set':<22}{'seconds':>8}{'target':>8}  {'features':<13}{'margin labels-to-target':<26}"
-        f"{'random labels-to-target':<26}verdict"
+        f"  auto below the worst arm at every target on {below_worst} of {len(rows)} sets (target: >= 3): "
+        f"{'met' if below_worst >= 3 else 'NOT met'}"
     )
-    for name, wall, target, feat, m, rnd, verdict in rows:
-        print(f"{name:<22}{wall:>8.1f}{target:>8.3f}  {feat:<13}{m:<26}{rnd:<26}{verdict}")
-    sms = [r for r in rows if r[0] == "SMS spam"]
-    if sms:
-        same = args.strategies == "margin,entropy,random" and args.features == "tfidf" and args.repeats == 3
-        tag = ("met" if sms[0][1] < 120 else "NOT MET") if same else "info"
-        print(
-            f"\n  [{tag}] SMS spam, {args.strategies}, features {args.features}, {args.repeats} repeats: "
-            f"{sms[0][1]:.1f} s (the target, under 2 minutes, is for margin,entropy,random / tfidf / 3 repeats)"
-        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ DEFAULT_TAXONOMY = [
     "more than one label applies",
     "other",
 ]
-STRATEGIES = ("random", "least_confidence", "margin", "entropy", "bald", "qbc", "cal", "diversity", "power")
+STRATEGIES = ("random", "least_confidence", "margin", "entropy", "bald", "qbc", "cal", "diversity", "power", "auto")
 COLD_STARTS = ("random", "stratified", "keyword", "typicality", "model")
 CALIBRATIONS = ("temperature", "platt", "none")
 # Keys the label bar hands out in order: 1-9, 0, then letters that no action uses.

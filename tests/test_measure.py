@@ -428,3 +428,27 @@ def test_report_placeholders_stay_inside_their_chart_and_label_axes_are_whole_nu
     _int_x(ax2)
     fig2.canvas.draw()
     assert all(float(t).is_integer() for t in ax2.get_xticks())
+
+
+def test_live_labels_to_target_per_arm_with_the_audit_arms_limit_stated():
+    """Labels to 90/95/98% of the current accuracy for the AL and random-audit arms at equal budgets,
+    from the curves arm_curves measures, with the paired difference's interval; a target no arm
+    reaches within the audit arm's size says so, and the limit is printed."""
+    from labelloop.core.measure.signs import live_targets, target_lines
+
+    rng = np.random.default_rng(0)
+    A, R = [0.70, 0.80, 0.85, 0.86], [0.65, 0.72, 0.80, 0.84]
+    boots = [
+        (b, np.full(200, a) + rng.normal(0, 0.002, 200), np.full(200, r) + rng.normal(0, 0.002, 200), a, r)
+        for b, a, r in zip((20, 40, 60, 80), A, R)
+    ]
+    ts = live_targets(boots, 0.88, 10, (0.90, 0.95, 0.98))
+    by = {t["target"]: t for t in ts}
+    assert (by[0.90]["al"], by[0.90]["random"], by[0.90]["saved"]) == (50, 70, 20.0)  # 40 / 60 + 10 cold
+    assert (by[0.95]["al"], by[0.95]["random"]) == (70, 90) and by[0.95]["saved_low"] == 20.0
+    assert by[0.98]["al"] is None and by[0.98]["random"] is None and by[0.98]["limit"] == 90
+    lines = target_lines({"targets": ts})
+    assert lines[0].startswith("90% of the current accuracy (0.792): AL at 50 labels, random at 70: AL saves +20")
+    assert "neither arm reaches it within the 90 labels each that the audit arm allows" in lines[2]
+    assert "the random-audit arm's size" in lines[-1]
+    assert target_lines(None) == [] and target_lines({"points": []}) == []

@@ -247,6 +247,8 @@ def cmd_simulate(args) -> int:
         calibration=args.calibration,
         engineering_cost=args.engineering_cost,
         features=[f.strip() for f in args.features.split(",") if f.strip()],
+        targets=args.targets,
+        audit_share=args.audit_share,
     )
 
     def progress(frac, msg):
@@ -411,6 +413,30 @@ def _project_commands(sub) -> None:
     s.set_defaults(func=cmd_next)
 
 
+def _share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return v
+
+
+def _fractions(text: str) -> tuple:
+    """ "0.9,0.95,0.98" -> (0.9, 0.95, 0.98): each above 0 and at most 1."""
+    out = []
+    for part in text.split(","):
+        try:
+            v = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected numbers like 0.9,0.95,0.98, got {part.strip()!r}") from None
+        if not 0 < v <= 1:
+            raise argparse.ArgumentTypeError(f"each target is a share of the full-pool accuracy (0 to 1], got {v:g}")
+        out.append(v)
+    return tuple(sorted(set(out)))
+
+
 def _simulate_command(sub) -> None:
     """simulate: a replay on a labelled file, no project needed."""
     s = sub.add_parser("simulate", help="replay active learning against random sampling on a labelled file")
@@ -418,7 +444,7 @@ def _simulate_command(sub) -> None:
     s.add_argument("--text-col", default="text")
     s.add_argument("--label-col", default="label")
     s.add_argument("--split-col", help="column whose 'test' rows form the test split (default: --test-frac)")
-    s.add_argument("--strategies", default="margin,entropy,random")
+    s.add_argument("--strategies", default="margin,entropy,random", help="comma-separated, e.g. margin,random,auto")
     s.add_argument(
         "--features",
         default="auto",
@@ -436,6 +462,19 @@ def _simulate_command(sub) -> None:
     s.add_argument("--test-frac", type=float, default=0.2)
     s.add_argument("--seed-query", help="regex: seed half the first batch with matching items")
     s.add_argument("--target", type=float, default=0.95, help="target as a share of the full-pool accuracy")
+    s.add_argument(
+        "--targets",
+        type=_fractions,
+        default=(0.90, 0.95, 0.98),
+        help="targets, as shares of the full-pool accuracy, for labels-to-target and a verdict each (0.9,0.95,0.98)",
+    )
+    s.add_argument(
+        "--audit-share",
+        type=_share,
+        default=0.0,
+        help="strategy auto: a share of each batch drawn at random as more evidence, as a project's "
+        "[strategy] audit_share (default 0: no arm has one here)",
+    )
     s.add_argument("--calibration", choices=["temperature", "platt", "none"], default="temperature")
     s.add_argument("--cost-per-label", type=float, default=0.10)
     s.add_argument("--seconds-per-label", type=float, default=15.0)

@@ -402,6 +402,10 @@ class MetricsScreen(Screen):
                 from labelloop.core.text.status import describe
 
                 t.append(safe_line(describe(latest["features"]), None) + "\n", style="dim")
+            if isinstance(latest.get("bandit"), dict):
+                from labelloop.core.text.status import bandit_line
+
+                t.append(safe_line(bandit_line(latest["bandit"]), None) + "\n", style="dim")
         else:
             t.append("No model yet.\n", style="bold")
         t.append("\nLabels\n", style="bold")

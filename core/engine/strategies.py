@@ -329,6 +329,14 @@ class PowerMargin(QueryStrategy):
         return power_sample(scores, k, rng)
 
 
+class AutoStrategy(QueryStrategy):
+    """A bandit over margin, entropy, diversity, CAL and random (core/engine/auto.py): the loop splits
+    each batch among them by its shares. Its own scores (margin) rank the pool for the "why"."""
+
+    name = "auto"
+    multi_label = False
+
+
 STRATEGIES: dict[str, QueryStrategy] = {
     s.name: s
     for s in (
@@ -341,6 +349,7 @@ STRATEGIES: dict[str, QueryStrategy] = {
         ContrastiveAL(),
         DiversityMargin(),
         PowerMargin(),
+        AutoStrategy(),
     )
 }
 """Every strategy by its stable name (the names of ``[strategy] name`` and ``simulate --strategies``)."""

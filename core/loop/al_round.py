@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
-from labelloop.core.engine import coldstart
+from labelloop.core.engine import auto, coldstart
 from labelloop.core.engine.artifacts import ArtifactError
+from labelloop.core.engine.auto import arm_of
 from labelloop.core.engine.features import (
     FeatureCacheError,
     FeatureSet,
@@ -42,6 +43,7 @@ from labelloop.core.engine.strategies import (
     n_audit_for,
     select_batch,
 )
+from labelloop.core.loop.autoround import arm_scores, next_state, split_batch
 from labelloop.core.loop.batch import (
     STOP_ROUNDS,
     PoolState,
@@ -278,6 +280,7 @@ class RoundInput:
     features_seconds: float = 0.0  # what loading (or building) them took in plan_round
     prev_features: dict | None = None  # the latest trained model's feature choice (re-decided as labels double)
     build: object | None = None  # a FeatureBuild when the training process must build the cache first
+    prev_bandit: dict | None = None  # strategy "auto": the bandit as the latest trained model left it
 
 
 def train_and_queue(
@@ -353,7 +356,8 @@ def plan_round(
         keyword = rounds.keyword_ords(s, query)
     prev = rounds.latest_trained_version(s)
     kappas = rounds.recent_stop_kappas(s, STOP_ROUNDS)
-    prev_features = (rounds.model_metrics(s, prev) or {}).get("features") if prev is not None else None
+    prev_metrics = (rounds.model_metrics(s, prev) or {}) if prev is not None else {}
+    prev_features, prev_bandit = prev_metrics.get("features"), prev_metrics.get("bandit")
     return RoundInput(
         config=cfg,
         cache_dir=str(cache),
@@ -377,6 +381,7 @@ def plan_round(
         build=build,
         features_seconds=t_features,
         prev_features=prev_features if isinstance(prev_features, dict) else None,
+        prev_bandit=prev_bandit if isinstance(prev_bandit, dict) else None,
     )
 
 
@@ -535,8 +540,24 @@ def _train(inp: RoundInput, feats: FeatureSet, state, rng, out: RoundOutput, ste
             cfg.labels,
             C=float(choice["C"]),
             seed=inp.seed,
+            reference=metrics.get("accuracy"),
         )
         timings["measure"] = time.perf_counter() - t
+    if inp.strategy == "auto":
+        step(0.65, "valuing the strategies")
+        t = time.perf_counter()
+        metrics["bandit"] = next_state(
+            inp.prev_bandit,
+            feats.X[state.labelled_rows],
+            state.y,
+            [arm_of(st) for _o, _l, st, _a in inp.labelled],
+            [bool(a) for _o, _l, _st, a in inp.labelled],
+            cfg.labels,
+            float(choice["C"]),
+            class_weight=cfg.class_weight,
+            held_out=(X_test, state.y_test) if len(state.test_rows) else None,
+        )
+        timings["bandit"] = time.perf_counter() - t
     model.info["features_mode"], model.info["embed_weight"] = feats.mode, feats.embed_weight
     out.model, out.featurizer = model, feats.featurizer_in_use
     _stop_signal(inp, feats, model, out)
@@ -604,6 +625,8 @@ def _select(inp: RoundInput, feats: FeatureSet, state, model, trainable: bool, r
             carry_audit=carry,
         ), probs
     strat = get_strategy(inp.strategy)
+    if strat.name == "auto":
+        return _auto_select(inp, feats, state, model, batch_size, carry, rng, report)
     # neighbours (CAL, diversity) are found in embedding space when embeddings are loaded
     rnd = strat.prepare(
         Round(
@@ -629,6 +652,34 @@ def _select(inp: RoundInput, feats: FeatureSet, state, model, trainable: bool, r
         X_pool=pool_X,
         carry_audit=carry,
     ), probs
+
+
+def _auto_select(inp: RoundInput, feats: FeatureSet, state, model, batch_size: int, carry, rng, report):
+    """``strategy = "auto"``: the batch split among the bandit's arms by its shares (this round's, or the
+    latest model's when not retraining), beside the untouched random-audit share."""
+    cfg = inp.config
+    bandit = (report.metrics or {}).get("bandit") or inp.prev_bandit or auto.initial_state()
+    rows = state.candidate_rows
+    n = len(rows)
+    if n == 0:
+        raise EmptyPoolError("the pool has no unlabelled items left to select.")
+    k = min(batch_size, n)
+    n_audit = n_audit_for(k, cfg.audit_share)
+    carry = carry[:n_audit]
+    scores, probs = arm_scores(
+        model,
+        feats.X,
+        rows,
+        N=feats.neighbour_X,
+        X_lab=feats.X[state.labelled_rows],
+        N_lab=feats.neighbour_X[state.labelled_rows],
+    )
+    main, names, main_scores, pct = split_batch(
+        bandit, scores, k - n_audit, rng, X_neighbours=feats.neighbour_X[rows], blocked=carry
+    )
+    report.notes.append("auto: " + auto.shares_line(bandit) + f" ({bandit.get('note', '')})")
+    sel = assemble_batch(main, names, main_scores, pct, n, n_audit, rng, scores=scores["margin"], carry_audit=carry)
+    return sel, probs
 
 
 def commit_round(project: Project, inp: RoundInput, out: RoundOutput) -> TrainReport:
@@ -734,6 +785,8 @@ def _store_measurement(project: Project, out: RoundOutput, inp: RoundInput, vers
         )
     }
     data["features"] = (m.get("features") or {}).get("name")
+    if isinstance(m.get("bandit"), dict):  # strategy auto: the shares this version leaves
+        data["auto_shares"] = m["bandit"].get("shares")
     data["arms"] = out.arms
     data["signals"] = {k: out.report.signals.get(k) for k in ("convergence_ratio", "converging", "stop")}
     # the warning signs as they stand with this version (the labelling screen's summary line reads them)

@@ -108,17 +108,21 @@ def fit_curve(ns: np.ndarray, acc: np.ndarray) -> tuple[float, float, float] | N
     than three points or when the fit fails."""
     if len(ns) < 3 or len(set(ns.tolist())) < 3:
         return None
-    from scipy.optimize import curve_fit
+    import warnings
+
+    from scipy.optimize import OptimizeWarning, curve_fit
 
     try:
-        (a, b, c), _ = curve_fit(
-            lambda n, a, b, c: a - b * np.power(n, -c),
-            ns.astype(float),
-            acc.astype(float),
-            p0=[min(1.0, acc.max() + 0.05), 1.0, 0.5],
-            bounds=([0.0, 0.0, 0.01], [1.0, 100.0, 3.0]),
-            maxfev=5000,
-        )
+        with warnings.catch_warnings():  # three points fit exactly: no covariance, and nothing to say
+            warnings.simplefilter("ignore", OptimizeWarning)
+            (a, b, c), _ = curve_fit(
+                lambda n, a, b, c: a - b * np.power(n, -c),
+                ns.astype(float),
+                acc.astype(float),
+                p0=[min(1.0, acc.max() + 0.05), 1.0, 0.5],
+                bounds=([0.0, 0.0, 0.01], [1.0, 100.0, 3.0]),
+                maxfev=5000,
+            )
     except (RuntimeError, ValueError):
         return None
     return float(a), float(b), float(c)

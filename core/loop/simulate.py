@@ -37,10 +37,13 @@ import numpy as np
 import polars as pl
 
 from labelloop.core.engine import coldstart
+from labelloop.core.engine.auto import shares_line
 from labelloop.core.engine.features import FEATURE_MODES, TextFeaturizer, combine
 from labelloop.core.engine.featuresel import C_DEFAULT, FEATURE_KINDS, candidates_for, choose_features
 from labelloop.core.engine.model import evaluate, fit_model
 from labelloop.core.engine.strategies import STRATEGIES, Round, get_strategy, select_batch
+from labelloop.core.loop.autoround import SimulatedAuto
+from labelloop.core.loop.targets import TARGETS, pays_summary, target_table, verdict_lines
 from labelloop.core.util.errors import InputFileError, LabelloopError
 from labelloop.core.util.safeio import atomic_write
 
@@ -68,6 +71,11 @@ class SimConfig:
     engineering_cost: float = 200.0  # money: setting up and running the AL pipeline (fixed)
     features: list[str] = field(default_factory=lambda: ["auto"])
     seed: int = 0
+    # strategy "auto" only: a random-audit share beside its arms (0: like every other arm here, none; its
+    # evidence is then the simulated project's test split alone)
+    audit_share: float = 0.0
+    evidence_size: int = 300  # strategy "auto" only: the simulated project's test split (pool items held out)
+    targets: tuple = TARGETS  # fractions of the full-pool accuracy labels-to-target is given for
 
 
 @dataclass
@@ -90,6 +98,7 @@ class SimReport:
     full_by_features: dict = field(default_factory=dict)
     best_features: str | None = None
     choices: list[dict] = field(default_factory=list)
+    targets: list[dict] = field(default_factory=list)  # labels to each target per arm (core/loop/targets.py)
 
 
 def read_labelled(path: Path, text_col: str, label_col: str, split_col: str | None = None):
@@ -268,6 +277,7 @@ def run_simulation(
         full_by_features=full_by,
         best_features=out["best_features"],
         choices=choices,
+        targets=target_table(curves, full_acc, cfg.budget, cfg.targets, cfg.seed),
     )
 
 
@@ -463,6 +473,11 @@ def _run_arm(strategy, repeat, seed_rows, first, choose, y_pool, y_test, classes
     unlabelled_mask[labelled] = False
     out = []
     model = None
+    # strategy "auto": its bandit, with the simulated project's test split (pool items held out of
+    # this arm's pool) as evidence; simulate's own test split stays unseen
+    policy = (
+        SimulatedAuto(len(labelled), unlabelled_mask, y_arr, cfg.evidence_size, rng) if strategy == "auto" else None
+    )
     while True:
         t = time.perf_counter()
         if several and len(labelled) >= 2 * decided_at:
@@ -484,6 +499,8 @@ def _run_arm(strategy, repeat, seed_rows, first, choose, y_pool, y_test, classes
             held_out="alo",
             warm_from=model,
         )
+        if policy is not None:
+            policy.retrained(X_pool, labelled, y_arr, classes, C)
         fit_s = time.perf_counter() - t
         m = quick_metrics(model, X_test, y_test_idx, classes)
         row = {
@@ -494,6 +511,7 @@ def _run_arm(strategy, repeat, seed_rows, first, choose, y_pool, y_test, classes
             "calibration_skipped": model.info.get("calibration_skipped") or "",
             "C": C,
             "features_used": choice["name"],
+            "shares": shares_line(policy.state if policy else None),
         }
         if len(labelled) >= cfg.budget or not unlabelled_mask.any():
             row["compute_seconds"] = fit_s
@@ -503,7 +521,10 @@ def _run_arm(strategy, repeat, seed_rows, first, choose, y_pool, y_test, classes
         t = time.perf_counter()
         cand = np.flatnonzero(unlabelled_mask)
         k = min(cfg.batch, cfg.budget - len(labelled), len(cand))
-        chosen = _arm_pick(get_strategy(strategy), model, X_pool, cand, labelled, y_arr, classes, k, rng)
+        if policy is not None:
+            chosen = policy.pick(model, X_pool, cand, labelled, k, cfg.audit_share, rng)
+        else:
+            chosen = _arm_pick(get_strategy(strategy), model, X_pool, cand, labelled, y_arr, classes, k, rng)
         row["compute_seconds"] = fit_s + (time.perf_counter() - t)
         row["selected"] = True
         out.append(row)
@@ -982,4 +1003,21 @@ def format_report(report: SimReport, cfg: SimConfig) -> str:
     for n in report.notes:
         lines.append(f"  note: {n}")
     lines.append(f"Verdict ({cfg.repeats} repeats): {report.verdict}")
+    if report.targets:
+        lines.append("")
+        lines.extend(format_targets(report.targets, cfg.budget))
     return "\n".join(lines)
+
+
+def format_targets(table: list[dict], budget: int) -> list[str]:
+    """Labels to each target per arm with intervals, a verdict per target and where AL pays."""
+    out = [f"Labels to each target (mean over repeats [95% interval]; never reached counts at {budget}):"]
+    for r in table:
+        iv = f"[{r['low']:.0f}, {r['high']:.0f}]" if np.isfinite(r["low"]) else ""
+        out.append(
+            f"  {r['target'] * 100:g}%  {r['features']:<12} {r['strategy']:<10} {r['labels']:6.0f} {iv:<12} "
+            f"reached {r['reached']}/{r['repeats']}"
+        )
+    out.extend("  " + line for line in verdict_lines(table, budget))
+    out.append(f"Where AL pays: {pays_summary(table)}")
+    return out

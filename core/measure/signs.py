@@ -54,9 +54,12 @@ def arm_curves(
     seed: int = 0,
     points: int = ARM_POINTS,
     n_boot: int = BOOT,
+    reference: float | None = None,
+    targets=(0.90, 0.95, 0.98),
 ) -> dict:
     """Accuracy of models trained on each arm's labels (plus the cold-start labels) at equal budgets,
-    with bootstrap bands over test items for each arm and for their difference (AL - random)."""
+    with bootstrap bands over test items for each arm and for their difference (AL - random); with
+    ``reference`` (the newest model's accuracy), labels to each of ``targets`` of it (``live_targets``)."""
     arms = list(arms)
     y = np.asarray(y, dtype=object)
     y_test = np.asarray(y_test, dtype=object)
@@ -78,6 +81,7 @@ def arm_curves(
     rng = np.random.default_rng(seed)
     boot_idx = rng.integers(0, len(y_test), size=(n_boot, len(y_test)))
     grid = sorted({int(round(v)) for v in np.linspace(max(ARM_MIN, budget / points), budget, points)})
+    boots: list[tuple[int, np.ndarray, np.ndarray, float, float]] = []
     for b in grid:
         correct = {}
         for name, idx in (("al", al), ("random", rnd)):
@@ -91,6 +95,7 @@ def arm_curves(
             continue
         a, r = correct["al"], correct["random"]
         ba, br = a[boot_idx].mean(axis=1), r[boot_idx].mean(axis=1)
+        boots.append((int(b), ba, br, float(a.mean()), float(r.mean())))
         d = ba - br
         out["points"].append(
             {
@@ -106,6 +111,72 @@ def arm_curves(
                 "diff_low": float(np.quantile(d, 0.025)),
                 "diff_high": float(np.quantile(d, 0.975)),
             }
+        )
+    if reference is not None and boots:
+        out["targets"] = live_targets(boots, reference, len(cold), targets)
+    return out
+
+
+def live_targets(boots: list, reference: float, n_cold: int, fracs) -> list[dict]:
+    """Labels to each target (a share of ``reference``, the newest model's test accuracy on all labels)
+    for the AL arm and the random-audit arm at equal budgets, as far as the audit arm reaches: per
+    target the first budget each arm's curve reaches it (None: not within the audit arm's labels), and
+    the paired difference random - AL with a 95% interval over the same bootstrap resamples of the test
+    items (a resample where an arm does not reach it counts one grid step past the audit arm's size)."""
+    grid = np.array([b for b, *_ in boots])
+    past = int(grid[-1] + (grid[-1] - grid[-2] if len(grid) > 1 else grid[-1]))
+    BA = np.stack([ba for _b, ba, _br, _a, _r in boots])  # (points, n_boot)
+    BR = np.stack([br for _b, _ba, br, _a, _r in boots])
+    A = np.array([a for *_x, a, _r in boots])
+    R = np.array([r for *_x, r in boots])
+
+    def first(reached: np.ndarray) -> np.ndarray:  # (points, ...) -> the first budget reached, else past
+        idx = np.argmax(reached, axis=0)
+        return np.where(reached.any(axis=0), grid[idx], past)
+
+    out = []
+    for frac in fracs:
+        t = frac * reference
+        al, rnd = first(A >= t), first(R >= t)
+        d = first(BR >= t) - first(BA >= t)
+        out.append(
+            {
+                "target": float(frac),
+                "accuracy": float(t),
+                "al": int(al) + n_cold if al != past else None,
+                "random": int(rnd) + n_cold if rnd != past else None,
+                "saved": float(rnd - al) if al != past or rnd != past else None,
+                "saved_low": float(np.quantile(d, 0.025)),
+                "saved_high": float(np.quantile(d, 0.975)),
+                "limit": int(grid[-1]) + n_cold,
+            }
+        )
+    return out
+
+
+def target_lines(arms: dict | None) -> list[str]:
+    """The live verdict per target (``arm_curves``' "targets"), with the audit arm's limit stated."""
+    ts = (arms or {}).get("targets") or []
+    out = []
+    for t in ts:
+        head = f"{t['target'] * 100:g}% of the current accuracy ({t['accuracy']:.3f}):"
+        if t["al"] is None and t["random"] is None:
+            out.append(f"{head} neither arm reaches it within the {t['limit']} labels each that the audit arm allows")
+            continue
+        al = f"AL at {t['al']} labels" if t["al"] is not None else f"AL not within {t['limit']}"
+        rnd = f"random at {t['random']}" if t["random"] is not None else f"random not within {t['limit']}"
+        iv = f"[{t['saved_low']:+.0f}, {t['saved_high']:+.0f}]"
+        if t["saved_low"] > 0:
+            say = f"AL saves {t['saved']:+.0f} labels {iv}"
+        elif t["saved_high"] < 0:
+            say = f"random needs {-t['saved']:.0f} fewer labels {iv}"
+        else:
+            say = f"no measurable difference {iv}"
+        out.append(f"{head} {al}, {rnd}: {say}")
+    if ts:
+        out.append(
+            f"  (measured up to {ts[0]['limit']} labels per arm: the random-audit arm's size; beyond it the "
+            "live arms cannot say)"
         )
     return out
 

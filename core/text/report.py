@@ -46,6 +46,14 @@ def _svg(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def shares_cell(shares) -> str:
+    """Strategy auto's shares as "margin 0.41 · entropy 0.22 · …" (largest first); "" when absent."""
+    if not isinstance(shares, dict):
+        return ""
+    ok = {str(k): float(v) for k, v in shares.items() if isinstance(v, (int, float))}
+    return " · ".join(f"{k} {ok[k]:.2f}" for k in sorted(ok, key=lambda k: -ok[k]))
+
+
 def _csv(path: Path, header: list[str], rows: list[list]) -> None:
     def write(f):
         text = io.StringIO()
@@ -132,6 +140,7 @@ def _chart_learning_curve(r: dict, rows: list, labels: list, out: Path) -> tuple
             "ece_uncalibrated",
             "stop_kappa",
             "features",
+            "auto_shares",
         ],
         [
             [
@@ -150,6 +159,7 @@ def _chart_learning_curve(r: dict, rows: list, labels: list, out: Path) -> tuple
                 m.get("ece_uncalibrated"),
                 m.get("stop_kappa"),
                 m.get("features"),
+                shares_cell(m.get("auto_shares")),
             ]
             for m in rows
         ],
@@ -393,7 +403,26 @@ def _page(r: dict, rows: list, checks: list, signs: list, charts: dict) -> str:
             f"{'fires' if w['fires'] else 'quiet'}</td><td>{e('n/a' if v is None else f'{v:.3f}' if isinstance(v, float) else str(v))}</td>"
             f"<td>{e(w['rule'])}</td><td>{e(w['todo'] if w['fires'] else '')}</td></tr>"
         )
-    parts.append("</table><h2>Charts</h2>")
+    parts.append("</table>")
+    from labelloop.core.measure.signs import target_lines
+
+    live = target_lines(rows[-1].get("arms") if rows else None)
+    if live:  # the live arms' verdict per target, with the audit arm's limit
+        parts.append("<h2>AL against the random-audit arm at several targets</h2><ul>")
+        parts.extend(f"<li>{e(x.strip())}</li>" for x in live)
+        parts.append("</ul>")
+    shares = [(m["version"], m.get("auto_shares")) for m in rows if m.get("auto_shares")]
+    if shares:  # strategy auto: how the bandit split the batches, version by version
+        parts.append(
+            "<h2>Strategy auto: the bandit's shares</h2><p>Each batch is split among the arms by these shares "
+            "(set after the model version was trained, from the arms' value on the random-audit labels and "
+            "the test split); the random-audit arm is drawn apart, untouched.</p><table><tr><th>version</th>"
+            "<th>shares</th></tr>"
+        )
+        for v, sh in shares:
+            parts.append(f"<tr><td>v{v}</td><td>{e(shares_cell(sh))}</td></tr>")
+        parts.append("</table>")
+    parts.append("<h2>Charts</h2>")
     for key in CHARTS:
         title, data = charts[key]
         parts.append(

@@ -108,6 +108,8 @@ def _model_and_warning_lines(st: dict[str, Any]) -> list[str]:
                 else ""
             )
             lines.append("  " + describe(ch) + when)
+        if isinstance(tm.get("bandit"), dict):
+            lines.append("  " + bandit_line(tm["bandit"]))
     else:
         lines.append("Model        none trained yet (labelloop train DIR)")
     signs = st.get("warnings") or []
@@ -153,6 +155,14 @@ def agreement_lines(ag: dict | None) -> list[str]:
     return lines
 
 
+def bandit_line(state: dict) -> str:
+    """One line: strategy auto's shares after this model version, and what they rest on."""
+    from labelloop.core.engine.auto import shares_line
+
+    note = state.get("note")
+    return f"strategy auto: shares {shares_line(state)}" + (f" ({note})" if note else "")
+
+
 def describe(choice: dict) -> str:
     """One line: a model version's features and the evidence they were chosen on (core/engine/featuresel.py)."""
     if not choice:
@@ -180,4 +190,11 @@ def format_readiness(r: dict) -> str:
         lines.append(f"  [{'WARN' if w['fires'] else ' ok '}] {w['key']:<22} value {val}: {w['rule']}")
         if w["fires"]:
             lines.append(f"         -> {w['todo']}")
+    from labelloop.core.measure.signs import target_lines
+
+    rows = r.get("measurements") or []
+    live = target_lines(rows[-1].get("arms") if rows else None)
+    if live:
+        lines += ["", "AL against the random-audit arm at several targets (latest version, equal budgets)"]
+        lines += [f"  {x}" for x in live]
     return "\n".join(lines)
