@@ -210,3 +210,30 @@ def test_the_workstation_loop_splits_batches_by_arm_and_stores_the_shares_with_t
     assert f"<td>v{v3}</td><td>{shares_cell(b3['shares'])}</td>" in page
     assert shares_cell(b3["shares"]) in (tmp_path / "rep" / "measurements.csv").read_text()
     assert "AL against the random-audit arm at several targets" in page
+
+
+async def test_the_workstation_shows_which_arm_chose_the_item_and_the_shares(tmp_path):
+    """At 80x24 with strategy auto: the why pane names the arm and its share (or the random audit), and
+    the metrics pane gives the shares stored with the model version."""
+    from labelloop.tui.app import LabelApp
+    from tests.tui_helpers import build_project
+
+    d = build_project(tmp_path / "p", cfg_edits=(('name = "margin"', 'name = "auto"'),))
+    app = LabelApp(d, actor="alice", retrain_in_process=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        item = app.ws.current()
+        why = str(app.query_one("#why").render())
+        if item.audit:
+            assert "random audit" in why
+        else:
+            assert f"why: auto: {auto.arm_of(item.strategy)} (share 0.20)" in why.replace("\n", " ")
+        await pilot.press("m")
+        for _ in range(100):
+            await pilot.pause(0.1)
+            if "computing" not in str(app.screen.query_one("#numbers").render()):
+                break
+        numbers = str(app.screen.query_one("#numbers").render())
+        assert "strategy auto: shares " in numbers and "random 0.20" in numbers
+        await pilot.press("escape")
+    app.ws.close()

@@ -331,6 +331,17 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _serve(d, env: dict | None = None) -> subprocess.Popen:
+    """``labelloop serve d`` in a child process (its output kept for a failing test to show)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "labelloop.tui.cli", "serve", str(d)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -349,13 +360,7 @@ def test_a_server_killed_by_sigkill_leaves_no_process_and_its_next_start_no_temp
     env = {**os.environ, "LABELLOOP_FAULT_MARKER": str(marker), "LABELLOOP_FAULT_SLEEP": "120"}
     if during != "idle":
         env["LABELLOOP_FAULT"] = {"retrain": "compute-round", "import": "import-before-commit"}[during]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "labelloop.tui.cli", "serve", str(d)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _serve(d, env)
     clients: list[subprocess.Popen] = []
     try:
         kids = []
@@ -420,12 +425,7 @@ def test_sigterm_sent_as_soon_as_the_socket_exists_stops_the_server(tmp_path):
     in an untimed wait)."""
     d = project_copy(tmp_path)
     for _ in range(3):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "labelloop.tui.cli", "serve", str(d)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = _serve(d)
         try:
             for _ in range(600):  # up when a connection is accepted (as a health check sees it)
                 try:
@@ -454,13 +454,7 @@ def test_sigterm_during_a_retrain_building_features_stops_the_server_promptly(tm
         "LABELLOOP_FAULT_MARKER": str(marker),
         "LABELLOOP_FAULT_SLEEP": "120",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "labelloop.tui.cli", "serve", str(d)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _serve(d, env)
     train = None
     try:
         for _ in range(300):

@@ -169,7 +169,7 @@ async def test_retrain_while_labelling(proj, monkeypatch, tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("t")
         assert app.retraining
-        for _ in range(200):  # the child process has started computing
+        for _ in range(1200):  # the child process has started computing (its imports: seconds under load)
             if marker.exists():
                 break
             await pilot.pause(0.05)

@@ -19,8 +19,8 @@ def waiting_text(ws, retraining: bool) -> str:
         job = ws.job or {}
         step = f": {job['step']}" if job.get("step") else ""
         return (
-            f"Preparing the first batch… {job.get('fraction', 0.0):.0%}{step}. The project's features are "
-            "built once; keys pressed before the first item shows do nothing (a notice says so)." + others
+            f"Preparing the first batch… {job.get('fraction', 0.0):.0%}{step}. Keys pressed before the first "
+            "item shows do nothing (a notice says so)." + others
         )
     if retraining:
         return "No items for you in the queue. A new batch is being prepared…" + others
