@@ -51,6 +51,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--labels", type=int, default=5_000)
     ap.add_argument("--features", default="tfidf+embed", choices=["tfidf", "embed", "tfidf+embed", "auto"])
+    ap.add_argument(
+        "--also-auto",
+        action="store_true",
+        help="then retrain again with strategy auto (every arm scores the pool) against margin's retrain",
+    )
     args = ap.parse_args()
     pool, test = make_files(args.rows, args.labels, 2_000)
     proj = OUT / "engine_bench" / "proj"
@@ -127,6 +132,22 @@ def main() -> None:
         f"    (features {float(t_feat):.2f} s, choosing them {float(t_choose):.2f} s, train+calibrate {float(t_train):.2f} s, score+select {float(t_score):.2f} s;"
         f" test accuracy {float(acc):.3f}, ECE {float(ece):.3f})"
     )
+    if args.also_auto:
+        auto = run_child(
+            "import time\n"
+            "from labelloop.core.store.project import Project\n"
+            "from labelloop.core.loop.al_round import train_and_queue\n"
+            f"p = Project.open(r'{proj}')\n"
+            "t = time.perf_counter()\n"
+            "r = train_and_queue(p, seed=0, batch_size=100, strategy='auto')\n"
+            "print(time.perf_counter() - t, r.seconds['score_select'], r.seconds.get('bandit', 0.0))\n"
+        )
+        a_total, a_score, a_bandit = (float(x) for x in auto[2].split())
+        print(
+            f"{'retrain the same with strategy auto':<52}{a_total:>9.2f}{auto[1]:>14.0f}"
+            f"\n    (score+select {a_score:.2f} s for five arms against margin's {float(t_score):.2f} s, "
+            f"{a_score / float(t_score):.1f}x; valuing the arms {a_bandit:.2f} s; retrain {a_total / float(total):.1f}x margin's)"
+        )
     ratio = float(t_row) / float(t_vec)
     print()
     for name, ok in [

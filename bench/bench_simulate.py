@@ -105,7 +105,8 @@ def auto_check(rows, strategies, feat) -> None:
     for m in misses:
         print(f"    {m}")
     print(
-        f"  auto below the worst arm at every target on {below_worst} of {len(rows)} sets (target: >= 3): "
+        f"  auto below the worst arm (labels summed over the targets) on {below_worst} of {len(rows)} sets "
+        "(target: >= 3): "
         f"{'met' if below_worst >= 3 else 'NOT met'}"
     )
 
