@@ -65,6 +65,7 @@ class Key:
     high: float | None = None
     choices: tuple[str, ...] | None = None
     attr: str = ""  # the ProjectConfig attribute, when it is not the key's name
+    valid: Any = None  # a further check of the value: raises ValueError saying what is wrong
 
     @property
     def field(self) -> str:
@@ -87,6 +88,8 @@ class Key:
             value = t(value)
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"must be one of {', '.join(self.choices)}")
+        if self.valid is not None:
+            self.valid(value)
         return list(value) if t is list else value
 
     def range_text(self) -> str:
@@ -97,6 +100,22 @@ class Key:
         if self.low is not None:
             return f">= {_num(self.low)}"
         return ""
+
+
+CLUSTER_LOCAL_RE = re.compile(r"^local:(\d{1,3})$")
+CLUSTER_ADDRESS_RE = re.compile(r"^(tcp|tls)://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+def check_cluster_setting(value: str) -> str:
+    """``value`` when it is "", "local:N" (1 <= N <= 64) or "tcp://HOST:PORT"; ValueError otherwise."""
+    if value == "" or CLUSTER_ADDRESS_RE.match(value):
+        return value
+    m = CLUSTER_LOCAL_RE.match(value)
+    if m and 1 <= int(m.group(1)) <= 64:
+        return value
+    if m:
+        raise ValueError("local:N wants between 1 and 64 worker processes")
+    raise ValueError('must be "" (in this process), "local:N" (N worker processes here) or "tcp://HOST:PORT"')
 
 
 def _num(x) -> str:
@@ -196,6 +215,14 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("team", "gold_tier_key", str, "tier", "the metadata column holding a gold item's difficulty tier"),
     Key("team", "gold_pause", bool, False, "true: an annotator below gold_min_accuracy (10+ gold items) is paused"),
+    Key(
+        "compute",
+        "cluster",
+        str,
+        "",
+        'where an external pool is featurised and scored: "" this process, "local:N" or "tcp://HOST:PORT" (Dask)',
+        valid=check_cluster_setting,
+    ),
     Key("roles", "admins", list, [], "may do everything: import, train with options, model import and export"),
     Key("roles", "reviewers", list, [], "annotate, review and export"),
     Key("roles", "annotators", list, [], "label"),
@@ -214,7 +241,7 @@ SECTION_NOTES = {
         "annotates and the user who runs the server is the admin; otherwise only the users listed connect."
     ),
 }
-SECTIONS = ("project", "labels", "taxonomy", "cost", "strategy", "features", "team", "roles", "keys")
+SECTIONS = ("project", "labels", "taxonomy", "cost", "strategy", "features", "team", "compute", "roles", "keys")
 
 
 @dataclass

@@ -52,8 +52,18 @@ def _labelled_by_arms(seed: int):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(4000, 40))
     y = np.where(X[:, :8].sum(axis=1) > 0, "a", "b").astype(object)  # many features matter: labels count
-    lab, arms, audit, _ = _collect(X[:2000], y[:2000], 6, 60, seed=seed, state=auto.initial_state())
+    equal = dict(auto.initial_state(), shares=auto.shares({a: 0.0 for a in auto.ARMS}))
+    lab, arms, audit, _ = _collect(X[:2000], y[:2000], 6, 100, seed=seed, state=equal)
     return X, y, lab, arms, audit, (X[2000:], y[2000:])
+
+
+def _after_retrains(X, y_seen, lab, arms, audit, test, retrains=3):
+    """The bandit after ``retrains`` retrains on the same labels: the evidence is re-measured each time,
+    as the loop does, and the shares leave the prior only as the evidence keeps saying the same."""
+    st = auto.initial_state()
+    for _ in range(retrains):
+        st = next_state(st, X[lab], list(y_seen), arms, audit, CLASSES, 1.0, held_out=test)
+    return st
 
 
 def _coin_flips(y_seen: np.ndarray, arms: list, which, seed: int) -> np.ndarray:
@@ -70,15 +80,15 @@ def _coin_flips(y_seen: np.ndarray, arms: list, which, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_shares_move_toward_the_arm_whose_labels_are_worth_most(seed):
     """One strategy clearly best: only entropy's labels carry the classes, every other arm's are coin
-    flips. From equal shares the bandit gives entropy the largest share, above its start, and every
-    arm keeps the exploration floor."""
+    flips. From the prior (margin and random ahead) the bandit gives entropy the largest share within
+    three retrains, well above its start, and every arm keeps the exploration floor."""
     X, y, lab, arms, audit, test = _labelled_by_arms(seed)
     others = [a for a in auto.ARMS if a != "entropy"]
     y_seen = _coin_flips(y[lab], arms, others, seed)
-    st = next_state(auto.initial_state(), X[lab], list(y_seen), arms, audit, CLASSES, 1.0, held_out=test)
+    st = _after_retrains(X, y_seen, lab, arms, audit, test)
     assert st["evidence"] == sum(audit) + len(test[1])
-    assert max(st["shares"], key=st["shares"].get) == "entropy", st["shares"]
-    assert st["shares"]["entropy"] > 1 / len(auto.ARMS)
+    assert st["shares"]["entropy"] >= max(st["shares"].values()) - 1e-12, st["shares"]
+    assert st["shares"]["entropy"] > 2 * auto.initial_state()["shares"]["entropy"]
     assert abs(sum(st["shares"].values()) - 1) < 1e-9
     assert min(st["shares"].values()) >= auto.GAMMA / len(auto.ARMS) - 1e-12
 
@@ -86,15 +96,17 @@ def test_the_shares_move_toward_the_arm_whose_labels_are_worth_most(seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_shares_move_toward_random_where_uncertainty_is_uninformative(seed):
     """Uncertainty uninformative: the labels of the items margin, entropy and diversity choose are
-    independent of the features (coin flips); random's are the pool's. Random ends with a larger share
-    than it started with and than each uncertainty arm, which all end below their start."""
+    independent of the features (coin flips); random's are the pool's. Within three retrains random
+    has a larger share than it started with and than each uncertainty arm, and margin, which started
+    level with random, ends below its start."""
     X, y, lab, arms, audit, test = _labelled_by_arms(seed)
     y_seen = _coin_flips(y[lab], arms, ("margin", "entropy", "diversity"), seed)
-    st = next_state(auto.initial_state(), X[lab], list(y_seen), arms, audit, CLASSES, 1.0, held_out=test)
-    start = 1 / len(auto.ARMS)
+    st = _after_retrains(X, y_seen, lab, arms, audit, test)
+    start = auto.initial_state()["shares"]
     sh = st["shares"]
-    assert sh["random"] > start, sh
-    assert all(sh["random"] > sh[a] and sh[a] < start for a in ("margin", "entropy", "diversity")), sh
+    assert sh["random"] > start["random"], sh
+    assert all(sh["random"] > sh[a] for a in ("margin", "entropy", "diversity")), sh
+    assert sh["margin"] < start["margin"], sh
 
 
 def test_without_the_test_split_the_audit_labels_alone_are_the_evidence():
@@ -227,13 +239,16 @@ async def test_the_workstation_shows_which_arm_chose_the_item_and_the_shares(tmp
         if item.audit:
             assert "random audit" in why
         else:
-            assert f"why: auto: {auto.arm_of(item.strategy)} (share 0.20)" in why.replace("\n", " ")
+            arm = auto.arm_of(item.strategy)
+            share = auto.initial_state()["shares"][arm]
+            assert f"why: auto: {arm} (share {share:.2f})" in why.replace("\n", " ")
         await pilot.press("m")
         for _ in range(100):
             await pilot.pause(0.1)
             if "computing" not in str(app.screen.query_one("#numbers").render()):
                 break
         numbers = str(app.screen.query_one("#numbers").render())
-        assert "strategy auto: shares " in numbers and "random 0.20" in numbers
+        start = auto.initial_state()["shares"]["random"]
+        assert "strategy auto: shares " in numbers and f"random {start:.2f}" in numbers
         await pilot.press("escape")
     app.ws.close()

@@ -124,6 +124,12 @@ def test_a_server_of_another_protocol_version_gets_one_sentence_naming_both(tmp_
 def _requests(d, item_id: str, tmp_path) -> dict[str, dict]:
     """One valid request per operation (in the order they run: decisions before their undo)."""
     src = write_csv(tmp_path / "more.csv", ["id", "text"], [["new-1", "a brand new message"]])
+    import polars as pl
+
+    (tmp_path / "pool").mkdir()
+    pl.DataFrame({"id": ["pool-1", "pool-2"], "text": ["win a prize now", "see you at lunch"]}).write_parquet(
+        tmp_path / "pool" / "part-0.parquet"
+    )
     return {
         "ping": {},
         "open_session": {"client": "test"},
@@ -156,6 +162,7 @@ def _requests(d, item_id: str, tmp_path) -> dict[str, dict]:
         "import": {"path": str(src), "id_col": "id"},
         "model_import": {"path": str(tmp_path / "m.llm")},
         "config_set": {"key": "team.lease_minutes", "value": "12"},
+        "pool_register": {"folder": str(tmp_path / "pool")},
         "close_session": {},
     }
 
@@ -208,6 +215,11 @@ def test_every_operation_round_trips_with_equal_values(tmp_path, monkeypatch, tr
                 fds = [opened.fileno()]
             seen["req"].clear()
             seen["answer"].clear()
+            if op == "pool_register" and transport == "socket":  # refused: the server must not lend its rights
+                with pytest.raises(ApiError) as e:
+                    client.call(op, **args)
+                assert e.value.code == "denied" and "server stopped" in e.value.message
+                continue
             answer = client.call(op, **args) if fds is None else client.call(op, _fds=fds, **args)
             if opened:
                 opened.close()

@@ -48,10 +48,38 @@ def cmd_init(args) -> int:
     return 0
 
 
+def _import_external(args) -> int:
+    from labelloop.core.util.errors import LabelloopError
+
+    if args.external and not args.file:
+        raise LabelloopError("name the folder of Parquet files: labelloop import DIR FOLDER --external")
+    with _client(args.dir) as client:
+        r = client.call(
+            "pool_register",
+            folder=str(Path(args.file).resolve()) if args.file else None,
+            id_col=args.id_col or "id",
+            text_col=args.text_col,
+            refresh=args.refresh,
+        )
+    for line in r["lines"]:
+        say(line)
+    for line in r["skipped"]:
+        say(f"skipped: {line}")
+    say(
+        f"External pool: {r['items']:,} items in {r['files']} file(s) at {r['folder']}; {r['built']} partition(s) "
+        f"featurised {r['compute']} in {r['seconds']:.1f} s."
+    )
+    return 0
+
+
 def cmd_import(args) -> int:
     from labelloop.core.api.client import SocketClient
     from labelloop.core.util.errors import InputFileError, LabelloopError
 
+    if args.external or args.refresh:
+        return _import_external(args)
+    if not args.file:
+        raise LabelloopError("name the file to import: labelloop import DIR FILE")
     meta = None if args.meta_cols is None else [c.strip() for c in args.meta_cols.split(",") if c.strip()]
     opts = dict(
         text_col=args.text_col,
@@ -356,7 +384,13 @@ def _project_commands(sub) -> None:
 
     s = sub.add_parser("import", help="import items from CSV, TSV, JSONL or Parquet")
     s.add_argument("dir")
-    s.add_argument("file")
+    s.add_argument("file", nargs="?", help="the file (with --external: a folder of Parquet files)")
+    s.add_argument(
+        "--external",
+        action="store_true",
+        help="register a folder of Parquet files (id and text columns) as the pool, without copying it in",
+    )
+    s.add_argument("--refresh", action="store_true", help="register files added to the external pool's folder")
     s.add_argument("--text-col", default="text")
     s.add_argument("--id-col", help="column with unique item ids (default: file name and row)")
     s.add_argument("--label-col", help="column with existing labels (imported as pre-labelled)")

@@ -82,3 +82,22 @@ def model_import(svc, actor: str, path: str, trust: bool = False, source_name: s
             "the server and run labelloop model import --trust as the project's owner.",
         )
     return {"version": import_model(svc.project, path, trust=trust)}
+
+
+def pool_register(
+    svc, actor: str, folder: str | None = None, id_col: str = "id", text_col: str = "text", refresh: bool = False
+) -> dict:
+    """A folder of Parquet files as the project's pool, not copied in (core/loop/poolround.py). Only with
+    the server stopped: the folder is read with the rights of whoever runs this, which a server must
+    not lend to a client."""
+    from labelloop.core.loop.poolround import register_pool
+
+    if svc.request_conn is not None and not isinstance(svc.request_conn, InProcess):
+        raise ApiError(
+            "denied",
+            "an external pool is registered with the project's server stopped (the folder is read with "
+            "your rights, not the server's): stop labelloop serve, run the import, start it again.",
+        )
+    if folder is None and not refresh:
+        raise ApiError("bad_request", "name the folder of Parquet files to register.")
+    return register_pool(svc.project, folder or "", id_col=id_col, text_col=text_col, refresh=refresh)

@@ -225,6 +225,14 @@ class Import:
 
 
 @dataclass(frozen=True)
+class PoolRegister:
+    folder: str | None = None  # None with refresh: the registered folder
+    id_col: str = "id"
+    text_col: str = "text"
+    refresh: bool = False
+
+
+@dataclass(frozen=True)
 class ModelExport:
     path: str
     version: int | None = None
@@ -349,6 +357,8 @@ class CheckAnswer:
     cost_per_point: list[dict]
     agreement: dict
     cost: dict
+    pool_external: dict | None = None  # folder, files, items of an external pool
+    compute: str = ""  # where the pool's work runs, as the cluster answered
 
 
 @dataclass(frozen=True)
@@ -373,6 +383,8 @@ class StatusAnswer:
     gold: dict
     warnings: list[dict]
     team: dict
+    pool_external: dict | None = None  # folder, files, items of an external pool
+    compute: str = ""  # [compute] cluster as configured
 
 
 @dataclass(frozen=True)
@@ -425,6 +437,18 @@ class ModelExported:
 @dataclass(frozen=True)
 class ModelImported:
     version: int
+
+
+@dataclass(frozen=True)
+class PoolRegistered:
+    folder: str
+    files: int
+    items: int
+    built: int
+    skipped: list
+    lines: list
+    compute: str
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -519,6 +543,7 @@ OPS: dict[str, Op] = {
     "model_export": Op(ModelExport, ModelExported, "admin", "export a model", file="out"),
     "model_import": Op(ModelImport, ModelImported, "admin", "import a model", file="in"),
     "config_set": Op(ConfigSet, ConfigChanged, "admin", "change the project's settings"),
+    "pool_register": Op(PoolRegister, PoolRegistered, "admin", "register an external pool"),
 }
 """Every operation of the API. Append; never rename (clients of this protocol version rely on it)."""
 

@@ -81,6 +81,7 @@ class ProjectReads:
         from labelloop.core.loop.readiness import readiness
 
         cfg = self.service.config
+        compute = compute_answer(cfg.cluster)  # first: a cluster that does not answer is the news
         r = readiness(self.reader())
         r["project"] = cfg.name
         r["labels"] = list(cfg.labels)
@@ -89,6 +90,8 @@ class ProjectReads:
             "seconds_per_label": cfg.seconds_per_label,
             "compute_price_per_hour": cfg.compute_price_per_hour,
         }
+        r["pool_external"] = external_summary(self.service.project.dir)
+        r["compute"] = compute
         return r
 
     def status(self) -> dict:
@@ -118,8 +121,32 @@ class ProjectReads:
         )
         with svc.lock:
             st["team"] = svc.team()
+        st["pool_external"] = external_summary(svc.project.dir)
+        st["compute"] = svc.config.cluster
         return st
 
     def close(self) -> None:
         if self.arms_thread is not None:
             self.arms_thread.join(timeout=30)
+
+
+def external_summary(project_dir) -> dict | None:
+    """The registered external pool (folder, files, items), or None."""
+    from labelloop.core.pool.partitions import load_manifest
+
+    m = load_manifest(project_dir)
+    return None if m is None else {"folder": m.folder, "files": len(m.partitions), "items": m.n}
+
+
+def compute_answer(setting: str) -> str:
+    """Where the pool's work runs, asked of the cluster itself: how many workers answer (ClusterError,
+    one sentence, when it does not)."""
+    if not setting:
+        return "in this process"
+    from labelloop.core.pool.compute import open_compute
+
+    c = open_compute(setting)
+    try:
+        return c.describe()
+    finally:
+        c.close()

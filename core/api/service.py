@@ -640,5 +640,6 @@ HANDLERS = {
     "model_export": files.model_export,
     "model_import": files.model_import,
     "config_set": settings.config_set,
+    "pool_register": files.pool_register,
 }
 """Operation name -> the method that serves it (the protocol's OPS says what it takes and answers)."""

@@ -8,9 +8,13 @@ by the bandit, and it is evidence. The evidence is the random-audit labels and t
 split: uniform samples of the pool, fixed whatever the bandit chooses. After a retrain, each arm's
 labels so far are valued by what they add to the evidence: the mean probability of its true labels
 under a model of all labels but the audit ones, minus that under the same model without the arm's
-labels, per label of the arm. The shares are a softmax of the arms' standardised values, mixed
-with the exploration floor; they are re-measured on all the evidence at every retrain, so they
-sharpen as labels arrive and one noisy round moves nothing for good.
+labels, per label of the arm. The shares start from a prior, margin (the default strategy) and random
+(the control) ahead of the others, and move away from it only by evidence beyond the noise: each
+arm's value against the best arm's, in units of the measurement's standard error, soft-thresholded at
+one standard error (a difference within the noise moves nothing), averaged over retrains; the
+reference is the best arm, so an arm gains share only as the others are shown worse than it. Where no
+arm is measurably better, auto is margin and random; a weak arm costs at most its exploration share.
+The shares are a softmax of the log-weights, mixed with the exploration floor.
 
 (ALBL's own reward, an importance-weighted accuracy on the queried items, needs each item's
 probability of being queried; a batch of top-k picks has none, so the values here are measured on
@@ -24,26 +28,34 @@ import numpy as np
 ARMS = ("margin", "entropy", "diversity", "cal", "random")
 AUTO_PREFIX = "auto: "
 GAMMA = 0.10  # exploration: every arm keeps at least GAMMA / K of each batch
-ETA = 2.0  # weight = exp(ETA x the standardised value): a clear best arm gets most of the batch
+ETA = 2.0  # log-weight = prior + ETA x the value in standard errors (thresholded): a clear best arm gets most
 MEMORY = 0.5  # the weight of the newest retrain's evidence in the log-weights (an exponential average)
-CLIP = 2.0  # standardised values are clipped to [-CLIP, CLIP]: one noisy round cannot decide alone
+CLIP = 2.0  # thresholded values are clipped to [-CLIP, CLIP]: one noisy round cannot decide alone
 MIN_EVIDENCE = 10  # audit labels needed before the shares move
 MIN_ARM_LABELS = 2  # an arm's latest labels must be at least this many to be valued
+# Before evidence: margin (the default) and random (the control) ahead; the other arms must earn their
+# share. exp(2) ~ 7.4: margin and random start with 0.39 each, every other arm with 0.07.
+PRIOR = {"margin": 2.0, "random": 2.0}
+NOISE_Z = 1.0  # differences within this many standard errors move nothing (soft threshold)
 
 
 def initial_state() -> dict:
-    """The bandit before any evidence: every arm the same weight."""
+    """The bandit before any evidence: the prior's weights."""
     return {
         "arms": list(ARMS),
-        "log_weights": {a: 0.0 for a in ARMS},
-        "shares": shares({a: 0.0 for a in ARMS}),
+        "log_weights": prior(),
+        "shares": shares(prior()),
         "values": {},
         "labels": {},
         "evidence": 0,
         "updates": 0,
         "n_labels": 0,
-        "note": "no evidence yet: every arm has the same share",
+        "note": "no evidence yet: the prior's shares (margin and random ahead)",
     }
+
+
+def prior() -> dict:
+    return {a: float(PRIOR.get(a, 0.0)) for a in ARMS}
 
 
 def shares(log_weights: dict) -> dict:
@@ -68,32 +80,34 @@ def allocate(share: dict, n: int, rng: np.random.Generator) -> dict:
 
 
 def update(state: dict, values: dict, labels: dict, evidence: int, n_labels: int) -> dict:
-    """The state after a retrain: ``values`` per arm (log-likelihood per label that all of the arm's
-    labels so far add, on the evidence; None when the arm has too few labels), ``labels`` the arms'
-    label counts, ``evidence`` how many audit labels the values were measured on, ``n_labels`` the
-    labels the model saw. The weights follow the standardised values (a softmax of them): the values
-    are re-measured on all the evidence every round, so they sharpen as labels arrive, and one noisy
-    round moves nothing for good."""
-    lw = {a: 0.0 for a in (state.get("log_weights") or {a: 0.0 for a in ARMS})}
+    """The state after a retrain: ``values`` per arm (accuracy on the evidence that an equal number of
+    each arm's labels adds; None when the arm has too few labels) with ``_noise``, their standard error;
+    ``labels`` the arms' label counts, ``evidence`` how many labels the values were measured on,
+    ``n_labels`` the labels the model saw. Each arm's log-weight is the prior's plus an average over
+    retrains of ETA x its value against the best arm's in standard errors, soft-thresholded at NOISE_Z
+    and clipped at CLIP: the values are re-measured on all the evidence every round, so a real
+    difference keeps counting while noise averages out and one noisy round moves nothing for good."""
+    base = prior()
     values = dict(values)
     floor = values.pop("_noise", None) or 0.0
     seen = {a: v for a, v in values.items() if v is not None and np.isfinite(v)}
     new = dict(state)
-    new.update(values={a: values.get(a) for a in lw}, labels=dict(labels), evidence=int(evidence), n_labels=n_labels)
+    new.update(values={a: values.get(a) for a in base}, labels=dict(labels), evidence=int(evidence), n_labels=n_labels)
+    prev = {a: float((state.get("log_weights") or base).get(a, base[a])) for a in base}
     if evidence < MIN_EVIDENCE:
         new["note"] = f"{evidence} random-audit labels so far; the shares move from {MIN_EVIDENCE}"
-        lw = dict(state.get("log_weights") or lw)
+        lw = prev
     elif len(seen) < 2:
         new["note"] = "fewer than two arms have labels to compare; the shares stay"
-        lw = dict(state.get("log_weights") or lw)
+        lw = prev
     else:
         v = np.array(list(seen.values()))
-        # differences within the measurement's noise (a verdict or two on the evidence) move little
-        spread = max(float(v.std()), floor)
-        z = (v - v.mean()) / spread if spread > 0 else np.zeros_like(v)
-        prev = state.get("log_weights") or {}
-        for a in lw:  # an average over the retrains: one round's noise cannot swing the shares alone
-            lw[a] = (1 - MEMORY) * float(prev.get(a, 0.0))
+        se = floor if floor > 0 else float(v.std())
+        # against the best arm: an arm within the noise of the best keeps its prior weight, one measurably
+        # worse loses weight (a mean as the reference would let one very weak arm lift all the others)
+        z = (v - v.max()) / se if se > 0 else np.zeros_like(v)
+        z = np.minimum(z + NOISE_Z, 0.0)
+        lw = {a: base[a] + (1 - MEMORY) * (prev[a] - base[a]) for a in base}
         for a, za in zip(seen, np.clip(z, -CLIP, CLIP)):
             lw[a] += MEMORY * ETA * float(za)
         new["updates"] = int(state.get("updates", 0)) + 1

@@ -137,13 +137,22 @@ def diversity_select(
     X_pool, scores: np.ndarray, k: int, rng: np.random.Generator, beta: int = 10, svd_dims: int = 64
 ) -> np.ndarray:
     """Margin pre-filter of beta*k candidates, k-means into k clusters, the most uncertain of each."""
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import TruncatedSVD
-
     cand = top_k(scores, beta * k)
     if len(cand) <= k:
         return cand
-    Xc = X_pool[cand]
+    return diversity_among(X_pool[cand], cand, scores[cand], k, rng, svd_dims)
+
+
+def diversity_among(
+    Xc, cand: np.ndarray, cand_scores: np.ndarray, k: int, rng: np.random.Generator, svd_dims: int = 64
+) -> np.ndarray:
+    """``diversity_select`` after its pre-filter: ``cand`` the candidates (best first; any numbering that
+    follows the pool's order, such as an external pool's ordinals), ``Xc`` their rows, ``cand_scores``
+    their scores. The chosen candidates, best first."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import TruncatedSVD
+
+    cand = np.asarray(cand, dtype=np.int64)
     dims = min(svd_dims, Xc.shape[1] - 1, len(cand) - 1)
     Z = TruncatedSVD(dims, random_state=int(rng.integers(1 << 30))).fit_transform(Xc) if dims >= 2 else Xc.toarray()
     km = KMeans(n_clusters=k, n_init=1, random_state=int(rng.integers(1 << 30))).fit(Z)
@@ -151,13 +160,14 @@ def diversity_select(
     for c in range(k):
         members = np.flatnonzero(km.labels_ == c)
         if len(members):
-            best = members[top_k(scores[cand[members]], 1)[0]]
-            chosen.append(cand[best])
+            chosen.append(members[top_k(cand_scores[members], 1)[0]])
     chosen = np.array(chosen, dtype=np.int64)
-    if len(chosen) < k:  # empty clusters: fill with the next most uncertain candidates
-        rest = np.setdiff1d(cand, chosen, assume_unique=True)
-        chosen = np.concatenate([chosen, rest[top_k(scores[rest], k - len(chosen))]])
-    return chosen[np.lexsort((chosen, -scores[chosen]))]
+    if len(chosen) < k:  # empty clusters: fill with the next most uncertain candidates (ties: lower first)
+        rest = np.setdiff1d(np.arange(len(cand)), chosen, assume_unique=True)
+        rest = rest[np.argsort(cand[rest], kind="stable")]
+        chosen = np.concatenate([chosen, rest[top_k(cand_scores[rest], k - len(chosen))]])
+    picked, sc = cand[chosen], cand_scores[chosen]
+    return picked[np.lexsort((picked, -sc))]
 
 
 def cal_scores(
@@ -422,6 +432,11 @@ def assemble_batch(
         audit_scores, audit_pct = scores[audit], percentile_of(scores, scores[audit])
     else:
         audit_scores = audit_pct = np.full(len(audit), np.nan)
+    return place_audit(main, main_strategy, main_scores, main_pct, audit, audit_scores, audit_pct, rng)
+
+
+def place_audit(main, main_strategy, main_scores, main_pct, audit, audit_scores, audit_pct, rng) -> Selection:
+    """The batch: the picks in rank order, the audit items spread through it (``audit_positions``)."""
     size = len(main) + len(audit)
     is_audit = np.zeros(size, dtype=bool)
     is_audit[audit_positions(size, len(audit), rng)] = True

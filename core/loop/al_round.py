@@ -62,6 +62,7 @@ from labelloop.core.loop.batch import (
     trainable as _trainable,
 )
 from labelloop.core.loop.featurejob import build_features, plan_features
+from labelloop.core.loop.poolround import external_batch, load_pool_featurizer, plan_external
 from labelloop.core.store import rounds
 from labelloop.core.store.project import Project
 from labelloop.core.util.errors import EmptyPoolError, LabelloopError, ModelError
@@ -281,6 +282,7 @@ class RoundInput:
     prev_features: dict | None = None  # the latest trained model's feature choice (re-decided as labels double)
     build: object | None = None  # a FeatureBuild when the training process must build the cache first
     prev_bandit: dict | None = None  # strategy "auto": the bandit as the latest trained model left it
+    external: object | None = None  # an ExternalRound (core/loop/poolround.py) when the pool is external
 
 
 def train_and_queue(
@@ -334,10 +336,10 @@ def plan_round(
             if v is not None:
                 art = load_model(project, v)
                 imported, featurizer = (v, art["model"]), art["featurizer"]
-    cache = project.cache_dir if featurizer is None else project.cache_dir / "imported"
+    external = plan_external(project)
+    featurizer, cache, embeddings = _feature_plan(project, featurizer, external)
     t_features = time.perf_counter()
     build = None
-    embeddings = cfg.features != "tfidf"
     if keep_features:
         feats = store_features(s, cache, hashing_above=cfg.hashing_above, featurizer=featurizer, embeddings=embeddings)
     else:  # the training process loads the cache, or builds it from a snapshot of the items
@@ -382,7 +384,17 @@ def plan_round(
         features_seconds=t_features,
         prev_features=prev_features if isinstance(prev_features, dict) else None,
         prev_bandit=prev_bandit if isinstance(prev_bandit, dict) else None,
+        external=external,
     )
+
+
+def _feature_plan(project: Project, featurizer, external) -> tuple:
+    """(featurizer, cache folder, embeddings?) of the round: an imported model's featurizer, or the
+    external pool's (the project's items are featurised as the pool is, so the model scores it)."""
+    if external is not None:
+        return load_pool_featurizer(project.dir), project.cache_dir / "external", False
+    cache = project.cache_dir if featurizer is None else project.cache_dir / "imported"
+    return featurizer, cache, project.config.features != "tfidf"
 
 
 _FEATURES_MEMO: dict = {}
@@ -429,7 +441,7 @@ def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
     adequacy = coldstart.seed_adequacy(counts, cfg.labels, cfg.min_labels_per_class)
     report = TrainReport(None, None, 0, inp.strategy, len(state.y), adequacy=adequacy, seconds=timings)
     out = RoundOutput(report)
-    if len(state.candidate_rows) == 0:
+    if len(state.candidate_rows) == 0 and inp.external is None:
         raise EmptyPoolError("every pool item is labelled, skipped or flagged; import more items to go on.")
     if feats.note:
         report.notes.append(feats.note)
@@ -446,6 +458,11 @@ def compute_round(inp: RoundInput, progress=None) -> RoundOutput:
 
     step(0.7, "scoring the pool")
     t = time.perf_counter()
+    if inp.external is not None:
+        _select_external(inp, model, rng, out)
+        timings["score_select"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        return out
     selection, probs = _select(inp, feats, state, model, trainable, rng, report)
     timings["score_select"] = time.perf_counter() - t
     step(0.9, "queueing")
@@ -654,6 +671,22 @@ def _select(inp: RoundInput, feats: FeatureSet, state, model, trainable: bool, r
     ), probs
 
 
+def _select_external(inp: RoundInput, model, rng, out: RoundOutput) -> None:
+    """The batch chosen over the external pool (core/loop/poolround.py); its new rows ride along to
+    the commit, which makes them items."""
+    cfg, report = inp.config, out.report
+    batch_size = inp.batch_size if inp.batch_size is not None else (cfg.seed_size if model is None else cfg.batch_size)
+    ext = external_batch(inp.external, cfg, model, inp.strategy, batch_size, rng, report)
+    if model is None:
+        report.strategy = f"cold start: {cfg.cold_start}"
+    report.notes.append(f"external pool of {inp.external.manifest.n:,} items, scored {ext['compute']}")
+    out.selection, out.pool_size, out.selected_ids = ext["selection"], ext["pool_size"], ext["ids"]
+    out.new_items = ext["new_items"]
+    if ext["probs"] is not None:
+        out.selected_probs, out.scorer = ext["probs"], model
+    report.signals = signals(None, None, _kappas(inp, report))
+
+
 def _auto_select(inp: RoundInput, feats: FeatureSet, state, model, batch_size: int, carry, rng, report):
     """``strategy = "auto"``: the batch split among the bandit's arms by its shares (this round's, or the
     latest model's when not retraining), beside the untouched random-audit share."""
@@ -845,10 +878,17 @@ def _read_stop_set(project: Project, version: int) -> dict | None:
 def _signals(feats: FeatureSet, state: PoolState, sel: Selection, rng, report: TrainReport, inp: RoundInput) -> dict:
     main = state.candidate_rows[sel.index[~sel.audit]]
     sample = rng.choice(state.candidate_rows, size=min(len(main), len(state.candidate_rows)), replace=False)
+    return signals(
+        batch_similarity(feats.neighbour_X, main), batch_similarity(feats.neighbour_X, sample), _kappas(inp, report)
+    )
+
+
+def _kappas(inp: RoundInput, report: TrainReport) -> list:
+    """The stop set's kappas, newest first: this round's when it trained a model."""
     kappas = list(inp.prev_kappas)
-    if "stop_kappa" in report.metrics:  # this round trained a model: its kappa is the newest
+    if "stop_kappa" in report.metrics:
         kappas = [report.metrics["stop_kappa"], *kappas]
-    return signals(batch_similarity(feats.neighbour_X, main), batch_similarity(feats.neighbour_X, sample), kappas)
+    return kappas
 
 
 def queued_items(project: Project, n: int | None = None) -> list[dict]:

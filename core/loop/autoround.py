@@ -53,7 +53,7 @@ def split_batch(state: dict, scores: dict, n_main: int, rng, *, X_neighbours=Non
     diversity variant's clusters."""
     from labelloop.core.engine.strategies import percentile_of
 
-    share = state.get("shares") or auto.shares({a: 0.0 for a in auto.ARMS})
+    share = state.get("shares") or auto.shares(auto.prior())
     counts = auto.allocate(share, n_main, rng)
     n_pool = len(next(iter(scores.values())))
 

@@ -19,6 +19,7 @@ import numpy as np
 from labelloop.core.engine import coldstart
 from labelloop.core.engine.itemkeys import ItemKeys
 from labelloop.core.engine.strategies import Selection, assemble_batch, get_strategy, n_audit_for
+from labelloop.core.pool.partitions import manifest_path
 from labelloop.core.store import rounds
 from labelloop.core.store.project import Project
 from labelloop.core.util.errors import EmptyPoolError, LabelloopError
@@ -72,6 +73,7 @@ class RoundOutput:
     scorer: object | None = None  # the model whose classes the probabilities follow
     stop_predictions: list | None = None
     arms: dict | None = None  # AL against random-audit labels at equal budget (core/measure/signs.py)
+    new_items: dict | None = None  # an external pool's rows the batch brings in (rounds.insert_pool_items)
 
 
 def state_from(feats: FeatureSet, labelled: list, test: list, taken_ords: list) -> PoolState:
@@ -233,6 +235,7 @@ def write_batch(project: Project, out: RoundOutput, model_version: int | None) -
         pool_size=out.pool_size,
         signals=report.signals,
         queue_columns=[list(c) for c in zip(*rows)] if rows else [],
+        new_items=out.new_items,
     )
 
 
@@ -272,6 +275,8 @@ def blind_round(
     get_strategy(strategy or cfg.strategy, multi_label=cfg.multi_label)  # an unknown name is refused here too
     if batch_size is not None and batch_size < 1:
         raise LabelloopError(f"--batch must be at least 1, got {batch_size}.")
+    if manifest_path(project.dir).exists():  # an external pool: its cold start is drawn over the pool's files
+        return None
     s = project.store
     labelled = rounds.labelled(s)
     if not blind_start(cfg, trainable(cfg, [lab for _o, lab, _s, _a in labelled]), rounds.latest_imported_version(s)):

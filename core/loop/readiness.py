@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from labelloop.core.measure.signs import ECE_LIMIT, to_datetime, warning_signs
+from labelloop.core.pool.partitions import manifest_path
 from labelloop.core.util.errors import LabelloopError
 
 POOL_RATIO = 10.0
@@ -319,7 +320,7 @@ def readiness(project, feats=None) -> dict:
         r["created_at"] = to_datetime(r.get("created_at"))
     latest = rows[-1] if rows else None
     st = reports.project_status(project)
-    if not st["items"]["total"]:
+    if not st["items"]["total"] and not manifest_path(project.dir).exists():
         raise LabelloopError(
             f"{project.dir} has no items yet, so there is nothing to check; import some first: "
             f"labelloop import {project.dir} FILE --text-col text"

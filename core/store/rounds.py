@@ -142,10 +142,15 @@ def insert_batch(
     pool_size: int,
     signals: dict,
     queue_columns: list[list],
+    new_items: dict | None = None,
 ) -> int:
     """A new batch and its queue rows, in one transaction. ``queue_columns``: position, item_id,
-    strategy, score, rank, percentile, audit, model_version, probs (JSON), each a list."""
+    strategy, score, rank, percentile, audit, model_version, probs (JSON), each a list. ``new_items``:
+    rows of an external pool this batch brings into the project (``insert_pool_items``), in the same
+    transaction."""
     with store.transaction() as con:
+        if new_items:
+            insert_pool_items(con, new_items)
         batch_id = con.execute("SELECT coalesce(max(batch_id), 0) + 1 FROM batches").fetchone()[0]
         con.execute(
             "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -207,3 +212,56 @@ def _clean(v):
     if isinstance(v, (np.bool_,)):
         return bool(v)
     return v
+
+
+POOL_SOURCE = "pool:"  # items.source_file of an external pool's rows: "pool:" + the file's path in the pool
+
+
+def insert_pool_items(con, items: dict) -> int:
+    """An external pool's rows queued for the first time become items (split 'pool'): ``items`` holds
+    columns id, text, metadata (JSON or None), file (the partition's path in the pool) and row (1-based
+    in that file). Ids already in the project are left as they are. One import row names the pool."""
+    n = len(items["id"])
+    if not n:
+        return 0
+    import_id = con.execute("SELECT coalesce(max(import_id), 0) + 1 FROM imports").fetchone()[0]
+    now = utcnow()
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE ll_pool_new AS
+           SELECT unnest($1::VARCHAR[]) AS id, unnest($2::VARCHAR[]) AS text, unnest($3::VARCHAR[]) AS metadata,
+                  unnest($4::VARCHAR[]) AS file, unnest($5::BIGINT[]) AS row, generate_subscripts($1::VARCHAR[], 1) AS k""",
+        [items["id"], items["text"], items["metadata"], items["file"], items["row"]],
+    )
+    added = con.execute(
+        f"""INSERT INTO items (id, ord, text, metadata, split, source_labels, source_file, source_row, import_id,
+                               imported_at, import_event)
+            SELECT n.id, (SELECT coalesce(max(ord), -1) FROM items) + row_number() OVER (ORDER BY n.k), n.text,
+                   n.metadata, 'pool', NULL, '{POOL_SOURCE}' || n.file, n.row, ?, ?, NULL
+            FROM ll_pool_new n WHERE n.id NOT IN (SELECT id FROM items)""",
+        [import_id, now],
+    ).fetchone()
+    added = int(added[0]) if added else 0
+    con.execute(
+        """INSERT INTO imports (import_id, source_file, format, rows_read, rows_imported, rows_rejected,
+                                labelled, imported_at, actor, rows_deduped) VALUES (?, ?, ?, ?, ?, 0, 0, ?, ?, 0)""",
+        [import_id, items.get("folder", "external pool"), "external pool", n, added, now, "labelloop"],
+    )
+    con.execute("DROP TABLE ll_pool_new")
+    return added
+
+
+def pool_positions(store: Store, which: str) -> list[tuple[str, int]]:
+    """(file, 1-based row) in the external pool of the project's items from it: ``which`` = "decided"
+    (labelled, skipped or flagged: no longer candidates) or "open_audit" (the current batch's undecided
+    random-audit items, which a retrain carries)."""
+    if which == "decided":
+        sql = "SELECT i.source_file, i.source_row FROM decided_items d JOIN items i ON i.id = d.item_id"
+    else:
+        sql = "SELECT i.source_file, i.source_row FROM open_queue q JOIN items i ON i.id = q.item_id WHERE q.audit ORDER BY q.position"
+    return [
+        (f[len(POOL_SOURCE) :], int(r)) for f, r in store.rows(sql) if isinstance(f, str) and f.startswith(POOL_SOURCE)
+    ]
+
+
+def item_ids(store: Store) -> list[str]:
+    return [r[0] for r in store.rows("SELECT id FROM items")]

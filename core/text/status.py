@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from labelloop.core.measure.agreement import NAMES  # pure numbers; no store
+from labelloop.core.util.textsafe import safe_line
 
 
 def format_status(st: dict[str, Any]) -> str:
@@ -17,6 +18,7 @@ def format_status(st: dict[str, Any]) -> str:
         f"Queue        {st['queue']:>10,}   items waiting in the current batch ({st['queue_audit']:,} random audit)"
     )
     lines.append(f"Events       {st['events']:>10,}")
+    lines += _pool_lines(st)
     lines.append("")
     lines.append("Final labels")
     if st["final_labels"]:
@@ -176,9 +178,37 @@ def describe(choice: dict) -> str:
     return f"{head}, by {choice.get('reason', '')}: {parts}"
 
 
+def _pool_lines(st: dict) -> list[str]:
+    """Where the pool is (an external one: its files) and where its work runs."""
+    ext = st.get("pool_external")
+    out = []
+    if ext:
+        out.append(
+            f"External pool {ext['items']:>9,}   items in {ext['files']} Parquet file(s) at {safe_line(ext['folder'], 60)}"
+        )
+    return out + [f"Compute      {compute_line(st.get('compute', ''))}"]
+
+
+def compute_line(setting: str) -> str:
+    if not setting:
+        return "in this process ([compute] cluster unset)"
+    if setting.startswith("local:"):
+        return (
+            f"a local Dask cluster of {setting.split(':', 1)[1]} worker process(es) ({setting}), started by a retrain"
+        )
+    return f"the Dask scheduler at {setting}"
+
+
 def format_readiness(r: dict) -> str:
     """The answer of the API's ``check`` as the text ``labelloop check`` prints."""
     lines = ["Readiness", ""]
+    if r.get("pool_external"):
+        ext = r["pool_external"]
+        lines.append(
+            f"  pool: external, {ext['items']:,} items in {ext['files']} file(s) at {safe_line(ext['folder'], 60)}"
+        )
+    if r.get("compute"):
+        lines += [f"  compute: {r['compute']}", ""]
     for c in r["checks"]:
         lines.append(f"  [{c['status'].upper():>4}] {c['name']:<24} {c['detail']} (threshold {c['threshold']})")
         if c["todo"] and c["status"] in ("warn", "fail", "n/a"):

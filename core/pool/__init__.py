@@ -1,0 +1,1 @@
+"""External pools (Parquet folders) and their scoring on a Dask cluster (issue 18)."""
