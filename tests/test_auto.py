@@ -252,3 +252,23 @@ async def test_the_workstation_shows_which_arm_chose_the_item_and_the_shares(tmp
         assert "strategy auto: shares " in numbers and f"random {start:.2f}" in numbers
         await pilot.press("escape")
     app.ws.close()
+
+
+def test_cal_ranks_a_uniform_sample_of_a_large_pool_with_the_same_scores():
+    """CAL's cost grows with pool x labels: above CAL_CANDIDATES it scores a uniform sample, each with
+    the score it would have had over the whole pool; the other arms score every candidate."""
+    from labelloop.core.loop import autoround
+
+    X, y = _zone_pool(n=1200, seed=5)
+    lab = np.arange(0, 1200, 7)
+    model = fit_model(X[lab], list(y[lab]), CLASSES, C=1.0, held_out="alo")
+    rows = np.setdiff1d(np.arange(1200), lab)
+    full, _ = autoround.arm_scores(model, X, rows, X_lab=X[lab], N_lab=X[lab])
+    assert autoround.cal_sample(autoround.CAL_CANDIDATES, np.random.default_rng(0)) is None
+    sample = np.sort(np.random.default_rng(1).choice(len(rows), 100, replace=False))
+    part, _ = autoround.arm_scores(model, X, rows, X_lab=X[lab], N_lab=X[lab], cal_rows=sample)
+    assert np.isfinite(part["cal"]).sum() == 100
+    np.testing.assert_allclose(part["cal"][sample], full["cal"][sample])
+    np.testing.assert_array_equal(part["margin"], full["margin"])
+    big = autoround.cal_sample(10 * autoround.CAL_CANDIDATES, np.random.default_rng(2))
+    assert len(big) == autoround.CAL_CANDIDATES == len(set(big.tolist())) and np.all(np.diff(big) > 0)

@@ -83,6 +83,15 @@ def pool(tmp_path_factory):
     return dict(base=base, texts=texts, ys=ys, manifest=manifest, feats=feats, X=X_all, labelled=labelled, model=model)
 
 
+@pytest.fixture(autouse=True)
+def _no_cluster_left():
+    """A round started a cluster in this process (core/loop/poolround.py keeps it between rounds): close it."""
+    yield
+    from labelloop.core.loop.poolround import close_compute
+
+    close_compute()
+
+
 @pytest.fixture(scope="module")
 def cluster():
     c = open_compute("local:2")
@@ -183,6 +192,42 @@ def test_a_worker_killed_while_scoring_gives_the_same_batch(pool, tmp_path, monk
     finally:
         c.close()
     _same(out["sel"], _in_process(pool, "margin", 30, 3, 0.1, pool["labelled"], np.zeros(0, dtype=np.int64)))
+
+
+def test_a_worker_killed_while_featurising_costs_only_its_partitions(tmp_path, monkeypatch):
+    """A worker killed (SIGKILL) while it featurises a partition: Dask reruns that task elsewhere, every
+    partition ends featurised once, and the features are those of an undisturbed run."""
+    folder = tmp_path / "data"
+    _write_pool(folder, sizes=(120, 90, 150, 60))
+    m = register(folder)
+    marker = tmp_path / "reached"
+    monkeypatch.setenv("LABELLOOP_FAULT", "pool-featurise")
+    monkeypatch.setenv("LABELLOOP_FAULT_ONCE", "1")
+    monkeypatch.setenv("LABELLOOP_FAULT_MARKER", str(marker))
+    monkeypatch.setenv("LABELLOOP_FAULT_SLEEP", "120")
+    fz = fit_pool_featurizer(m, InProcess(), hash_bits=15)
+    c = open_compute("local:2")
+    try:
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("f", featurise_pool(m, tmp_path / "p", c, featurizer=fz)))
+        t.start()
+        deadline = time.time() + 60
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "no worker reached the fault point"
+        os.kill(int(marker.read_text().split()[-1]), signal.SIGKILL)
+        t.join(120)
+        assert not t.is_alive()
+    finally:
+        c.close()
+    monkeypatch.delenv("LABELLOOP_FAULT")
+    f = out["f"]
+    assert f.built == 4 and not f.skipped and len(f.specs) == 4
+    calm = featurise_pool(m, tmp_path / "calm", InProcess(), featurizer=fz)
+    from labelloop.core.pool.scoring import load_partition_features
+
+    for a, b in zip(f.specs, calm.specs):
+        assert (load_partition_features(a) != load_partition_features(b)).nnz == 0
 
 
 def test_a_scheduler_that_does_not_answer_is_one_sentence(monkeypatch):
@@ -450,3 +495,37 @@ def test_a_bad_cluster_setting_names_the_file_and_key(tmp_path):
     r = run_cli("status", str(d))
     assert r.returncode == 2
     assert "labelloop.toml: [compute] cluster local:N wants between 1 and 64 worker processes" in r.stderr
+
+
+def test_a_retrain_whose_scheduler_does_not_answer_keeps_the_batch_and_says_so(tmp_path, monkeypatch):
+    """The scheduler gone after the pool was registered: the retrain fails with one sentence naming
+    it, the current batch stays queued for the annotators, and the next retrain (the scheduler back,
+    here: the setting unset) queues a new batch."""
+    import socket
+
+    import labelloop.core.pool.compute as compute
+    from labelloop.core.loop import poolround
+    from labelloop.core.loop.al_round import queued_items, train_and_queue
+    from labelloop.core.store.project import Project
+
+    monkeypatch.setattr(compute, "CONNECT_TIMEOUT", 2)
+    d, truth, _out = _project_with_external_pool(tmp_path)
+    with Project.open(d) as p:
+        train_and_queue(p, seed=1)
+        before = [it["item_id"] for it in queued_items(p)]
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    cfg = d / "labelloop.toml"
+    cfg.write_text(cfg.read_text().replace('cluster = ""', f'cluster = "tcp://127.0.0.1:{port}"'))
+    poolround.close_compute()
+    with Project.open(d) as p:
+        with pytest.raises(ClusterError) as e:
+            train_and_queue(p, seed=2)
+        assert f"tcp://127.0.0.1:{port} did not answer" in str(e.value) and "\n" not in str(e.value)
+        assert [it["item_id"] for it in queued_items(p)] == before
+    cfg.write_text(cfg.read_text().replace(f'cluster = "tcp://127.0.0.1:{port}"', 'cluster = ""'))
+    with Project.open(d) as p:
+        train_and_queue(p, seed=3)
+        assert [it["item_id"] for it in queued_items(p)] != before

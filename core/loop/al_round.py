@@ -43,7 +43,7 @@ from labelloop.core.engine.strategies import (
     n_audit_for,
     select_batch,
 )
-from labelloop.core.loop.autoround import arm_scores, next_state, split_batch
+from labelloop.core.loop.autoround import arm_scores, cal_sample, next_state, split_batch
 from labelloop.core.loop.batch import (
     STOP_ROUNDS,
     PoolState,
@@ -706,6 +706,7 @@ def _auto_select(inp: RoundInput, feats: FeatureSet, state, model, batch_size: i
         N=feats.neighbour_X,
         X_lab=feats.X[state.labelled_rows],
         N_lab=feats.neighbour_X[state.labelled_rows],
+        cal_rows=cal_sample(n, rng),
     )
     main, names, main_scores, pct = split_batch(
         bandit, scores, k - n_audit, rng, X_neighbours=feats.neighbour_X[rows], blocked=carry

@@ -10,6 +10,18 @@ from labelloop.core.engine import auto
 from labelloop.core.engine.strategies import cal_scores, diversity_select, entropy, margin
 
 SCORE_CHUNK = 100_000
+# CAL compares each candidate with its labelled neighbours: its cost grows with pool x labels (on 195,000
+# candidates and 5,000 labels it took 158 s where margin took 1.4). Its arm ranks a uniform sample of this
+# many candidates (bench/bench_engine.py --also-auto).
+CAL_CANDIDATES = 5_000
+
+
+def cal_sample(n: int, rng) -> np.ndarray | None:
+    """The candidates (positions) CAL scores this round: all of them up to CAL_CANDIDATES, else a
+    uniform sample of that many (sorted)."""
+    if n <= CAL_CANDIDATES:
+        return None
+    return np.sort(rng.choice(n, size=CAL_CANDIDATES, replace=False))
 
 
 def next_state(
@@ -25,25 +37,31 @@ def next_state(
     return auto.update(state, values, labels, n_ev, len(y))
 
 
-def arm_scores(model, X, rows: np.ndarray, *, N=None, X_lab=None, N_lab=None, chunk: int = SCORE_CHUNK):
+def arm_scores(model, X, rows: np.ndarray, *, N=None, X_lab=None, N_lab=None, chunk: int = SCORE_CHUNK, cal_rows=None):
     """(scores per scoring arm, calibrated probabilities) of the pool ``rows`` in one pass: margin and
-    entropy of the raw probabilities, CAL against the labelled rows (in the neighbour space ``N``)."""
+    entropy of the raw probabilities, CAL against the labelled rows (in the neighbour space ``N``) for
+    the positions ``cal_rows`` (``cal_sample``; None: all), the others -inf for CAL."""
     n = len(rows)
     probs = np.empty((n, len(model.classes_)), dtype=np.float32)
-    out = {"margin": np.empty(n), "entropy": np.empty(n), "cal": np.empty(n)}
-    p_lab = model.uncalibrated_proba(X_lab) if X_lab is not None and X_lab.shape[0] else None
+    raw_all = np.empty((n, len(model.classes_)))
+    out = {"margin": np.empty(n), "entropy": np.empty(n), "cal": np.zeros(n)}
     for start in range(0, n, chunk):
         part = rows[start : start + chunk]
         Xc = X.lazy(part) if hasattr(X, "lazy") else X[part]
         p, raw = model.proba_pair(Xc)
         probs[start : start + chunk] = p
+        raw_all[start : start + chunk] = raw
         out["margin"][start : start + chunk] = margin(raw)
         out["entropy"][start : start + chunk] = entropy(raw)
-        if p_lab is None:
-            out["cal"][start : start + chunk] = 0.0
-        else:
-            Nc = Xc if N is None else N[part]
-            out["cal"][start : start + chunk] = cal_scores(Nc, raw, N_lab, p_lab)
+    if X_lab is not None and X_lab.shape[0]:
+        p_lab = model.uncalibrated_proba(X_lab)
+        at = np.arange(n) if cal_rows is None else np.asarray(cal_rows, dtype=np.int64)
+        if cal_rows is not None:
+            out["cal"][:] = -np.inf
+        for start in range(0, len(at), chunk):
+            pos = at[start : start + chunk]
+            Nc = (X.lazy(rows[pos]) if hasattr(X, "lazy") else X[rows[pos]]) if N is None else N[rows[pos]]
+            out["cal"][pos] = cal_scores(Nc, raw_all[pos], N_lab, p_lab)
     return out, probs
 
 
@@ -67,10 +85,11 @@ def split_batch(state: dict, scores: dict, n_main: int, rng, *, X_neighbours=Non
     full = dict(scores)
     full["diversity"] = scores["margin"]
     rows, arms = auto.pick_by_arms(counts, full, n_pool, rng, blocked=blocked, diversity_pick=diversity)
+    ranked = {a: v[np.isfinite(v)] for a, v in full.items()}  # CAL ranks its sample only
     arm_score = np.array([np.nan if a == "random" else full[a][r] for r, a in zip(rows, arms)])
     pct = np.array(
         [
-            np.nan if a == "random" else float(percentile_of(full[a], np.array([full[a][r]]))[0])
+            np.nan if a == "random" else float(percentile_of(ranked[a], np.array([full[a][r]]))[0])
             for r, a in zip(rows, arms)
         ]
     )
@@ -85,7 +104,14 @@ def simulate_pick(state: dict, model, X_pool, cand: np.ndarray, labelled: list, 
     n_audit = min(n_audit_for(k, audit_share), len(cand))
     audit_idx = rng.choice(len(cand), size=n_audit, replace=False) if n_audit else np.zeros(0, dtype=np.int64)
     Xc = X_pool[cand]
-    scores, _ = arm_scores(model, Xc, np.arange(len(cand)), X_lab=X_pool[labelled], N_lab=X_pool[labelled])
+    scores, _ = arm_scores(
+        model,
+        Xc,
+        np.arange(len(cand)),
+        X_lab=X_pool[labelled],
+        N_lab=X_pool[labelled],
+        cal_rows=cal_sample(len(cand), rng),
+    )
     rows, names, _s, _p = split_batch(state, scores, k - n_audit, rng, X_neighbours=Xc, blocked=audit_idx)
     picked = np.concatenate([rows, audit_idx]).astype(np.int64)
     return cand[picked], names + ["random audit"] * n_audit, np.r_[np.zeros(len(rows), bool), np.ones(n_audit, bool)]
