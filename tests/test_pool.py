@@ -99,6 +99,17 @@ def cluster():
     c.close()
 
 
+def _free_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def _in_process(pool, strategy, batch, seed, audit_share, exclude, carry):
     """The batch of today's in-process path: one feature matrix, scores over the candidate rows,
     ``select_batch``; its rows turned into the pool's ordinals."""
@@ -231,15 +242,11 @@ def test_a_worker_killed_while_featurising_costs_only_its_partitions(tmp_path, m
 
 
 def test_a_scheduler_that_does_not_answer_is_one_sentence(monkeypatch):
-    import socket
 
     import labelloop.core.pool.compute as compute
 
     monkeypatch.setattr(compute, "CONNECT_TIMEOUT", 2)
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
+    port = _free_port()  # nothing listens there now
     with pytest.raises(ClusterError) as e:
         open_compute(f"tcp://127.0.0.1:{port}")
     msg = str(e.value)
@@ -467,16 +474,12 @@ def test_a_project_labels_from_an_external_pool_without_copying_it_in(tmp_path, 
 
 
 def test_check_with_a_scheduler_that_does_not_answer_exits_2_with_one_sentence(tmp_path):
-    import socket
 
     from tests.conftest import run_cli
 
     d = tmp_path / "p"
     assert run_cli("init", str(d), "--labels", "a,b").returncode == 0
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = _free_port()
     cfg = d / "labelloop.toml"
     cfg.write_text(cfg.read_text().replace('cluster = ""', f'cluster = "tcp://127.0.0.1:{port}"'))
     r = run_cli("check", str(d))
@@ -501,7 +504,6 @@ def test_a_retrain_whose_scheduler_does_not_answer_keeps_the_batch_and_says_so(t
     """The scheduler gone after the pool was registered: the retrain fails with one sentence naming
     it, the current batch stays queued for the annotators, and the next retrain (the scheduler back,
     here: the setting unset) queues a new batch."""
-    import socket
 
     import labelloop.core.pool.compute as compute
     from labelloop.core.loop import poolround
@@ -513,10 +515,7 @@ def test_a_retrain_whose_scheduler_does_not_answer_keeps_the_batch_and_says_so(t
     with Project.open(d) as p:
         train_and_queue(p, seed=1)
         before = [it["item_id"] for it in queued_items(p)]
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = _free_port()
     cfg = d / "labelloop.toml"
     cfg.write_text(cfg.read_text().replace('cluster = ""', f'cluster = "tcp://127.0.0.1:{port}"'))
     poolround.close_compute()
